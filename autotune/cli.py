@@ -1,0 +1,111 @@
+"""The `autotune` command. Help texts come from TuneSpec's field descriptions (one source of truth);
+every AutotuneError becomes one line on stderr and exit code 2, Ctrl-C exits 130 after saving."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from autotune.errors import AutotuneError
+from autotune.spec import TuneSpec
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find the best deployment config for a model on this machine, by measurement.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _help(field: str) -> str:
+    return TuneSpec.model_fields[field].description or ""
+
+
+@app.command()
+def tune(
+    model: Optional[str] = typer.Option(None, "--model", help=_help("model")),
+    random_weights: bool = typer.Option(False, "--random-weights", help=_help("random_weights")),
+    space: Optional[Path] = typer.Option(None, "--space", help=_help("space")),
+    trials: int = typer.Option(TuneSpec.model_fields["trials"].default, "--trials", help=_help("trials")),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help=_help("timeout_s")),
+    trial_timeout: float = typer.Option(TuneSpec.model_fields["trial_timeout_s"].default, "--trial-timeout", help=_help("trial_timeout_s")),
+    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help=_help("memory_budget_gib")),
+    objective: str = typer.Option("throughput", "--objective", help=_help("objective")),
+    device: Optional[str] = typer.Option(None, "--device", help=_help("device")),
+    study: Optional[str] = typer.Option(None, "--study", help=_help("study")),
+    storage: Optional[str] = typer.Option(None, "--storage", help=_help("storage")),
+    out: Path = typer.Option(TuneSpec.model_fields["out"].default, "--out", help=_help("out")),
+    seed: int = typer.Option(0, "--seed", help=_help("seed")),
+) -> None:
+    """Run (or resume) a tuning study and write best.yaml."""
+    from autotune.report import RichProgress, print_results
+    from autotune.study import open_study, run_study, write_outputs
+
+    try:
+        spec = TuneSpec(
+            model=model, random_weights=random_weights, space=space, trials=trials, timeout_s=timeout,
+            trial_timeout_s=trial_timeout, memory_budget_gib=memory_budget, objective=objective, device=device,
+            study=study, storage=storage, out=out, seed=seed,
+        )
+    except ValidationError as e:
+        err = e.errors()[0]
+        flag = "--" + str(err["loc"][0]).replace("_gib", "").replace("_s", "").replace("_", "-") if err["loc"] else "option"
+        raise AutotuneError(f"{flag}: {err['msg'].removeprefix('Value error, ')}") from e
+    ctx = open_study(spec)
+    console.print(
+        f"[bold]autotune[/] {ctx.model.name} ({ctx.model.kind}) on {ctx.device.name} [{ctx.device.device}]; "
+        f"study {ctx.study_name!r} in {ctx.storage_url}; space of {ctx.space.size} candidates"
+    )
+    try:
+        with RichProgress(console, spec.objective) as progress:
+            run_study(ctx, progress)
+    except KeyboardInterrupt:
+        write_outputs(ctx)
+        err_console.print(f"interrupted: completed trials are saved in {spec.out}; re-run the same command to resume")
+        raise typer.Exit(130) from None
+    recs, config = write_outputs(ctx)
+    if ctx.stopped_reason:
+        console.print(f"stopped: {ctx.stopped_reason}")
+    if not ctx.new_trials:
+        console.print(f"nothing new to measure: the study already holds {spec.trials} trials (raise --trials to measure more)")
+    print_results(console, recs, config, spec.objective, spec.out)
+    if config is None:
+        raise typer.Exit(1)
+
+
+@app.command()
+def show(out: Path = typer.Argument(..., help="output directory of a tune run")) -> None:
+    """Print the trials and the best config of a finished or running study."""
+    from autotune.report import load_results, print_results
+
+    recs, config = load_results(out)
+    objective = config.objective if config else "throughput"
+    print_results(console, recs, config, objective, out)
+
+
+def main() -> None:
+    try:
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
+    except AutotuneError as e:
+        err_console.print(f"error: {e}", soft_wrap=True, highlight=False, markup=False)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except Exception as e:  # click usage errors (unknown option...) come through here in non-standalone mode
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

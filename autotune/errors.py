@@ -1,0 +1,52 @@
+"""One exception hierarchy for everything a user can get wrong.
+
+The CLI turns any ``AutotuneError`` into one line on stderr and a non-zero exit code; nothing
+else is caught there, so a bug still shows its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class AutotuneError(Exception):
+    """A problem the user can fix. The message names the problem and the fix, on one line."""
+
+    exit_code: int = 2
+
+
+class ModelNotFoundError(AutotuneError):
+    pass
+
+
+class SpaceError(AutotuneError):
+    pass
+
+
+class DeviceError(AutotuneError):
+    pass
+
+
+class StudyMismatchError(AutotuneError):
+    pass
+
+
+class OutputDirError(AutotuneError):
+    pass
+
+
+class DeploymentFileError(AutotuneError):
+    pass
+
+
+class MissingDependencyError(AutotuneError):
+    pass
+
+
+def unknown_name_message(kind: str, name: str, allowed: Iterable[str]) -> str:
+    """'unknown quantization 'nf5' (did you mean 'bnb-nf4'?); allowed: ...' — registries share this."""
+    allowed = sorted(allowed)
+    close = difflib.get_close_matches(name, allowed, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown {kind} {name!r}{hint}; allowed: {', '.join(allowed)}"

@@ -1,0 +1,1 @@
+"""Measurement: throughput/latency of generate() and peak memory, following DESIGN.md's protocol."""

@@ -1,0 +1,117 @@
+"""Peak memory inside a measurement window.
+
+GPU: torch's allocator peaks (allocated, reserved) after a reset, and NVML's device-wide used
+memory sampled by a thread (it sees the CUDA context and other processes too). CPU: the process'
+peak RSS; Linux lets us reset the high-water mark (clear_refs 5), otherwise a sampling thread.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+
+GIB = 2**30
+
+
+@dataclass
+class PeakMemory:
+    peak_memory_gib: float
+    peak_allocated_gib: float | None = None
+    peak_reserved_gib: float | None = None
+    nvml_peak_used_gib: float | None = None
+    peak_rss_gib: float | None = None
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _read_hwm_bytes() -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+class MemoryTracker:
+    """Use as a context manager around the measured work; `result()` afterwards."""
+
+    def __init__(self, device: str, sample_interval_s: float = 0.005) -> None:
+        self.device = device
+        self.is_cuda = device.startswith("cuda")
+        self.interval = sample_interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._sampled_peak = 0
+        self._nvml_handle = None
+        self._hwm_reset = False
+
+    def _sample(self) -> int:
+        if self.is_cuda:
+            import pynvml
+
+            return pynvml.nvmlDeviceGetMemoryInfo(self._nvml_handle).used
+        return _rss_bytes()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._sampled_peak = max(self._sampled_peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> MemoryTracker:
+        if self.is_cuda:
+            import torch
+
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            try:
+                import pynvml
+
+                pynvml.nvmlInit()
+                index = torch.device(self.device).index or 0
+                self._nvml_handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            except Exception:  # NVML unavailable (container without it): torch figures remain
+                self._nvml_handle = None
+        else:
+            self._hwm_reset = _reset_hwm()
+        if not self.is_cuda or self._nvml_handle is not None:
+            self._sampled_peak = self._sample()
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._sampled_peak = max(self._sampled_peak, self._sample())
+
+    def result(self) -> PeakMemory:
+        if self.is_cuda:
+            import torch
+
+            reserved = torch.cuda.max_memory_reserved(self.device) / GIB
+            return PeakMemory(
+                peak_memory_gib=reserved,
+                peak_allocated_gib=torch.cuda.max_memory_allocated(self.device) / GIB,
+                peak_reserved_gib=reserved,
+                nvml_peak_used_gib=self._sampled_peak / GIB if self._nvml_handle is not None else None,
+            )
+        hwm = _read_hwm_bytes() if self._hwm_reset else None
+        rss = max(hwm or 0, self._sampled_peak) / GIB
+        return PeakMemory(peak_memory_gib=rss, peak_rss_gib=rss)

@@ -1,0 +1,88 @@
+"""Throughput and latency of generate() at the candidate's claimed worst case.
+
+Protocol (DESIGN.md): batch_size sequences, each prompt_tokens long, generating exactly new_tokens
+(min = max, so EOS cannot end a run early and flatter the numbers). Warm up once at the exact
+shapes, then `repeats` interleaved pairs of generate(new=1) and generate(new=N). The first gives
+TTFT and prefill throughput; the difference gives decode time. Each figure is the median of the
+repeats with its spread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from autotune.measure.memory import MemoryTracker
+from autotune.spec import Candidate, Measurement, Stat
+from autotune.loading import generate_kwargs
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def measure_generation(
+    model, candidate: Candidate, device: str, repeats: int, vocab_size: int, before_each_run: Callable[[], None] = lambda: None
+) -> Measurement:
+    import torch
+
+    batch, prompt, new = candidate.batch_size, candidate.prompt_tokens, candidate.new_tokens
+    generator = torch.Generator().manual_seed(1234)
+    # Random ids from the lower part of the vocabulary: real-token-like, and never special tokens
+    # that some chat templates treat differently. Throughput does not depend on the ids.
+    input_ids = torch.randint(0, max(2, min(vocab_size, 32000)), (batch, prompt), generator=generator).to(device)
+    attention_mask = torch.ones_like(input_ids)
+    base_kwargs = generate_kwargs(candidate)
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(model.generation_config, "eos_token_id", None) or 0
+        pad = pad[0] if isinstance(pad, list) else pad
+
+    def timed_generate(n_new: int) -> float:
+        before_each_run()
+        kwargs = {**base_kwargs, "max_new_tokens": n_new, "min_new_tokens": n_new, "pad_token_id": pad}
+        _synchronize(device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        _synchronize(device)
+        elapsed = time.perf_counter() - start
+        if out.shape != (batch, prompt + n_new):
+            raise RuntimeError(f"generate returned shape {tuple(out.shape)}, expected {(batch, prompt + n_new)}: the measurement would be wrong")
+        return elapsed
+
+    with MemoryTracker(device) as tracker:
+        warm_start = time.perf_counter()
+        timed_generate(1)  # first runs at a new shape are 2-8x slower: never time them
+        timed_generate(new)
+        warmup_s = time.perf_counter() - warm_start
+        measure_start = time.perf_counter()
+        prefill_times, full_times = [], []
+        for _ in range(repeats):
+            prefill_times.append(timed_generate(1))
+            full_times.append(timed_generate(new))
+        measure_s = time.perf_counter() - measure_start
+    memory = tracker.result()
+
+    # Decode time per repeat is full minus prefill of the same repeat (interleaved, so drift in
+    # clocks or thermals hits both). Floor it at a microsecond rather than report negative speed.
+    decode_times = [max(f - p, 1e-6) for p, f in zip(prefill_times, full_times)]
+    return Measurement(
+        output_tokens_per_s=Stat.of([batch * new / t for t in full_times]),
+        prefill_tokens_per_s=Stat.of([batch * prompt / t for t in prefill_times]),
+        decode_tokens_per_s=Stat.of([batch * (new - 1) / t for t in decode_times]),
+        requests_per_s=Stat.of([batch / t for t in full_times]),
+        ttft_s=Stat.of(prefill_times),
+        tpot_s=Stat.of([t / (new - 1) for t in decode_times]),
+        request_latency_s=Stat.of(full_times),
+        peak_memory_gib=memory.peak_memory_gib,
+        peak_allocated_gib=memory.peak_allocated_gib,
+        peak_reserved_gib=memory.peak_reserved_gib,
+        nvml_peak_used_gib=memory.nvml_peak_used_gib,
+        peak_rss_gib=memory.peak_rss_gib,
+        warmup_s=warmup_s,
+        measure_s=measure_s,
+    )

@@ -1,0 +1,1 @@
+"""Bundled config.json files (public numbers) for shape-only models: `--model NAME --random-weights`."""

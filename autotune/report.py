@@ -1,0 +1,147 @@
+"""Terminal output: the live progress bar and the results tables (rich)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from autotune.spec import Candidate, DeploymentConfig, TrialRecord
+
+_STATE_STYLE = {"measured": "green", "infeasible": "yellow", "unsupported": "dim", "failed": "red", "duplicate": "dim"}
+
+
+class RichProgress:
+    """Progress bar with trial count, the candidate being measured and an ETA; one log line per trial."""
+
+    def __init__(self, console: Console, objective: str) -> None:
+        self.console = console
+        self.objective = objective
+        self.progress = Progress(
+            TextColumn("[bold]trial"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+            TextColumn("ETA"), TimeRemainingColumn(), TextColumn("{task.description}"), console=console, transient=True,
+        )
+        self.task = None
+
+    def __enter__(self) -> RichProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def trial_started(self, done: int, total: int, candidate: Candidate) -> None:
+        if self.task is None:
+            self.task = self.progress.add_task(candidate.label(), total=total, completed=done)
+        self.progress.update(self.task, description=candidate.label(), total=total, completed=done)
+
+    def trial_finished(self, record: TrialRecord, done: int, total: int) -> None:
+        self.progress.update(self.task, completed=done)
+        self.console.print(f"  #{record.number:<3} {record.candidate.label():<45} {_result_text(record, self.objective)}")
+
+
+def _result_text(r: TrialRecord, objective: str) -> str:
+    style = _STATE_STYLE.get(r.state, "")
+    m = r.outcome.measurement
+    if m is not None:
+        figure = (f"{m.output_tokens_per_s.median:,.1f} tok/s ±{m.output_tokens_per_s.spread_pct:.0f}%"
+                  if objective == "throughput" else f"{m.request_latency_s.median * 1000:,.0f} ms")
+        text = f"{figure}, peak {m.peak_memory_gib:.2f} GiB"
+        if r.state == "infeasible":
+            text += f" (over budget by {r.constraints['over_budget_gib']:.2f} GiB)"
+        return f"[{style}]{r.state}[/]: {text}"
+    return f"[{style}]{r.state}[/]: {r.outcome.reason[:140]}"
+
+
+def _fmt(value: float | None, spec: str = ",.1f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def trials_table(recs: list[TrialRecord], objective: str, baseline_value: float | None) -> Table:
+    table = Table(title="Trials", show_lines=False, header_style="bold")
+    for name in ("#", "dtype", "quant", "attn", "compile", "batch", "max len", "state", "out tok/s", "spread",
+                 "decode tok/s", "TTFT ms", "TPOT ms", "peak GiB", "× base"):
+        table.add_column(name, justify="right" if name not in ("dtype", "quant", "attn", "state") else "left")
+    for r in sorted(recs, key=lambda r: r.number):
+        if r.state == "duplicate":
+            continue
+        c, m = r.candidate, r.outcome.measurement
+        ratio = None
+        if m is not None and baseline_value and r.objective_value:
+            ratio = r.objective_value / baseline_value if objective == "throughput" else baseline_value / r.objective_value
+        style = _STATE_STYLE.get(r.state, "")
+        table.add_row(
+            f"{r.number}{'*' if r.is_baseline else ''}", c.dtype, c.quantization, c.attn_implementation,
+            "yes" if c.compile else "no", str(c.batch_size), str(c.max_length), f"[{style}]{r.state}[/]",
+            _fmt(m and m.output_tokens_per_s.median), _fmt(m and m.output_tokens_per_s.spread_pct, ".0f") + ("%" if m else ""),
+            _fmt(m and m.decode_tokens_per_s.median), _fmt(m and m.ttft_s.median * 1000, ",.0f"),
+            _fmt(m and m.tpot_s.median * 1000, ",.1f"), _fmt(m and m.peak_memory_gib, ".2f"), _fmt(ratio, ".2f"),
+        )
+    table.caption = "* = untuned baseline (plain default load, batch 1). Unsupported/failed reasons: see trials.jsonl"
+    return table
+
+
+def best_summary(config: DeploymentConfig) -> Table:
+    s, m = config.settings, config.measured
+    table = Table(title="Best deployment config", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    rows = [
+        ("model", f"{config.model.name} ({config.model.kind})"),
+        ("device", f"{config.fingerprint.device_name} ({config.device})"),
+        ("settings", s.label() + f", {s.new_tokens} new tokens"),
+        ("output tokens/s", f"{m.output_tokens_per_s.median:,.1f} (spread {m.output_tokens_per_s.spread_pct:.1f}%, n={len(m.output_tokens_per_s.samples)})"),
+        ("requests/s", f"{m.requests_per_s.median:,.2f}"),
+        ("TTFT / TPOT", f"{m.ttft_s.median * 1000:,.0f} ms / {m.tpot_s.median * 1000:,.1f} ms"),
+        ("peak memory", f"{m.peak_memory_gib:.2f} GiB" + (f" of {config.memory_budget_gib:.1f} GiB budget" if config.memory_budget_gib else "")),
+        ("vs baseline", f"{config.speedup_vs_baseline:.2f}× the untuned baseline" if config.speedup_vs_baseline else "baseline not measured"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    return table
+
+
+def best_per_max_length(recs: list[TrialRecord], objective: str) -> Table | None:
+    """Capacity planning view: the best feasible candidate for each claimed max length."""
+    lengths = sorted({r.candidate.max_length for r in recs if r.state == "measured"})
+    if len(lengths) < 2:
+        return None
+    table = Table(title="Best per max length", header_style="bold")
+    for name in ("max len", "#", "settings", "out tok/s", "peak GiB"):
+        table.add_column(name)
+    sign = -1 if objective == "throughput" else 1
+    for length in lengths:
+        group = [r for r in recs if r.state == "measured" and r.candidate.max_length == length]
+        best = min(group, key=lambda r: sign * r.objective_value)
+        m = best.outcome.measurement
+        table.add_row(str(length), str(best.number), best.candidate.label(), f"{m.output_tokens_per_s.median:,.1f}", f"{m.peak_memory_gib:.2f}")
+    return table
+
+
+def print_results(console: Console, recs: list[TrialRecord], config: DeploymentConfig | None, objective: str, out: Path) -> None:
+    base = next((r for r in recs if r.is_baseline and r.state == "measured"), None)
+    console.print(trials_table(recs, objective, base.objective_value if base else None))
+    per_length = best_per_max_length(recs, objective)
+    if per_length is not None:
+        console.print(per_length)
+    if config is not None:
+        console.print(best_summary(config))
+        console.print(f"best config: [bold]{out / 'best.yaml'}[/]")
+    else:
+        console.print("[yellow]no feasible config yet: every measured candidate ran out of memory, went over budget, "
+                      "was unsupported or failed[/]")
+
+
+def load_results(out: Path) -> tuple[list[TrialRecord], DeploymentConfig | None]:
+    from autotune.errors import DeploymentFileError
+
+    trials_path = out / "trials.jsonl"
+    if not trials_path.is_file():
+        raise DeploymentFileError(f"{out} holds no trials.jsonl; pass the --out directory of an `autotune tune` run")
+    recs = [TrialRecord.model_validate_json(line) for line in trials_path.read_text().splitlines() if line.strip()]
+    best_path = out / "best.yaml"
+    config = DeploymentConfig.model_validate(yaml.safe_load(best_path.read_text())) if best_path.is_file() else None
+    return recs, config

@@ -1,0 +1,110 @@
+"""Search space: YAML -> SearchSpace -> Optuna suggestions -> Candidate, plus the rules that say
+which candidates cannot run on this machine (recorded as unsupported, never a crash)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import importlib.util
+import json
+from pathlib import Path
+
+import optuna
+import yaml
+from pydantic import ValidationError
+
+from autotune.errors import SpaceError
+from autotune.quant import get_method
+from autotune.spec import KNOBS, Candidate, SearchSpace
+from autotune.system import DeviceInfo
+
+
+def builtin_space_path(name: str) -> Path:
+    return Path(str(importlib.resources.files("autotune.search_spaces") / f"{name}.yaml"))
+
+
+def default_space_path(device: DeviceInfo) -> Path:
+    return builtin_space_path("cuda" if device.type == "cuda" else "cpu")
+
+
+def load_space(path: Path) -> SearchSpace:
+    if not path.is_file():
+        builtin = builtin_space_path(str(path))
+        if builtin.is_file():  # `--space llm-7b-24gib` names a bundled space
+            path = builtin
+        else:
+            raise SpaceError(f"search space {path} does not exist; pass a YAML file or a bundled name")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise SpaceError(f"search space {path}{where} is not valid YAML ({getattr(e, 'problem', e)}); fix the syntax") from e
+    except OSError as e:
+        raise SpaceError(f"cannot read search space {path}: {e.strerror}") from e
+    if not isinstance(raw, dict):
+        raise SpaceError(f"search space {path} must be a mapping of knob: [choices]; see search_spaces/cpu.yaml")
+    try:
+        return SearchSpace.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = f"unknown key; allowed keys: {', '.join(SearchSpace.model_fields)}"
+        raise SpaceError(f"search space {path}: key {key!r}: {msg}") from e
+
+
+def space_digest(space: SearchSpace) -> str:
+    """Identity of a space: a study resumed with a different space is refused, not mixed."""
+    return hashlib.sha256(json.dumps(space.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def suggest(trial: optuna.Trial, space: SearchSpace) -> Candidate:
+    values = {knob: trial.suggest_categorical(knob, getattr(space, knob)) for knob in KNOBS}
+    return Candidate(**values, new_tokens=space.new_tokens)
+
+
+def candidate_from_params(params: dict, space: SearchSpace) -> Candidate:
+    return Candidate(**{k: params[k] for k in KNOBS}, new_tokens=space.new_tokens)
+
+
+def baseline_params(space: SearchSpace, device: DeviceInfo, model_dtype: str | None) -> dict:
+    """The untuned default load: the checkpoint's own dtype where it runs here (fp32 on CPU, as
+    from_pretrained gives), no quantization, transformers' default attention (sdpa), no compile,
+    batch 1, at the smallest max_length of the space."""
+
+    def pick(knob: str, preferred):
+        choices = getattr(space, knob)
+        return preferred if preferred in choices else choices[0]
+
+    dtype = "fp32" if device.type == "cpu" else (model_dtype or "bf16")
+    return {
+        "dtype": pick("dtype", dtype),
+        "quantization": pick("quantization", "none"),
+        "attn_implementation": pick("attn_implementation", "sdpa"),
+        "compile": pick("compile", False),
+        "batch_size": min(space.batch_size),
+        "max_length": min(space.max_length),
+    }
+
+
+def unsupported_reason(candidate: Candidate, device: DeviceInfo) -> str | None:
+    """Combinations that cannot run on this machine, known before loading anything."""
+    if device.type == "cpu" and candidate.dtype == "fp16":
+        return "fp16 on CPU: no fast half-precision kernels (use bf16 or fp32)"
+    if device.type == "cuda" and candidate.dtype == "bf16" and not device.bf16_supported:
+        return f"bf16 is not supported by {device.name}"
+    if candidate.attn_implementation == "flash_attention_2":
+        if device.type != "cuda":
+            return "flash_attention_2 needs a CUDA GPU"
+        if importlib.util.find_spec("flash_attn") is None:
+            return "flash_attention_2: the flash-attn package is not installed (pip install flash-attn)"
+        if candidate.dtype == "fp32":
+            return "flash_attention_2 runs only in fp16/bf16"
+    if candidate.compile and device.type != "cuda":
+        return "static cache + torch.compile: transformers compiles generate() only on accelerators"
+    reason = get_method(candidate.quantization).unavailable_reason(device.type)
+    if reason:
+        return f"{candidate.quantization}: {reason}"
+    return None

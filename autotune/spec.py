@@ -1,0 +1,300 @@
+"""The typed models every stage passes along: one source of truth per concept.
+
+SearchSpace (the YAML file) -> Candidate (one point) -> Measurement / TrialOutcome (what a worker
+measured) -> TrialRecord (what the study stores) -> DeploymentConfig (best.yaml).
+TuneSpec holds what the user asked for; the CLI's help texts come from its field descriptions.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from autotune.models import ModelRef
+
+DType = Literal["fp32", "fp16", "bf16"]
+Objective = Literal["throughput", "latency"]
+SCHEMA_VERSION = 1
+
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ------------------------------------------------------------------------------ search space
+
+
+class SearchSpace(_Strict):
+    """A YAML file in search_spaces/. Every list is the set of choices for one knob."""
+
+    dtype: list[DType] = Field(min_length=1, description="weight/compute dtypes to try")
+    quantization: list[str] = Field(default=["none"], min_length=1, description="names from the quantization registry")
+    attn_implementation: list[str] = Field(default=["sdpa"], min_length=1, description="attention kernels to try")
+    compile: list[bool] = Field(default=[False], min_length=1, description="static KV cache + torch.compile on/off")
+    batch_size: list[int] = Field(min_length=1, description="concurrent sequences per generate call")
+    max_length: list[int] = Field(min_length=1, description="prompt + new tokens per sequence (the claimed worst case)")
+    new_tokens: int = Field(default=64, ge=2, description="tokens generated per request in the measurement")
+    repeats: int = Field(default=3, ge=3, description="timed repeats per candidate (median and spread reported)")
+
+    @field_validator("quantization")
+    @classmethod
+    def _known_quantization(cls, names: list[str]) -> list[str]:
+        from autotune.errors import unknown_name_message
+        from autotune.quant import QUANTIZATION_METHODS
+
+        for name in names:
+            if name not in QUANTIZATION_METHODS:
+                raise ValueError(unknown_name_message("quantization", name, QUANTIZATION_METHODS))
+        return names
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _known_attention(cls, names: list[str]) -> list[str]:
+        from autotune.errors import unknown_name_message
+
+        for name in names:
+            if name not in ATTENTION_IMPLEMENTATIONS:
+                raise ValueError(unknown_name_message("attn_implementation", name, ATTENTION_IMPLEMENTATIONS))
+        return names
+
+    @field_validator("batch_size", "max_length")
+    @classmethod
+    def _positive(cls, values: list[int]) -> list[int]:
+        if any(v < 1 for v in values):
+            raise ValueError("every value must be a positive integer")
+        return values
+
+    @field_validator("dtype", "quantization", "attn_implementation", "compile", "batch_size", "max_length")
+    @classmethod
+    def _unique(cls, values: list) -> list:
+        if len(set(values)) != len(values):
+            raise ValueError(f"values must be unique, got {values}")
+        return values
+
+    @model_validator(mode="after")
+    def _room_for_prompt(self) -> SearchSpace:
+        if min(self.max_length) <= self.new_tokens:
+            raise ValueError(
+                f"max_length {min(self.max_length)} leaves no prompt token for new_tokens={self.new_tokens}; "
+                "raise max_length or lower new_tokens"
+            )
+        return self
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for knob in KNOBS:
+            n *= len(getattr(self, knob))
+        return n
+
+
+# The knobs Optuna samples, in a fixed order (their names are Optuna parameter names).
+KNOBS = ("dtype", "quantization", "attn_implementation", "compile", "batch_size", "max_length")
+LOAD_KEY_KNOBS = ("dtype", "quantization", "attn_implementation", "compile")
+
+
+# ------------------------------------------------------------------------------ candidate
+
+
+class Candidate(_Strict):
+    """One deployment setting. The load-key part needs a model reload; the rest does not."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dtype: DType
+    quantization: str = "none"
+    attn_implementation: str = "sdpa"
+    compile: bool = False
+    batch_size: int = Field(ge=1)
+    max_length: int = Field(ge=2)
+    new_tokens: int = Field(ge=2)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.max_length - self.new_tokens
+
+    @property
+    def load_key(self) -> tuple[str, str, str, bool]:
+        return (self.dtype, self.quantization, self.attn_implementation, self.compile)
+
+    def label(self) -> str:
+        quant = "" if self.quantization == "none" else f" {self.quantization}"
+        compiled = " compile" if self.compile else ""
+        return f"{self.dtype}{quant} {self.attn_implementation}{compiled} b={self.batch_size} len={self.max_length}"
+
+
+# ------------------------------------------------------------------------------ measurement
+
+
+class Stat(_Strict):
+    """Median of repeated timings with the spread that says how far to trust it."""
+
+    median: float
+    min: float
+    max: float
+    spread_pct: float = Field(description="(max - min) / median, in percent")
+    samples: list[float]
+
+    @classmethod
+    def of(cls, samples: list[float]) -> Stat:
+        med = statistics.median(samples)
+        spread = (max(samples) - min(samples)) / med * 100 if med else float("inf")
+        return cls(median=med, min=min(samples), max=max(samples), spread_pct=spread, samples=samples)
+
+
+class Measurement(_Strict):
+    """What one candidate measured at its claimed worst case (batch_size sequences of max_length)."""
+
+    output_tokens_per_s: Stat = Field(description="generated tokens / end-to-end generate time, whole batch")
+    prefill_tokens_per_s: Stat
+    decode_tokens_per_s: Stat = Field(description="tokens after the first / (full time - prefill time)")
+    requests_per_s: Stat
+    ttft_s: Stat = Field(description="time to first token: prefill of the whole batch plus one token")
+    tpot_s: Stat = Field(description="time per output token after the first")
+    request_latency_s: Stat
+    peak_memory_gib: float = Field(description="the figure the budget is judged on: torch reserved on GPU, process RSS on CPU")
+    peak_allocated_gib: float | None = None
+    peak_reserved_gib: float | None = None
+    nvml_peak_used_gib: float | None = Field(default=None, description="whole-device memory used, sampled by NVML")
+    peak_rss_gib: float | None = None
+    warmup_s: float
+    measure_s: float
+
+
+OutcomeStatus = Literal["ok", "oom", "unsupported", "error", "crashed", "timeout"]
+
+
+class TrialOutcome(_Strict):
+    """A worker's answer for one candidate: a measurement or a typed failure."""
+
+    status: OutcomeStatus
+    reason: str = ""
+    measurement: Measurement | None = None
+    load_s: float = 0.0
+    reloaded: bool = False
+    worker_log: str | None = None
+    phase: Literal["load", "measure", ""] = ""
+
+
+# ------------------------------------------------------------------------------ system
+
+
+class Fingerprint(_Strict):
+    device: str
+    device_name: str
+    device_memory_gib: float
+    driver: str | None = None
+    cuda: str | None = None
+    cpu: str
+    cpu_cores: int
+    host_memory_gib: float
+    python: str
+    torch: str
+    transformers: str
+    bitsandbytes: str | None = None
+    optuna: str
+    autotune: str
+
+
+# ------------------------------------------------------------------------------ study records
+
+
+TrialState = Literal["measured", "infeasible", "unsupported", "failed", "duplicate"]
+
+
+class TrialRecord(_Strict):
+    """One line of trials.jsonl: the candidate, what happened, and where the time went."""
+
+    number: int
+    state: TrialState
+    candidate: Candidate
+    outcome: TrialOutcome
+    objective_value: float | None = None
+    constraints: dict[str, float] = {}
+    feasible: bool = False
+    is_baseline: bool = False
+    duplicate_of: int | None = None
+    spawn_s: float = 0.0
+    total_s: float = 0.0
+    finished_at: str = ""
+
+
+# ------------------------------------------------------------------------------ user request
+
+
+def parse_memory(text: str | float | int) -> float:
+    """'24GiB' -> 24.0; '24GB' -> 22.35 (decimal); '512MiB' -> 0.5; a bare number is GiB."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(GiB|GB|MiB|MB|TiB|TB|G|M)?\s*", text, flags=re.IGNORECASE)
+    if not m:
+        raise ValueError(f"cannot read memory size {text!r}; write e.g. 24GiB, 24GB or 512MiB")
+    value, unit = float(m.group(1)), (m.group(2) or "GiB").lower()
+    factor = {"gib": 1.0, "g": 1.0, "mib": 1 / 1024, "m": 1 / 1024, "tib": 1024.0, "gb": 1e9 / 2**30, "mb": 1e6 / 2**30, "tb": 1e12 / 2**30}[unit]
+    return value * factor
+
+
+class TuneSpec(_Strict):
+    """What the user asked `autotune tune` for. Precedence: CLI flag > space file > defaults."""
+
+    model: str | None = Field(default=None, description="checkpoint dir, hub id (local cache), config.json or bundled config name; default: embedded SmolLM2-135M-Instruct")
+    random_weights: bool = Field(default=False, description="build a shape-only model with random weights from the config (capacity planning)")
+    space: Path | None = Field(default=None, description="search-space YAML; default: search_spaces/<device>.yaml")
+    trials: int = Field(default=12, ge=1, description="measured trials the study should hold (resuming counts the ones it has)")
+    timeout_s: float | None = Field(default=None, gt=0, description="stop starting new trials after this many seconds")
+    trial_timeout_s: float = Field(default=900.0, gt=0, description="kill a worker stuck in one trial after this many seconds")
+    memory_budget_gib: float | None = Field(default=None, gt=0, description="usable device memory, e.g. 24GiB; also a constraint")
+    objective: Objective = Field(default="throughput", description="throughput: max generated tokens/s; latency: min request latency")
+    device: str | None = Field(default=None, description="cuda:N or cpu; default: cuda:0 if present, else cpu")
+    study: str | None = Field(default=None, description="study name; default: <model>-<device>")
+    storage: str | None = Field(default=None, description="Optuna storage URL; default: SQLite in the output dir")
+    out: Path = Field(default=Path("outputs/default"), description="output directory")
+    seed: int = Field(default=0, description="sampler seed")
+
+    @field_validator("memory_budget_gib", mode="before")
+    @classmethod
+    def _parse_budget(cls, value):
+        return None if value is None else parse_memory(value)
+
+
+# ------------------------------------------------------------------------------ output file
+
+
+class BaselineSummary(_Strict):
+    trial_number: int
+    candidate: Candidate
+    objective_value: float
+
+
+class DeploymentConfig(_Strict):
+    """best.yaml: everything needed to load the model as tuned, and the evidence for it."""
+
+    schema_version: int = SCHEMA_VERSION
+    model: ModelRef
+    device: str
+    settings: Candidate
+    generate_kwargs: dict
+    measured: Measurement
+    objective: Objective
+    objective_value: float
+    speedup_vs_baseline: float | None = Field(default=None, description="objective relative to the untuned baseline (>1 is better)")
+    baseline: BaselineSummary | None = None
+    memory_budget_gib: float | None = None
+    fingerprint: Fingerprint
+    study_name: str
+    storage: str
+    trial_number: int
+    created_at: str
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, version: int) -> int:
+        if version > SCHEMA_VERSION:
+            raise ValueError(f"schema_version {version} is newer than this autotune understands ({SCHEMA_VERSION}); upgrade autotune")
+        return version

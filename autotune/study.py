@@ -1,0 +1,378 @@
+"""The Optuna study: create or resume, enqueue the baseline, run trials through the worker, turn
+outcomes into trial states and constraints (in exactly one place: `_tell`), and keep trials.jsonl
+and best.yaml up to date after every trial so an interrupted study loses at most the trial in
+flight.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import optuna
+import yaml
+from optuna.trial import TrialState as OptunaState
+
+from autotune.errors import OutputDirError, StudyMismatchError
+from autotune.loading import generate_kwargs
+from autotune.models import ModelRef, resolve_model
+from autotune.space import (
+    baseline_params,
+    candidate_from_params,
+    default_space_path,
+    load_space,
+    space_digest,
+    suggest,
+    unsupported_reason,
+)
+from autotune.spec import (
+    BaselineSummary,
+    Candidate,
+    DeploymentConfig,
+    SearchSpace,
+    TrialOutcome,
+    TrialRecord,
+    TuneSpec,
+)
+from autotune.system import DeviceInfo, check_budget, detect_device, fingerprint
+from autotune.worker import WorkerClient, WorkRequest
+
+RECORD_ATTR = "autotune.record"
+BASELINE_ATTR = "autotune.baseline"
+INTERRUPTED_ATTR = "autotune.interrupted"
+IDENTITY_ATTRS = ("model", "space_digest", "objective", "device_name")
+CONSTRAINT_KEYS = ("oom", "unsupported", "over_budget_gib")
+MAX_CONSECUTIVE_DUPLICATES = 200
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class ProgressSink(Protocol):
+    def trial_started(self, done: int, total: int, candidate: Candidate) -> None: ...
+    def trial_finished(self, record: TrialRecord, done: int, total: int) -> None: ...
+
+
+class _Silent:
+    def trial_started(self, done: int, total: int, candidate: Candidate) -> None:
+        pass
+
+    def trial_finished(self, record: TrialRecord, done: int, total: int) -> None:
+        pass
+
+
+@dataclass
+class StudyContext:
+    spec: TuneSpec
+    device: DeviceInfo
+    space: SearchSpace
+    model: ModelRef
+    study: optuna.Study
+    storage_url: str
+    study_name: str
+    out: Path
+    stopped_reason: str = ""
+    new_trials: list[int] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------------ setup
+
+
+def prepare_out_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as e:
+        raise OutputDirError(f"output directory {out} is not writable ({e.strerror}); pass --out to a writable directory") from e
+
+
+def default_study_name(model: ModelRef, device: DeviceInfo) -> str:
+    return f"{model.name}-{device.type}"
+
+
+def model_default_dtype(model: ModelRef) -> str | None:
+    """The dtype a plain from_pretrained would give: the checkpoint's own."""
+    path = Path(model.source)
+    config = path if path.suffix == ".json" else path / "config.json"
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return None
+    name = str(data.get("dtype") or data.get("torch_dtype") or "")
+    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(name)
+
+
+def _identity(model: ModelRef, space: SearchSpace, spec: TuneSpec, device: DeviceInfo) -> dict[str, str]:
+    return {
+        "model": model.model_dump_json(),
+        "space_digest": space_digest(space),
+        "objective": spec.objective,
+        "device_name": device.name,
+    }
+
+
+def open_study(spec: TuneSpec) -> StudyContext:
+    """Validate everything the user gave before touching any study file, then create or resume."""
+    device = detect_device(spec.device)
+    check_budget(device, spec.memory_budget_gib)
+    space = load_space(spec.space or default_space_path(device))
+    model = resolve_model(spec.model, spec.random_weights)
+    prepare_out_dir(spec.out)
+    storage_url = spec.storage or f"sqlite:///{(spec.out / 'study.db').resolve()}"
+    study_name = spec.study or default_study_name(model, device)
+    direction = "maximize" if spec.objective == "throughput" else "minimize"
+    identity = _identity(model, space, spec, device)
+
+    storage = optuna.storages.get_storage(storage_url)
+    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if study_name in existing:
+        attrs = existing[study_name].user_attrs
+        for key in IDENTITY_ATTRS:
+            if key in attrs and attrs[key] != identity[key]:
+                raise StudyMismatchError(
+                    f"study {study_name!r} in {storage_url} exists with a different {key.replace('_', ' ')}; "
+                    f"pass a new --study name or --out directory (nothing was changed)"
+                )
+    sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=min(10, max(3, space.size // 4)))
+    study = optuna.create_study(storage=storage, study_name=study_name, direction=direction, sampler=sampler, load_if_exists=True)
+    if study_name not in existing:
+        for key, value in identity.items():
+            study.set_user_attr(key, value)
+        study.enqueue_trial(baseline_params(space, device, model_default_dtype(model)), user_attrs={BASELINE_ATTR: True})
+    ctx = StudyContext(spec, device, space, model, study, storage_url, study_name, spec.out)
+    if spec.storage is None:
+        _fail_interrupted_trials(ctx)
+    return ctx
+
+
+def _fail_interrupted_trials(ctx: StudyContext) -> None:
+    """A RUNNING trial in our own SQLite file belongs to a run that was killed: nothing else can
+    be measuring it. Mark it failed so resuming measures it again (it was never recorded)."""
+    storage = ctx.study._storage
+    for trial in ctx.study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
+        storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)
+        storage.set_trial_state_values(trial._trial_id, OptunaState.FAIL)
+
+
+# ------------------------------------------------------------------------------ records
+
+
+def records(study: optuna.Study) -> list[TrialRecord]:
+    out = []
+    for trial in study.get_trials(deepcopy=False):
+        raw = trial.user_attrs.get(RECORD_ATTR)
+        if raw is not None:
+            out.append(TrialRecord.model_validate(raw))
+    return out
+
+
+def counted_trials(recs: list[TrialRecord]) -> int:
+    """Trials that used a measurement slot: everything but duplicates answered from the record."""
+    return sum(1 for r in recs if r.state != "duplicate")
+
+
+def objective_value(spec_objective: str, outcome: TrialOutcome) -> float | None:
+    if outcome.measurement is None:
+        return None
+    m = outcome.measurement
+    return m.output_tokens_per_s.median if spec_objective == "throughput" else m.request_latency_s.median
+
+
+def _placeholder(direction: str) -> float:
+    # Infeasible trials need a value to be COMPLETE (so TPE sees them through their constraints);
+    # the worst possible one, so no ranking ever prefers them. Never reported as a measurement.
+    return 0.0 if direction == "throughput" else math.inf
+
+
+def _tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: TrialOutcome, *, spawn_s: float,
+          total_s: float, duplicate_of: TrialRecord | None = None) -> TrialRecord:
+    """The single place where a worker outcome becomes an Optuna state, value and constraints."""
+    budget = ctx.spec.memory_budget_gib
+    value = objective_value(ctx.spec.objective, outcome)
+    constraints = {key: 0.0 for key in CONSTRAINT_KEYS}
+    if outcome.status == "ok":
+        peak = outcome.measurement.peak_memory_gib
+        constraints["over_budget_gib"] = round(peak - budget, 4) if budget is not None else 0.0
+        state = "measured" if constraints["over_budget_gib"] <= 0 else "infeasible"
+    elif outcome.status == "oom":
+        constraints["oom"] = 1.0
+        state = "infeasible"
+    elif outcome.status == "unsupported":
+        constraints["unsupported"] = 1.0
+        state = "unsupported"
+    else:
+        state = "failed"
+    if duplicate_of is not None:
+        state = "duplicate"
+    record = TrialRecord(
+        number=trial.number,
+        state=state,
+        candidate=cand,
+        outcome=outcome,
+        objective_value=value,
+        constraints=constraints,
+        feasible=state in ("measured",) or (state == "duplicate" and duplicate_of.feasible),
+        is_baseline=bool(trial.user_attrs.get(BASELINE_ATTR)),
+        duplicate_of=duplicate_of.number if duplicate_of else None,
+        spawn_s=spawn_s,
+        total_s=total_s,
+        finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+    trial.set_user_attr(RECORD_ATTR, record.model_dump(mode="json"))
+    if state == "failed":
+        ctx.study.tell(trial, state=OptunaState.FAIL)
+        return record
+    for key, v in constraints.items():
+        trial.set_constraint(key, v)
+    ctx.study.tell(trial, value if value is not None else _placeholder(ctx.spec.objective))
+    return record
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_trials_jsonl(out: Path, recs: list[TrialRecord]) -> Path:
+    path = out / "trials.jsonl"
+    _atomic_write(path, "".join(r.model_dump_json() + "\n" for r in recs))
+    return path
+
+
+def best_record(recs: list[TrialRecord], objective: str) -> TrialRecord | None:
+    feasible = [r for r in recs if r.state == "measured" and r.objective_value is not None]
+    if not feasible:
+        return None
+    # Ties on the objective go to lower peak memory: same speed, more headroom.
+    sign = -1 if objective == "throughput" else 1
+    return min(feasible, key=lambda r: (sign * r.objective_value, r.outcome.measurement.peak_memory_gib))
+
+
+def baseline_record(recs: list[TrialRecord]) -> TrialRecord | None:
+    return next((r for r in recs if r.is_baseline and r.state == "measured"), None)
+
+
+def speedup(objective: str, best: TrialRecord, base: TrialRecord | None) -> float | None:
+    if base is None or not base.objective_value or not best.objective_value:
+        return None
+    if objective == "throughput":
+        return best.objective_value / base.objective_value
+    return base.objective_value / best.objective_value
+
+
+def build_deployment(ctx: StudyContext, best: TrialRecord, base: TrialRecord | None) -> DeploymentConfig:
+    return DeploymentConfig(
+        model=ctx.model,
+        device=ctx.device.device,
+        settings=best.candidate,
+        generate_kwargs=generate_kwargs(best.candidate),
+        measured=best.outcome.measurement,
+        objective=ctx.spec.objective,
+        objective_value=best.objective_value,
+        speedup_vs_baseline=speedup(ctx.spec.objective, best, base),
+        baseline=BaselineSummary(trial_number=base.number, candidate=base.candidate, objective_value=base.objective_value) if base else None,
+        memory_budget_gib=ctx.spec.memory_budget_gib,
+        fingerprint=fingerprint(ctx.device),
+        study_name=ctx.study_name,
+        storage=ctx.storage_url,
+        trial_number=best.number,
+        created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def write_outputs(ctx: StudyContext) -> tuple[list[TrialRecord], DeploymentConfig | None]:
+    recs = records(ctx.study)
+    write_trials_jsonl(ctx.out, recs)
+    best = best_record(recs, ctx.spec.objective)
+    config = None
+    if best is not None:
+        config = build_deployment(ctx, best, baseline_record(recs))
+        _atomic_write(ctx.out / "best.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    return recs, config
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+def _finished_by_params(recs: list[TrialRecord]) -> dict[tuple, TrialRecord]:
+    done = {}
+    for r in recs:
+        if r.state in ("measured", "infeasible", "unsupported"):
+            done.setdefault(_key(r.candidate), r)
+    return done
+
+
+def _key(cand: Candidate) -> tuple:
+    return tuple(sorted(cand.model_dump().items()))
+
+
+def run_study(ctx: StudyContext, progress: ProgressSink | None = None) -> None:
+    """Run trials until the study holds `spec.trials` counted trials, the space is exhausted, or
+    the timeout passes. Ctrl-C marks the trial in flight failed and re-raises."""
+    progress = progress or _Silent()
+    spec = ctx.spec
+    recs = records(ctx.study)
+    done = _finished_by_params(recs)
+    counted = counted_trials(recs)
+    started = time.monotonic()
+    duplicates_in_a_row = 0
+    run_log = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "trials": []}
+    worker = WorkerClient(ctx.model, ctx.device.device, spec.memory_budget_gib, ctx.out / "workers")
+    try:
+        while counted < spec.trials:
+            if len(done) >= ctx.space.size:
+                ctx.stopped_reason = f"all {ctx.space.size} candidates of the space are measured"
+                break
+            if spec.timeout_s is not None and time.monotonic() - started > spec.timeout_s:
+                ctx.stopped_reason = f"--timeout {spec.timeout_s:.0f}s reached"
+                break
+            if duplicates_in_a_row >= MAX_CONSECUTIVE_DUPLICATES:
+                ctx.stopped_reason = "the sampler keeps proposing measured candidates; the space is effectively exhausted"
+                break
+            trial = ctx.study.ask()
+            cand = suggest(trial, ctx.space)
+            trial_start = time.perf_counter()
+            previous = done.get(_key(cand))
+            if previous is not None:  # never measure the same candidate twice: answer from the record
+                _tell(ctx, trial, cand, previous.outcome, spawn_s=0.0, total_s=0.0, duplicate_of=previous)
+                duplicates_in_a_row += 1
+                continue
+            duplicates_in_a_row = 0
+            progress.trial_started(counted, spec.trials, cand)
+            try:
+                reason = unsupported_reason(cand, ctx.device)
+                spawn_s = 0.0
+                if reason is not None:
+                    outcome = TrialOutcome(status="unsupported", reason=reason)
+                else:
+                    request = WorkRequest(trial_number=trial.number, candidate=cand, repeats=ctx.space.repeats)
+                    outcome, spawn_s = worker.run(request, spec.trial_timeout_s)
+            except BaseException:
+                # Ctrl-C or a crash of the parent's own code: the trial in flight is lost, nothing else.
+                trial.set_user_attr(INTERRUPTED_ATTR, True)
+                ctx.study.tell(trial, state=OptunaState.FAIL)
+                raise
+            record = _tell(ctx, trial, cand, outcome, spawn_s=spawn_s, total_s=time.perf_counter() - trial_start)
+            counted += 1
+            ctx.new_trials.append(record.number)
+            if record.state != "failed":
+                done[_key(cand)] = record
+            run_log["trials"].append({"number": record.number, "total_s": record.total_s})
+            write_outputs(ctx)
+            progress.trial_finished(record, counted, spec.trials)
+    finally:
+        worker.close()
+        run_log["wall_s"] = time.monotonic() - started
+        with open(ctx.out / "runs.jsonl", "a") as f:
+            f.write(json.dumps(run_log) + "\n")

@@ -1,0 +1,133 @@
+"""Parent side of the worker: spawn, send a request, wait with a deadline, survive the child's death."""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+import time
+from pathlib import Path
+
+from autotune.models import ModelRef
+from autotune.spec import TrialOutcome
+from autotune.worker.protocol import WorkRequest
+
+_STARTUP_TIMEOUT_S = 300.0
+
+
+def _describe_exit(exitcode: int | None) -> str:
+    if exitcode is None:
+        return "worker stopped answering"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (killed: out of host memory, or by hand)" if -exitcode == signal.SIGKILL else ""
+        return f"worker died with {name}{hint}"
+    return f"worker exited with code {exitcode}"
+
+
+def log_tail(path: str | Path, lines: int = 5) -> str:
+    try:
+        text = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(line.strip()[:200] for line in text[-lines:])
+
+
+class WorkerClient:
+    """One worker process at a time; a fresh one is started after a crash or timeout."""
+
+    def __init__(self, model_ref: ModelRef, device: str, memory_budget_gib: float | None, log_dir: Path) -> None:
+        self.model_ref = model_ref
+        self.device = device
+        self.budget = memory_budget_gib
+        self.log_dir = log_dir
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA
+        self._process = None
+        self._conn = None
+        self.log_path: Path | None = None
+        self.pid: int | None = None
+
+    def _next_log_path(self) -> Path:
+        n = len(list(self.log_dir.glob("worker-*.log"))) + 1
+        return self.log_dir / f"worker-{n:03d}.log"
+
+    def _start(self) -> float:
+        from autotune.worker.process import worker_main
+
+        start = time.perf_counter()
+        self.log_path = self._next_log_path()
+        parent_conn, child_conn = self._ctx.Pipe()
+        process = self._ctx.Process(
+            target=worker_main,
+            args=(child_conn, self.model_ref.model_dump_json(), self.device, self.budget, str(self.log_path)),
+            name="autotune-worker",
+        )
+        process.start()
+        child_conn.close()
+        self._process, self._conn = process, parent_conn
+        if not parent_conn.poll(_STARTUP_TIMEOUT_S):
+            self._discard()
+            raise RuntimeError(f"worker did not start within {_STARTUP_TIMEOUT_S:.0f}s; see {self.log_path}")
+        try:
+            hello = parent_conn.recv()
+        except EOFError:
+            exitcode = process.exitcode
+            self._discard()
+            raise RuntimeError(f"{_describe_exit(exitcode)} while starting; see {self.log_path}: {log_tail(self.log_path)}") from None
+        self.pid = hello["pid"]
+        return time.perf_counter() - start
+
+    def _discard(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            self._process.kill()
+        if self._process is not None:
+            self._process.join(timeout=10)
+        if self._conn is not None:
+            self._conn.close()
+        self._process, self._conn, self.pid = None, None, None
+
+    def run(self, request: WorkRequest, timeout_s: float) -> tuple[TrialOutcome, float]:
+        """Returns the outcome and the seconds spent spawning a worker for it (0 if reused)."""
+        spawn_s = 0.0
+        if self._process is None or not self._process.is_alive():
+            self._discard()
+            spawn_s = self._start()
+        log = str(self.log_path)
+        self._conn.send(request.model_dump(mode="json"))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._conn.poll(0.1):
+                try:
+                    outcome = TrialOutcome.model_validate(self._conn.recv())
+                    return outcome.model_copy(update={"worker_log": log}), spawn_s
+                except (EOFError, OSError):
+                    pass  # the pipe closed: the child died; fall through to the exit check
+            if not self._process.is_alive() or self._conn.closed:
+                self._process.join(timeout=5)
+                reason = f"{_describe_exit(self._process.exitcode)} during trial {request.trial_number}"
+                tail = log_tail(log)
+                self._discard()
+                return TrialOutcome(status="crashed", reason=f"{reason}; log {log}: {tail}"[:1500], worker_log=log), spawn_s
+            if time.monotonic() > deadline:
+                self._discard()
+                return TrialOutcome(
+                    status="timeout", reason=f"no answer within {timeout_s:.0f}s (per-trial timeout); worker killed", worker_log=log
+                ), spawn_s
+
+    def close(self) -> None:
+        if self._conn is not None and self._process is not None and self._process.is_alive():
+            try:
+                self._conn.send(None)
+                self._process.join(timeout=10)
+            except (OSError, BrokenPipeError):
+                pass
+        self._discard()
+
+    def __enter__(self) -> WorkerClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

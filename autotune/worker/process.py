@@ -1,0 +1,145 @@
+"""The worker's main loop (runs in the child process).
+
+It keeps the loaded model while consecutive requests share a load-key and reloads otherwise. Every
+failure it can survive becomes a typed TrialOutcome: 'oom' (infeasible), 'unsupported' (the
+library refused the combination at load time) or 'error' (a traceback for the log).
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import sys
+import time
+import traceback
+
+from autotune.models import ModelRef
+from autotune.spec import TrialOutcome
+from autotune.worker.protocol import Faults, WorkRequest
+
+_CPU_OOM_MARKERS = ("can't allocate memory", "not enough memory", "DefaultCPUAllocator", "out of memory")
+# Exceptions transformers/bitsandbytes raise when a combination is not supported (an attention
+# kernel the architecture lacks, a dtype a quantizer refuses): the candidate is unsupported here.
+_UNSUPPORTED_AT_LOAD = (NotImplementedError, ValueError, ImportError)
+
+
+def is_oom(error: BaseException) -> bool:
+    import torch
+
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in _CPU_OOM_MARKERS)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
+
+
+def _redirect_output(log_path: str) -> None:
+    # Everything the libraries print (warnings, progress bars, C++ messages) goes to the log file,
+    # which is kept next to the study so a crashed trial can be diagnosed afterwards.
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
+    sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
+
+
+class _Worker:
+    def __init__(self, model_ref: ModelRef, device: str, memory_budget_gib: float | None) -> None:
+        self.ref = model_ref
+        self.device = device
+        self.budget = memory_budget_gib
+        self.faults = Faults.from_env()
+        self.model = None
+        self.loaded_key: tuple | None = None
+        self.vocab_size = 32000
+
+    def setup(self) -> None:
+        import torch
+        import transformers  # noqa: F401  (import cost belongs to spawning, not to the first trial)
+
+        if self.device.startswith("cuda"):
+            torch.cuda.set_device(self.device)
+            if self.budget is not None:
+                total = torch.cuda.get_device_properties(self.device).total_memory / 2**30
+                # The allocator raises OutOfMemoryError past this fraction: a 24 GiB card on an
+                # 80 GiB one. The CUDA context itself (~0.5 GiB) is outside torch's accounting.
+                torch.cuda.set_per_process_memory_fraction(min(1.0, self.budget / total), self.device)
+
+    def _unload(self) -> None:
+        self.model = None
+        self.loaded_key = None
+        gc.collect()
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.empty_cache()
+
+    def handle(self, request: WorkRequest) -> TrialOutcome:
+        from autotune.loading import load_model
+        from autotune.measure.throughput import measure_generation
+
+        cand = request.candidate
+        print(f"[trial {request.trial_number}] {cand.label()}", flush=True)
+        load_s, reloaded = 0.0, False
+        if self.loaded_key != cand.load_key:
+            self._unload()
+            reloaded = True
+            start = time.perf_counter()
+            try:
+                self.model, _ = load_model(self.ref, cand, self.device)
+            except Exception as e:  # noqa: BLE001 — every load failure becomes a typed outcome
+                traceback.print_exc()
+                self._unload()
+                status = "oom" if is_oom(e) else "unsupported" if isinstance(e, _UNSUPPORTED_AT_LOAD) else "error"
+                return TrialOutcome(status=status, reason=_one_line(e), phase="load", reloaded=True,
+                                    load_s=time.perf_counter() - start)
+            load_s = time.perf_counter() - start
+            self.loaded_key = cand.load_key
+            self.vocab_size = int(getattr(self.model.config, "vocab_size", None) or self.vocab_size)
+            print(f"[trial {request.trial_number}] loaded in {load_s:.1f}s", flush=True)
+
+        if self.faults.sigkill_on_trial == request.trial_number:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.faults.hang_on_trial == request.trial_number:
+            time.sleep(10**6)
+
+        def before_each_run() -> None:
+            if self.faults.oom_at_batch_size is not None and cand.batch_size >= self.faults.oom_at_batch_size:
+                import torch
+
+                torch.empty(2**50, dtype=torch.uint8, device=self.device)  # 1 PiB: a real allocation failure
+
+        try:
+            measurement = measure_generation(self.model, cand, self.device, request.repeats, self.vocab_size, before_each_run)
+        except Exception as e:  # noqa: BLE001
+            traceback.print_exc()
+            gc.collect()
+            if self.device.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()
+            status = "oom" if is_oom(e) else "error"
+            return TrialOutcome(status=status, reason=_one_line(e), phase="measure", load_s=load_s, reloaded=reloaded)
+        print(f"[trial {request.trial_number}] {measurement.output_tokens_per_s.median:.1f} tok/s, "
+              f"peak {measurement.peak_memory_gib:.2f} GiB", flush=True)
+        return TrialOutcome(status="ok", measurement=measurement, load_s=load_s, reloaded=reloaded)
+
+
+def worker_main(conn, model_ref_json: str, device: str, memory_budget_gib: float | None, log_path: str) -> None:
+    _redirect_output(log_path)
+    worker = _Worker(ModelRef.model_validate_json(model_ref_json), device, memory_budget_gib)
+    worker.setup()
+    conn.send({"ready": True, "pid": os.getpid()})
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent went away: nothing left to answer
+        if message is None:
+            return
+        outcome = worker.handle(WorkRequest.model_validate(message))
+        conn.send(outcome.model_dump(mode="json"))

@@ -1,0 +1,1 @@
+"""Bundled search spaces (installed as autotune.search_spaces)."""
