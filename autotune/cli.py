@@ -15,7 +15,8 @@ from autotune.errors import AutotuneError
 from autotune.spec import TuneSpec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find the best deployment config for a model on this machine, by measurement.")
-console = Console()
+# Piped output (CI logs, `| tee`) gets a wide table instead of rich's 80-column default.
+console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True)
 
 
@@ -86,25 +87,13 @@ def show(out: Path = typer.Argument(..., help="output directory of a tune run"))
 
 
 def main() -> None:
+    # Standalone mode lets typer handle usage errors (exit 2 with usage text), --help and Ctrl-C
+    # outside a study; what is ours to report is an AutotuneError: one line, no traceback.
     try:
-        code = app(standalone_mode=False)
-        if isinstance(code, int) and code:
-            sys.exit(code)
+        app()
     except AutotuneError as e:
         err_console.print(f"error: {e}", soft_wrap=True, highlight=False, markup=False)
         sys.exit(e.exit_code)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        err_console.print("aborted")
-        sys.exit(130)
-    except Exception as e:  # click usage errors (unknown option...) come through here in non-standalone mode
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
 
 
 if __name__ == "__main__":

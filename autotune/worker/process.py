@@ -47,6 +47,17 @@ def _redirect_output(log_path: str) -> None:
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
 
 
+def _release_freed_host_memory() -> None:
+    # glibc keeps freed heap pages resident; without this the previous model's weights would
+    # count in the next candidate's peak RSS on CPU.
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class _Worker:
     def __init__(self, model_ref: ModelRef, device: str, memory_budget_gib: float | None) -> None:
         self.ref = model_ref
@@ -73,6 +84,7 @@ class _Worker:
         self.model = None
         self.loaded_key = None
         gc.collect()
+        _release_freed_host_memory()
         if self.device.startswith("cuda"):
             import torch
 

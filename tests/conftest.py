@@ -1,0 +1,65 @@
+"""Shared helpers: write a small search space, run the real CLI in a subprocess, read results."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autotune.spec import TrialRecord
+
+TINY_SPACE = {
+    "dtype": ["fp32", "bf16"],
+    "quantization": ["none"],
+    "attn_implementation": ["sdpa", "eager"],
+    "compile": [False],
+    "batch_size": [1, 2],
+    "max_length": [32],
+    "new_tokens": 4,
+    "repeats": 3,
+}
+
+
+def write_space(path: Path, **overrides) -> Path:
+    path.write_text(yaml.safe_dump({**TINY_SPACE, **overrides}))
+    return path
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+    env.pop("AUTOTUNE_FAULTS", None)
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "autotune.cli", *args], capture_output=True, text=True, env=env or cli_env(), timeout=timeout
+    )
+
+
+def read_records(out: Path) -> list[TrialRecord]:
+    path = out / "trials.jsonl"
+    if not path.is_file():
+        return []
+    return [TrialRecord.model_validate(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
+def assert_ok(result: subprocess.CompletedProcess) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the GPU machine: pytest -m gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,235 @@
+"""Bad input to the `autotune` CLI ends in one `error:` line on stderr, never a traceback.
+
+Every test runs the real CLI in a subprocess. For user errors it checks a non-zero exit code,
+exactly one non-empty stderr line that starts with ``error:`` and names the problem, no Python
+traceback, and, where a study already existed in the output directory, that its files are
+byte-identical afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+STUDY_FILES = ("study.db", "trials.jsonl", "best.yaml")
+STUDY_NAME = "tiny-qwen2-cpu"  # default name: <model>-<device>
+
+VALID_SPACE = """\
+dtype: [fp32]
+quantization: [none]
+attn_implementation: [sdpa]
+batch_size: [1]
+max_length: [16]
+new_tokens: 4
+repeats: 3
+"""
+
+
+def run_cli(args: Sequence[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run `python -m autotune.cli ARGS` in `cwd` (so a default output dir never lands in the repo)."""
+    env = {k: v for k, v in os.environ.items() if k != "AUTOTUNE_FAULTS"}  # no injected worker faults
+    return subprocess.run(
+        [sys.executable, "-m", "autotune.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
+    """Non-zero exit, one non-empty `error:` line naming the problem, no traceback; returns the line."""
+    assert result.returncode != 0, f"exit code 0 for a bad input; stdout:\n{result.stdout}"
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, f"expected one stderr line, got {len(lines)}:\n{result.stderr}"
+    line = lines[0]
+    assert line.startswith("error:") and line.removeprefix("error:").strip(), line
+    for needle in needles:
+        assert needle in line, f"{needle!r} not in {line!r}"
+    return line
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    return {name: (out / name).read_bytes() for name in STUDY_FILES}
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture
+def valid_space(tmp_path: Path) -> Path:
+    return write(tmp_path / "space.yaml", VALID_SPACE)
+
+
+def tune_args(space: Path, out: Path, *extra: str) -> list[str]:
+    """A cheap, otherwise valid `tune` command line (random-weights tiny model on CPU, one trial)."""
+    return [
+        "tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space),
+        "--trials", "1", "--device", "cpu", "--out", str(out), *extra,
+    ]
+
+
+# ------------------------------------------------------------------------------ model
+
+
+def test_missing_model_path(tmp_path: Path, valid_space: Path) -> None:
+    out = tmp_path / "out"
+    result = run_cli(
+        ["tune", "--model", "/nonexistent/dir", "--space", str(valid_space), "--device", "cpu", "--out", str(out)],
+        tmp_path,
+    )
+    assert_one_line_error(result, "/nonexistent/dir", "not found")
+    assert not out.exists(), "a rejected command created the output directory"
+
+
+@pytest.mark.parametrize(
+    ("config_text", "needle"),
+    [
+        pytest.param("{bad", "not valid JSON", id="invalid-json"),
+        pytest.param("[1, 2, 3]", "no 'model_type'", id="not-a-mapping"),
+        pytest.param(json.dumps({"hidden_size": 64}), "no 'model_type'", id="no-model-type"),
+    ],
+)
+def test_unreadable_model_config(tmp_path: Path, valid_space: Path, config_text: str, needle: str) -> None:
+    model_dir = tmp_path / "model"
+    write(model_dir / "config.json", config_text)
+    out = tmp_path / "out"
+    result = run_cli(
+        ["tune", "--model", str(model_dir), "--random-weights", "--space", str(valid_space),
+         "--device", "cpu", "--out", str(out)],
+        tmp_path,
+    )
+    assert_one_line_error(result, "config.json", needle)
+    assert not out.exists(), "a rejected command created the output directory"
+
+
+# ------------------------------------------------------------------------------ search space
+
+
+@pytest.mark.parametrize(
+    ("space_text", "needles"),
+    [
+        pytest.param("dtype: [fp32\nbatch_size: [1]\n", ("not valid YAML",), id="yaml-syntax"),
+        pytest.param(VALID_SPACE + "batchsize: [1]\n", ("'batchsize'", "unknown key"), id="unknown-key"),
+        pytest.param(
+            VALID_SPACE.replace("quantization: [none]", "quantization: [nf5]"),
+            ("'nf5'", "allowed:", "bnb-nf4", "none"),
+            id="unknown-quantization",
+        ),
+        pytest.param(
+            VALID_SPACE.replace("attn_implementation: [sdpa]", "attn_implementation: [flash]"),
+            ("'flash'", "allowed:", "sdpa", "eager"),
+            id="unknown-attention",
+        ),
+    ],
+)
+def test_malformed_space(tmp_path: Path, space_text: str, needles: tuple[str, ...]) -> None:
+    space = write(tmp_path / "bad-space.yaml", space_text)
+    out = tmp_path / "out"
+    result = run_cli(tune_args(space, out), tmp_path)
+    assert_one_line_error(result, "bad-space.yaml", *needles)
+    assert not out.exists(), "a rejected command created the output directory"
+
+
+# ------------------------------------------------------------------------------ device and budget
+
+
+def test_cuda_without_gpu(tmp_path: Path, valid_space: Path) -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is visible: --device cuda is valid here")
+    out = tmp_path / "out"
+    args = tune_args(valid_space, out)
+    args[args.index("--device") + 1] = "cuda"
+    result = run_cli(args, tmp_path)
+    assert_one_line_error(result, "--device cuda", "no CUDA GPU")
+    assert not out.exists(), "a rejected command created the output directory"
+
+
+@pytest.mark.parametrize(
+    ("budget", "needles"),
+    [
+        pytest.param("100000GiB", ("--memory-budget", "more than cpu has"), id="above-device-memory"),
+        pytest.param("lots", ("--memory-budget", "'lots'"), id="malformed"),
+    ],
+)
+def test_bad_memory_budget(tmp_path: Path, valid_space: Path, budget: str, needles: tuple[str, ...]) -> None:
+    out = tmp_path / "out"
+    result = run_cli(tune_args(valid_space, out, "--memory-budget", budget), tmp_path)
+    assert_one_line_error(result, *needles)
+    assert not out.exists(), "a rejected command created the output directory"
+
+
+# ------------------------------------------------------------------------------ output directory
+
+
+def test_output_dir_under_a_file(tmp_path: Path, valid_space: Path) -> None:
+    # As root, chmod does not stop writes; a regular file as the parent makes mkdir fail for anyone.
+    blocker = write(tmp_path / "file.txt", "not a directory\n")
+    out = blocker / "out"
+    result = run_cli(tune_args(valid_space, out), tmp_path)
+    assert_one_line_error(result, str(out), "not writable")
+    assert blocker.read_text() == "not a directory\n"
+
+
+# ------------------------------------------------------------------------------ existing study
+
+
+@pytest.fixture(scope="module")
+def existing_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real one-trial study (spawns a worker, ~15 s), created once for the module."""
+    root = tmp_path_factory.mktemp("study")
+    space = write(root / "space.yaml", VALID_SPACE)
+    out = root / "out"
+    result = run_cli(tune_args(space, out), root, timeout=600)
+    assert result.returncode == 0, f"creating the study failed:\n{result.stdout}\n{result.stderr}"
+    for name in STUDY_FILES:
+        assert (out / name).is_file(), f"the study run wrote no {name}"
+    return out
+
+
+@pytest.mark.parametrize(
+    ("space_text", "extra", "needle"),
+    [
+        pytest.param(VALID_SPACE.replace("batch_size: [1]", "batch_size: [1, 2]"), (), "space", id="different-space"),
+        pytest.param(VALID_SPACE, ("--objective", "latency"), "objective", id="different-objective"),
+    ],
+)
+def test_existing_study_with_different_identity(
+    existing_study: Path, tmp_path: Path, space_text: str, extra: tuple[str, ...], needle: str
+) -> None:
+    before = snapshot(existing_study)
+    space = write(tmp_path / "other-space.yaml", space_text)
+    result = run_cli(tune_args(space, existing_study, *extra), tmp_path)
+    assert_one_line_error(result, repr(STUDY_NAME), "different", needle)
+    assert snapshot(existing_study) == before, "a refused resume changed the existing study's files"
+
+
+# ------------------------------------------------------------------------------ usage and `show`
+
+
+def test_unknown_option(tmp_path: Path) -> None:
+    result = run_cli(["tune", "--frobnicate"], tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "No such option" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["empty-dir", "missing-dir"])
+def test_show_without_trials(tmp_path: Path, exists: bool) -> None:
+    target = tmp_path / "not-a-run"
+    if exists:
+        target.mkdir()
+    result = run_cli(["show", str(target)], tmp_path)
+    assert_one_line_error(result, str(target), "trials.jsonl")

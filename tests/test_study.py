@@ -1,0 +1,170 @@
+"""End-to-end studies on the real embedded SmolLM2-135M, through the real CLI and a real SQLite
+storage: a full tiny study, resume after the whole process tree is SIGKILLed, a worker SIGKILLed
+mid-trial, an OOM, a hung trial, a budget nobody fits, unsupported candidates."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from autotune.spec import DeploymentConfig
+from tests.conftest import assert_ok, cli_env, read_records, run_cli, write_space
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("study")
+    space = write_space(out.parent / "space.yaml")
+    result = run_cli("tune", "--space", str(space), "--trials", "4", "--out", str(out), "--device", "cpu")
+    assert_ok(result)
+    (out / "stdout.txt").write_text(result.stdout)
+    return out
+
+
+def test_full_study_writes_valid_best_config(tiny_study: Path) -> None:
+    config = DeploymentConfig.model_validate(yaml.safe_load((tiny_study / "best.yaml").read_text()))
+    recs = read_records(tiny_study)
+    counted = [r for r in recs if r.state != "duplicate"]
+    assert len(counted) == 4
+    baseline = recs[0]
+    assert baseline.is_baseline and baseline.number == 0
+    assert (baseline.candidate.dtype, baseline.candidate.attn_implementation, baseline.candidate.batch_size) == ("fp32", "sdpa", 1)
+    measured = [r for r in counted if r.state == "measured"]
+    assert measured, "no candidate measured"
+    for r in measured:
+        m = r.outcome.measurement
+        assert len(m.output_tokens_per_s.samples) >= 3
+        assert m.prefill_tokens_per_s.median > 0 and m.decode_tokens_per_s.median > 0
+        assert len(m.ttft_s.samples) == len(m.request_latency_s.samples) == 3
+        assert m.peak_memory_gib > 0.1  # a 135M model in a Python process is well above 100 MiB RSS
+    best = max(measured, key=lambda r: r.objective_value)
+    assert config.trial_number == best.number
+    assert config.objective_value == pytest.approx(best.objective_value)
+    assert config.speedup_vs_baseline == pytest.approx(best.objective_value / baseline.objective_value)
+    assert config.fingerprint.torch.startswith(__import__("torch").__version__.split("+")[0])
+    assert config.model.kind == "embedded"
+    assert "best.yaml" in (tiny_study / "stdout.txt").read_text()
+
+
+def test_rerun_measures_nothing_again(tiny_study: Path) -> None:
+    before = (tiny_study / "trials.jsonl").read_text()
+    space = tiny_study.parent / "space.yaml"
+    result = run_cli("tune", "--space", str(space), "--trials", "4", "--out", str(tiny_study), "--device", "cpu")
+    assert_ok(result)
+    assert "nothing new to measure" in result.stdout
+    assert (tiny_study / "trials.jsonl").read_text() == before
+
+
+def test_show_prints_trials_and_best(tiny_study: Path) -> None:
+    result = run_cli("show", str(tiny_study))
+    assert_ok(result)
+    assert "Trials" in result.stdout and "Best deployment config" in result.stdout
+
+
+def test_resume_after_killing_the_whole_study(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", batch_size=[1, 2, 4], max_length=[32, 48])
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "autotune.cli", "tune", "--space", str(space), "--trials", "6", "--out", str(out), "--device", "cpu"]
+    proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while len(read_records(out)) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert proc.poll() is None, "study finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # parent and worker, mid-study, no chance to clean up
+    proc.wait()
+    survived = {r.number: r for r in read_records(out)}
+    assert len(survived) >= 2
+
+    result = run_cli("tune", "--space", str(space), "--trials", "6", "--out", str(out), "--device", "cpu")
+    assert_ok(result)
+    recs = read_records(out)
+    by_number = {r.number: r for r in recs}
+    for number, old in survived.items():  # nothing completed is lost or re-measured
+        assert by_number[number] == old
+    counted = [r for r in recs if r.state != "duplicate"]
+    assert len(counted) == 6
+    keys = [r.candidate for r in counted if r.state in ("measured", "infeasible", "unsupported")]
+    assert len(keys) == len(set(keys)), "a candidate was measured twice"
+    study = optuna.load_study(study_name="SmolLM2-135M-Instruct-cpu", storage=f"sqlite:///{out / 'study.db'}")
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,)), "a killed trial was left RUNNING"
+
+
+def test_worker_sigkill_fails_one_trial_and_study_completes(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml")
+    out = tmp_path / "out"
+    env = cli_env(AUTOTUNE_FAULTS=json.dumps({"sigkill_on_trial": 1}))
+    result = run_cli("tune", "--space", str(space), "--trials", "3", "--out", str(out), "--device", "cpu", env=env)
+    assert_ok(result)
+    recs = {r.number: r for r in read_records(out)}
+    assert recs[1].state == "failed" and recs[1].outcome.status == "crashed"
+    assert "SIGKILL" in recs[1].outcome.reason
+    assert Path(recs[1].outcome.worker_log).is_file()
+    assert [recs[n].state for n in (0, 2)] == ["measured", "measured"]
+    assert len(list((out / "workers").glob("worker-*.log"))) == 2  # a fresh worker took over
+    study = optuna.load_study(study_name="SmolLM2-135M-Instruct-cpu", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.trials[1].state == optuna.trial.TrialState.FAIL
+
+
+def test_oom_is_an_infeasible_answer_not_a_failure(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=[1, 2, 4])
+    out = tmp_path / "out"
+    env = cli_env(AUTOTUNE_FAULTS=json.dumps({"oom_at_batch_size": 2}))
+    result = run_cli("tune", "--space", str(space), "--trials", "3", "--out", str(out), "--device", "cpu", env=env)
+    assert_ok(result)
+    recs = [r for r in read_records(out) if r.state != "duplicate"]
+    assert {r.candidate.batch_size for r in recs} == {1, 2, 4}
+    for r in recs:
+        if r.candidate.batch_size >= 2:
+            assert r.state == "infeasible" and r.outcome.status == "oom"
+            assert r.constraints["oom"] > 0
+            assert "allocate" in r.outcome.reason  # the allocator's own message, from a real failed allocation
+    study = optuna.load_study(study_name="SmolLM2-135M-Instruct-cpu", storage=f"sqlite:///{out / 'study.db'}")
+    oom_trials = [t for t in study.trials if t.params["batch_size"] >= 2]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE and t.constraints["oom"] > 0 for t in oom_trials)
+    best = DeploymentConfig.model_validate(yaml.safe_load((out / "best.yaml").read_text()))
+    assert best.settings.batch_size == 1
+
+
+def test_hung_trial_times_out_and_study_continues(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"])
+    out = tmp_path / "out"
+    env = cli_env(AUTOTUNE_FAULTS=json.dumps({"hang_on_trial": 1}))
+    result = run_cli("tune", "--space", str(space), "--trials", "2", "--trial-timeout", "20", "--out", str(out),
+                     "--device", "cpu", env=env)
+    assert_ok(result)
+    recs = {r.number: r for r in read_records(out)}
+    assert recs[1].outcome.status == "timeout" and recs[1].state == "failed"
+
+
+def test_budget_nobody_fits_is_reported_not_crashed(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"])
+    out = tmp_path / "out"
+    result = run_cli("tune", "--space", str(space), "--trials", "2", "--memory-budget", "64MiB", "--out", str(out), "--device", "cpu")
+    assert result.returncode == 1
+    assert "no feasible config" in result.stdout
+    recs = read_records(out)
+    assert recs and all(r.state == "infeasible" and r.constraints["over_budget_gib"] > 0 for r in recs)
+    assert not (out / "best.yaml").exists()
+
+
+def test_unsupported_candidates_are_recorded_with_reason(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", dtype=["fp16", "fp32"], attn_implementation=["flash_attention_2", "sdpa"],
+                        batch_size=[1])
+    out = tmp_path / "out"
+    result = run_cli("tune", "--space", str(space), "--trials", "4", "--out", str(out), "--device", "cpu")
+    assert_ok(result)
+    recs = [r for r in read_records(out) if r.state != "duplicate"]
+    assert len(recs) == 4
+    reasons = {(r.candidate.dtype, r.candidate.attn_implementation): (r.state, r.outcome.reason) for r in recs}
+    assert reasons[("fp32", "sdpa")][0] == "measured"
+    assert reasons[("fp16", "sdpa")] == ("unsupported", reasons[("fp16", "sdpa")][1]) and "fp16 on CPU" in reasons[("fp16", "sdpa")][1]
+    assert "flash_attention_2" in reasons[("fp32", "flash_attention_2")][1]
