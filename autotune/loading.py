@@ -50,6 +50,8 @@ def load_model(ref: ModelRef, candidate: Candidate, device: str):
     source = materialize(ref, device)
     model = AutoModelForCausalLM.from_pretrained(source, **from_pretrained_kwargs(candidate, device))
     model.eval()
+    if device == "cpu":
+        _copy_out_of_checkpoint_mmap(model)
     if candidate.compile:
         quantizer = getattr(model, "hf_quantizer", None)
         if quantizer is not None and not quantizer.is_compileable:
@@ -57,6 +59,24 @@ def load_model(ref: ModelRef, candidate: Candidate, device: str):
                 f"{candidate.quantization} is not compileable in transformers; generate() would silently run eagerly"
             )
     return model, load_tokenizer(ref, source)
+
+
+def _copy_out_of_checkpoint_mmap(model) -> None:
+    """On CPU, safetensors leaves unquantized weights as views of the memory-mapped checkpoint,
+    and a quantizing load keeps the whole file mapped. Process RSS then counts file pages by
+    accident of how they were read (an nf4 model looked bigger than the fp32 one). Copying plain
+    parameters into process memory, as a GPU load does, makes the peak memory of candidates
+    comparable; the mapping is released once nothing refers to it."""
+    import torch
+
+    with torch.no_grad():
+        for module in model.modules():
+            for name, param in list(module.named_parameters(recurse=False)):
+                if type(param) is torch.nn.Parameter:
+                    param.data = param.data.clone()
+            for name, buf in list(module.named_buffers(recurse=False)):
+                if buf is not None:
+                    module._buffers[name] = buf.clone()
 
 
 def load_tokenizer(ref: ModelRef, source: str):

@@ -20,7 +20,11 @@ from autotune.system import DeviceInfo
 
 
 def builtin_space_path(name: str) -> Path:
-    return Path(str(importlib.resources.files("autotune.search_spaces") / f"{name}.yaml"))
+    try:
+        root = Path(str(importlib.resources.files("autotune.search_spaces")))
+    except ModuleNotFoundError:  # running from a checkout that was never pip-installed
+        root = Path(__file__).resolve().parent.parent / "search_spaces"
+    return root / f"{name}.yaml"
 
 
 def default_space_path(device: DeviceInfo) -> Path:

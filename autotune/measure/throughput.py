@@ -2,7 +2,7 @@
 
 Protocol (DESIGN.md): batch_size sequences, each prompt_tokens long, generating exactly new_tokens
 (min = max, so EOS cannot end a run early and flatter the numbers). Warm up once at the exact
-shapes, then `repeats` interleaved pairs of generate(new=1) and generate(new=N). The first gives
+shapes (with a static cache, new shapes also mean a recompile), then `repeats` interleaved pairs of generate(new=1) and generate(new=N). The first gives
 TTFT and prefill throughput; the difference gives decode time. Each figure is the median of the
 repeats with its spread.
 """
@@ -56,8 +56,11 @@ def measure_generation(
 
     with MemoryTracker(device) as tracker:
         warm_start = time.perf_counter()
-        timed_generate(1)  # first runs at a new shape are 2-8x slower: never time them
+        # First runs at a new shape are 2-8x slower: never time them. generate(new) runs the
+        # exact prefill shape of generate(1) and every decode shape, so it warms both.
         timed_generate(new)
+        if candidate.compile:  # a static cache of prompt+1 is another compiled shape
+            timed_generate(1)
         warmup_s = time.perf_counter() - warm_start
         measure_start = time.perf_counter()
         prefill_times, full_times = [], []

@@ -110,6 +110,7 @@ class _Worker:
                 return TrialOutcome(status=status, reason=_one_line(e), phase="load", reloaded=True,
                                     load_s=time.perf_counter() - start)
             load_s = time.perf_counter() - start
+            _release_freed_host_memory()  # loading buffers (e.g. fp32 weights before quantizing)
             self.loaded_key = cand.load_key
             self.vocab_size = int(getattr(self.model.config, "vocab_size", None) or self.vocab_size)
             print(f"[trial {request.trial_number}] loaded in {load_s:.1f}s", flush=True)

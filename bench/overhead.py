@@ -1,0 +1,85 @@
+"""Where does a study's wall time go? Runs `autotune tune ARGS` (timing the whole command, start-up
+included) and splits the time of the trials it ran into measuring (warm-up + timed repeats, and
+the probing that ended in an OOM answer), loading models, spawning workers, and the rest
+(bookkeeping: sampler, storage, files, process start-up).
+
+    python bench/overhead.py --out outputs/overhead-cpu -- --trials 12 --device cpu
+    python bench/overhead.py --out outputs/h100 -- --model qwen2.5-7b-instruct --random-weights \\
+        --space llm-7b-24gib --memory-budget 24GiB --trials 60 --device cuda:0
+
+Each invocation appends its wall time to OUT/overhead.jsonl, so a study resumed over several
+commands (the GPU machine allows 10 minutes a command) is accounted as a whole.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from autotune.spec import TrialRecord  # noqa: E402
+
+
+def account(out: Path) -> dict[str, float]:
+    calls = [json.loads(line) for line in (out / "overhead.jsonl").read_text().splitlines() if line.strip()]
+    numbers = {n for call in calls for n in call["new_trials"]}
+    recs = [TrialRecord.model_validate_json(line) for line in (out / "trials.jsonl").read_text().splitlines() if line.strip()]
+    recs = [r for r in recs if r.number in numbers and r.state != "duplicate"]
+    wall = sum(call["wall_s"] for call in calls)
+    timed = warmup = probing = load = spawn = 0.0
+    for r in recs:
+        m = r.outcome.measurement
+        spawn += r.spawn_s
+        load += r.outcome.load_s
+        if m is not None:
+            timed += m.measure_s
+            warmup += m.warmup_s
+        elif r.outcome.status == "oom" and r.outcome.phase == "measure":
+            probing += max(0.0, r.total_s - r.spawn_s - r.outcome.load_s)
+    measuring = timed + warmup + probing
+    return {
+        "commands": len(calls), "trials": len(recs), "wall_s": wall, "measuring_s": measuring, "timed_repeats_s": timed,
+        "warmup_s": warmup, "oom_probing_s": probing, "loading_s": load, "spawning_s": spawn,
+        "bookkeeping_s": wall - measuring - load - spawn, "measuring_fraction": measuring / wall if wall else 0.0,
+        "timed_fraction": timed / wall if wall else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--no-run", action="store_true", help="only account an existing OUT")
+    parser.add_argument("tune_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    tune_args = [a for a in args.tune_args if a != "--"]
+    if not args.no_run:
+        before = {r.number for r in _records(args.out)}
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "autotune.cli", "tune", "--out", str(args.out), *tune_args])
+        wall = time.perf_counter() - start
+        new = sorted({r.number for r in _records(args.out)} - before)
+        with open(args.out / "overhead.jsonl", "a") as f:
+            f.write(json.dumps({"wall_s": wall, "new_trials": new, "returncode": result.returncode, "args": tune_args}) + "\n")
+    acc = account(args.out)
+    print(f"\nstudy time accounting for {args.out} ({acc['commands']} command(s), {acc['trials']} trials)")
+    for key in ("wall_s", "measuring_s", "timed_repeats_s", "warmup_s", "oom_probing_s", "loading_s", "spawning_s", "bookkeeping_s"):
+        print(f"  {key:<16} {acc[key]:9.1f} s  {acc[key] / acc['wall_s'] * 100 if acc['wall_s'] else 0:5.1f}%")
+    print(f"  measuring fraction (warm-up + timed + OOM probing) = {acc['measuring_fraction'] * 100:.1f}%"
+          f"; timed repeats alone = {acc['timed_fraction'] * 100:.1f}%")
+    (args.out / "overhead-summary.json").write_text(json.dumps(acc, indent=2))
+
+
+def _records(out: Path) -> list[TrialRecord]:
+    path = out / "trials.jsonl"
+    if not path.is_file():
+        return []
+    return [TrialRecord.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+if __name__ == "__main__":
+    main()
