@@ -177,6 +177,7 @@ class TrialOutcome(_Strict):
     reason: str = ""
     measurement: Measurement | None = None
     load_s: float = 0.0
+    prepare_s: float = Field(default=0.0, description="building the cached checkpoint (embedded conversion, random weights); once per machine")
     reloaded: bool = False
     worker_log: str | None = None
     phase: Literal["load", "measure", ""] = ""

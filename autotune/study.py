@@ -336,7 +336,7 @@ def _stop_reason(ctx: StudyContext, done: dict, started: float, duplicates_in_a_
     return ""
 
 
-def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch: int = 4) -> None:
+def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch: int = 8) -> None:
     """Run trials until the study holds `spec.trials` counted trials, the space is exhausted, or
     the timeout passes. Trials are asked `ask_batch` at a time (TPE's constant liar keeps them
     apart) and ordered to reuse the loaded model. Ctrl-C marks the trial in flight failed."""

@@ -1,7 +1,8 @@
 """Where does a study's wall time go? Runs `autotune tune ARGS` (timing the whole command, start-up
 included) and splits the time of the trials it ran into measuring (warm-up + timed repeats, and
 the probing that ended in an OOM answer), loading models, spawning workers, and the rest
-(bookkeeping: sampler, storage, files, process start-up).
+(bookkeeping: sampler, storage, files, process start-up). Building a shape-only checkpoint on a
+fresh machine (random weights saved once, ~1 minute for a 7B) is reported apart, as preparing.
 
     python bench/overhead.py --out outputs/overhead-cpu -- --trials 12 --device cpu
     python bench/overhead.py --out outputs/h100 -- --model qwen2.5-7b-instruct --random-weights \\
@@ -31,21 +32,22 @@ def account(out: Path) -> dict[str, float]:
     recs = [TrialRecord.model_validate_json(line) for line in (out / "trials.jsonl").read_text().splitlines() if line.strip()]
     recs = [r for r in recs if r.number in numbers and r.state != "duplicate"]
     wall = sum(call["wall_s"] for call in calls)
-    timed = warmup = probing = load = spawn = 0.0
+    timed = warmup = probing = load = spawn = prepare = 0.0
     for r in recs:
         m = r.outcome.measurement
         spawn += r.spawn_s
         load += r.outcome.load_s
+        prepare += r.outcome.prepare_s
         if m is not None:
             timed += m.measure_s
             warmup += m.warmup_s
         elif r.outcome.status == "oom" and r.outcome.phase == "measure":
-            probing += max(0.0, r.total_s - r.spawn_s - r.outcome.load_s)
+            probing += max(0.0, r.total_s - r.spawn_s - r.outcome.load_s - r.outcome.prepare_s)
     measuring = timed + warmup + probing
     return {
         "commands": len(calls), "trials": len(recs), "wall_s": wall, "measuring_s": measuring, "timed_repeats_s": timed,
         "warmup_s": warmup, "oom_probing_s": probing, "loading_s": load, "spawning_s": spawn,
-        "bookkeeping_s": wall - measuring - load - spawn, "measuring_fraction": measuring / wall if wall else 0.0,
+        "preparing_checkpoint_s": prepare, "bookkeeping_s": wall - measuring - load - spawn - prepare, "measuring_fraction": measuring / wall if wall else 0.0,
         "timed_fraction": timed / wall if wall else 0.0,
     }
 
@@ -67,7 +69,8 @@ def main() -> None:
             f.write(json.dumps({"wall_s": wall, "new_trials": new, "returncode": result.returncode, "args": tune_args}) + "\n")
     acc = account(args.out)
     print(f"\nstudy time accounting for {args.out} ({acc['commands']} command(s), {acc['trials']} trials)")
-    for key in ("wall_s", "measuring_s", "timed_repeats_s", "warmup_s", "oom_probing_s", "loading_s", "spawning_s", "bookkeeping_s"):
+    for key in ("wall_s", "measuring_s", "timed_repeats_s", "warmup_s", "oom_probing_s", "loading_s", "spawning_s",
+                "preparing_checkpoint_s", "bookkeeping_s"):
         print(f"  {key:<16} {acc[key]:9.1f} s  {acc[key] / acc['wall_s'] * 100 if acc['wall_s'] else 0:5.1f}%")
     print(f"  measuring fraction (warm-up + timed + OOM probing) = {acc['measuring_fraction'] * 100:.1f}%"
           f"; timed repeats alone = {acc['timed_fraction'] * 100:.1f}%")

@@ -51,7 +51,7 @@ def _read_hwm_bytes() -> int | None:
 class MemoryTracker:
     """Use as a context manager around the measured work; `result()` afterwards."""
 
-    def __init__(self, device: str, sample_interval_s: float = 0.005) -> None:
+    def __init__(self, device: str, sample_interval_s: float = 0.02) -> None:
         self.device = device
         self.is_cuda = device.startswith("cuda")
         self.interval = sample_interval_s
@@ -89,7 +89,9 @@ class MemoryTracker:
                 self._nvml_handle = None
         else:
             self._hwm_reset = _reset_hwm()
-        if not self.is_cuda or self._nvml_handle is not None:
+        # The sampler thread takes the GIL every interval, which slows and jitters Python-bound
+        # small-batch decoding: run it only where no exact peak exists (NVML, or no HWM reset).
+        if (self.is_cuda and self._nvml_handle is not None) or (not self.is_cuda and not self._hwm_reset):
             self._sampled_peak = self._sample()
             self._thread = threading.Thread(target=self._run, daemon=True)
             self._thread.start()

@@ -93,22 +93,26 @@ class _Worker:
     def handle(self, request: WorkRequest) -> TrialOutcome:
         from autotune.loading import load_model
         from autotune.measure.throughput import measure_generation
+        from autotune.models import materialize
 
         cand = request.candidate
         print(f"[trial {request.trial_number}] {cand.label()}", flush=True)
-        load_s, reloaded = 0.0, False
+        load_s, prepare_s, reloaded = 0.0, 0.0, False
         if self.loaded_key != cand.load_key:
             self._unload()
             reloaded = True
             start = time.perf_counter()
             try:
+                materialize(self.ref, self.device)  # cached after the first build on this machine
+                prepare_s = time.perf_counter() - start
+                start = time.perf_counter()
                 self.model, _ = load_model(self.ref, cand, self.device)
             except Exception as e:  # noqa: BLE001 — every load failure becomes a typed outcome
                 traceback.print_exc()
                 self._unload()
                 status = "oom" if is_oom(e) else "unsupported" if isinstance(e, _UNSUPPORTED_AT_LOAD) else "error"
                 return TrialOutcome(status=status, reason=_one_line(e), phase="load", reloaded=True,
-                                    load_s=time.perf_counter() - start)
+                                    load_s=time.perf_counter() - start, prepare_s=prepare_s)
             load_s = time.perf_counter() - start
             _release_freed_host_memory()  # loading buffers (e.g. fp32 weights before quantizing)
             self.loaded_key = cand.load_key
@@ -136,10 +140,11 @@ class _Worker:
 
                 torch.cuda.empty_cache()
             status = "oom" if is_oom(e) else "error"
-            return TrialOutcome(status=status, reason=_one_line(e), phase="measure", load_s=load_s, reloaded=reloaded)
+            return TrialOutcome(status=status, reason=_one_line(e), phase="measure", load_s=load_s, prepare_s=prepare_s,
+                                reloaded=reloaded)
         print(f"[trial {request.trial_number}] {measurement.output_tokens_per_s.median:.1f} tok/s, "
               f"peak {measurement.peak_memory_gib:.2f} GiB", flush=True)
-        return TrialOutcome(status="ok", measurement=measurement, load_s=load_s, reloaded=reloaded)
+        return TrialOutcome(status="ok", measurement=measurement, load_s=load_s, prepare_s=prepare_s, reloaded=reloaded)
 
 
 def worker_main(conn, model_ref_json: str, device: str, memory_budget_gib: float | None, log_path: str) -> None:
