@@ -33,6 +33,7 @@ from autotune.space import (
     unsupported_reason,
 )
 from autotune.spec import (
+    LOAD_KEY_KNOBS,
     BaselineSummary,
     Candidate,
     DeploymentConfig,
@@ -50,6 +51,10 @@ INTERRUPTED_ATTR = "autotune.interrupted"
 IDENTITY_ATTRS = ("model", "space_digest", "objective", "device_name")
 CONSTRAINT_KEYS = ("oom", "unsupported", "over_budget_gib")
 MAX_CONSECUTIVE_DUPLICATES = 200
+# A model load costs seconds to minutes (bnb int8 of a 7B: ~15 s), a trial at a new batch/length
+# only seconds. After each load the sampler is asked for this many more trials that keep the
+# load-key fixed (Optuna samples the remaining knobs), so every load serves several trials.
+TRIALS_PER_LOAD = 3
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -348,6 +353,7 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
     started = time.monotonic()
     duplicates_in_a_row = 0
     loaded_key: tuple | None = None
+    shape_points = len(ctx.space.batch_size) * len(ctx.space.max_length)
     pending: list[tuple[optuna.Trial, Candidate]] = []
     run_log = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "trials": []}
     worker = WorkerClient(ctx.model, ctx.device.device, spec.memory_budget_gib, ctx.out / "workers")
@@ -384,6 +390,9 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 ctx.study.tell(trial, state=OptunaState.FAIL)
                 raise
             record = _tell(ctx, trial, cand, outcome, spawn_s=spawn_s, total_s=time.perf_counter() - trial_start)
+            if outcome.reloaded and outcome.phase != "load" and shape_points > 1:
+                for _ in range(TRIALS_PER_LOAD - 1):
+                    ctx.study.enqueue_trial(dict(zip(LOAD_KEY_KNOBS, cand.load_key)))
             counted += 1
             ctx.new_trials.append(record.number)
             if record.state != "failed":
