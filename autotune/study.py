@@ -391,8 +391,12 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 raise
             record = _tell(ctx, trial, cand, outcome, spawn_s=spawn_s, total_s=time.perf_counter() - trial_start)
             if outcome.reloaded and outcome.phase != "load" and shape_points > 1:
+                # Ask the follow-ups now and run them next, while this model is still loaded.
                 for _ in range(TRIALS_PER_LOAD - 1):
                     ctx.study.enqueue_trial(dict(zip(LOAD_KEY_KNOBS, cand.load_key)))
+                    follow_up = ctx.study.ask()
+                    pending.append((follow_up, suggest(follow_up, ctx.space)))
+                pending = _order_for_loaded_model(pending, loaded_key)
             counted += 1
             ctx.new_trials.append(record.number)
             if record.state != "failed":

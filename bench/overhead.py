@@ -65,6 +65,8 @@ def main() -> None:
         result = subprocess.run([sys.executable, "-m", "autotune.cli", "tune", "--out", str(args.out), *tune_args])
         wall = time.perf_counter() - start
         new = sorted({r.number for r in _records(args.out)} - before)
+        if result.returncode not in (0, 1) and not new:
+            sys.exit(f"autotune tune failed (exit {result.returncode}) and measured nothing; not accounted")
         with open(args.out / "overhead.jsonl", "a") as f:
             f.write(json.dumps({"wall_s": wall, "new_trials": new, "returncode": result.returncode, "args": tune_args}) + "\n")
     acc = account(args.out)
