@@ -168,3 +168,24 @@ def test_unsupported_candidates_are_recorded_with_reason(tmp_path: Path) -> None
     assert reasons[("fp32", "sdpa")][0] == "measured"
     assert reasons[("fp16", "sdpa")] == ("unsupported", reasons[("fp16", "sdpa")][1]) and "fp16 on CPU" in reasons[("fp16", "sdpa")][1]
     assert "flash_attention_2" in reasons[("fp32", "flash_attention_2")][1]
+
+
+def test_ctrl_c_saves_and_resume_completes(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", batch_size=[1, 2, 4])
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "autotune.cli", "tune", "--space", str(space), "--trials", "5", "--out", str(out), "--device", "cpu"]
+    proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while len(read_records(out)) < 1 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "re-run the same command to resume" in stderr
+    saved = {r.number: r for r in read_records(out)}
+    assert saved
+    result = run_cli("tune", "--space", str(space), "--trials", "5", "--out", str(out), "--device", "cpu")
+    assert_ok(result)
+    recs = {r.number: r for r in read_records(out)}
+    assert all(recs[n] == r for n, r in saved.items())
+    assert len([r for r in recs.values() if r.state != "duplicate"]) == 5
