@@ -77,12 +77,18 @@ def tune(
 
 
 @app.command()
-def show(out: Path = typer.Argument(..., help="output directory of a tune run")) -> None:
+def show(
+    out: Path = typer.Argument(..., help="output directory of a tune run"),
+    markdown: bool = typer.Option(False, "--markdown", help="print the trial table as markdown (for reports)"),
+) -> None:
     """Print the trials and the best config of a finished or running study."""
-    from autotune.report import load_results, print_results
+    from autotune.report import load_results, print_results, trials_markdown
 
     recs, config = load_results(out)
     objective = config.objective if config else "throughput"
+    if markdown:
+        print(trials_markdown(recs, objective))
+        return
     print_results(console, recs, config, objective, out)
 
 

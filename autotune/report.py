@@ -60,11 +60,14 @@ def _fmt(value: float | None, spec: str = ",.1f") -> str:
     return "–" if value is None else format(value, spec)
 
 
-def trials_table(recs: list[TrialRecord], objective: str, baseline_value: float | None) -> Table:
-    table = Table(title="Trials", show_lines=False, header_style="bold")
-    for name in ("#", "dtype", "quant", "attn", "compile", "batch", "max len", "state", "out tok/s", "spread",
-                 "decode tok/s", "TTFT ms", "TPOT ms", "peak GiB", "× base"):
-        table.add_column(name, justify="right" if name not in ("dtype", "quant", "attn", "state") else "left")
+TRIAL_COLUMNS = ("#", "dtype", "quant", "attn", "compile", "batch", "max len", "state", "out tok/s", "spread",
+                 "decode tok/s", "TTFT ms", "TPOT ms", "peak GiB", "× base")
+_LEFT_ALIGNED = {"dtype", "quant", "attn", "state"}
+
+
+def trial_rows(recs: list[TrialRecord], objective: str, baseline_value: float | None) -> list[tuple[str, list[str]]]:
+    """(state, cells) per non-duplicate trial, in trial order; shared by the terminal and markdown views."""
+    rows = []
     for r in sorted(recs, key=lambda r: r.number):
         if r.state == "duplicate":
             continue
@@ -72,16 +75,33 @@ def trials_table(recs: list[TrialRecord], objective: str, baseline_value: float 
         ratio = None
         if m is not None and baseline_value and r.objective_value:
             ratio = r.objective_value / baseline_value if objective == "throughput" else baseline_value / r.objective_value
-        style = _STATE_STYLE.get(r.state, "")
-        table.add_row(
+        rows.append((r.state, [
             f"{r.number}{'*' if r.is_baseline else ''}", c.dtype, c.quantization, c.attn_implementation,
-            "yes" if c.compile else "no", str(c.batch_size), str(c.max_length), f"[{style}]{r.state}[/]",
+            "yes" if c.compile else "no", str(c.batch_size), str(c.max_length), r.state,
             _fmt(m and m.output_tokens_per_s.median), _fmt(m and m.output_tokens_per_s.spread_pct, ".0f") + ("%" if m else ""),
             _fmt(m and m.decode_tokens_per_s.median), _fmt(m and m.ttft_s.median * 1000, ",.0f"),
             _fmt(m and m.tpot_s.median * 1000, ",.1f"), _fmt(m and m.peak_memory_gib, ".2f"), _fmt(ratio, ".2f"),
-        )
+        ]))
+    return rows
+
+
+def trials_table(recs: list[TrialRecord], objective: str, baseline_value: float | None) -> Table:
+    table = Table(title="Trials", show_lines=False, header_style="bold")
+    for name in TRIAL_COLUMNS:
+        table.add_column(name, justify="left" if name in _LEFT_ALIGNED else "right")
+    for state, cells in trial_rows(recs, objective, baseline_value):
+        style = _STATE_STYLE.get(state, "")
+        table.add_row(*cells[:7], f"[{style}]{state}[/]", *cells[8:])
     table.caption = "* = untuned baseline (plain default load, batch 1). Unsupported/failed reasons: see trials.jsonl"
     return table
+
+
+def trials_markdown(recs: list[TrialRecord], objective: str) -> str:
+    base = next((r for r in recs if r.is_baseline and r.state == "measured"), None)
+    lines = ["| " + " | ".join(TRIAL_COLUMNS) + " |", "|" + "|".join("---" if c in _LEFT_ALIGNED else "--:" for c in TRIAL_COLUMNS) + "|"]
+    for _, cells in trial_rows(recs, objective, base.objective_value if base else None):
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def best_summary(config: DeploymentConfig) -> Table:

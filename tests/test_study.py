@@ -68,16 +68,27 @@ def test_show_prints_trials_and_best(tiny_study: Path) -> None:
     result = run_cli("show", str(tiny_study))
     assert_ok(result)
     assert "Trials" in result.stdout and "Best deployment config" in result.stdout
+    markdown = run_cli("show", str(tiny_study), "--markdown")
+    assert_ok(markdown)
+    rows = [line for line in markdown.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 1 + len([r for r in read_records(tiny_study) if r.state != "duplicate"])  # header + trials
+
+
+def _start_study_and_wait(space: Path, out: Path, *, trials: int, min_records: int, start_new_session: bool = False) -> subprocess.Popen:
+    """Start `autotune tune` in the background and return once it has recorded `min_records` trials."""
+    args = [sys.executable, "-m", "autotune.cli", "tune", "--space", str(space), "--trials", str(trials), "--out", str(out), "--device", "cpu"]
+    proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=start_new_session)
+    deadline = time.monotonic() + 300
+    while len(read_records(out)) < min_records and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    return proc
 
 
 def test_resume_after_killing_the_whole_study(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", batch_size=[1, 2, 4], max_length=[32, 48])
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "autotune.cli", "tune", "--space", str(space), "--trials", "6", "--out", str(out), "--device", "cpu"]
-    proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 300
-    while len(read_records(out)) < 2 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    proc = _start_study_and_wait(space, out, trials=6, min_records=2, start_new_session=True)
     assert proc.poll() is None, "study finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)  # parent and worker, mid-study, no chance to clean up
     proc.wait()
@@ -173,11 +184,7 @@ def test_unsupported_candidates_are_recorded_with_reason(tmp_path: Path) -> None
 def test_ctrl_c_saves_and_resume_completes(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", batch_size=[1, 2, 4])
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "autotune.cli", "tune", "--space", str(space), "--trials", "5", "--out", str(out), "--device", "cpu"]
-    proc = subprocess.Popen(args, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    while len(read_records(out)) < 1 and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
+    proc = _start_study_and_wait(space, out, trials=5, min_records=1)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
