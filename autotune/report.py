@@ -10,6 +10,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from autotune.spec import Candidate, DeploymentConfig, TrialRecord
+from autotune.study import baseline_record, best_record
 
 _STATE_STYLE = {"measured": "green", "infeasible": "yellow", "unsupported": "dim", "failed": "red", "duplicate": "dim"}
 
@@ -97,7 +98,7 @@ def trials_table(recs: list[TrialRecord], objective: str, baseline_value: float 
 
 
 def trials_markdown(recs: list[TrialRecord], objective: str) -> str:
-    base = next((r for r in recs if r.is_baseline and r.state == "measured"), None)
+    base = baseline_record(recs)
     lines = ["| " + " | ".join(TRIAL_COLUMNS) + " |", "|" + "|".join("---" if c in _LEFT_ALIGNED else "--:" for c in TRIAL_COLUMNS) + "|"]
     for _, cells in trial_rows(recs, objective, base.objective_value if base else None):
         lines.append("| " + " | ".join(cells) + " |")
@@ -132,17 +133,15 @@ def best_per_max_length(recs: list[TrialRecord], objective: str) -> Table | None
     table = Table(title="Best per max length", header_style="bold")
     for name in ("max len", "#", "settings", "out tok/s", "peak GiB"):
         table.add_column(name)
-    sign = -1 if objective == "throughput" else 1
     for length in lengths:
-        group = [r for r in recs if r.state == "measured" and r.candidate.max_length == length]
-        best = min(group, key=lambda r: sign * r.objective_value)
+        best = best_record([r for r in recs if r.candidate.max_length == length], objective)
         m = best.outcome.measurement
         table.add_row(str(length), str(best.number), best.candidate.label(), f"{m.output_tokens_per_s.median:,.1f}", f"{m.peak_memory_gib:.2f}")
     return table
 
 
 def print_results(console: Console, recs: list[TrialRecord], config: DeploymentConfig | None, objective: str, out: Path) -> None:
-    base = next((r for r in recs if r.is_baseline and r.state == "measured"), None)
+    base = baseline_record(recs)
     console.print(trials_table(recs, objective, base.objective_value if base else None))
     per_length = best_per_max_length(recs, objective)
     if per_length is not None:

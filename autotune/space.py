@@ -83,6 +83,8 @@ def baseline_params(space: SearchSpace, device: DeviceInfo, model_dtype: str | N
         return preferred if preferred in choices else choices[0]
 
     dtype = "fp32" if device.type == "cpu" else (model_dtype or "bf16")
+    if dtype == "bf16" and not device.bf16_supported:  # pre-Ampere GPUs load half precision as fp16
+        dtype = "fp16"
     return {
         "dtype": pick("dtype", dtype),
         "quantization": pick("quantization", "none"),

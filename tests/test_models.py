@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from autotune import models
 from autotune.errors import ModelNotFoundError
 from autotune.models import BUNDLED_CONFIG_DIR, EMBEDDED_NAME, ModelRef, bundled_configs, materialize, resolve_model
 
@@ -138,6 +139,11 @@ def test_materialize_random_builds_once(tmp_path: Path, monkeypatch: pytest.Monk
     assert not [p for p in first.parent.iterdir() if ".tmp-" in p.name], "temporary build directory left behind"
 
     mtimes = {p.name: p.stat().st_mtime_ns for p in first.iterdir()}
+
+    def no_rebuild(*args: object) -> None:
+        raise AssertionError("the cached checkpoint was built again")
+
+    monkeypatch.setattr(models, "_build_random", no_rebuild)
     second = Path(materialize(ref, "cpu"))
     assert second == first
     assert {p.name: p.stat().st_mtime_ns for p in second.iterdir()} == mtimes

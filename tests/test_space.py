@@ -210,6 +210,19 @@ def test_baseline_falls_back_to_first_choice() -> None:
     assert (params["batch_size"], params["max_length"]) == (1, 32)
 
 
+@pytest.mark.parametrize("reverse", [False, True])
+def test_baseline_prefers_defaults_wherever_they_are_listed(reverse: bool) -> None:
+    lists: dict[str, list[Any]] = {
+        "dtype": ["bf16", "fp32"], "quantization": ["bnb-nf4", "none"],
+        "attn_implementation": ["eager", "sdpa"], "compile": [True, False],
+    }
+    space = SearchSpace.model_validate({**SPACE, **{k: v[::-1] if reverse else v for k, v in lists.items()}})
+    params = baseline_params(space, CPU, None)
+    assert (params["dtype"], params["quantization"], params["attn_implementation"], params["compile"]) == (
+        "fp32", "none", "sdpa", False
+    )
+
+
 def test_baseline_on_gpu_uses_checkpoint_dtype() -> None:
     space = SearchSpace.model_validate({**SPACE, "dtype": ["fp32", "bf16", "fp16"]})
     assert baseline_params(space, GPU, "fp16")["dtype"] == "fp16"

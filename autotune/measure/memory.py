@@ -102,8 +102,12 @@ class MemoryTracker:
         if self._thread is not None:
             self._thread.join()
             self._sampled_peak = max(self._sampled_peak, self._sample())
+        self._result = self._read_peaks()  # the window ends here, not when result() is called
 
     def result(self) -> PeakMemory:
+        return self._result
+
+    def _read_peaks(self) -> PeakMemory:
         if self.is_cuda:
             import torch
 

@@ -1,0 +1,144 @@
+"""The study's pure helpers, without Optuna storage or workers: trial ordering by load-key, the
+choice of the best record and the speedup over the baseline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from autotune.spec import Candidate, Measurement, Stat, TrialOutcome, TrialRecord
+from autotune.study import _order_for_loaded_model, baseline_record, best_record, counted_trials, speedup
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _cand(dtype: str = "fp32", attn: str = "sdpa", batch: int = 1, length: int = 32) -> Candidate:
+    return Candidate(dtype=dtype, attn_implementation=attn, batch_size=batch, max_length=length, new_tokens=4)
+
+
+def _measurement(tok_s: float, latency_s: float, peak_gib: float) -> Measurement:
+    def stat(v: float) -> Stat:
+        return Stat.of([v, v, v])
+
+    return Measurement(
+        output_tokens_per_s=stat(tok_s), prefill_tokens_per_s=stat(tok_s * 10), decode_tokens_per_s=stat(tok_s),
+        requests_per_s=stat(1.0), ttft_s=stat(latency_s / 10), tpot_s=stat(latency_s / 10),
+        request_latency_s=stat(latency_s), peak_memory_gib=peak_gib, warmup_s=0.1, measure_s=1.0,
+    )
+
+
+def _record(number: int, state: str = "measured", *, tok_s: float | None = None, latency_s: float | None = None,
+            peak_gib: float = 1.0, objective: str = "throughput", is_baseline: bool = False, **cand: Any) -> TrialRecord:
+    """A record as the study stores it; objective_value follows `objective` like study.objective_value."""
+    if tok_s is None and latency_s is None:
+        outcome = TrialOutcome(status="oom" if state == "infeasible" else "unsupported", reason="x")
+        value = None
+    else:
+        tok_s = tok_s if tok_s is not None else 1.0
+        latency_s = latency_s if latency_s is not None else 1.0
+        outcome = TrialOutcome(status="ok", measurement=_measurement(tok_s, latency_s, peak_gib))
+        value = tok_s if objective == "throughput" else latency_s
+    return TrialRecord(number=number, state=state, candidate=_cand(**cand), outcome=outcome, objective_value=value,
+                       feasible=state == "measured", is_baseline=is_baseline)
+
+
+# ------------------------------------------------------------------------------ _order_for_loaded_model
+
+
+def test_order_puts_loaded_key_first_then_groups_by_first_appearance() -> None:
+    a1, b1, a2, c1, b2, l1, c2, l2 = (
+        _cand("bf16", batch=1), _cand("fp32", "eager", batch=1), _cand("bf16", batch=2), _cand("fp16", batch=1),
+        _cand("fp32", "eager", batch=2), _cand("fp32", batch=1), _cand("fp16", batch=4), _cand("fp32", batch=8),
+    )
+    batch = list(enumerate([a1, b1, a2, c1, b2, l1, c2, l2]))
+    ordered = _order_for_loaded_model(batch, l1.load_key)
+    assert [n for n, _ in ordered] == [5, 7, 0, 2, 1, 4, 3, 6]
+    assert [c for _, c in ordered] == [l1, l2, a1, a2, b1, b2, c1, c2]
+
+
+def test_order_without_loaded_model_groups_only() -> None:
+    a1, b1, a2 = _cand("bf16", batch=1), _cand("fp32", batch=1), _cand("bf16", batch=4)
+    ordered = _order_for_loaded_model([(10, a1), (11, b1), (12, a2)], None)
+    assert [n for n, _ in ordered] == [10, 12, 11]
+
+
+def test_order_keeps_sampler_order_when_all_share_the_key() -> None:
+    cands = [_cand(batch=b) for b in (8, 1, 4, 2)]
+    batch = list(enumerate(cands))
+    assert _order_for_loaded_model(batch, cands[0].load_key) == batch
+    assert _order_for_loaded_model(batch, ("bf16", "none", "sdpa", False)) == batch
+    assert _order_for_loaded_model([], None) == []
+
+
+def test_order_does_not_mutate_input() -> None:
+    batch = [(0, _cand("bf16")), (1, _cand("fp32"))]
+    copy = list(batch)
+    ordered = _order_for_loaded_model(batch, _cand("fp32").load_key)
+    assert batch == copy and [n for n, _ in ordered] == [1, 0]
+
+
+# ------------------------------------------------------------------------------ best_record
+
+
+def test_best_record_highest_throughput() -> None:
+    recs = [_record(0, tok_s=10.0), _record(1, tok_s=30.0, batch=2), _record(2, tok_s=20.0, batch=4)]
+    assert best_record(recs, "throughput").number == 1
+
+
+def test_best_record_ignores_infeasible_and_others() -> None:
+    recs = [
+        _record(0, tok_s=10.0),
+        _record(1, "infeasible", tok_s=99.0, batch=2),  # over budget: measured but not allowed
+        _record(2, "infeasible", batch=4),  # OOM: no measurement
+        _record(3, "unsupported", dtype="fp16"),
+        _record(4, "duplicate", tok_s=50.0, batch=8),
+        _record(5, "failed", tok_s=60.0, batch=16),
+    ]
+    assert best_record(recs, "throughput").number == 0
+
+
+def test_best_record_tie_goes_to_lower_peak_memory() -> None:
+    recs = [_record(0, tok_s=20.0, peak_gib=3.0), _record(1, tok_s=20.0, peak_gib=1.5, batch=2),
+            _record(2, tok_s=20.0, peak_gib=2.0, batch=4), _record(3, tok_s=19.99, peak_gib=0.5, batch=8)]
+    assert best_record(recs, "throughput").number == 1
+
+
+def test_best_record_latency_is_lowest() -> None:
+    recs = [_record(0, latency_s=0.5, objective="latency"), _record(1, latency_s=0.2, objective="latency", batch=2),
+            _record(2, latency_s=0.2, peak_gib=0.5, objective="latency", batch=4),
+            _record(3, latency_s=0.9, objective="latency", batch=8)]
+    assert best_record(recs, "latency").number == 2
+
+
+def test_best_record_none_without_feasible() -> None:
+    assert best_record([], "throughput") is None
+    assert best_record([_record(0, "infeasible", tok_s=5.0), _record(1, "unsupported")], "throughput") is None
+
+
+# ------------------------------------------------------------------------------ speedup and baseline
+
+
+def test_speedup_throughput() -> None:
+    base, best = _record(0, tok_s=10.0, is_baseline=True), _record(1, tok_s=25.0, batch=4)
+    assert speedup("throughput", best, base) == pytest.approx(2.5)
+
+
+def test_speedup_latency() -> None:
+    base = _record(0, latency_s=0.8, objective="latency", is_baseline=True)
+    best = _record(1, latency_s=0.2, objective="latency", batch=4)
+    assert speedup("latency", best, base) == pytest.approx(4.0)
+
+
+def test_speedup_without_baseline() -> None:
+    best = _record(1, tok_s=25.0)
+    assert speedup("throughput", best, None) is None
+    assert speedup("throughput", best, _record(0, "infeasible", is_baseline=True)) is None
+
+
+def test_baseline_record_and_counting() -> None:
+    recs = [_record(0, "infeasible", is_baseline=True), _record(1, tok_s=5.0), _record(2, "duplicate", tok_s=5.0)]
+    assert baseline_record(recs) is None
+    recs[0] = _record(0, tok_s=3.0, is_baseline=True)
+    assert baseline_record(recs).number == 0
+    assert counted_trials(recs) == 2
