@@ -51,3 +51,16 @@ def test_real_cuda_oom_under_budget_is_infeasible(tmp_path: Path) -> None:
     assert recs[4096].state == "infeasible" and recs[4096].outcome.status == "oom"
     assert "OutOfMemoryError" in recs[4096].outcome.reason
     assert recs[1].state == "measured"
+
+
+def test_reserved_peak_is_this_candidates_own(tmp_path: Path) -> None:
+    """A small candidate measured after a big one must not inherit the allocator's cached blocks."""
+    space = write_space(tmp_path / "space.yaml", dtype=["bf16"], attn_implementation=["sdpa"], batch_size=[256, 1],
+                        max_length=[1024], new_tokens=4)
+    out = tmp_path / "out"
+    result = run_cli("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--trials", "2",
+                     "--out", str(out), "--device", "cuda:0")
+    assert_ok(result)
+    recs = {r.candidate.batch_size: r for r in read_records(out) if r.state == "measured"}
+    big, small = recs[256].outcome.measurement, recs[1].outcome.measurement
+    assert small.peak_reserved_gib < big.peak_reserved_gib / 4

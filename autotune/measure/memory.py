@@ -78,6 +78,8 @@ class MemoryTracker:
             import torch
 
             torch.cuda.synchronize(self.device)
+            # Cached blocks of an earlier, larger trial would count as this one's reserved peak.
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(self.device)
             try:
                 import pynvml
