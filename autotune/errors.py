@@ -36,6 +36,10 @@ class OutputDirError(AutotuneError):
     pass
 
 
+class StorageError(AutotuneError):
+    pass
+
+
 class DeploymentFileError(AutotuneError):
     pass
 

@@ -20,7 +20,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState as OptunaState
 
-from autotune.errors import OutputDirError, StudyMismatchError
+from autotune.errors import OutputDirError, StorageError, StudyMismatchError
 from autotune.loading import generate_kwargs
 from autotune.models import ModelRef, resolve_model
 from autotune.space import (
@@ -135,7 +135,14 @@ def open_study(spec: TuneSpec) -> StudyContext:
     direction = "maximize" if spec.objective == "throughput" else "minimize"
     identity = _identity(model, space, spec, device)
 
-    storage = optuna.storages.get_storage(storage_url)
+    try:
+        storage = optuna.storages.get_storage(storage_url)
+    except Exception as e:  # SQLAlchemy raises many types (unknown dialect, missing driver, refused)
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise StorageError(
+            f"cannot open --storage {storage_url}: {first_line}; use sqlite:///PATH or postgresql://USER@HOST/DB "
+            "(with its driver installed)"
+        ) from e
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if study_name in existing:
         attrs = existing[study_name].user_attrs

@@ -37,9 +37,11 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m autotune.cli ARGS`, without injected worker faults unless `env` sets them."""
     return subprocess.run(
-        [sys.executable, "-m", "autotune.cli", *args], capture_output=True, text=True, env=env or cli_env(), timeout=timeout
+        [sys.executable, "-m", "autotune.cli", *args], capture_output=True, text=True, env=env or cli_env(),
+        timeout=timeout, cwd=cwd,
     )
 
 

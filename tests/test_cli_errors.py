@@ -9,13 +9,14 @@ byte-identical afterwards.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+
+from tests import conftest
 
 STUDY_FILES = ("study.db", "trials.jsonl", "best.yaml")
 STUDY_NAME = "tiny-qwen2-cpu"  # default name: <model>-<device>
@@ -32,16 +33,8 @@ repeats: 3
 
 
 def run_cli(args: Sequence[str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run `python -m autotune.cli ARGS` in `cwd` (so a default output dir never lands in the repo)."""
-    env = {k: v for k, v in os.environ.items() if k != "AUTOTUNE_FAULTS"}  # no injected worker faults
-    return subprocess.run(
-        [sys.executable, "-m", "autotune.cli", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """Run the CLI in `cwd`, so a default output dir never lands in the repo."""
+    return conftest.run_cli(*args, cwd=cwd, timeout=timeout)
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], *needles: str) -> str:
@@ -233,3 +226,9 @@ def test_show_without_trials(tmp_path: Path, exists: bool) -> None:
         target.mkdir()
     result = run_cli(["show", str(target)], tmp_path)
     assert_one_line_error(result, str(target), "trials.jsonl")
+
+
+@pytest.mark.parametrize("url, needle", [("foo://x", "foo://x"), ("postgresql://u@127.0.0.1:1/db", "postgresql")])
+def test_unusable_storage(tmp_path: Path, valid_space: Path, url: str, needle: str) -> None:
+    result = run_cli(tune_args(valid_space, tmp_path / "out", "--storage", url), tmp_path)
+    assert_one_line_error(result, "cannot open --storage", needle)

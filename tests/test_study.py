@@ -201,3 +201,19 @@ def test_ctrl_c_saves_and_resume_completes(tmp_path: Path) -> None:
     recs = {r.number: r for r in read_records(out)}
     assert all(recs[n] == r for n, r in saved.items())
     assert len([r for r in recs.values() if r.state != "duplicate"]) == 5
+
+
+def test_latency_objective_minimises_and_ranks_oom_last(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=[1, 2])
+    out = tmp_path / "out"
+    env = cli_env(AUTOTUNE_FAULTS=json.dumps({"oom_at_batch_size": 2}))
+    result = run_cli("tune", "--space", str(space), "--trials", "2", "--objective", "latency", "--out", str(out),
+                     "--device", "cpu", env=env)
+    assert_ok(result)
+    study = optuna.load_study(study_name="SmolLM2-135M-Instruct-cpu", storage=f"sqlite:///{out / 'study.db'}")
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    ran = {t.params["batch_size"]: t for t in study.trials if RECORD_ATTR in t.user_attrs}
+    assert ran[2].value == float("inf") and ran[2].constraints["oom"] > 0  # placeholder, never a winner
+    best = DeploymentConfig.model_validate(yaml.safe_load((out / "best.yaml").read_text()))
+    assert best.objective == "latency" and best.settings.batch_size == 1
+    assert best.objective_value == pytest.approx(best.measured.request_latency_s.median)
