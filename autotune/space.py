@@ -69,10 +69,6 @@ def suggest(trial: optuna.Trial, space: SearchSpace) -> Candidate:
     return Candidate(**values, new_tokens=space.new_tokens)
 
 
-def candidate_from_params(params: dict, space: SearchSpace) -> Candidate:
-    return Candidate(**{k: params[k] for k in KNOBS}, new_tokens=space.new_tokens)
-
-
 def baseline_params(space: SearchSpace, device: DeviceInfo, model_dtype: str | None) -> dict:
     """The untuned default load: the checkpoint's own dtype where it runs here (fp32 on CPU, as
     from_pretrained gives), no quantization, transformers' default attention (sdpa), no compile,

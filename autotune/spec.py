@@ -42,25 +42,16 @@ class SearchSpace(_Strict):
     new_tokens: int = Field(default=64, ge=2, description="tokens generated per request in the measurement")
     repeats: int = Field(default=3, ge=3, description="timed repeats per candidate (median and spread reported)")
 
-    @field_validator("quantization")
+    @field_validator("quantization", "attn_implementation")
     @classmethod
-    def _known_quantization(cls, names: list[str]) -> list[str]:
+    def _known_names(cls, names: list[str], info) -> list[str]:
         from autotune.errors import unknown_name_message
         from autotune.quant import QUANTIZATION_METHODS
 
+        allowed = QUANTIZATION_METHODS if info.field_name == "quantization" else ATTENTION_IMPLEMENTATIONS
         for name in names:
-            if name not in QUANTIZATION_METHODS:
-                raise ValueError(unknown_name_message("quantization", name, QUANTIZATION_METHODS))
-        return names
-
-    @field_validator("attn_implementation")
-    @classmethod
-    def _known_attention(cls, names: list[str]) -> list[str]:
-        from autotune.errors import unknown_name_message
-
-        for name in names:
-            if name not in ATTENTION_IMPLEMENTATIONS:
-                raise ValueError(unknown_name_message("attn_implementation", name, ATTENTION_IMPLEMENTATIONS))
+            if name not in allowed:
+                raise ValueError(unknown_name_message(info.field_name, name, allowed))
         return names
 
     @field_validator("batch_size", "max_length")

@@ -25,7 +25,6 @@ from autotune.loading import generate_kwargs
 from autotune.models import ModelRef, resolve_model
 from autotune.space import (
     baseline_params,
-    candidate_from_params,
     default_space_path,
     load_space,
     space_digest,

@@ -77,3 +77,15 @@ def test_best_yaml_is_a_valid_deployment_config(quant_study: Path) -> None:
     config = DeploymentConfig.model_validate(yaml.safe_load((quant_study / "best.yaml").read_text()))
     assert config.settings.quantization in {"none", "bnb-nf4", "bnb-int8"}
     assert config.fingerprint.bitsandbytes
+
+
+def test_compile_with_a_non_compileable_quantizer_is_refused_at_load() -> None:
+    """bnb-nf4 cannot be compiled by transformers: generate() would silently run eagerly, so the
+    worker reports the candidate unsupported (NotImplementedError) instead of measuring a lie."""
+    from autotune.loading import load_model
+    from autotune.models import resolve_model
+    from autotune.spec import Candidate
+
+    cand = Candidate(dtype="fp32", quantization="bnb-nf4", compile=True, batch_size=1, max_length=32, new_tokens=4)
+    with pytest.raises(NotImplementedError, match="not compileable"):
+        load_model(resolve_model(None), cand, "cpu")

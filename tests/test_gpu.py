@@ -63,6 +63,6 @@ def test_reserved_peak_is_this_windows_own() -> None:
         block = torch.empty(2 * 2**30, dtype=torch.uint8, device="cuda:0")
         del block  # freed to torch's cache, still reserved
     with MemoryTracker("cuda:0") as small:
-        block = torch.empty(16 * 2**20, dtype=torch.uint8, device="cuda:0")
+        torch.empty(16 * 2**20, dtype=torch.uint8, device="cuda:0")
     assert big.result().peak_reserved_gib >= 2.0
     assert small.result().peak_reserved_gib < 0.5

@@ -143,3 +143,13 @@ def test_real_failed_allocation_is_oom() -> None:
     with pytest.raises(BaseException) as info:
         torch.empty(2**50, dtype=torch.uint8)
     assert is_oom(info.value), f"{type(info.value).__name__}: {info.value}"
+
+
+def test_static_cache_candidate_warms_both_shapes(tiny_model: torch.nn.Module) -> None:
+    """compile=True means a static KV cache (transformers compiles generate() with it on GPUs; on
+    CPU it runs uncompiled, which is enough to check the protocol): two warm-up runs, then pairs."""
+    cand = Candidate(dtype="fp32", compile=True, batch_size=2, max_length=24, new_tokens=4)
+    calls: list[int] = []
+    m = measure_generation(tiny_model, cand, "cpu", repeats=3, vocab_size=1024, before_each_run=lambda: calls.append(1))
+    assert len(calls) == 2 + 2 * 3
+    assert len(m.output_tokens_per_s.samples) == 3

@@ -15,7 +15,6 @@ from autotune.errors import SpaceError
 from autotune.space import (
     baseline_params,
     builtin_space_path,
-    candidate_from_params,
     default_space_path,
     load_space,
     space_digest,
@@ -182,7 +181,7 @@ def test_suggest_follows_enqueued_params() -> None:
     study = optuna.create_study()
     study.enqueue_trial(params)
     cand = suggest(study.ask(), space)
-    assert cand == candidate_from_params(params, space)
+    assert cand == Candidate(**params, new_tokens=space.new_tokens)
     assert (cand.dtype, cand.batch_size, cand.max_length, cand.new_tokens) == ("fp32", 1, 32, 8)
 
 
