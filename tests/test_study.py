@@ -217,3 +217,29 @@ def test_latency_objective_minimises_and_ranks_oom_last(tmp_path: Path) -> None:
     best = DeploymentConfig.model_validate(yaml.safe_load((out / "best.yaml").read_text()))
     assert best.objective == "latency" and best.settings.batch_size == 1
     assert best.objective_value == pytest.approx(best.measured.request_latency_s.median)
+
+
+def test_real_cpu_memory_exhaustion_under_budget_is_infeasible(tmp_path: Path) -> None:
+    """--memory-budget on CPU caps the worker (RLIMIT_DATA): 64 sequences of 512 tokens need ~3 GiB
+    in fp32, more than a 1.5 GiB budget, and the allocator's refusal becomes an OOM answer."""
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=[1, 64],
+                        max_length=[512], new_tokens=4)
+    out = tmp_path / "out"
+    result = run_cli("tune", "--space", str(space), "--trials", "2", "--memory-budget", "1.5GiB", "--out", str(out), "--device", "cpu")
+    assert_ok(result)
+    recs = {r.candidate.batch_size: r for r in read_records(out) if r.state != "duplicate"}
+    assert recs[64].state == "infeasible" and recs[64].outcome.status == "oom", recs[64].outcome.reason
+    assert "allocate memory" in recs[64].outcome.reason
+    assert recs[1].state == "measured" and recs[1].outcome.measurement.peak_memory_gib < 1.5
+
+
+def test_worker_that_cannot_start_fails_trials_not_the_study(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"])
+    out = tmp_path / "out"
+    env = cli_env(AUTOTUNE_FAULTS=json.dumps({"exit_on_startup": True}))
+    result = run_cli("tune", "--space", str(space), "--trials", "2", "--out", str(out), "--device", "cpu", env=env)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "no feasible config" in result.stdout
+    recs = read_records(out)
+    assert len(recs) == 2 and all(r.state == "failed" and r.outcome.status == "crashed" for r in recs)
+    assert "exited with code 3 while starting" in recs[0].outcome.reason

@@ -94,7 +94,11 @@ class WorkerClient:
         spawn_s = 0.0
         if self._process is None or not self._process.is_alive():
             self._discard()
-            spawn_s = self._start()
+            started = time.perf_counter()
+            try:
+                spawn_s = self._start()
+            except RuntimeError as e:  # a worker that cannot start fails this trial, not the study
+                return TrialOutcome(status="crashed", reason=str(e)[:1500], worker_log=str(self.log_path)), time.perf_counter() - started
         log = str(self.log_path)
         self._conn.send(request.model_dump(mode="json"))
         deadline = time.monotonic() + timeout_s

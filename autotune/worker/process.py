@@ -18,7 +18,7 @@ from autotune.models import ModelRef
 from autotune.spec import TrialOutcome
 from autotune.worker.protocol import Faults, WorkRequest
 
-_CPU_OOM_MARKERS = ("can't allocate memory", "not enough memory", "DefaultCPUAllocator", "out of memory")
+_CPU_OOM_MARKERS = ("can't allocate memory", "Cannot allocate memory", "not enough memory", "DefaultCPUAllocator", "out of memory")
 # Exceptions transformers/bitsandbytes raise when a combination is not supported (an attention
 # kernel the architecture lacks, a dtype a quantizer refuses): the candidate is unsupported here.
 _UNSUPPORTED_AT_LOAD = (NotImplementedError, ValueError, ImportError)
@@ -58,6 +58,25 @@ def _release_freed_host_memory() -> None:
         pass
 
 
+def _cap_host_memory(budget_gib: float) -> None:
+    """The CPU counterpart of set_per_process_memory_fraction: with RLIMIT_DATA at the budget, an
+    allocation past it fails with ENOMEM inside torch (a catchable error -> infeasible) instead
+    of the kernel's OOM killer ending the worker (a crash). Set after the imports: a budget below
+    what the runtime itself already holds would break the worker rather than the candidate, and
+    the budget constraint marks every candidate over budget anyway."""
+    import resource
+
+    limit = int(budget_gib * 2**30)
+    try:
+        with open("/proc/self/status") as f:
+            in_use = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmData:"))
+    except (OSError, StopIteration):
+        return
+    if limit > in_use:
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
+
+
 class _Worker:
     def __init__(self, model_ref: ModelRef, device: str, memory_budget_gib: float | None) -> None:
         self.ref = model_ref
@@ -72,6 +91,8 @@ class _Worker:
         import torch
         import transformers  # noqa: F401  (import cost belongs to spawning, not to the first trial)
 
+        if self.device == "cpu" and self.budget is not None:
+            _cap_host_memory(self.budget)
         if self.device.startswith("cuda"):
             torch.cuda.set_device(self.device)
             if self.budget is not None:
@@ -150,6 +171,9 @@ class _Worker:
 def worker_main(conn, model_ref_json: str, device: str, memory_budget_gib: float | None, log_path: str) -> None:
     _redirect_output(log_path)
     worker = _Worker(ModelRef.model_validate_json(model_ref_json), device, memory_budget_gib)
+    if worker.faults.exit_on_startup:
+        print("injected fault: exiting before the worker is ready", flush=True)
+        os._exit(3)
     worker.setup()
     conn.send({"ready": True, "pid": os.getpid()})
     while True:

@@ -29,6 +29,7 @@ class Faults(BaseModel):
     oom_at_batch_size: int | None = None  # allocate an impossible buffer when batch >= this
     sigkill_on_trial: int | None = None
     hang_on_trial: int | None = None
+    exit_on_startup: bool = False  # the worker dies before it can answer (broken install, driver)
 
     @classmethod
     def from_env(cls) -> "Faults":
