@@ -129,9 +129,3 @@ class WorkerClient:
             except (OSError, BrokenPipeError):
                 pass
         self._discard()
-
-    def __enter__(self) -> WorkerClient:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
