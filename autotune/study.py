@@ -36,6 +36,7 @@ from autotune.spec import (
     BaselineSummary,
     Candidate,
     DeploymentConfig,
+    Fingerprint,
     SearchSpace,
     TrialOutcome,
     TrialRecord,
@@ -81,6 +82,7 @@ class StudyContext:
     storage_url: str
     study_name: str
     out: Path
+    fingerprint: Fingerprint
     stopped_reason: str = ""
     new_trials: list[int] = field(default_factory=list)
 
@@ -157,7 +159,8 @@ def open_study(spec: TuneSpec) -> StudyContext:
         for key, value in identity.items():
             study.set_user_attr(key, value)
         study.enqueue_trial(baseline_params(space, device, model_default_dtype(model)), user_attrs={BASELINE_ATTR: True})
-    ctx = StudyContext(spec, device, space, model, study, storage_url, study_name, spec.out)
+    # Taken once per run: best.yaml is rewritten after every trial and the machine does not change.
+    ctx = StudyContext(spec, device, space, model, study, storage_url, study_name, spec.out, fingerprint(device))
     if spec.storage is None:
         _fail_interrupted_trials(ctx)
     return ctx
@@ -294,7 +297,7 @@ def build_deployment(ctx: StudyContext, best: TrialRecord, base: TrialRecord | N
         speedup_vs_baseline=speedup(ctx.spec.objective, best, base),
         baseline=BaselineSummary(trial_number=base.number, candidate=base.candidate, objective_value=base.objective_value) if base else None,
         memory_budget_gib=ctx.spec.memory_budget_gib,
-        fingerprint=fingerprint(ctx.device),
+        fingerprint=ctx.fingerprint,
         study_name=ctx.study_name,
         storage=ctx.storage_url,
         trial_number=best.number,
