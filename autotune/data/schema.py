@@ -1,0 +1,116 @@
+"""The validation-set format (JSON lines, one example per line).
+
+Fields users write by hand:
+- `prompt` (a string) or `messages` (chat messages: [{"role": ..., "content": ...}]) — one of them;
+- `answer` (a string) or `answers` (accepted strings), optional;
+- `choices` (strings) with `answer` the correct choice, for multiple choice;
+- `images` / `video` (paths relative to the file), for vision models;
+- `query` + `documents` + `relevance` (graded labels, one per document), for reranking.
+Unknown extra fields are kept and ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from autotune.errors import AutotuneError
+
+
+class DataError(AutotuneError):
+    pass
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: str
+    content: str | list
+
+
+class Example(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    prompt: str | None = None
+    messages: list[Message] | None = None
+    answer: str | None = None
+    answers: list[str] | None = None
+    choices: list[str] | None = None
+    images: list[str] = Field(default_factory=list)
+    video: str | None = None
+    query: str | None = None
+    documents: list[str] | None = None
+    relevance: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _one_task(self) -> Example:
+        if self.query is not None or self.documents is not None:
+            if self.query is None or not self.documents:
+                raise ValueError("a reranking example needs both 'query' and a non-empty 'documents' list")
+            if self.relevance is not None and len(self.relevance) != len(self.documents):
+                raise ValueError(f"'relevance' has {len(self.relevance)} labels for {len(self.documents)} documents")
+            return self
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'prompt' (a string) or 'messages' (chat messages)")
+        if self.answer is not None and self.answers is not None:
+            raise ValueError("give 'answer' or 'answers', not both")
+        if self.choices is not None:
+            if len(self.choices) < 2:
+                raise ValueError("'choices' needs at least two options")
+            if self.answer is None or self.answer not in self.choices:
+                raise ValueError("multiple choice needs 'answer' equal to one of 'choices'")
+        return self
+
+    @property
+    def kind(self) -> str:
+        if self.documents is not None:
+            return "rerank"
+        return "choice" if self.choices is not None else "generate"
+
+    @property
+    def accepted_answers(self) -> list[str]:
+        """Every accepted reference answer (empty when the example is unlabelled)."""
+        if self.answers is not None:
+            return list(self.answers)
+        return [self.answer] if self.answer is not None else []
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.accepted_answers) or self.relevance is not None
+
+
+def load_validation_set(path: str | Path) -> list[Example]:
+    """Read and validate a JSON-lines file; any problem is one error naming the file and line."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise DataError(f"cannot read validation set {path}: {e.strerror}; pass an existing .jsonl file") from e
+    except UnicodeDecodeError as e:
+        raise DataError(f"validation set {path} is not UTF-8 text; save it as UTF-8 JSON lines") from e
+    examples = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno}); one JSON object per line") from e
+        if not isinstance(raw, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {type(raw).__name__}")
+        try:
+            example = Example.model_validate(raw)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            raise DataError(f"{path}:{number}: {where + ': ' if where else ''}{msg}") from e
+        for image in [*example.images, *([example.video] if example.video else [])]:
+            if not (path.parent / image).exists():
+                raise DataError(f"{path}:{number}: file {image!r} does not exist (paths are relative to {path.parent})")
+        examples.append(example)
+    if not examples:
+        raise DataError(f"validation set {path} is empty; add one JSON object per line")
+    return examples
