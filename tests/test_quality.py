@@ -1,0 +1,117 @@
+"""Quality on the real embedded SmolLM2-135M: fp32 reference vs bf16, bnb nf4, bnb int8 and a
+deliberately damaged model. The metrics must tell them apart, and the damaged one must fail."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from autotune.data import load_validation_set
+from autotune.loading import load_model
+from autotune.measure.quality import (
+    bootstrap_ci,
+    capture_reference,
+    fidelity,
+    fidelity_sequences,
+    paired_difference,
+    task_scores,
+)
+from autotune.models import resolve_model
+from autotune.spec import Candidate
+
+BUNDLED = Path(__file__).resolve().parent.parent / "autotune" / "data" / "bundled"
+
+
+def test_bootstrap_interval_holds_the_mean_and_shrinks_to_a_point() -> None:
+    values = [0.0, 1.0] * 50
+    low, high = bootstrap_ci(values)
+    assert low < 0.5 < high and high - low < 0.3
+    assert bootstrap_ci([0.7] * 20) == (pytest.approx(0.7), pytest.approx(0.7))
+
+
+def test_paired_difference_calls_noise_and_real_drops() -> None:
+    reference = [1.0, 0.0] * 30
+    assert paired_difference(reference, reference).within_noise
+    one_flip = list(reference)
+    one_flip[0] = 0.0
+    assert paired_difference(one_flip, reference).within_noise  # one example of sixty is noise
+    drop = paired_difference([0.0] * 60, reference)
+    assert not drop.within_noise and drop.mean == pytest.approx(-0.5)
+
+
+def test_bundled_sets_load() -> None:
+    text = load_validation_set(BUNDLED / "text.jsonl")
+    rerank = load_validation_set(BUNDLED / "rerank.jsonl")
+    assert len(text) >= 150 and {e.kind for e in text} == {"generate", "choice"}
+    assert len(rerank) >= 50 and all(e.kind == "rerank" and e.relevance for e in rerank)
+
+
+def _subset(per_kind: int = 10):
+    examples = load_validation_set(BUNDLED / "text.jsonl")
+    generate = [e for e in examples if e.kind == "generate"][:per_kind]
+    choice = [e for e in examples if e.kind == "choice"][: per_kind // 2]
+    return generate + choice
+
+
+def _damage(model) -> None:
+    """Gaussian noise at half of each weight matrix's own scale: a broken deployment."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and "embed" not in name:
+                param.add_(torch.randn(param.shape, generator=generator) * param.std() * 0.5)
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[str, dict]:
+    ref = resolve_model(None)
+    examples = _subset()
+    candidates = {
+        "fp32": Candidate(dtype="fp32", batch_size=1, max_length=32, new_tokens=4),
+        "bf16": Candidate(dtype="bf16", batch_size=1, max_length=32, new_tokens=4),
+        "bnb-nf4": Candidate(dtype="fp32", quantization="bnb-nf4", batch_size=1, max_length=32, new_tokens=4),
+        "bnb-int8": Candidate(dtype="fp32", quantization="bnb-int8", batch_size=1, max_length=32, new_tokens=4),
+        "damaged": Candidate(dtype="fp32", batch_size=1, max_length=32, new_tokens=4),
+    }
+    results: dict[str, dict] = {}
+    reference = None
+    for name, cand in candidates.items():
+        model, tokenizer = load_model(ref, cand, "cpu")
+        if name == "damaged":
+            _damage(model)
+        scores, texts = task_scores(model, tokenizer, examples, "contains", "cpu")
+        if reference is None:
+            generated = [e for e in examples if e.kind == "generate"]
+            answers = [t for t, e in zip(texts, examples) if e.kind == "generate"]
+            reference = capture_reference(model, fidelity_sequences(tokenizer, generated, answers), "cpu")
+        results[name] = {"scores": scores, "fidelity": fidelity(model, reference, "cpu")}
+        del model
+    return results
+
+
+def test_reference_scores_well_above_zero(measured: dict[str, dict]) -> None:
+    scores = measured["fp32"]["scores"]
+    assert sum(scores) / len(scores) >= 0.4
+    assert measured["fp32"]["fidelity"].kl_mean == pytest.approx(0.0, abs=1e-4)
+    assert measured["fp32"]["fidelity"].top1_agreement == 1.0
+
+
+def test_fidelity_orders_precisions(measured: dict[str, dict]) -> None:
+    kl = {name: r["fidelity"].kl_mean for name, r in measured.items()}
+    top1 = {name: r["fidelity"].top1_agreement for name, r in measured.items()}
+    assert kl["bf16"] < kl["bnb-int8"] < kl["bnb-nf4"] < kl["damaged"]
+    assert top1["bf16"] > 0.9 and top1["bnb-int8"] > 0.8
+    for name in ("bf16", "bnb-int8", "bnb-nf4"):
+        fid = measured[name]["fidelity"]
+        assert fid.kl_p95 >= fid.kl_mean > 0
+
+
+def test_damaged_model_fails_task_and_fidelity(measured: dict[str, dict]) -> None:
+    damaged, reference = measured["damaged"], measured["fp32"]
+    assert damaged["fidelity"].kl_mean > 2.0 and damaged["fidelity"].top1_agreement < 0.3
+    drop = paired_difference(damaged["scores"], reference["scores"])
+    assert drop.mean < -0.3 and not drop.within_noise
+    # bf16 answers like the reference: its difference is inside the noise
+    assert paired_difference(measured["bf16"]["scores"], reference["scores"]).within_noise
