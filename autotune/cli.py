@@ -39,6 +39,10 @@ def tune(
     storage: Optional[str] = typer.Option(None, "--storage", help=_help("storage")),
     out: Path = typer.Option(TuneSpec.model_fields["out"].default, "--out", help=_help("out")),
     seed: int = typer.Option(0, "--seed", help=_help("seed")),
+    data: Optional[Path] = typer.Option(None, "--data", help=_help("data")),
+    min_quality: Optional[str] = typer.Option(None, "--min-quality", help=_help("min_quality")),
+    quality_metric: Optional[str] = typer.Option(None, "--quality-metric", help=_help("quality_metric")),
+    quality_examples: Optional[int] = typer.Option(None, "--quality-examples", help=_help("quality_examples")),
 ) -> None:
     """Run (or resume) a tuning study and write best.yaml."""
     from autotune.report import RichProgress, print_results
@@ -48,7 +52,8 @@ def tune(
         spec = TuneSpec(
             model=model, random_weights=random_weights, space=space, trials=trials, timeout_s=timeout,
             trial_timeout_s=trial_timeout, memory_budget_gib=memory_budget, objective=objective, device=device,
-            study=study, storage=storage, out=out, seed=seed,
+            study=study, storage=storage, out=out, seed=seed, data=data, min_quality=min_quality,
+            quality_metric=quality_metric, quality_examples=quality_examples,
         )
     except ValidationError as e:
         err = e.errors()[0]

@@ -12,7 +12,8 @@ from rich.table import Table
 from autotune.spec import Candidate, DeploymentConfig, TrialRecord
 from autotune.study import baseline_record, best_record
 
-_STATE_STYLE = {"measured": "green", "infeasible": "yellow", "unsupported": "dim", "failed": "red", "duplicate": "dim"}
+_STATE_STYLE = {"measured": "green", "infeasible": "yellow", "low_quality": "magenta", "unsupported": "dim", "failed": "red",
+                "duplicate": "dim"}
 
 
 class RichProgress:
@@ -46,11 +47,11 @@ class RichProgress:
 
 def _result_text(r: TrialRecord, objective: str) -> str:
     style = _STATE_STYLE.get(r.state, "")
-    m = r.outcome.measurement
+    m, q = r.outcome.measurement, r.outcome.quality
     if m is not None:
         figure = (f"{m.output_tokens_per_s.median:,.1f} tok/s ±{m.output_tokens_per_s.spread_pct:.0f}%"
                   if objective == "throughput" else f"{m.request_latency_s.median * 1000:,.0f} ms")
-        text = f"{figure}, peak {m.peak_memory_gib:.2f} GiB"
+        text = f"{figure}, peak {m.peak_memory_gib:.2f} GiB" + (f", {q.metric} {q.score:.3f}" if q else "")
         if r.state == "infeasible":
             text += f" (over budget by {r.constraints['over_budget_gib']:.2f} GiB)"
         return f"[{style}]{r.state}[/]: {text}"
@@ -62,7 +63,7 @@ def _fmt(value: float | None, spec: str = ",.1f") -> str:
 
 
 TRIAL_COLUMNS = ("#", "dtype", "quant", "attn", "compile", "batch", "max len", "state", "out tok/s", "spread",
-                 "decode tok/s", "TTFT ms", "TPOT ms", "peak GiB", "× base")
+                 "decode tok/s", "TTFT ms", "TPOT ms", "peak GiB", "× base", "quality", "KL")
 _LEFT_ALIGNED = {"dtype", "quant", "attn", "state"}
 
 
@@ -72,7 +73,7 @@ def trial_rows(recs: list[TrialRecord], objective: str, baseline_value: float | 
     for r in sorted(recs, key=lambda r: r.number):
         if r.state == "duplicate":
             continue
-        c, m = r.candidate, r.outcome.measurement
+        c, m, q = r.candidate, r.outcome.measurement, r.outcome.quality
         ratio = None
         if m is not None and baseline_value and r.objective_value:
             ratio = r.objective_value / baseline_value if objective == "throughput" else baseline_value / r.objective_value
@@ -82,6 +83,7 @@ def trial_rows(recs: list[TrialRecord], objective: str, baseline_value: float | 
             _fmt(m and m.output_tokens_per_s.median), _fmt(m and m.output_tokens_per_s.spread_pct, ".0f") + ("%" if m else ""),
             _fmt(m and m.decode_tokens_per_s.median), _fmt(m and m.ttft_s.median * 1000, ",.0f"),
             _fmt(m and m.tpot_s.median * 1000, ",.1f"), _fmt(m and m.peak_memory_gib, ".2f"), _fmt(ratio, ".2f"),
+            _fmt(q and q.score, ".3f") + ("~" if q and q.within_noise else ""), _fmt(q and q.kl_mean, ".3f"),
         ]))
     return rows
 
@@ -93,7 +95,8 @@ def trials_table(recs: list[TrialRecord], objective: str, baseline_value: float 
     for state, cells in trial_rows(recs, objective, baseline_value):
         style = _STATE_STYLE.get(state, "")
         table.add_row(*cells[:7], f"[{style}]{state}[/]", *cells[8:])
-    table.caption = "* = untuned baseline (plain default load, batch 1). Unsupported/failed reasons: see trials.jsonl"
+    table.caption = ("* = untuned baseline (plain default load, batch 1); quality~ = difference to the reference is within "
+                     "its bootstrap noise. Unsupported/failed reasons: see trials.jsonl")
     return table
 
 
@@ -118,6 +121,10 @@ def best_summary(config: DeploymentConfig) -> Table:
         ("requests/s", f"{m.requests_per_s.median:,.2f}"),
         ("TTFT / TPOT", f"{m.ttft_s.median * 1000:,.0f} ms / {m.tpot_s.median * 1000:,.1f} ms"),
         ("peak memory", f"{m.peak_memory_gib:.2f} GiB" + (f" of {config.memory_budget_gib:.1f} GiB budget" if config.memory_budget_gib else "")),
+        *([("quality", f"{config.quality.metric} {config.quality.score:.3f} [{config.quality.ci_low:.3f}, {config.quality.ci_high:.3f}]"
+            + (f", Δ vs reference {config.quality.delta_vs_reference:+.3f}" if config.quality.delta_vs_reference is not None else "")
+            + (f", KL {config.quality.kl_mean:.4f}" if config.quality.kl_mean is not None else "")
+            + (f" (floor {config.min_quality})" if config.min_quality else ""))] if config.quality else []),
         ("vs baseline", f"{config.speedup_vs_baseline:.2f}× the untuned baseline" if config.speedup_vs_baseline else "baseline not measured"),
     ]
     for k, v in rows:

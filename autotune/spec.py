@@ -158,6 +158,25 @@ class Measurement(_Strict):
     measure_s: float
 
 
+class QualityReport(_Strict):
+    """Quality of one load-key on the validation set (batch size does not change it)."""
+
+    metric: str
+    score: float = Field(description="mean per-example score in [0, 1]")
+    ci_low: float = Field(description="95% bootstrap interval of the mean")
+    ci_high: float
+    n: int
+    per_example: list[float]
+    kl_mean: float | None = Field(default=None, description="teacher-forced KL(reference || this), top-k + rest buckets")
+    kl_p95: float | None = None
+    top1_agreement: float | None = Field(default=None, description="share of positions whose argmax token equals the reference's")
+    delta_vs_reference: float | None = None
+    delta_ci_low: float | None = None
+    delta_ci_high: float | None = None
+    within_noise: bool | None = Field(default=None, description="the difference to the reference is inside its bootstrap interval")
+    elapsed_s: float = 0.0
+
+
 OutcomeStatus = Literal["ok", "oom", "unsupported", "error", "crashed", "timeout"]
 
 
@@ -171,7 +190,8 @@ class TrialOutcome(_Strict):
     prepare_s: float = Field(default=0.0, description="building the cached checkpoint (embedded conversion, random weights); once per machine")
     reloaded: bool = False
     worker_log: str | None = None
-    phase: Literal["load", "measure", ""] = ""
+    phase: Literal["load", "quality", "measure", ""] = ""
+    quality: QualityReport | None = None
 
 
 # ------------------------------------------------------------------------------ system
@@ -197,7 +217,7 @@ class Fingerprint(_Strict):
 # ------------------------------------------------------------------------------ study records
 
 
-TrialState = Literal["measured", "infeasible", "unsupported", "failed", "duplicate"]
+TrialState = Literal["measured", "infeasible", "low_quality", "unsupported", "failed", "duplicate"]
 
 
 class TrialRecord(_Strict):
@@ -248,6 +268,33 @@ class TuneSpec(_Strict):
     storage: str | None = Field(default=None, description="Optuna storage URL; default: SQLite in the output dir")
     out: Path = Field(default=Path("outputs/default"), description="output directory")
     seed: int = Field(default=0, description="sampler seed")
+    data: Path | None = Field(default=None, description="validation set (JSON lines) for quality; default with --min-quality: the bundled text set")
+    min_quality: str | None = Field(default=None, description="quality floor: 0.98 = 98% of the reference config's score; abs:0.6 = absolute")
+    quality_metric: str | None = Field(default=None, description="contains, exact_match, token_f1 or top1_agreement (label-free); default: contains if labelled")
+    quality_examples: int | None = Field(default=None, ge=1, description="use only the first N examples of the validation set")
+
+    @field_validator("min_quality")
+    @classmethod
+    def _floor_syntax(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_min_quality(value)
+        return value
+
+    @property
+    def quality_enabled(self) -> bool:
+        return self.data is not None or self.min_quality is not None or self.quality_metric is not None
+
+
+def parse_min_quality(text: str) -> tuple[Literal["relative", "absolute"], float]:
+    """'0.98' -> relative to the reference; 'abs:0.6' -> absolute score."""
+    mode: Literal["relative", "absolute"] = "absolute" if text.startswith("abs:") else "relative"
+    try:
+        value = float(text.removeprefix("abs:"))
+    except ValueError:
+        raise ValueError(f"cannot read {text!r}; write e.g. 0.98 (98% of the reference) or abs:0.6") from None
+    if not 0 < value <= (1.5 if mode == "relative" else 1.0):
+        raise ValueError(f"{text!r} is out of range; a relative floor is a fraction like 0.98, an absolute one in (0, 1]")
+    return mode, value
 
     @field_validator("memory_budget_gib", mode="before")
     @classmethod
@@ -278,6 +325,8 @@ class DeploymentConfig(_Strict):
     speedup_vs_baseline: float | None = Field(default=None, description="objective relative to the untuned baseline (>1 is better)")
     baseline: BaselineSummary | None = None
     memory_budget_gib: float | None = None
+    quality: QualityReport | None = None
+    min_quality: str | None = None
     fingerprint: Fingerprint
     study_name: str
     storage: str

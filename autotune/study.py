@@ -20,7 +20,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState as OptunaState
 
-from autotune.errors import OutputDirError, StorageError, StudyMismatchError
+from autotune.errors import AutotuneError, OutputDirError, StorageError, StudyMismatchError
 from autotune.loading import generate_kwargs
 from autotune.models import ModelRef, resolve_model
 from autotune.space import (
@@ -37,19 +37,25 @@ from autotune.spec import (
     Candidate,
     DeploymentConfig,
     Fingerprint,
+    QualityReport,
     SearchSpace,
     TrialOutcome,
     TrialRecord,
     TuneSpec,
+    parse_min_quality,
 )
 from autotune.system import DeviceInfo, check_budget, detect_device, fingerprint
 from autotune.worker import WorkerClient, WorkRequest
+from autotune.worker.protocol import QualityRequest
 
 RECORD_ATTR = "autotune.record"
 BASELINE_ATTR = "autotune.baseline"
 INTERRUPTED_ATTR = "autotune.interrupted"
-IDENTITY_ATTRS = ("model", "space_digest", "objective", "device_name")
-CONSTRAINT_KEYS = ("oom", "unsupported", "over_budget_gib")
+REFERENCE_QUALITY_ATTR = "autotune.reference_quality"
+QUALITY_CACHE_PREFIX = "autotune.quality:"
+IDENTITY_ATTRS = ("model", "space_digest", "objective", "device_name", "quality")
+CONSTRAINT_KEYS = ("oom", "unsupported", "over_budget_gib", "quality_below_floor")
+BUNDLED_TEXT_SET = Path(__file__).parent / "data" / "bundled" / "text.jsonl"
 MAX_CONSECUTIVE_DUPLICATES = 200
 # A model load costs seconds to minutes (bnb int8 of a 7B: ~15 s), a trial at a new batch/length
 # only seconds. After each load the sampler is asked for this many more trials that keep the
@@ -72,6 +78,20 @@ class _Silent:
         pass
 
 
+@dataclass(frozen=True)
+class QualitySetup:
+    data_path: Path
+    metric: str
+    floor_mode: str | None  # "relative" | "absolute" | None (measured, not constrained)
+    floor_value: float | None
+    reference_path: Path
+    max_examples: int | None
+
+    def request(self, is_reference: bool = False) -> QualityRequest:
+        return QualityRequest(data_path=str(self.data_path), metric=self.metric, reference_path=str(self.reference_path),
+                              is_reference=is_reference, max_examples=self.max_examples)
+
+
 @dataclass
 class StudyContext:
     spec: TuneSpec
@@ -83,6 +103,7 @@ class StudyContext:
     study_name: str
     out: Path
     fingerprint: Fingerprint
+    quality: QualitySetup | None = None
     stopped_reason: str = ""
     new_trials: list[int] = field(default_factory=list)
 
@@ -115,13 +136,43 @@ def model_default_dtype(model: ModelRef) -> str | None:
     return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(name)
 
 
-def _identity(model: ModelRef, space: SearchSpace, spec: TuneSpec, device: DeviceInfo) -> dict[str, str]:
+def _identity(model: ModelRef, space: SearchSpace, spec: TuneSpec, device: DeviceInfo, quality: QualitySetup | None) -> dict[str, str]:
     return {
         "model": model.model_dump_json(),
         "space_digest": space_digest(space),
         "objective": spec.objective,
         "device_name": device.name,
+        # Changing the data, metric or floor changes every trial's constraint: a new study.
+        "quality": json.dumps([str(quality.data_path.resolve()), quality.metric, spec.min_quality, quality.max_examples])
+        if quality else "",
     }
+
+
+def setup_quality(spec: TuneSpec, model: ModelRef, out: Path) -> QualitySetup | None:
+    """Validate the validation set and the metric before any study file is touched."""
+    from autotune.data import load_validation_set
+    from autotune.measure.metrics import get_metric
+
+    if not spec.quality_enabled:
+        return None
+    if model.kind == "random":
+        raise AutotuneError("quality needs real weights and a tokenizer, which --random-weights models lack; "
+                            "drop --data/--min-quality/--quality-metric or use a real checkpoint")
+    data_path = spec.data or BUNDLED_TEXT_SET
+    examples = load_validation_set(data_path)[: spec.quality_examples]
+    if any(e.kind == "rerank" for e in examples):
+        raise AutotuneError(f"{data_path} holds reranking examples, which need a reranker model; use a prompt/answer set")
+    labelled = all(e.labelled for e in examples)
+    metric = get_metric(spec.quality_metric or ("contains" if labelled else "top1_agreement"))
+    if metric.task == "rerank":
+        raise AutotuneError(f"--quality-metric {metric.name} scores reranking; a causal LM needs contains, exact_match, "
+                            "token_f1, choice_accuracy or top1_agreement")
+    if metric.needs_labels and not labelled:
+        missing = sum(1 for e in examples if not e.labelled)
+        raise AutotuneError(f"--quality-metric {metric.name} needs labels, but {missing} of {len(examples)} examples in "
+                            f"{data_path} have no 'answer'/'answers'; add them or use --quality-metric top1_agreement")
+    mode, value = parse_min_quality(spec.min_quality) if spec.min_quality else (None, None)
+    return QualitySetup(Path(data_path), metric.name, mode, value, out / "reference.pt", spec.quality_examples)
 
 
 def open_study(spec: TuneSpec) -> StudyContext:
@@ -130,11 +181,12 @@ def open_study(spec: TuneSpec) -> StudyContext:
     check_budget(device, spec.memory_budget_gib)
     space = load_space(spec.space or default_space_path(device))
     model = resolve_model(spec.model, spec.random_weights)
+    quality = setup_quality(spec, model, spec.out)
     prepare_out_dir(spec.out)
     storage_url = spec.storage or f"sqlite:///{(spec.out / 'study.db').resolve()}"
     study_name = spec.study or default_study_name(model, device)
     direction = "maximize" if spec.objective == "throughput" else "minimize"
-    identity = _identity(model, space, spec, device)
+    identity = _identity(model, space, spec, device, quality)
 
     try:
         storage = optuna.storages.get_storage(storage_url)
@@ -160,7 +212,7 @@ def open_study(spec: TuneSpec) -> StudyContext:
             study.set_user_attr(key, value)
         study.enqueue_trial(baseline_params(space, device, model_default_dtype(model)), user_attrs={BASELINE_ATTR: True})
     # Taken once per run: best.yaml is rewritten after every trial and the machine does not change.
-    ctx = StudyContext(spec, device, space, model, study, storage_url, study_name, spec.out, fingerprint(device))
+    ctx = StudyContext(spec, device, space, model, study, storage_url, study_name, spec.out, fingerprint(device), quality)
     if spec.storage is None:
         _fail_interrupted_trials(ctx)
     return ctx
@@ -205,16 +257,72 @@ def _placeholder(direction: str) -> float:
     return 0.0 if direction == "throughput" else math.inf
 
 
+def reference_quality(ctx: StudyContext) -> QualityReport | None:
+    raw = ctx.study.user_attrs.get(REFERENCE_QUALITY_ATTR)
+    return QualityReport.model_validate(raw) if raw else None
+
+
+def quality_floor(ctx: StudyContext) -> float | None:
+    if ctx.quality is None or ctx.quality.floor_mode is None:
+        return None
+    if ctx.quality.floor_mode == "absolute":
+        return ctx.quality.floor_value
+    reference = reference_quality(ctx)
+    return ctx.quality.floor_value * reference.score if reference else None
+
+
+def reference_candidate(ctx: StudyContext) -> Candidate:
+    """The highest-precision load this machine supports in the space: what quality is relative to."""
+    space = ctx.space
+    options = [
+        Candidate(dtype=dtype, quantization=quant, attn_implementation=attn, compile=False,
+                  batch_size=min(space.batch_size), max_length=min(space.max_length), new_tokens=space.new_tokens)
+        for dtype in ("fp32", "bf16", "fp16") if dtype in space.dtype
+        for quant in (["none"] if "none" in space.quantization else space.quantization)
+        for attn in sorted(space.attn_implementation, key=lambda a: a != "sdpa")
+    ]
+    supported = [c for c in options if unsupported_reason(c, ctx.device) is None]
+    if not supported:
+        raise AutotuneError("no candidate of the space can run here to serve as the quality reference; widen the space")
+    return supported[0]
+
+
+def ensure_reference(ctx: StudyContext, worker: WorkerClient) -> tuple | None:
+    """Measure the reference's quality once per study (before any trial), keeping reference.pt."""
+    if ctx.quality is None or (reference_quality(ctx) and ctx.quality.reference_path.is_file()):
+        return None
+    cand = reference_candidate(ctx)
+    request = WorkRequest(trial_number=-1, candidate=cand, repeats=ctx.space.repeats,
+                          quality=ctx.quality.request(is_reference=True), measure=False)
+    outcome, _ = worker.run(request, ctx.spec.trial_timeout_s)
+    if outcome.status != "ok" or outcome.quality is None:
+        raise AutotuneError(f"the quality reference ({cand.label()}) could not be evaluated: {outcome.status}: "
+                            f"{outcome.reason[:300]}; see {outcome.worker_log}")
+    ctx.study.set_user_attr(REFERENCE_QUALITY_ATTR, outcome.quality.model_dump(mode="json"))
+    ctx.study.set_user_attr(QUALITY_CACHE_PREFIX + _load_key_name(cand), outcome.quality.model_dump(mode="json"))
+    return cand.load_key
+
+
+def _load_key_name(cand: Candidate) -> str:
+    return "|".join(str(part) for part in cand.load_key)
+
+
 def _tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: TrialOutcome, *, spawn_s: float,
           total_s: float, duplicate_of: TrialRecord | None = None) -> TrialRecord:
     """The single place where a worker outcome becomes an Optuna state, value and constraints."""
     budget = ctx.spec.memory_budget_gib
     value = objective_value(ctx.spec.objective, outcome)
     constraints = {key: 0.0 for key in CONSTRAINT_KEYS}
+    floor = quality_floor(ctx)
+    if floor is not None and outcome.quality is not None:
+        constraints["quality_below_floor"] = round(floor - outcome.quality.score, 6)
     if outcome.status == "ok":
         peak = outcome.measurement.peak_memory_gib
         constraints["over_budget_gib"] = round(peak - budget, 4) if budget is not None else 0.0
-        state = "measured" if constraints["over_budget_gib"] <= 0 else "infeasible"
+        if constraints["over_budget_gib"] > 0:
+            state = "infeasible"
+        else:
+            state = "low_quality" if constraints["quality_below_floor"] > 0 else "measured"
     elif outcome.status == "oom":
         constraints["oom"] = 1.0
         state = "infeasible"
@@ -297,6 +405,8 @@ def build_deployment(ctx: StudyContext, best: TrialRecord, base: TrialRecord | N
         speedup_vs_baseline=speedup(ctx.spec.objective, best, base),
         baseline=BaselineSummary(trial_number=base.number, candidate=base.candidate, objective_value=base.objective_value) if base else None,
         memory_budget_gib=ctx.spec.memory_budget_gib,
+        quality=best.outcome.quality,
+        min_quality=ctx.spec.min_quality,
         fingerprint=ctx.fingerprint,
         study_name=ctx.study_name,
         storage=ctx.storage_url,
@@ -322,7 +432,7 @@ def write_outputs(ctx: StudyContext) -> tuple[list[TrialRecord], DeploymentConfi
 def _finished_by_params(recs: list[TrialRecord]) -> dict[tuple, TrialRecord]:
     done = {}
     for r in recs:
-        if r.state in ("measured", "infeasible", "unsupported"):
+        if r.state in ("measured", "infeasible", "low_quality", "unsupported"):
             done.setdefault(_key(r.candidate), r)
     return done
 
@@ -367,6 +477,7 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
     run_log = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "trials": []}
     worker = WorkerClient(ctx.model, ctx.device.device, spec.memory_budget_gib, ctx.out / "workers")
     try:
+        loaded_key = ensure_reference(ctx, worker) or loaded_key
         while counted < spec.trials:
             ctx.stopped_reason = _stop_reason(ctx, done, started, duplicates_in_a_row)
             if ctx.stopped_reason:
@@ -389,8 +500,15 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 if reason is not None:
                     outcome = TrialOutcome(status="unsupported", reason=reason)
                 else:
-                    request = WorkRequest(trial_number=trial.number, candidate=cand, repeats=ctx.space.repeats)
+                    cached = ctx.study.user_attrs.get(QUALITY_CACHE_PREFIX + _load_key_name(cand)) if ctx.quality else None
+                    wants_quality = ctx.quality is not None and cached is None  # once per load-key
+                    request = WorkRequest(trial_number=trial.number, candidate=cand, repeats=ctx.space.repeats,
+                                          quality=ctx.quality.request() if wants_quality else None)
                     outcome, spawn_s = worker.run(request, spec.trial_timeout_s)
+                    if wants_quality and outcome.quality is not None:
+                        ctx.study.set_user_attr(QUALITY_CACHE_PREFIX + _load_key_name(cand), outcome.quality.model_dump(mode="json"))
+                    elif cached is not None and outcome.phase not in ("load", "quality"):
+                        outcome = outcome.model_copy(update={"quality": QualityReport.model_validate(cached).model_copy(update={"elapsed_s": 0.0})})
                     # The worker keeps the model unless the load itself failed or the worker died.
                     loaded_key = cand.load_key if outcome.phase != "load" and outcome.status in ("ok", "oom", "error") else None
             except BaseException:

@@ -107,3 +107,5 @@ register(Metric("choice_accuracy", "choice", True, lambda predicted, answer: flo
 register(Metric("ndcg@10", "rerank", True, lambda scores, relevance: ndcg_at_k(scores, relevance, 10),
                 "NDCG@10 of the candidate's document scores against graded labels"))
 register(Metric("mrr", "rerank", True, mrr, "reciprocal rank of the first relevant document"))
+register(Metric("top1_agreement", "fidelity", False, lambda share: share,
+                "label-free: share of positions where the greedy next token equals the reference's"))

@@ -16,7 +16,7 @@ import traceback
 
 from autotune.models import ModelRef
 from autotune.spec import TrialOutcome
-from autotune.worker.protocol import Faults, WorkRequest
+from autotune.worker.protocol import Faults, QualityRequest, WorkRequest
 
 _CPU_OOM_MARKERS = ("can't allocate memory", "Cannot allocate memory", "not enough memory", "DefaultCPUAllocator", "out of memory")
 # Exceptions transformers/bitsandbytes raise when a combination is not supported (an attention
@@ -77,6 +77,64 @@ def _cap_host_memory(budget_gib: float) -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
 
 
+def _perturb(model, scale: float) -> None:
+    """Fault injection: real Gaussian noise on every weight matrix (embeddings spared)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and "embed" not in name and param.is_floating_point():
+                noise = torch.randn(param.shape, generator=generator).to(param.device, param.dtype)
+                param.add_(noise * param.float().std().to(param.dtype) * scale)
+
+
+def measure_quality(model, tokenizer, request: QualityRequest, device: str):
+    """Task score (or label-free agreement) and fidelity to the reference, with intervals."""
+    import torch
+
+    from autotune.data import load_validation_set
+    from autotune.measure.quality import (
+        ReferenceTopK,
+        bootstrap_ci,
+        capture_reference,
+        fidelity,
+        fidelity_sequences,
+        paired_difference,
+        task_scores,
+    )
+    from autotune.spec import QualityReport
+
+    start = time.perf_counter()
+    examples = load_validation_set(request.data_path)[: request.max_examples]
+    label_free = request.metric == "top1_agreement"
+    scores, texts = task_scores(model, tokenizer, examples, "contains" if label_free else request.metric, device)
+    if request.is_reference:
+        generated = [e for e in examples if e.kind == "generate"]
+        answers = [t for t, e in zip(texts, examples) if e.kind == "generate"]
+        reference = capture_reference(model, fidelity_sequences(tokenizer, generated, answers), device)
+        torch.save({"reference": reference.__dict__, "scores": scores}, request.reference_path)
+        if label_free:
+            scores = [1.0] * len(reference.sequences)
+        low, high = bootstrap_ci(scores)
+        return QualityReport(metric=request.metric, score=sum(scores) / len(scores), ci_low=low, ci_high=high, n=len(scores),
+                             per_example=scores, kl_mean=0.0, kl_p95=0.0, top1_agreement=1.0,
+                             elapsed_s=time.perf_counter() - start)
+    saved = torch.load(request.reference_path, weights_only=False)
+    fid = fidelity(model, ReferenceTopK(**saved["reference"]), device)
+    reference_scores = saved["scores"]
+    if label_free:
+        scores, reference_scores = fid.per_sequence_top1, [1.0] * len(fid.per_sequence_top1)
+    low, high = bootstrap_ci(scores)
+    diff = paired_difference(scores, reference_scores)
+    return QualityReport(
+        metric=request.metric, score=sum(scores) / len(scores), ci_low=low, ci_high=high, n=len(scores), per_example=scores,
+        kl_mean=fid.kl_mean, kl_p95=fid.kl_p95, top1_agreement=fid.top1_agreement, delta_vs_reference=diff.mean,
+        delta_ci_low=diff.ci_low, delta_ci_high=diff.ci_high, within_noise=diff.within_noise,
+        elapsed_s=time.perf_counter() - start,
+    )
+
+
 class _Worker:
     def __init__(self, model_ref: ModelRef, device: str, memory_budget_gib: float | None) -> None:
         self.ref = model_ref
@@ -84,6 +142,7 @@ class _Worker:
         self.budget = memory_budget_gib
         self.faults = Faults.from_env()
         self.model = None
+        self.tokenizer = None
         self.loaded_key: tuple | None = None
         self.vocab_size = 32000
 
@@ -103,6 +162,7 @@ class _Worker:
 
     def _unload(self) -> None:
         self.model = None
+        self.tokenizer = None
         self.loaded_key = None
         gc.collect()
         _release_freed_host_memory()
@@ -127,7 +187,9 @@ class _Worker:
                 materialize(self.ref, self.device)  # cached after the first build on this machine
                 prepare_s = time.perf_counter() - start
                 start = time.perf_counter()
-                self.model, _ = load_model(self.ref, cand, self.device)
+                self.model, self.tokenizer = load_model(self.ref, cand, self.device)
+                if self.faults.perturb_weights:
+                    _perturb(self.model, self.faults.perturb_weights)
             except Exception as e:  # noqa: BLE001 — every load failure becomes a typed outcome
                 traceback.print_exc()
                 self._unload()
@@ -139,6 +201,18 @@ class _Worker:
             self.loaded_key = cand.load_key
             self.vocab_size = int(getattr(self.model.config, "vocab_size", None) or self.vocab_size)
             print(f"[trial {request.trial_number}] loaded in {load_s:.1f}s", flush=True)
+
+        quality = None
+        if request.quality is not None:
+            try:
+                quality = measure_quality(self.model, self.tokenizer, request.quality, self.device)
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                return TrialOutcome(status="oom" if is_oom(e) else "error", reason=_one_line(e), phase="quality",
+                                    load_s=load_s, prepare_s=prepare_s, reloaded=reloaded)
+            print(f"[trial {request.trial_number}] quality {quality.metric} = {quality.score:.3f} in {quality.elapsed_s:.1f}s", flush=True)
+        if not request.measure:
+            return TrialOutcome(status="ok", quality=quality, load_s=load_s, prepare_s=prepare_s, reloaded=reloaded)
 
         if self.faults.sigkill_on_trial == request.trial_number:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -162,10 +236,11 @@ class _Worker:
                 torch.cuda.empty_cache()
             status = "oom" if is_oom(e) else "error"
             return TrialOutcome(status=status, reason=_one_line(e), phase="measure", load_s=load_s, prepare_s=prepare_s,
-                                reloaded=reloaded)
+                                reloaded=reloaded, quality=quality)
         print(f"[trial {request.trial_number}] {measurement.output_tokens_per_s.median:.1f} tok/s, "
               f"peak {measurement.peak_memory_gib:.2f} GiB", flush=True)
-        return TrialOutcome(status="ok", measurement=measurement, load_s=load_s, prepare_s=prepare_s, reloaded=reloaded)
+        return TrialOutcome(status="ok", measurement=measurement, load_s=load_s, prepare_s=prepare_s, reloaded=reloaded,
+                            quality=quality)
 
 
 def worker_main(conn, model_ref_json: str, device: str, memory_budget_gib: float | None, log_path: str) -> None:

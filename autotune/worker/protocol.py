@@ -12,12 +12,27 @@ from autotune.spec import Candidate
 FAULTS_ENV = "AUTOTUNE_FAULTS"
 
 
+class QualityRequest(BaseModel):
+    """Measure quality on this load (once per load-key). The reference load captures what the
+    others are compared with into `reference_path`; every other load reads it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data_path: str
+    metric: str
+    reference_path: str
+    is_reference: bool = False
+    max_examples: int | None = None
+
+
 class WorkRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     trial_number: int
     candidate: Candidate
     repeats: int
+    quality: QualityRequest | None = None
+    measure: bool = True  # False: quality only (the reference load)
 
 
 class Faults(BaseModel):
@@ -30,6 +45,7 @@ class Faults(BaseModel):
     sigkill_on_trial: int | None = None
     hang_on_trial: int | None = None
     exit_on_startup: bool = False  # the worker dies before it can answer (broken install, driver)
+    perturb_weights: float | None = None  # add Gaussian noise of this many weight-stds: a broken deployment
 
     @classmethod
     def from_env(cls) -> "Faults":
