@@ -188,8 +188,8 @@ class _Worker:
                 prepare_s = time.perf_counter() - start
                 start = time.perf_counter()
                 self.model, self.tokenizer = load_model(self.ref, cand, self.device)
-                if self.faults.perturb_weights:
-                    _perturb(self.model, self.faults.perturb_weights)
+                if self.faults.perturb_dtype == cand.dtype:
+                    _perturb(self.model, self.faults.perturb_scale)
             except Exception as e:  # noqa: BLE001 — every load failure becomes a typed outcome
                 traceback.print_exc()
                 self._unload()

@@ -45,7 +45,8 @@ class Faults(BaseModel):
     sigkill_on_trial: int | None = None
     hang_on_trial: int | None = None
     exit_on_startup: bool = False  # the worker dies before it can answer (broken install, driver)
-    perturb_weights: float | None = None  # add Gaussian noise of this many weight-stds: a broken deployment
+    perturb_dtype: str | None = None  # loads in this dtype get real Gaussian noise on their weights: a broken deployment
+    perturb_scale: float = 0.5  # noise std, in units of each weight matrix's own std
 
     @classmethod
     def from_env(cls) -> "Faults":

@@ -1,0 +1,93 @@
+"""Quality inside a study: the reference is measured first, quality once per load-key, a floor
+rejects a damaged deployment however fast it is, and bad quality input is a one-line error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autotune.spec import DeploymentConfig
+from tests.conftest import assert_ok, cli_env, read_records, run_cli, write_space
+from tests.test_cli_errors import assert_one_line_error
+
+
+@pytest.fixture(scope="module")
+def damaged_bf16_study(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("quality")
+    space = write_space(out.parent / "quality-space.yaml", dtype=["fp32", "bf16"], attn_implementation=["sdpa"],
+                        batch_size=[1, 2], max_length=[48], new_tokens=8)
+    env = cli_env(AUTOTUNE_FAULTS=json.dumps({"perturb_dtype": "bf16", "perturb_scale": 0.5}))
+    result = run_cli("tune", "--space", str(space), "--trials", "4", "--min-quality", "0.9", "--quality-examples", "20",
+                     "--out", str(out), "--device", "cpu", env=env)
+    assert_ok(result)
+    return out
+
+
+def test_damaged_candidate_is_rejected_by_the_floor(damaged_bf16_study: Path) -> None:
+    recs = [r for r in read_records(damaged_bf16_study) if r.state != "duplicate"]
+    by_dtype = {}
+    for r in recs:
+        by_dtype.setdefault(r.candidate.dtype, []).append(r)
+    assert set(by_dtype) == {"fp32", "bf16"}
+    for r in by_dtype["bf16"]:  # bf16 is faster on this CPU, but its weights are broken
+        q = r.outcome.quality
+        assert r.state == "low_quality" and r.constraints["quality_below_floor"] > 0
+        assert q.kl_mean > 1.0 and q.top1_agreement < 0.5 and not q.within_noise
+    for r in by_dtype["fp32"]:
+        assert r.state == "measured" and r.outcome.quality.kl_mean == pytest.approx(0.0, abs=1e-6)
+    best = DeploymentConfig.model_validate(yaml.safe_load((damaged_bf16_study / "best.yaml").read_text()))
+    assert best.settings.dtype == "fp32" and best.min_quality == "0.9"
+    assert best.quality.score >= 0.4 and best.quality.ci_low <= best.quality.score <= best.quality.ci_high
+
+
+def test_quality_measured_once_per_load_key(damaged_bf16_study: Path) -> None:
+    recs = [r for r in read_records(damaged_bf16_study) if r.state != "duplicate"]
+    for dtype in ("fp32", "bf16"):
+        group = [r for r in recs if r.candidate.dtype == dtype]
+        timed = [r for r in group if r.outcome.quality.elapsed_s > 0]
+        # fp32 is the reference: measured before the trials, then reused by every fp32 trial
+        assert len(timed) == (0 if dtype == "fp32" else 1), [r.outcome.quality.elapsed_s for r in group]
+        assert len({r.outcome.quality.score for r in group}) == 1
+
+
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--quality-metric", "contain"], "did you mean 'contains'"),
+        (["--min-quality", "lots"], "--min-quality"),
+        (["--min-quality", "abs:2"], "out of range"),
+        (["--quality-metric", "ndcg@10"], "scores reranking"),
+    ],
+)
+def test_bad_quality_options(tmp_path: Path, extra: list[str], needle: str) -> None:
+    space = write_space(tmp_path / "space.yaml")
+    result = run_cli("tune", "--space", str(space), "--out", str(tmp_path / "out"), "--device", "cpu", *extra)
+    assert_one_line_error(result, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_label_metric_on_unlabelled_data(tmp_path: Path) -> None:
+    data = tmp_path / "val.jsonl"
+    data.write_text(json.dumps({"prompt": "Say hi"}) + "\n")
+    space = write_space(tmp_path / "space.yaml")
+    result = run_cli("tune", "--space", str(space), "--data", str(data), "--quality-metric", "exact_match",
+                     "--out", str(tmp_path / "out"), "--device", "cpu")
+    assert_one_line_error(result, "needs labels", "top1_agreement")
+
+
+def test_malformed_validation_line(tmp_path: Path) -> None:
+    data = tmp_path / "val.jsonl"
+    data.write_text(json.dumps({"prompt": "ok", "answer": "x"}) + "\n{oops\n")
+    space = write_space(tmp_path / "space.yaml")
+    result = run_cli("tune", "--space", str(space), "--data", str(data), "--out", str(tmp_path / "out"), "--device", "cpu")
+    assert_one_line_error(result, "val.jsonl:2: invalid JSON")
+
+
+def test_quality_with_random_weights(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml")
+    result = run_cli("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--min-quality", "0.9",
+                     "--out", str(tmp_path / "out"), "--device", "cpu")
+    assert_one_line_error(result, "quality needs real weights")
