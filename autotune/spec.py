@@ -170,6 +170,7 @@ class QualityReport(_Strict):
     kl_mean: float | None = Field(default=None, description="teacher-forced KL(reference || this), top-k + rest buckets")
     kl_p95: float | None = None
     top1_agreement: float | None = Field(default=None, description="share of positions whose argmax token equals the reference's")
+    answer_agreement: float | None = Field(default=None, description="share of generated answers equal (normalised) to the reference's")
     delta_vs_reference: float | None = None
     delta_ci_low: float | None = None
     delta_ci_high: float | None = None

@@ -3,6 +3,7 @@ deliberately damaged model. The metrics must tell them apart, and the damaged on
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,39 @@ def test_damaged_model_fails_task_and_fidelity(measured: dict[str, dict]) -> Non
     assert drop.mean < -0.3 and not drop.within_noise
     # bf16 answers like the reference: its difference is inside the noise
     assert paired_difference(measured["bf16"]["scores"], reference["scores"]).within_noise
+
+
+class _FixedLogits(torch.nn.Module):
+    """A 'model' whose next-token logits are given: makes KL computable by hand."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.table = logits  # [positions + 1, vocab]
+
+    def forward(self, input_ids: torch.Tensor):
+        return type("Out", (), {"logits": self.table[: input_ids.shape[1]].unsqueeze(0)})()
+
+
+def test_kl_and_top1_by_hand() -> None:
+    # Vocabulary of 3, one predicted position. Reference p = (0.5, 0.25, 0.25); candidate q = (0.25, 0.5, 0.25).
+    p = torch.tensor([[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]]).log()
+    q = torch.tensor([[0.25, 0.5, 0.25], [1 / 3, 1 / 3, 1 / 3]]).log()
+    sequence = [[0, 1]]  # two tokens: one next-token prediction (position 0)
+    # k = 3 keeps the whole vocabulary: the bucketed KL is the exact KL
+    reference = capture_reference(_FixedLogits(p), sequence, "cpu", k=3)
+    exact = 0.5 * math.log(0.5 / 0.25) + 0.25 * math.log(0.25 / 0.5) + 0.25 * math.log(1.0)
+    fid = fidelity(_FixedLogits(q), reference, "cpu")
+    assert fid.kl_mean == pytest.approx(exact, abs=1e-6)  # = 0.25 ln 2
+    assert fid.top1_agreement == 0.0  # argmax 0 vs 1
+    # k = 1: buckets {token 0, rest}: p = (0.5, 0.5), q = (0.25, 0.75)
+    coarse = fidelity(_FixedLogits(q), capture_reference(_FixedLogits(p), sequence, "cpu", k=1), "cpu")
+    assert coarse.kl_mean == pytest.approx(0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75), abs=1e-6)
+    assert coarse.kl_mean <= fid.kl_mean  # coarse-graining never increases KL
+    assert fidelity(_FixedLogits(p), reference, "cpu").kl_mean == pytest.approx(0.0, abs=1e-7)
+
+
+def test_answer_agreement() -> None:
+    from autotune.measure.quality import answer_agreement
+
+    assert answer_agreement(["Paris.", "4", ""], ["paris", "5", ""]) == 0.5
+    assert answer_agreement(["", ""], ["", ""]) is None

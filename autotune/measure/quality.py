@@ -126,6 +126,16 @@ def task_scores(model, tokenizer, examples: Sequence[Example], metric_name: str,
 # ------------------------------------------------------------------------------ fidelity
 
 
+def answer_agreement(texts: Sequence[str], reference_texts: Sequence[str]) -> float | None:
+    """Share of generated answers that equal the reference's after normalisation (label-free)."""
+    from autotune.measure.metrics import normalize
+
+    pairs = [(a, b) for a, b in zip(texts, reference_texts) if a or b]  # choice examples carry no text
+    if not pairs:
+        return None
+    return sum(normalize(a) == normalize(b) for a, b in pairs) / len(pairs)
+
+
 @dataclass
 class ReferenceTopK:
     """What the reference load predicted on fixed sequences: per position, top-k ids and log-probs."""

@@ -96,6 +96,7 @@ def measure_quality(model, tokenizer, request: QualityRequest, device: str):
     from autotune.data import load_validation_set
     from autotune.measure.quality import (
         ReferenceTopK,
+        answer_agreement,
         bootstrap_ci,
         capture_reference,
         fidelity,
@@ -113,23 +114,25 @@ def measure_quality(model, tokenizer, request: QualityRequest, device: str):
         generated = [e for e in examples if e.kind == "generate"]
         answers = [t for t, e in zip(texts, examples) if e.kind == "generate"]
         reference = capture_reference(model, fidelity_sequences(tokenizer, generated, answers), device)
-        torch.save({"reference": reference.__dict__, "scores": scores}, request.reference_path)
+        torch.save({"reference": reference.__dict__, "scores": scores, "texts": texts}, request.reference_path)
         if label_free:
             scores = [1.0] * len(reference.sequences)
         low, high = bootstrap_ci(scores)
         return QualityReport(metric=request.metric, score=sum(scores) / len(scores), ci_low=low, ci_high=high, n=len(scores),
-                             per_example=scores, kl_mean=0.0, kl_p95=0.0, top1_agreement=1.0,
+                             per_example=scores, kl_mean=0.0, kl_p95=0.0, top1_agreement=1.0, answer_agreement=1.0,
                              elapsed_s=time.perf_counter() - start)
     saved = torch.load(request.reference_path, weights_only=False)
     fid = fidelity(model, ReferenceTopK(**saved["reference"]), device)
     reference_scores = saved["scores"]
+    agreement = answer_agreement(texts, saved["texts"])
     if label_free:
         scores, reference_scores = fid.per_sequence_top1, [1.0] * len(fid.per_sequence_top1)
     low, high = bootstrap_ci(scores)
     diff = paired_difference(scores, reference_scores)
     return QualityReport(
         metric=request.metric, score=sum(scores) / len(scores), ci_low=low, ci_high=high, n=len(scores), per_example=scores,
-        kl_mean=fid.kl_mean, kl_p95=fid.kl_p95, top1_agreement=fid.top1_agreement, delta_vs_reference=diff.mean,
+        kl_mean=fid.kl_mean, kl_p95=fid.kl_p95, top1_agreement=fid.top1_agreement, answer_agreement=agreement,
+        delta_vs_reference=diff.mean,
         delta_ci_low=diff.ci_low, delta_ci_high=diff.ci_high, within_noise=diff.within_noise,
         elapsed_s=time.perf_counter() - start,
     )
