@@ -9,6 +9,7 @@ study's wall time spent measuring quality.
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import time
@@ -25,22 +26,26 @@ from autotune.study import REFERENCE_QUALITY_ATTR  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--no-run", action="store_true", help="report an existing OUT (wall time from runs.jsonl)")
     parser.add_argument("tune_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     tune_args = [a for a in args.tune_args if a != "--"]
-    start = time.perf_counter()
-    result = subprocess.run([sys.executable, "-m", "autotune.cli", "tune", "--out", str(args.out), *tune_args])
-    wall = time.perf_counter() - start
-    if result.returncode not in (0, 1):
-        sys.exit(f"autotune tune failed with exit {result.returncode}")
+    if args.no_run:
+        wall = sum(json.loads(line)["wall_s"] for line in (args.out / "runs.jsonl").read_text().splitlines() if line.strip())
+    else:
+        start = time.perf_counter()
+        result = subprocess.run([sys.executable, "-m", "autotune.cli", "tune", "--out", str(args.out), *tune_args])
+        wall = time.perf_counter() - start
+        if result.returncode not in (0, 1):
+            sys.exit(f"autotune tune failed with exit {result.returncode}")
     recs = [TrialRecord.model_validate_json(line) for line in (args.out / "trials.jsonl").read_text().splitlines() if line.strip()]
     summaries = optuna.get_all_study_summaries(f"sqlite:///{(args.out / 'study.db').resolve()}")
     reference = QualityReport.model_validate(summaries[0].user_attrs[REFERENCE_QUALITY_ATTR])
     quality_s = reference.elapsed_s + sum(r.outcome.quality.elapsed_s for r in recs if r.outcome.quality and r.state != "duplicate")
     print(f"\nquality per load-key ({reference.n} examples, metric {reference.metric}; reference first):")
-    print("| load-key | score [95% CI] | Δ vs reference [95% CI] | within noise | KL mean | KL p95 | top-1 agreement | states |")
-    print("|---|---|---|---|--:|--:|--:|---|")
-    print(f"| reference (fp32) | {reference.score:.3f} [{reference.ci_low:.3f}, {reference.ci_high:.3f}] | – | – | 0 | 0 | 1.000 | – |")
+    print("| load-key | score [95% CI] | Δ vs reference [95% CI] | within noise | KL mean | KL p95 | top-1 agreement | answer agreement | states |")
+    print("|---|---|---|---|--:|--:|--:|--:|---|")
+    print(f"| reference (fp32) | {reference.score:.3f} [{reference.ci_low:.3f}, {reference.ci_high:.3f}] | – | – | 0 | 0 | 1.000 | 1.000 | – |")
     seen: dict[tuple, list[TrialRecord]] = {}
     for r in recs:
         if r.outcome.quality is not None and r.state != "duplicate":
@@ -50,7 +55,7 @@ def main() -> None:
         states = ", ".join(sorted({r.state for r in group}))
         print(f"| {' '.join(str(k) for k in key[:2])} | {q.score:.3f} [{q.ci_low:.3f}, {q.ci_high:.3f}] | "
               f"{q.delta_vs_reference:+.3f} [{q.delta_ci_low:+.3f}, {q.delta_ci_high:+.3f}] | {'yes' if q.within_noise else 'no'} | "
-              f"{q.kl_mean:.4f} | {q.kl_p95:.4f} | {q.top1_agreement:.3f} | {states} |")
+              f"{q.kl_mean:.4f} | {q.kl_p95:.4f} | {q.top1_agreement:.3f} | {q.answer_agreement:.3f} | {states} |")
     print(f"\nwall {wall:.1f} s; quality {quality_s:.1f} s = {quality_s / wall * 100:.1f}% of the study "
           f"({len(seen) + 1} quality evaluations for {len([r for r in recs if r.state != 'duplicate'])} trials)")
 
