@@ -64,3 +64,45 @@ def test_bad_files_name_file_and_line(tmp_path: Path, lines: tuple, needle: str)
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="cannot read validation set"):
         load_validation_set(tmp_path / "nope.jsonl")
+
+
+# A table has the same columns in every row: missing values are nulls (Dataset.from_list takes its
+# columns from the first row, so every row names every column).
+ROWS = [
+    {"prompt": "2+2?", "answers": ["4", "four"], "choices": None, "answer": None},
+    {"prompt": "Pick", "answers": None, "choices": ["A", "B"], "answer": "B"},
+]
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".json"])
+def test_datasets_files_load_row_by_row(tmp_path: Path, suffix: str) -> None:
+    datasets = pytest.importorskip("datasets")
+    path = tmp_path / f"val{suffix}"
+    table = datasets.Dataset.from_list(ROWS)
+    table.to_parquet(str(path)) if suffix == ".parquet" else table.to_json(str(path))
+    examples = load_validation_set(path)
+    assert [e.kind for e in examples] == ["generate", "choice"]
+    assert examples[0].accepted_answers == ["4", "four"]
+
+
+def test_datasets_row_errors_name_the_row(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    path = tmp_path / "val.parquet"
+    datasets.Dataset.from_list([{"prompt": "ok", "answer": "x"}, {"prompt": None, "answer": "y"}]).to_parquet(str(path))
+    with pytest.raises(DataError, match=r"val.parquet:2: give exactly one of 'prompt'"):
+        load_validation_set(path)
+
+
+def test_datasets_file_without_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_datasets(name, *args, **kwargs):
+        if name == "datasets":
+            raise ImportError("No module named 'datasets'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_datasets)
+    with pytest.raises(DataError, match=r"needs the datasets package \(pip install datasets\)"):
+        load_validation_set(tmp_path / "val.parquet")

@@ -81,23 +81,48 @@ class Example(BaseModel):
         return bool(self.accepted_answers) or self.relevance is not None
 
 
+def _rows_from_datasets_file(path: Path) -> list[tuple[int, object]]:
+    """A Hugging Face `datasets` Parquet or JSON file, read with the datasets package."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(f"reading {path.name} needs the datasets package (pip install datasets), or convert it to JSON lines") from None
+    if not path.is_file():
+        raise DataError(f"cannot read validation set {path}: no such file; pass an existing file")
+    try:
+        table = datasets.load_dataset("parquet" if path.suffix == ".parquet" else "json", data_files=str(path), split="train")
+    except Exception as e:  # pyarrow/datasets raise many types for unreadable files
+        raise DataError(f"datasets could not read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+    # "Lines" of a table are its rows, counted from 1 like the lines of a JSON-lines file.
+    return [(number, {k: v for k, v in row.items() if v is not None}) for number, row in enumerate(table, start=1)]
+
+
 def load_validation_set(path: str | Path) -> list[Example]:
-    """Read and validate a JSON-lines file; any problem is one error naming the file and line."""
+    """Read and validate a JSON-lines file (or a `datasets` Parquet/JSON file, row by row); any
+    problem is one error naming the file and the line (row)."""
     path = Path(path)
+    if path.suffix in (".parquet", ".json"):
+        return _validated(path, _rows_from_datasets_file(path))
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
         raise DataError(f"cannot read validation set {path}: {e.strerror}; pass an existing .jsonl file") from e
     except UnicodeDecodeError as e:
         raise DataError(f"validation set {path} is not UTF-8 text; save it as UTF-8 JSON lines") from e
-    examples = []
+    rows = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            raw = json.loads(line)
+            rows.append((number, json.loads(line)))
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno}); one JSON object per line") from e
+    return _validated(path, rows)
+
+
+def _validated(path: Path, rows: list[tuple[int, object]]) -> list[Example]:
+    examples = []
+    for number, raw in rows:
         if not isinstance(raw, dict):
             raise DataError(f"{path}:{number}: expected a JSON object, got {type(raw).__name__}")
         try:
