@@ -78,12 +78,23 @@ def test_label_metric_on_unlabelled_data(tmp_path: Path) -> None:
     assert_one_line_error(result, "needs labels", "top1_agreement")
 
 
-def test_malformed_validation_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        ("\n", "is empty"),
+        (json.dumps({"prompt": "ok", "answer": "x"}) + "\n{oops\n", "val.jsonl:2: invalid JSON"),
+        (json.dumps({"answer": "x"}) + "\n", "val.jsonl:1: give exactly one of 'prompt'"),
+        (json.dumps({"prompt": "What is this?", "images": ["cat.png"], "answer": "cat"}) + "\n", "val.jsonl:1: file 'cat.png' does not exist"),
+    ],
+    ids=["empty", "invalid-json", "missing-field", "missing-image"],
+)
+def test_malformed_validation_set(tmp_path: Path, content: str, needle: str) -> None:
     data = tmp_path / "val.jsonl"
-    data.write_text(json.dumps({"prompt": "ok", "answer": "x"}) + "\n{oops\n")
+    data.write_text(content)
     space = write_space(tmp_path / "space.yaml")
     result = run_cli("tune", "--space", str(space), "--data", str(data), "--out", str(tmp_path / "out"), "--device", "cpu")
-    assert_one_line_error(result, "val.jsonl:2: invalid JSON")
+    assert_one_line_error(result, needle)
+    assert not (tmp_path / "out").exists()
 
 
 def test_quality_with_random_weights(tmp_path: Path) -> None:
