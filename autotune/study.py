@@ -55,6 +55,7 @@ REFERENCE_QUALITY_ATTR = "autotune.reference_quality"
 QUALITY_CACHE_PREFIX = "autotune.quality:"
 IDENTITY_ATTRS = ("model", "space_digest", "objective", "device_name", "quality")
 CONSTRAINT_KEYS = ("oom", "unsupported", "over_budget_gib", "quality_below_floor")
+PRECISION_ORDER = ("none", "bnb-int8", "bnb-nf4", "bnb-fp4")  # most to least faithful weights
 BUNDLED_TEXT_SET = Path(__file__).parent / "data" / "bundled" / "text.jsonl"
 MAX_CONSECUTIVE_DUPLICATES = 200
 # A model load costs seconds to minutes (bnb int8 of a 7B: ~15 s), a trial at a new batch/length
@@ -271,36 +272,50 @@ def quality_floor(ctx: StudyContext) -> float | None:
     return ctx.quality.floor_value * reference.score if reference else None
 
 
-def reference_candidate(ctx: StudyContext) -> Candidate:
-    """The highest-precision load this machine supports in the space: what quality is relative to."""
+def reference_candidates(ctx: StudyContext) -> list[Candidate]:
+    """Loads of the space that run here, highest precision first: quality is relative to the
+    first of them that fits the budget."""
     space = ctx.space
-    options = [
-        Candidate(dtype=dtype, quantization=quant, attn_implementation=attn, compile=False,
-                  batch_size=min(space.batch_size), max_length=min(space.max_length), new_tokens=space.new_tokens)
-        for dtype in ("fp32", "bf16", "fp16") if dtype in space.dtype
-        for quant in (["none"] if "none" in space.quantization else space.quantization)
-        for attn in sorted(space.attn_implementation, key=lambda a: a != "sdpa")
-    ]
-    supported = [c for c in options if unsupported_reason(c, ctx.device) is None]
+    supported = []
+    for dtype in ("fp32", "bf16", "fp16"):
+        for quant in sorted(space.quantization, key=lambda q: PRECISION_ORDER.index(q) if q in PRECISION_ORDER else len(PRECISION_ORDER)):
+            if dtype not in space.dtype:
+                continue
+            # One attention kernel per precision: the reference's numbers do not depend on it, and
+            # a load that does not fit with sdpa will not fit with eager either.
+            for attn in sorted(space.attn_implementation, key=lambda a: a != "sdpa"):
+                cand = Candidate(dtype=dtype, quantization=quant, attn_implementation=attn, compile=False,
+                                 batch_size=min(space.batch_size), max_length=min(space.max_length),
+                                 new_tokens=space.new_tokens)
+                if unsupported_reason(cand, ctx.device) is None:
+                    supported.append(cand)
+                    break
     if not supported:
         raise AutotuneError("no candidate of the space can run here to serve as the quality reference; widen the space")
-    return supported[0]
+    return supported
 
 
 def ensure_reference(ctx: StudyContext, worker: WorkerClient) -> tuple | None:
-    """Measure the reference's quality once per study (before any trial), keeping reference.pt."""
+    """Measure the reference's quality once per study (before any trial), keeping reference.pt.
+    A reference that does not fit the budget gives way to the next-highest precision."""
     if ctx.quality is None or (reference_quality(ctx) and ctx.quality.reference_path.is_file()):
         return None
-    cand = reference_candidate(ctx)
-    request = WorkRequest(trial_number=-1, candidate=cand, repeats=ctx.space.repeats,
-                          quality=ctx.quality.request(is_reference=True), measure=False)
-    outcome, _ = worker.run(request, ctx.spec.trial_timeout_s)
-    if outcome.status != "ok" or outcome.quality is None:
-        raise AutotuneError(f"the quality reference ({cand.label()}) could not be evaluated: {outcome.status}: "
-                            f"{outcome.reason[:300]}; see {outcome.worker_log}")
-    ctx.study.set_user_attr(REFERENCE_QUALITY_ATTR, outcome.quality.model_dump(mode="json"))
-    ctx.study.set_user_attr(QUALITY_CACHE_PREFIX + _load_key_name(cand), outcome.quality.model_dump(mode="json"))
-    return cand.load_key
+    tried = []
+    for cand in reference_candidates(ctx):
+        request = WorkRequest(trial_number=-1, candidate=cand, repeats=ctx.space.repeats,
+                              quality=ctx.quality.request(is_reference=True), measure=False)
+        outcome, _ = worker.run(request, ctx.spec.trial_timeout_s)
+        if outcome.status == "oom":
+            tried.append(cand.label())
+            continue
+        if outcome.status != "ok" or outcome.quality is None:
+            raise AutotuneError(f"the quality reference ({cand.label()}) could not be evaluated: {outcome.status}: "
+                                f"{outcome.reason[:300]}; see {outcome.worker_log}")
+        ctx.study.set_user_attr(REFERENCE_QUALITY_ATTR, outcome.quality.model_dump(mode="json"))
+        ctx.study.set_user_attr("autotune.reference_candidate", cand.model_dump(mode="json"))
+        ctx.study.set_user_attr(QUALITY_CACHE_PREFIX + _load_key_name(cand), outcome.quality.model_dump(mode="json"))
+        return cand.load_key
+    raise AutotuneError(f"no quality reference fits the memory budget (tried {', '.join(tried)}); raise --memory-budget")
 
 
 def _load_key_name(cand: Candidate) -> str:

@@ -102,3 +102,34 @@ def test_quality_with_random_weights(tmp_path: Path) -> None:
     result = run_cli("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--min-quality", "0.9",
                      "--out", str(tmp_path / "out"), "--device", "cpu")
     assert_one_line_error(result, "quality needs real weights")
+
+
+class _ScriptedWorker:
+    """Answers reference requests from a script: the first load does not fit, the next does."""
+
+    def __init__(self, statuses: list[str]) -> None:
+        self.statuses = statuses
+        self.asked: list = []
+
+    def run(self, request, timeout_s):
+        from autotune.spec import QualityReport, TrialOutcome
+
+        self.asked.append(request.candidate)
+        status = self.statuses[len(self.asked) - 1]
+        quality = QualityReport(metric="contains", score=0.5, ci_low=0.4, ci_high=0.6, n=2, per_example=[0.0, 1.0])
+        return TrialOutcome(status=status, reason="CUDA out of memory" if status == "oom" else "",
+                            quality=quality if status == "ok" else None), 0.0
+
+
+def test_reference_falls_back_to_the_next_precision_that_fits(tmp_path: Path) -> None:
+    from autotune.spec import TuneSpec
+    from autotune.study import REFERENCE_QUALITY_ATTR, ensure_reference, open_study
+
+    space = write_space(tmp_path / "space.yaml", dtype=["bf16", "fp32"], quantization=["bnb-nf4", "none"])
+    ctx = open_study(TuneSpec(space=space, out=tmp_path / "out", device="cpu", min_quality="0.9", quality_examples=5))
+    worker = _ScriptedWorker(["oom", "ok"])
+    key = ensure_reference(ctx, worker)
+    # highest precision first (fp32, no quantization); when it does not fit, the next one (fp32 nf4)
+    assert [(c.dtype, c.quantization) for c in worker.asked] == [("fp32", "none"), ("fp32", "bnb-nf4")]
+    assert key == worker.asked[1].load_key
+    assert ctx.study.user_attrs[REFERENCE_QUALITY_ATTR]["score"] == 0.5
