@@ -214,6 +214,8 @@ class _Worker:
                 return TrialOutcome(status="oom" if is_oom(e) else "error", reason=_one_line(e), phase="quality",
                                     load_s=load_s, prepare_s=prepare_s, reloaded=reloaded)
             print(f"[trial {request.trial_number}] quality {quality.metric} = {quality.score:.3f} in {quality.elapsed_s:.1f}s", flush=True)
+            gc.collect()
+            _release_freed_host_memory()  # else the quality run's freed heap counts in the next peak RSS
         if not request.measure:
             return TrialOutcome(status="ok", quality=quality, load_s=load_s, prepare_s=prepare_s, reloaded=reloaded)
 
