@@ -48,7 +48,7 @@ def main() -> None:
     print(f"| reference (fp32) | {reference.score:.3f} [{reference.ci_low:.3f}, {reference.ci_high:.3f}] | – | – | 0 | 0 | 1.000 | 1.000 | – |")
     seen: dict[tuple, list[TrialRecord]] = {}
     for r in recs:
-        if r.outcome.quality is not None and r.state != "duplicate":
+        if r.outcome.quality is not None and r.state != "duplicate" and r.outcome.quality.delta_vs_reference is not None:
             seen.setdefault(r.candidate.load_key, []).append(r)
     for key, group in seen.items():
         q = group[0].outcome.quality
