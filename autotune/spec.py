@@ -281,6 +281,11 @@ class TuneSpec(_Strict):
             parse_min_quality(value)
         return value
 
+    @field_validator("memory_budget_gib", mode="before")
+    @classmethod
+    def _parse_budget(cls, value):
+        return None if value is None else parse_memory(value)
+
     @property
     def quality_enabled(self) -> bool:
         return self.data is not None or self.min_quality is not None or self.quality_metric is not None
@@ -296,11 +301,6 @@ def parse_min_quality(text: str) -> tuple[Literal["relative", "absolute"], float
     if not 0 < value <= (1.5 if mode == "relative" else 1.0):
         raise ValueError(f"{text!r} is out of range; a relative floor is a fraction like 0.98, an absolute one in (0, 1]")
     return mode, value
-
-    @field_validator("memory_budget_gib", mode="before")
-    @classmethod
-    def _parse_budget(cls, value):
-        return None if value is None else parse_memory(value)
 
 
 # ------------------------------------------------------------------------------ output file
