@@ -21,6 +21,7 @@ from autotune.measure.quality import (
 )
 from autotune.models import resolve_model
 from autotune.spec import Candidate
+from autotune.worker.process import perturb_weights
 
 BUNDLED = Path(__file__).resolve().parent.parent / "autotune" / "data" / "bundled"
 
@@ -56,15 +57,6 @@ def _subset(per_kind: int = 10):
     return generate + choice
 
 
-def _damage(model) -> None:
-    """Gaussian noise at half of each weight matrix's own scale: a broken deployment."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2 and "embed" not in name:
-                param.add_(torch.randn(param.shape, generator=generator) * param.std() * 0.5)
-
-
 @pytest.fixture(scope="module")
 def measured() -> dict[str, dict]:
     ref = resolve_model(None)
@@ -81,7 +73,7 @@ def measured() -> dict[str, dict]:
     for name, cand in candidates.items():
         model, tokenizer = load_model(ref, cand, "cpu")
         if name == "damaged":
-            _damage(model)
+            perturb_weights(model, 0.5)  # Gaussian noise at half each weight matrix's scale
         scores, texts = task_scores(model, tokenizer, examples, "contains", "cpu")
         if reference is None:
             generated = [e for e in examples if e.kind == "generate"]

@@ -77,7 +77,7 @@ def _cap_host_memory(budget_gib: float) -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
 
 
-def _perturb(model, scale: float) -> None:
+def perturb_weights(model, scale: float) -> None:
     """Fault injection: real Gaussian noise on every weight matrix (embeddings spared)."""
     import torch
 
@@ -192,7 +192,7 @@ class _Worker:
                 start = time.perf_counter()
                 self.model, self.tokenizer = load_model(self.ref, cand, self.device)
                 if self.faults.perturb_dtype == cand.dtype:
-                    _perturb(self.model, self.faults.perturb_scale)
+                    perturb_weights(self.model, self.faults.perturb_scale)
             except Exception as e:  # noqa: BLE001 — every load failure becomes a typed outcome
                 traceback.print_exc()
                 self._unload()
