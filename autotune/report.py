@@ -161,13 +161,21 @@ def print_results(console: Console, recs: list[TrialRecord], config: DeploymentC
                       "was unsupported or failed[/]")
 
 
+def read_trials(out: Path) -> list[TrialRecord]:
+    """The records of trials.jsonl in an output directory; none if the study has not started."""
+    path = out / "trials.jsonl"
+    if not path.is_file():
+        return []
+    return [TrialRecord.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def load_results(out: Path) -> tuple[list[TrialRecord], DeploymentConfig | None]:
     from autotune.errors import DeploymentFileError
 
     trials_path = out / "trials.jsonl"
     if not trials_path.is_file():
         raise DeploymentFileError(f"{out} holds no trials.jsonl; pass the --out directory of an `autotune tune` run")
-    recs = [TrialRecord.model_validate_json(line) for line in trials_path.read_text().splitlines() if line.strip()]
+    recs = read_trials(out)
     best_path = out / "best.yaml"
     config = DeploymentConfig.model_validate(yaml.safe_load(best_path.read_text())) if best_path.is_file() else None
     return recs, config

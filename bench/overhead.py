@@ -14,23 +14,19 @@ commands (the GPU machine allows 10 minutes a command) is accounted as a whole.
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from common import parse_args, run_tune
 
-from autotune.spec import TrialRecord  # noqa: E402
+from autotune.report import read_trials
 
 
 def account(out: Path) -> dict[str, float]:
     calls = [json.loads(line) for line in (out / "overhead.jsonl").read_text().splitlines() if line.strip()]
     numbers = {n for call in calls for n in call["new_trials"]}
-    recs = [TrialRecord.model_validate_json(line) for line in (out / "trials.jsonl").read_text().splitlines() if line.strip()]
-    recs = [r for r in recs if r.number in numbers and r.state != "duplicate"]
+    recs = [r for r in read_trials(out) if r.number in numbers and r.state != "duplicate"]
     wall = sum(call["wall_s"] for call in calls)
     timed = warmup = probing = load = spawn = prepare = 0.0
     for r in recs:
@@ -53,22 +49,15 @@ def account(out: Path) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--no-run", action="store_true", help="only account an existing OUT")
-    parser.add_argument("tune_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
-    tune_args = [a for a in args.tune_args if a != "--"]
+    args, tune_args = parse_args(__doc__, "only account an existing OUT")
     if not args.no_run:
-        before = {r.number for r in _records(args.out)}
-        start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "autotune.cli", "tune", "--out", str(args.out), *tune_args])
-        wall = time.perf_counter() - start
-        new = sorted({r.number for r in _records(args.out)} - before)
-        if result.returncode not in (0, 1) and not new:
-            sys.exit(f"autotune tune failed (exit {result.returncode}) and measured nothing; not accounted")
+        before = {r.number for r in read_trials(args.out)}
+        wall, returncode = run_tune(args.out, tune_args)
+        new = sorted({r.number for r in read_trials(args.out)} - before)
+        if returncode not in (0, 1) and not new:
+            sys.exit(f"autotune tune failed (exit {returncode}) and measured nothing; not accounted")
         with open(args.out / "overhead.jsonl", "a") as f:
-            f.write(json.dumps({"wall_s": wall, "new_trials": new, "returncode": result.returncode, "args": tune_args}) + "\n")
+            f.write(json.dumps({"wall_s": wall, "new_trials": new, "returncode": returncode, "args": tune_args}) + "\n")
     acc = account(args.out)
     print(f"\nstudy time accounting for {args.out} ({acc['commands']} command(s), {acc['trials']} trials)")
     for key in ("wall_s", "measuring_s", "timed_repeats_s", "warmup_s", "oom_probing_s", "loading_s", "spawning_s",
@@ -77,13 +66,6 @@ def main() -> None:
     print(f"  measuring fraction (warm-up + timed + OOM probing) = {acc['measuring_fraction'] * 100:.1f}%"
           f"; timed repeats alone = {acc['timed_fraction'] * 100:.1f}%")
     (args.out / "overhead-summary.json").write_text(json.dumps(acc, indent=2))
-
-
-def _records(out: Path) -> list[TrialRecord]:
-    path = out / "trials.jsonl"
-    if not path.is_file():
-        return []
-    return [TrialRecord.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 if __name__ == "__main__":

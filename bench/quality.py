@@ -8,37 +8,26 @@ study's wall time spent measuring quality.
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import optuna
+from common import parse_args, run_tune
 
-import optuna  # noqa: E402
-
-from autotune.spec import QualityReport, TrialRecord  # noqa: E402
-from autotune.study import REFERENCE_QUALITY_ATTR  # noqa: E402
+from autotune.report import read_trials
+from autotune.spec import QualityReport, TrialRecord
+from autotune.study import REFERENCE_QUALITY_ATTR
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--no-run", action="store_true", help="report an existing OUT (wall time from runs.jsonl)")
-    parser.add_argument("tune_args", nargs=argparse.REMAINDER)
-    args = parser.parse_args()
-    tune_args = [a for a in args.tune_args if a != "--"]
+    args, tune_args = parse_args(__doc__, "report an existing OUT (wall time from runs.jsonl)")
     if args.no_run:
         wall = sum(json.loads(line)["wall_s"] for line in (args.out / "runs.jsonl").read_text().splitlines() if line.strip())
     else:
-        start = time.perf_counter()
-        result = subprocess.run([sys.executable, "-m", "autotune.cli", "tune", "--out", str(args.out), *tune_args])
-        wall = time.perf_counter() - start
-        if result.returncode not in (0, 1):
-            sys.exit(f"autotune tune failed with exit {result.returncode}")
-    recs = [TrialRecord.model_validate_json(line) for line in (args.out / "trials.jsonl").read_text().splitlines() if line.strip()]
+        wall, returncode = run_tune(args.out, tune_args)
+        if returncode not in (0, 1):
+            sys.exit(f"autotune tune failed with exit {returncode}")
+    recs = read_trials(args.out)
     summaries = optuna.get_all_study_summaries(f"sqlite:///{(args.out / 'study.db').resolve()}")
     reference = QualityReport.model_validate(summaries[0].user_attrs[REFERENCE_QUALITY_ATTR])
     quality_s = reference.elapsed_s + sum(r.outcome.quality.elapsed_s for r in recs if r.outcome.quality and r.state != "duplicate")

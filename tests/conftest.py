@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from autotune.spec import TrialRecord
+from autotune.report import read_trials as read_records  # noqa: F401  (re-exported for the tests)
 
 TINY_SPACE = {
     "dtype": ["fp32", "bf16"],
@@ -43,13 +42,6 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600,
         [sys.executable, "-m", "autotune.cli", *args], capture_output=True, text=True, env=env or cli_env(),
         timeout=timeout, cwd=cwd,
     )
-
-
-def read_records(out: Path) -> list[TrialRecord]:
-    path = out / "trials.jsonl"
-    if not path.is_file():
-        return []
-    return [TrialRecord.model_validate(json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
 
 
 def assert_ok(result: subprocess.CompletedProcess) -> None:

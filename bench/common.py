@@ -1,0 +1,28 @@
+"""What the bench scripts share: their command line and running `autotune tune` under a timer."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def parse_args(doc: str, no_run_help: str) -> tuple[argparse.Namespace, list[str]]:
+    """`--out DIR [--no-run] -- TUNE ARGS...`; returns the namespace and the tune arguments."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--no-run", action="store_true", help=no_run_help)
+    parser.add_argument("tune_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    return args, [a for a in args.tune_args if a != "--"]
+
+
+def run_tune(out: Path, tune_args: list[str]) -> tuple[float, int]:
+    """Run `autotune tune --out OUT ARGS` and return (wall seconds, start-up included; exit code)."""
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "autotune.cli", "tune", "--out", str(out), *tune_args])
+    return time.perf_counter() - start, result.returncode
