@@ -3,10 +3,15 @@ load through `load_model`, so a deployment loads exactly the way it was measured
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import json
+import time
+from pathlib import Path
 from typing import Any
 
 from autotune.errors import DeploymentFileError
-from autotune.models import ModelRef, materialize
+from autotune.models import ModelRef, atomic_build, cache_dir, materialize
 from autotune.quant import get_method
 from autotune.spec import Candidate
 
@@ -45,10 +50,57 @@ def generate_kwargs(candidate: Candidate) -> dict[str, Any]:
 
 def load_model(ref: ModelRef, candidate: Candidate, device: str):
     """Load the model (and tokenizer where the checkpoint has one) as the candidate says."""
+    model, tokenizer, _ = _load(ref, candidate, device, use_prequantized_cache=False)
+    return model, tokenizer
+
+
+def load_model_for_trial(ref: ModelRef, candidate: Candidate, device: str):
+    """What the worker calls: `load_model`, except that for quantization methods that ask for it
+    (`cache_prequantized`) the quantized weights are saved once per machine and later loads read
+    them. The weights are bit-identical to quantizing while loading (tests/test_loading.py).
+    Returns (model, tokenizer, seconds spent saving the quantized copy)."""
+    return _load(ref, candidate, device, use_prequantized_cache=True)
+
+
+def prequantized_dir(source: str, candidate: Candidate) -> Path | None:
+    """Where the quantized copy of `source` for this candidate lives, or None where there is none
+    to keep (no quantization, a method that does not want it, or a source that is not a local
+    directory). The name hashes everything that decides the saved bytes."""
+    import transformers
+
+    method = get_method(candidate.quantization)
+    src = Path(source)
+    if not method.cache_prequantized or not src.is_dir():
+        return None
+    files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in src.iterdir() if p.is_file())
+    try:
+        bnb_version = importlib.metadata.version("bitsandbytes")
+    except importlib.metadata.PackageNotFoundError:
+        bnb_version = ""
+    identity = json.dumps([str(src.resolve()), files, method.name, candidate.dtype, transformers.__version__, bnb_version])
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
+    return cache_dir() / "prequantized" / f"{src.name}-{method.name}-{candidate.dtype}-{digest}"
+
+
+def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cache: bool):
     from transformers import AutoModelForCausalLM
 
     source = materialize(ref, device)
-    model = AutoModelForCausalLM.from_pretrained(source, **from_pretrained_kwargs(candidate, device))
+    save_s = 0.0
+    cached = prequantized_dir(source, candidate) if use_prequantized_cache else None
+    if cached is not None and (cached / "config.json").is_file():
+        # The quantization config travels in the saved config.json.
+        kwargs = {k: v for k, v in from_pretrained_kwargs(candidate, device).items() if k != "quantization_config"}
+        model = AutoModelForCausalLM.from_pretrained(cached, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(source, **from_pretrained_kwargs(candidate, device))
+        if cached is not None:
+            start = time.perf_counter()
+            try:
+                atomic_build(cached, model.save_pretrained)
+            except OSError as e:  # a full disk costs later loads their speed-up, never this trial
+                print(f"could not keep a quantized copy in {cached}: {e}", flush=True)
+            save_s = time.perf_counter() - start
     model.eval()
     if device == "cpu":
         _copy_out_of_checkpoint_mmap(model)
@@ -58,7 +110,7 @@ def load_model(ref: ModelRef, candidate: Candidate, device: str):
             raise NotImplementedError(
                 f"{candidate.quantization} is not compileable in transformers; generate() would silently run eagerly"
             )
-    return model, load_tokenizer(ref, source)
+    return model, load_tokenizer(ref, source), save_s
 
 
 def _copy_out_of_checkpoint_mmap(model) -> None:

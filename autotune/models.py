@@ -142,7 +142,7 @@ def embedded_gguf() -> Path:
     return found[0]
 
 
-def _atomic_build(target: Path, build) -> Path:
+def atomic_build(target: Path, build) -> Path:
     """Build a directory under a temporary name and rename it into place, so a crash or a
     concurrent builder never leaves a half-written checkpoint that later loads fail on."""
     if (target / "config.json").is_file():
@@ -202,8 +202,8 @@ def _build_random(ref: ModelRef, device: str, tmp: Path) -> None:
 def materialize(ref: ModelRef, device: str = "cpu") -> str:
     """Return what from_pretrained should read for this model (a directory or a hub id)."""
     if ref.kind == "embedded":
-        return str(_atomic_build(cache_dir() / "models" / EMBEDDED_NAME, _build_embedded))
+        return str(atomic_build(cache_dir() / "models" / EMBEDDED_NAME, _build_embedded))
     if ref.kind == "random":
         target = cache_dir() / "random" / f"{ref.name}-{ref.config_sha256[:16]}"
-        return str(_atomic_build(target, lambda tmp: _build_random(ref, device, tmp)))
+        return str(atomic_build(target, lambda tmp: _build_random(ref, device, tmp)))
     return ref.source

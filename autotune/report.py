@@ -79,7 +79,8 @@ def trial_rows(recs: list[TrialRecord], objective: str, baseline_value: float | 
             ratio = r.objective_value / baseline_value if objective == "throughput" else baseline_value / r.objective_value
         rows.append((r.state, [
             f"{r.number}{'*' if r.is_baseline else ''}", c.dtype, c.quantization, c.attn_implementation,
-            "yes" if c.compile else "no", str(c.batch_size), str(c.max_length), r.state,
+            "yes" if c.compile else "no", str(c.batch_size), str(c.max_length),
+            r.state + (f" (from #{r.outcome.inferred_from})" if r.outcome.inferred_from is not None else ""),
             _fmt(m and m.output_tokens_per_s.median), _fmt(m and m.output_tokens_per_s.spread_pct, ".0f") + ("%" if m else ""),
             _fmt(m and m.decode_tokens_per_s.median), _fmt(m and m.ttft_s.median * 1000, ",.0f"),
             _fmt(m and m.tpot_s.median * 1000, ",.1f"), _fmt(m and m.peak_memory_gib, ".2f"), _fmt(ratio, ".2f"),
@@ -94,9 +95,10 @@ def trials_table(recs: list[TrialRecord], objective: str, baseline_value: float 
         table.add_column(name, justify="left" if name in _LEFT_ALIGNED else "right")
     for state, cells in trial_rows(recs, objective, baseline_value):
         style = _STATE_STYLE.get(state, "")
-        table.add_row(*cells[:7], f"[{style}]{state}[/]", *cells[8:])
+        table.add_row(*cells[:7], f"[{style}]{cells[7]}[/]", *cells[8:])
     table.caption = ("* = untuned baseline (plain default load, batch 1); quality~ = difference to the reference is within "
-                     "its bootstrap noise. Unsupported/failed reasons: see trials.jsonl")
+                     "its bootstrap noise; infeasible (from #N) = not run: trial N ran out of memory with the same load at a shape "
+                     "no larger. Unsupported/failed reasons: see trials.jsonl")
     return table
 
 

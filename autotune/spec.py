@@ -193,6 +193,9 @@ class TrialOutcome(_Strict):
     worker_log: str | None = None
     phase: Literal["load", "quality", "measure", ""] = ""
     quality: QualityReport | None = None
+    inferred_from: int | None = Field(
+        default=None, description="answered without running: this trial was infeasible with the same load and a shape no larger"
+    )
 
 
 # ------------------------------------------------------------------------------ system

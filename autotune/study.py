@@ -456,6 +456,27 @@ def _key(cand: Candidate) -> tuple:
     return tuple(sorted(cand.model_dump().items()))
 
 
+def dominating_infeasible(cand: Candidate, done: dict[tuple, TrialRecord]) -> TrialRecord | None:
+    """A measured infeasible trial with the same load-key and new tokens whose batch size and max
+    length are both no larger than this candidate's. Memory grows with both, so this candidate
+    cannot fit either: it is answered without loading or running anything."""
+    for r in done.values():
+        other = r.candidate
+        if (r.state == "infeasible" and r.outcome.inferred_from is None and other.load_key == cand.load_key
+                and other.new_tokens == cand.new_tokens and other.batch_size <= cand.batch_size
+                and other.max_length <= cand.max_length):
+            return r
+    return None
+
+
+def _inferred_outcome(cand: Candidate, source: TrialRecord) -> TrialOutcome:
+    other = source.candidate
+    why = "ran out of memory" if source.outcome.status == "oom" else "went over the memory budget"
+    return TrialOutcome(status="oom", inferred_from=source.number,
+                        reason=f"inferred: trial #{source.number} {why} at batch {other.batch_size} × {other.max_length} tokens "
+                               f"with the same load; batch {cand.batch_size} × {cand.max_length} needs at least as much")
+
+
 def _order_for_loaded_model(batch: list[tuple[optuna.Trial, Candidate]], loaded_key: tuple | None):
     """Run the candidates that reuse the loaded model first, then the rest grouped by load-key
     (in the sampler's order): a reload costs seconds to minutes, a trial only seconds."""
@@ -512,8 +533,11 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
             try:
                 reason = unsupported_reason(cand, ctx.device)
                 spawn_s = 0.0
+                dominating = dominating_infeasible(cand, done)
                 if reason is not None:
                     outcome = TrialOutcome(status="unsupported", reason=reason)
+                elif dominating is not None:
+                    outcome = _inferred_outcome(cand, dominating)
                 else:
                     cached = ctx.study.user_attrs.get(QUALITY_CACHE_PREFIX + _load_key_name(cand)) if ctx.quality else None
                     wants_quality = ctx.quality is not None and cached is None  # once per load-key

@@ -136,11 +136,19 @@ def test_oom_is_an_infeasible_answer_not_a_failure(tmp_path: Path) -> None:
     assert_ok(result)
     recs = [r for r in read_records(out) if r.state != "duplicate"]
     assert {r.candidate.batch_size for r in recs} == {1, 2, 4}
+    by_number = {r.number: r for r in recs}
     for r in recs:
         if r.candidate.batch_size >= 2:
             assert r.state == "infeasible" and r.outcome.status == "oom"
             assert r.constraints["oom"] > 0
-            assert "allocate" in r.outcome.reason  # the allocator's own message, from a real failed allocation
+            if r.outcome.inferred_from is None:
+                assert "allocate" in r.outcome.reason  # the allocator's own message, from a real failed allocation
+            else:  # answered from a real OOM at a smaller batch with the same load, never from thin air
+                source = by_number[r.outcome.inferred_from]
+                assert source.outcome.inferred_from is None and "allocate" in source.outcome.reason
+                assert source.candidate.batch_size < r.candidate.batch_size and source.number < r.number
+                assert r.outcome.measurement is None and r.spawn_s == 0.0
+    assert any(r.outcome.inferred_from is None and r.outcome.status == "oom" for r in recs)
     study = optuna.load_study(study_name="SmolLM2-135M-Instruct-cpu", storage=f"sqlite:///{out / 'study.db'}")
     ran = [t for t in study.trials if RECORD_ATTR in t.user_attrs]  # not the queued or never-run ones
     oom_trials = [t for t in ran if t.params["batch_size"] >= 2]

@@ -8,7 +8,16 @@ from typing import Any
 import pytest
 
 from autotune.spec import Candidate, Measurement, Stat, TrialOutcome, TrialRecord
-from autotune.study import _order_for_loaded_model, baseline_record, best_record, counted_trials, speedup
+from autotune.study import (
+    _inferred_outcome,
+    _key,
+    _order_for_loaded_model,
+    baseline_record,
+    best_record,
+    counted_trials,
+    dominating_infeasible,
+    speedup,
+)
 
 # ------------------------------------------------------------------------------ helpers
 
@@ -142,3 +151,38 @@ def test_baseline_record_and_counting() -> None:
     recs[0] = _record(0, tok_s=3.0, is_baseline=True)
     assert baseline_record(recs).number == 0
     assert counted_trials(recs) == 2
+
+
+# ------------------------------------------------------------------------------ dominating_infeasible
+
+
+def _done(*recs: TrialRecord) -> dict:
+    return {_key(r.candidate): r for r in recs}
+
+
+def test_an_oom_at_a_smaller_shape_with_the_same_load_answers_larger_shapes() -> None:
+    oom = _record(3, "infeasible", batch=4, length=64)
+    done = _done(oom, _record(1, tok_s=10.0, batch=1, length=32))
+    assert dominating_infeasible(_cand(batch=8, length=64), done) is oom
+    assert dominating_infeasible(_cand(batch=4, length=128), done) is oom
+    assert dominating_infeasible(_cand(batch=4, length=64), done) is oom
+    outcome = _inferred_outcome(_cand(batch=8, length=128), oom)
+    assert outcome.status == "oom" and outcome.inferred_from == 3 and "#3" in outcome.reason
+
+
+def test_no_inference_across_loads_or_to_smaller_shapes() -> None:
+    done = _done(_record(3, "infeasible", batch=4, length=64))
+    assert dominating_infeasible(_cand(batch=2, length=64), done) is None  # smaller batch may fit
+    assert dominating_infeasible(_cand(batch=8, length=32), done) is None  # shorter may fit
+    assert dominating_infeasible(_cand(batch=8, length=64, attn="eager"), done) is None  # another load-key
+    assert dominating_infeasible(_cand(batch=8, length=64, dtype="bf16"), done) is None
+    # Measured, unsupported or low-quality trials say nothing about memory.
+    assert dominating_infeasible(_cand(batch=8, length=64), _done(_record(3, tok_s=5.0, batch=4, length=64))) is None
+    assert dominating_infeasible(_cand(batch=8, length=64), _done(_record(3, "unsupported", batch=4, length=64))) is None
+
+
+def test_inferred_answers_are_not_chained() -> None:
+    """Only measured infeasibility is evidence; an inference is not a source of further ones."""
+    inferred = _record(5, "infeasible", batch=8, length=64)
+    inferred = inferred.model_copy(update={"outcome": inferred.outcome.model_copy(update={"inferred_from": 3})})
+    assert dominating_infeasible(_cand(batch=16, length=64), _done(inferred)) is None

@@ -175,7 +175,7 @@ class _Worker:
             torch.cuda.empty_cache()
 
     def handle(self, request: WorkRequest) -> TrialOutcome:
-        from autotune.loading import load_model
+        from autotune.loading import load_model_for_trial
         from autotune.measure.throughput import measure_generation
         from autotune.models import materialize
 
@@ -190,7 +190,10 @@ class _Worker:
                 materialize(self.ref, self.device)  # cached after the first build on this machine
                 prepare_s = time.perf_counter() - start
                 start = time.perf_counter()
-                self.model, self.tokenizer = load_model(self.ref, cand, self.device)
+                self.model, self.tokenizer, save_s = load_model_for_trial(self.ref, cand, self.device)
+                # Saving a quantized copy for later loads is preparation, like building the checkpoint.
+                prepare_s += save_s
+                start += save_s
                 if self.faults.perturb_dtype == cand.dtype:
                     perturb_weights(self.model, self.faults.perturb_scale)
             except Exception as e:  # noqa: BLE001 — every load failure becomes a typed outcome
