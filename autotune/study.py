@@ -486,6 +486,14 @@ def _order_for_loaded_model(batch: list[tuple[optuna.Trial, Candidate]], loaded_
     return sorted(batch, key=lambda tc: (tc[1].load_key != loaded_key, first_seen[tc[1].load_key]))
 
 
+def _ask_follow_up(ctx: StudyContext, load_key: tuple, follow_ups: set[int]) -> tuple[optuna.Trial, Candidate]:
+    """Ask the sampler for a shape with the load-key fixed (it still chooses batch and length)."""
+    ctx.study.enqueue_trial(dict(zip(LOAD_KEY_KNOBS, load_key)))
+    trial = ctx.study.ask()
+    follow_ups.add(trial.number)
+    return trial, suggest(trial, ctx.space)
+
+
 def _stop_reason(ctx: StudyContext, done: dict, started: float, duplicates_in_a_row: int) -> str:
     if len(done) >= ctx.space.size:
         return f"all {ctx.space.size} candidates of the space are measured"
@@ -510,6 +518,8 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
     loaded_key: tuple | None = None
     shape_points = len(ctx.space.batch_size) * len(ctx.space.max_length)
     pending: list[tuple[optuna.Trial, Candidate]] = []
+    follow_ups: set[int] = set()  # trial numbers asked with the loaded model's load-key fixed
+    replacements_left = 0  # follow-ups answered without the model (duplicate, inferred) are re-asked
     run_log = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "trials": []}
     worker = WorkerClient(ctx.model, ctx.device.device, spec.memory_budget_gib, ctx.out / "workers")
     try:
@@ -527,6 +537,10 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
             if previous is not None:  # never measure the same candidate twice: answer from the record
                 _tell(ctx, trial, cand, previous.outcome, spawn_s=0.0, total_s=0.0, duplicate_of=previous)
                 duplicates_in_a_row += 1
+                if trial.number in follow_ups and replacements_left > 0 and cand.load_key == loaded_key:
+                    # A follow-up that used nothing of the loaded model: ask another while it is loaded.
+                    replacements_left -= 1
+                    pending.insert(0, _ask_follow_up(ctx, cand.load_key, follow_ups))
                 continue
             duplicates_in_a_row = 0
             progress.trial_started(counted, spec.trials, cand)
@@ -559,10 +573,13 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
             if outcome.reloaded and outcome.phase != "load" and shape_points > 1:
                 # Ask the follow-ups now and run them next, while this model is still loaded.
                 for _ in range(TRIALS_PER_LOAD - 1):
-                    ctx.study.enqueue_trial(dict(zip(LOAD_KEY_KNOBS, cand.load_key)))
-                    follow_up = ctx.study.ask()
-                    pending.append((follow_up, suggest(follow_up, ctx.space)))
+                    pending.append(_ask_follow_up(ctx, cand.load_key, follow_ups))
                 pending = _order_for_loaded_model(pending, loaded_key)
+                replacements_left = TRIALS_PER_LOAD - 1
+            elif outcome.inferred_from is not None and trial.number in follow_ups and replacements_left > 0 \
+                    and cand.load_key == loaded_key:
+                replacements_left -= 1  # answered without the model, like a duplicate: ask another
+                pending.insert(0, _ask_follow_up(ctx, cand.load_key, follow_ups))
             counted += 1
             ctx.new_trials.append(record.number)
             if record.state != "failed":

@@ -251,3 +251,31 @@ def test_worker_that_cannot_start_fails_trials_not_the_study(tmp_path: Path) -> 
     recs = read_records(out)
     assert len(recs) == 2 and all(r.state == "failed" and r.outcome.status == "crashed" for r in recs)
     assert "exited with code 3 while starting" in recs[0].outcome.reason
+
+
+def test_each_load_serves_several_trials(tmp_path: Path) -> None:
+    """After a reload the sampler is asked for follow-ups with the load-key fixed: every load but
+    the last runs TRIALS_PER_LOAD trials, or every shape of that load that is left."""
+    from autotune.study import TRIALS_PER_LOAD
+
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa", "eager"],
+                        batch_size=[1, 2, 4], max_length=[16, 32], new_tokens=2, repeats=3)
+    out = tmp_path / "out"
+    assert_ok(run_cli("tune", "--space", str(space), "--trials", "12", "--out", str(out), "--device", "cpu"))
+    recs = {r.number: r for r in read_records(out)}
+    order = [t["number"] for t in json.loads((out / "runs.jsonl").read_text().splitlines()[-1])["trials"]]
+    ran = [recs[n] for n in order if recs[n].state in ("measured", "infeasible", "low_quality")]
+    assert len(ran) == 12  # the whole space, each candidate once
+    runs: list[list] = []
+    for r in ran:
+        if r.outcome.reloaded:
+            runs.append([])
+        runs[-1].append(r)
+    shapes_left = {key: 6 for key in {r.candidate.load_key for r in ran}}
+    for i, run in enumerate(runs):
+        key = run[0].candidate.load_key
+        assert all(r.candidate.load_key == key for r in run)
+        if i < len(runs) - 1:
+            assert len(run) >= min(TRIALS_PER_LOAD, shapes_left[key]), [(r.number, r.candidate.label()) for r in run]
+        shapes_left[key] -= len(run)
+    assert len(runs) <= 12 // TRIALS_PER_LOAD + 2
