@@ -50,16 +50,35 @@ def generate_kwargs(candidate: Candidate) -> dict[str, Any]:
 
 def load_model(ref: ModelRef, candidate: Candidate, device: str):
     """Load the model (and tokenizer where the checkpoint has one) as the candidate says."""
-    model, tokenizer, _ = _load(ref, candidate, device, use_prequantized_cache=False)
-    return model, tokenizer
+    return _load(ref, candidate, device, use_prequantized_cache=False)
 
 
 def load_model_for_trial(ref: ModelRef, candidate: Candidate, device: str):
-    """What the worker calls: `load_model`, except that for quantization methods that ask for it
-    (`cache_prequantized`) the quantized weights are saved once per machine and later loads read
-    them. The weights are bit-identical to quantizing while loading (tests/test_loading.py).
-    Returns (model, tokenizer, seconds spent saving the quantized copy)."""
+    """What the worker calls: `load_model`, except that it reads the quantized copy that
+    `ensure_prequantized` keeps where there is one. The weights are bit-identical to quantizing
+    while loading (tests/test_loading.py)."""
     return _load(ref, candidate, device, use_prequantized_cache=True)
+
+
+def ensure_prequantized(ref: ModelRef, candidate: Candidate, device: str) -> float:
+    """For quantization methods that ask for it (`cache_prequantized`), quantize the checkpoint
+    once per machine and save the result; returns the seconds spent (0 when there is nothing to
+    do). The model is freed again: the caller loads the copy as the trial's own load."""
+    import gc
+
+    source = materialize(ref, device)
+    cached = prequantized_dir(source, candidate)
+    if cached is None or (cached / "config.json").is_file():
+        return 0.0
+    start = time.perf_counter()
+    model, _ = _load(ref, candidate, device, use_prequantized_cache=False)
+    try:
+        atomic_build(cached, model.save_pretrained)
+    except OSError as e:  # a full disk costs later loads their speed-up, never the trial
+        print(f"could not keep a quantized copy in {cached}: {e}", flush=True)
+    del model
+    gc.collect()
+    return time.perf_counter() - start
 
 
 def prequantized_dir(source: str, candidate: Candidate) -> Path | None:
@@ -86,7 +105,6 @@ def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cac
     from transformers import AutoModelForCausalLM
 
     source = materialize(ref, device)
-    save_s = 0.0
     cached = prequantized_dir(source, candidate) if use_prequantized_cache else None
     if cached is not None and (cached / "config.json").is_file():
         # The quantization config travels in the saved config.json.
@@ -94,13 +112,6 @@ def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cac
         model = AutoModelForCausalLM.from_pretrained(cached, **kwargs)
     else:
         model = AutoModelForCausalLM.from_pretrained(source, **from_pretrained_kwargs(candidate, device))
-        if cached is not None:
-            start = time.perf_counter()
-            try:
-                atomic_build(cached, model.save_pretrained)
-            except OSError as e:  # a full disk costs later loads their speed-up, never this trial
-                print(f"could not keep a quantized copy in {cached}: {e}", flush=True)
-            save_s = time.perf_counter() - start
     model.eval()
     if device == "cpu":
         _copy_out_of_checkpoint_mmap(model)
@@ -110,7 +121,7 @@ def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cac
             raise NotImplementedError(
                 f"{candidate.quantization} is not compileable in transformers; generate() would silently run eagerly"
             )
-    return model, load_tokenizer(ref, source), save_s
+    return model, load_tokenizer(ref, source)
 
 
 def _copy_out_of_checkpoint_mmap(model) -> None:

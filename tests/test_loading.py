@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from autotune.loading import load_model, load_model_for_trial, prequantized_dir
+from autotune.loading import ensure_prequantized, load_model, load_model_for_trial, prequantized_dir
 from autotune.models import materialize, resolve_model
 from autotune.spec import Candidate
 
@@ -25,10 +25,12 @@ def test_int8_prequantized_copy_is_identical_and_built_once(tmp_path, monkeypatc
     cached = prequantized_dir(materialize(ref, "cpu"), cand)
     assert cached is not None and not cached.exists()
 
-    first, _, save_s = load_model_for_trial(ref, cand, "cpu")
-    assert (cached / "config.json").is_file() and save_s > 0
-    second, _, save_again_s = load_model_for_trial(ref, cand, "cpu")
-    assert save_again_s == 0.0
+    first, _ = load_model_for_trial(ref, cand, "cpu")  # no copy yet: quantizes while loading
+    assert first.name_or_path != str(cached) and not cached.exists()
+    assert ensure_prequantized(ref, cand, "cpu") > 0
+    assert (cached / "config.json").is_file()
+    assert ensure_prequantized(ref, cand, "cpu") == 0.0  # built once
+    second, _ = load_model_for_trial(ref, cand, "cpu")
     assert second.name_or_path == str(cached)  # read from the copy, not quantized again
     plain, _ = load_model(ref, cand, "cpu")  # what load_deployment does: quantize while loading
 
