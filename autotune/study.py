@@ -323,7 +323,7 @@ def _load_key_name(cand: Candidate) -> str:
 
 
 def _tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: TrialOutcome, *, spawn_s: float,
-          total_s: float, duplicate_of: TrialRecord | None = None) -> TrialRecord:
+          total_s: float, duplicate_of: TrialRecord | None = None, inferred_from: TrialRecord | None = None) -> TrialRecord:
     """The single place where a worker outcome becomes an Optuna state, value and constraints."""
     budget = ctx.spec.memory_budget_gib
     value = objective_value(ctx.spec.objective, outcome)
@@ -338,6 +338,11 @@ def _tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: Tria
             state = "infeasible"
         else:
             state = "low_quality" if constraints["quality_below_floor"] > 0 else "measured"
+    elif inferred_from is not None:
+        # Answered from a smaller shape's failure: the same constraint, at least as violated.
+        constraints["oom"] = inferred_from.constraints["oom"]
+        constraints["over_budget_gib"] = inferred_from.constraints["over_budget_gib"]
+        state = "infeasible"
     elif outcome.status == "oom":
         constraints["oom"] = 1.0
         state = "infeasible"
@@ -547,7 +552,7 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
             try:
                 reason = unsupported_reason(cand, ctx.device)
                 spawn_s = 0.0
-                dominating = dominating_infeasible(cand, done)
+                dominating = dominating_infeasible(cand, done) if reason is None else None
                 if reason is not None:
                     outcome = TrialOutcome(status="unsupported", reason=reason)
                 elif dominating is not None:
@@ -569,7 +574,8 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 trial.set_user_attr(INTERRUPTED_ATTR, True)
                 ctx.study.tell(trial, state=OptunaState.FAIL)
                 raise
-            record = _tell(ctx, trial, cand, outcome, spawn_s=spawn_s, total_s=time.perf_counter() - trial_start)
+            record = _tell(ctx, trial, cand, outcome, spawn_s=spawn_s, total_s=time.perf_counter() - trial_start,
+                           inferred_from=dominating if outcome.inferred_from is not None else None)
             if outcome.reloaded and outcome.phase != "load" and shape_points > 1:
                 # Ask the follow-ups now and run them next, while this model is still loaded.
                 for _ in range(TRIALS_PER_LOAD - 1):
