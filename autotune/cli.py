@@ -28,6 +28,7 @@ def _help(field: str) -> str:
 def tune(
     model: Optional[str] = typer.Option(None, "--model", help=_help("model")),
     random_weights: bool = typer.Option(False, "--random-weights", help=_help("random_weights")),
+    kind: Optional[str] = typer.Option(None, "--kind", help=_help("kind")),
     space: Optional[Path] = typer.Option(None, "--space", help=_help("space")),
     trials: int = typer.Option(TuneSpec.model_fields["trials"].default, "--trials", help=_help("trials")),
     timeout: Optional[float] = typer.Option(None, "--timeout", help=_help("timeout_s")),
@@ -50,7 +51,7 @@ def tune(
 
     try:
         spec = TuneSpec(
-            model=model, random_weights=random_weights, space=space, trials=trials, timeout_s=timeout,
+            model=model, random_weights=random_weights, kind=kind, space=space, trials=trials, timeout_s=timeout,
             trial_timeout_s=trial_timeout, memory_budget_gib=memory_budget, objective=objective, device=device,
             study=study, storage=storage, out=out, seed=seed, data=data, min_quality=min_quality,
             quality_metric=quality_metric, quality_examples=quality_examples,

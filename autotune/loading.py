@@ -28,7 +28,11 @@ def from_pretrained_kwargs(candidate: Candidate, device: str) -> dict[str, Any]:
     dtype = torch_dtype(candidate.dtype)
     kwargs: dict[str, Any] = {
         "dtype": dtype,
-        "attn_implementation": candidate.attn_implementation,
+        # A dict sets the vision tower's kernel apart from the language model's (transformers 5).
+        "attn_implementation": candidate.attn_implementation if candidate.vision_attn_implementation is None else {
+            "": candidate.attn_implementation, "text_config": candidate.attn_implementation,
+            "vision_config": candidate.vision_attn_implementation,
+        },
         # Load straight onto the device: bitsandbytes quantizes while loading, and a 7B model
         # must never be materialised in host memory first.
         "device_map": {"": device},
@@ -101,9 +105,17 @@ def prequantized_dir(source: str, candidate: Candidate) -> Path | None:
     return cache_dir() / "prequantized" / f"{src.name}-{method.name}-{candidate.dtype}-{digest}"
 
 
-def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cache: bool):
-    from transformers import AutoModelForCausalLM
+def auto_model_class(ref: ModelRef):
+    """The transformers Auto class for this model's kind and config (autotune.kinds)."""
+    import transformers
 
+    from autotune.kinds import get_kind
+
+    return getattr(transformers, get_kind(ref.model_kind).auto_class_name(ref.config()))
+
+
+def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cache: bool):
+    AutoModelForCausalLM = auto_model_class(ref)  # noqa: N806  (or AutoModelForImageTextToText)
     source = materialize(ref, device)
     cached = prequantized_dir(source, candidate) if use_prequantized_cache else None
     if cached is not None and (cached / "config.json").is_file():

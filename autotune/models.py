@@ -35,6 +35,26 @@ class ModelRef(BaseModel):
     source: str = ""
     # For random weights: hash of the config, which names the cached checkpoint.
     config_sha256: str | None = None
+    # What the model does (autotune.kinds): decides the Auto class, the inputs and the measurement.
+    model_kind: str = "causal-lm"
+
+    @property
+    def is_vision(self) -> bool:
+        return "vision_config" in self.config()
+
+    def config(self) -> dict:
+        """The model's config.json as a dict ({} for the embedded default until it is built)."""
+        if self.kind == "random":
+            return _read_config(Path(self.source))
+        if self.kind == "pretrained":
+            local = Path(self.source) / "config.json"
+            if local.is_file():
+                return _read_config(local)
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(self.source, "config.json")
+            return _read_config(Path(cached)) if isinstance(cached, str) else {}
+        return {}
 
 
 def cache_dir() -> Path:
@@ -68,8 +88,15 @@ def _random_ref(config_path: Path, name: str) -> ModelRef:
     return ModelRef(kind="random", name=name, source=str(config_path.resolve()), config_sha256=sha)
 
 
-def resolve_model(model: str | None, random_weights: bool = False) -> ModelRef:
-    """Turn the user's --model into a ModelRef, or raise a one-line error saying how to fix it."""
+def resolve_model(model: str | None, random_weights: bool = False, kind: str | None = None) -> ModelRef:
+    """Turn the user's --model (and --kind) into a ModelRef, or raise a one-line error saying how to fix it."""
+    from autotune.kinds import detect_kind
+
+    ref = _resolve_source(model, random_weights)
+    return ref.model_copy(update={"model_kind": detect_kind(ref.config(), ref.name, kind)})
+
+
+def _resolve_source(model: str | None, random_weights: bool) -> ModelRef:
     if model is None:
         if random_weights:
             raise ModelNotFoundError("--random-weights needs --model CONFIG_JSON (or a bundled config name)")
@@ -184,8 +211,12 @@ def _build_embedded(tmp: Path) -> None:
 
 def _build_random(ref: ModelRef, device: str, tmp: Path) -> None:
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    import transformers
+    from transformers import AutoConfig
 
+    from autotune.kinds import get_kind
+
+    auto_class = getattr(transformers, get_kind(ref.model_kind).auto_class_name(ref.config()))
     config = AutoConfig.from_pretrained(ref.source)
     config_dtype = getattr(config, "dtype", None) or torch.float32
     if isinstance(config_dtype, str):
@@ -194,7 +225,7 @@ def _build_random(ref: ModelRef, device: str, tmp: Path) -> None:
     # takes minutes on CPU. Weights are saved in the config's dtype, like a real checkpoint.
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=config_dtype)
+        model = auto_class.from_config(config, dtype=config_dtype)
     model.save_pretrained(tmp)
     del model
 

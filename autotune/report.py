@@ -49,7 +49,7 @@ def _result_text(r: TrialRecord, objective: str) -> str:
     style = _STATE_STYLE.get(r.state, "")
     m, q = r.outcome.measurement, r.outcome.quality
     if m is not None:
-        figure = (f"{m.output_tokens_per_s.median:,.1f} tok/s ±{m.output_tokens_per_s.spread_pct:.0f}%"
+        figure = (f"{m.throughput.median:,.1f} {m.throughput_unit} ±{m.throughput.spread_pct:.0f}%"
                   if objective == "throughput" else f"{m.request_latency_s.median * 1000:,.0f} ms")
         text = f"{figure}, peak {m.peak_memory_gib:.2f} GiB" + (f", {q.metric} {q.score:.3f}" if q else "")
         if r.state == "infeasible":
@@ -62,7 +62,7 @@ def _fmt(value: float | None, spec: str = ",.1f") -> str:
     return "–" if value is None else format(value, spec)
 
 
-TRIAL_COLUMNS = ("#", "dtype", "quant", "attn", "compile", "batch", "max len", "state", "out tok/s", "spread",
+TRIAL_COLUMNS = ("#", "dtype", "quant", "attn", "compile", "batch", "max len", "state", "throughput", "spread",
                  "decode tok/s", "TTFT ms", "TPOT ms", "peak GiB", "× base", "quality", "KL")
 _LEFT_ALIGNED = {"dtype", "quant", "attn", "state"}
 
@@ -81,9 +81,9 @@ def trial_rows(recs: list[TrialRecord], objective: str, baseline_value: float | 
             f"{r.number}{'*' if r.is_baseline else ''}", c.dtype, c.quantization, c.attn_implementation,
             "yes" if c.compile else "no", str(c.batch_size), str(c.max_length),
             r.state + (f" (from #{r.outcome.inferred_from})" if r.outcome.inferred_from is not None else ""),
-            _fmt(m and m.output_tokens_per_s.median), _fmt(m and m.output_tokens_per_s.spread_pct, ".0f") + ("%" if m else ""),
-            _fmt(m and m.decode_tokens_per_s.median), _fmt(m and m.ttft_s.median * 1000, ",.0f"),
-            _fmt(m and m.tpot_s.median * 1000, ",.1f"), _fmt(m and m.peak_memory_gib, ".2f"), _fmt(ratio, ".2f"),
+            _fmt(m and m.throughput.median), _fmt(m and m.throughput.spread_pct, ".0f") + ("%" if m else ""),
+            _fmt(m and m.decode_tokens_per_s and m.decode_tokens_per_s.median), _fmt(m and m.ttft_s.median * 1000, ",.0f"),
+            _fmt(m and m.tpot_s and m.tpot_s.median * 1000, ",.1f"), _fmt(m and m.peak_memory_gib, ".2f"), _fmt(ratio, ".2f"),
             _fmt(q and q.score, ".3f") + ("~" if q and q.within_noise else ""), _fmt(q and q.kl_mean, ".3f"),
         ]))
     return rows
@@ -119,9 +119,9 @@ def best_summary(config: DeploymentConfig) -> Table:
         ("model", f"{config.model.name} ({config.model.kind})"),
         ("device", f"{config.fingerprint.device_name} ({config.device})"),
         ("settings", s.label() + f", {s.new_tokens} new tokens"),
-        ("output tokens/s", f"{m.output_tokens_per_s.median:,.1f} (spread {m.output_tokens_per_s.spread_pct:.1f}%, n={len(m.output_tokens_per_s.samples)})"),
+        (f"throughput ({m.throughput_unit})", f"{m.throughput.median:,.1f} (spread {m.throughput.spread_pct:.1f}%, n={len(m.throughput.samples)})"),
         ("requests/s", f"{m.requests_per_s.median:,.2f}"),
-        ("TTFT / TPOT", f"{m.ttft_s.median * 1000:,.0f} ms / {m.tpot_s.median * 1000:,.1f} ms"),
+        ("TTFT / TPOT", f"{m.ttft_s.median * 1000:,.0f} ms / " + (f"{m.tpot_s.median * 1000:,.1f} ms" if m.tpot_s else "–")),
         ("peak memory", f"{m.peak_memory_gib:.2f} GiB" + (f" of {config.memory_budget_gib:.1f} GiB budget" if config.memory_budget_gib else "")),
         *([("quality", f"{config.quality.metric} {config.quality.score:.3f} [{config.quality.ci_low:.3f}, {config.quality.ci_high:.3f}]"
             + (f", Δ vs reference {config.quality.delta_vs_reference:+.3f}" if config.quality.delta_vs_reference is not None else "")
@@ -140,12 +140,12 @@ def best_per_max_length(recs: list[TrialRecord], objective: str) -> Table | None
     if len(lengths) < 2:
         return None
     table = Table(title="Best per max length", header_style="bold")
-    for name in ("max len", "#", "settings", "out tok/s", "peak GiB"):
+    for name in ("max len", "#", "settings", "throughput", "peak GiB"):
         table.add_column(name)
     for length in lengths:
         best = best_record([r for r in recs if r.candidate.max_length == length], objective)
         m = best.outcome.measurement
-        table.add_row(str(length), str(best.number), best.candidate.label(), f"{m.output_tokens_per_s.median:,.1f}", f"{m.peak_memory_gib:.2f}")
+        table.add_row(str(length), str(best.number), best.candidate.label(), f"{m.throughput.median:,.1f}", f"{m.peak_memory_gib:.2f}")
     return table
 
 

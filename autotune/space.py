@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from autotune.errors import SpaceError
 from autotune.quant import get_method
-from autotune.spec import KNOBS, Candidate, SearchSpace
+from autotune.spec import Candidate, SearchSpace
 from autotune.system import DeviceInfo
 
 
@@ -65,8 +65,9 @@ def space_digest(space: SearchSpace) -> str:
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace) -> Candidate:
-    values = {knob: trial.suggest_categorical(knob, getattr(space, knob)) for knob in KNOBS}
-    return Candidate(**values, new_tokens=space.new_tokens)
+    values = {knob: trial.suggest_categorical(knob, getattr(space, knob)) for knob in space.knobs}
+    image_size = space.image_size if space.images_per_prompt is not None else None
+    return Candidate(**values, new_tokens=space.new_tokens, image_size=image_size)
 
 
 def baseline_params(space: SearchSpace, device: DeviceInfo, model_dtype: str | None) -> dict:
@@ -88,6 +89,10 @@ def baseline_params(space: SearchSpace, device: DeviceInfo, model_dtype: str | N
         "compile": pick("compile", False),
         "batch_size": min(space.batch_size),
         "max_length": min(space.max_length),
+        # Vision: the processor's own bound is large (Qwen2-VL: 12.8 Mpx), so the largest choice.
+        **({"max_pixels": max(space.max_pixels)} if space.max_pixels else {}),
+        **({"images_per_prompt": min(space.images_per_prompt)} if space.images_per_prompt else {}),
+        **({"vision_attn_implementation": pick("vision_attn_implementation", "sdpa")} if space.vision_attn_implementation else {}),
     }
 
 
@@ -97,16 +102,24 @@ def unsupported_reason(candidate: Candidate, device: DeviceInfo) -> str | None:
         return "fp16 on CPU: no fast half-precision kernels (use bf16 or fp32)"
     if device.type == "cuda" and candidate.dtype == "bf16" and not device.bf16_supported:
         return f"bf16 is not supported by {device.name}"
-    if candidate.attn_implementation == "flash_attention_2":
+    for attn in {candidate.attn_implementation, candidate.vision_attn_implementation} - {None}:
+        reason = _attention_reason(attn, candidate, device)
+        if reason:
+            return reason
+    if candidate.compile and device.type != "cuda":
+        return "static cache + torch.compile: transformers compiles generate() only on accelerators"
+    reason = get_method(candidate.quantization).unavailable_reason(device.type)
+    if reason:
+        return f"{candidate.quantization}: {reason}"
+    return None
+
+
+def _attention_reason(attn: str, candidate: Candidate, device: DeviceInfo) -> str | None:
+    if attn == "flash_attention_2":
         if device.type != "cuda":
             return "flash_attention_2 needs a CUDA GPU"
         if importlib.util.find_spec("flash_attn") is None:
             return "flash_attention_2: the flash-attn package is not installed (pip install flash-attn)"
         if candidate.dtype == "fp32":
             return "flash_attention_2 runs only in fp16/bf16"
-    if candidate.compile and device.type != "cuda":
-        return "static cache + torch.compile: transformers compiles generate() only on accelerators"
-    reason = get_method(candidate.quantization).unavailable_reason(device.type)
-    if reason:
-        return f"{candidate.quantization}: {reason}"
     return None

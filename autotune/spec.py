@@ -41,30 +41,37 @@ class SearchSpace(_Strict):
     max_length: list[int] = Field(min_length=1, description="prompt + new tokens per sequence (the claimed worst case)")
     new_tokens: int = Field(default=64, ge=2, description="tokens generated per request in the measurement")
     repeats: int = Field(default=3, ge=3, description="timed repeats per candidate (median and spread reported)")
+    # Vision knobs (image-text-to-text and image rerankers only). They change the inputs, not the
+    # loaded model, except the vision tower's attention kernel.
+    max_pixels: list[int] | None = Field(default=None, description="processor pixel bound per image (size.longest_edge): decides visual tokens")
+    images_per_prompt: list[int] | None = Field(default=None, description="images each request carries (the claimed worst case)")
+    vision_attn_implementation: list[str] | None = Field(default=None, description="attention kernel of the vision tower")
+    image_size: str = Field(default="1280x720", pattern=r"^\d+x\d+$", description="WIDTHxHEIGHT of the images requests send (measured with synthetic images of this size)")
 
-    @field_validator("quantization", "attn_implementation")
+    @field_validator("quantization", "attn_implementation", "vision_attn_implementation")
     @classmethod
-    def _known_names(cls, names: list[str], info) -> list[str]:
+    def _known_names(cls, names: list[str] | None, info) -> list[str] | None:
         from autotune.errors import unknown_name_message
         from autotune.quant import QUANTIZATION_METHODS
 
         allowed = QUANTIZATION_METHODS if info.field_name == "quantization" else ATTENTION_IMPLEMENTATIONS
-        for name in names:
+        for name in names or []:
             if name not in allowed:
                 raise ValueError(unknown_name_message(info.field_name, name, allowed))
         return names
 
-    @field_validator("batch_size", "max_length")
+    @field_validator("batch_size", "max_length", "max_pixels", "images_per_prompt")
     @classmethod
-    def _positive(cls, values: list[int]) -> list[int]:
-        if any(v < 1 for v in values):
+    def _positive(cls, values: list[int] | None) -> list[int] | None:
+        if values is not None and any(v < 1 for v in values):
             raise ValueError("every value must be a positive integer")
         return values
 
-    @field_validator("dtype", "quantization", "attn_implementation", "compile", "batch_size", "max_length")
+    @field_validator("dtype", "quantization", "attn_implementation", "compile", "batch_size", "max_length", "max_pixels",
+                     "images_per_prompt", "vision_attn_implementation")
     @classmethod
-    def _unique(cls, values: list) -> list:
-        if len(set(values)) != len(values):
+    def _unique(cls, values: list | None) -> list | None:
+        if values is not None and len(set(values)) != len(values):
             raise ValueError(f"values must be unique, got {values}")
         return values
 
@@ -78,16 +85,26 @@ class SearchSpace(_Strict):
         return self
 
     @property
+    def knobs(self) -> tuple[str, ...]:
+        """The knobs this space samples: the text knobs, plus the vision knobs it sets."""
+        return KNOBS + tuple(k for k in VISION_KNOBS if getattr(self, k) is not None)
+
+    @property
+    def vision_knobs_set(self) -> list[str]:
+        return [k for k in VISION_KNOBS if getattr(self, k) is not None]
+
+    @property
     def size(self) -> int:
         n = 1
-        for knob in KNOBS:
+        for knob in self.knobs:
             n *= len(getattr(self, knob))
         return n
 
 
 # The knobs Optuna samples, in a fixed order (their names are Optuna parameter names).
 KNOBS = ("dtype", "quantization", "attn_implementation", "compile", "batch_size", "max_length")
-LOAD_KEY_KNOBS = ("dtype", "quantization", "attn_implementation", "compile")
+VISION_KNOBS = ("max_pixels", "images_per_prompt", "vision_attn_implementation")
+LOAD_KEY_KNOBS = ("dtype", "quantization", "attn_implementation", "compile", "vision_attn_implementation")
 
 
 # ------------------------------------------------------------------------------ candidate
@@ -105,19 +122,31 @@ class Candidate(_Strict):
     batch_size: int = Field(ge=1)
     max_length: int = Field(ge=2)
     new_tokens: int = Field(ge=2)
+    # Vision (None for text-only candidates): images per request of image_size, each resized by
+    # the processor to at most max_pixels pixels.
+    max_pixels: int | None = None
+    images_per_prompt: int | None = None
+    vision_attn_implementation: str | None = None
+    image_size: str | None = None
 
     @property
     def prompt_tokens(self) -> int:
         return self.max_length - self.new_tokens
 
     @property
-    def load_key(self) -> tuple[str, str, str, bool]:
-        return (self.dtype, self.quantization, self.attn_implementation, self.compile)
+    def load_key(self) -> tuple:
+        return (self.dtype, self.quantization, self.attn_implementation, self.compile, self.vision_attn_implementation)
+
+    @property
+    def has_images(self) -> bool:
+        return bool(self.images_per_prompt)
 
     def label(self) -> str:
         quant = "" if self.quantization == "none" else f" {self.quantization}"
         compiled = " compile" if self.compile else ""
-        return f"{self.dtype}{quant} {self.attn_implementation}{compiled} b={self.batch_size} len={self.max_length}"
+        vision = f" vit={self.vision_attn_implementation}" if self.vision_attn_implementation else ""
+        images = f" img={self.images_per_prompt}x{self.max_pixels}px" if self.images_per_prompt else ""
+        return f"{self.dtype}{quant} {self.attn_implementation}{vision}{compiled} b={self.batch_size} len={self.max_length}{images}"
 
 
 # ------------------------------------------------------------------------------ measurement
@@ -142,13 +171,17 @@ class Stat(_Strict):
 class Measurement(_Strict):
     """What one candidate measured at its claimed worst case (batch_size sequences of max_length)."""
 
-    output_tokens_per_s: Stat = Field(description="generated tokens / end-to-end generate time, whole batch")
+    # Generation figures are None for a reranker (one scoring pass, nothing generated).
+    output_tokens_per_s: Stat | None = Field(description="generated tokens / end-to-end generate time, whole batch")
     prefill_tokens_per_s: Stat
-    decode_tokens_per_s: Stat = Field(description="tokens after the first / (full time - prefill time)")
-    requests_per_s: Stat
-    ttft_s: Stat = Field(description="time to first token: prefill of the whole batch plus one token")
-    tpot_s: Stat = Field(description="time per output token after the first")
+    decode_tokens_per_s: Stat | None = Field(description="tokens after the first / (full time - prefill time)")
+    requests_per_s: Stat = Field(description="requests (reranker: query-document pairs) per second, model time")
+    ttft_s: Stat = Field(description="time to first token: prefill of the whole batch plus one token (reranker: the scoring pass)")
+    tpot_s: Stat | None = Field(description="time per output token after the first")
     request_latency_s: Stat
+    visual_tokens_per_request: int | None = Field(default=None, description="image tokens the processor made per request")
+    preprocess_s: Stat | None = Field(default=None, description="CPU time to preprocess one batch's images (not in the model figures)")
+    requests_per_s_with_preprocessing: Stat | None = Field(default=None, description="requests/s counting preprocessing done serially before the model")
     peak_memory_gib: float = Field(description="the figure the budget is judged on: torch reserved on GPU, process RSS on CPU")
     peak_allocated_gib: float | None = None
     peak_reserved_gib: float | None = None
@@ -156,6 +189,15 @@ class Measurement(_Strict):
     peak_rss_gib: float | None = None
     warmup_s: float
     measure_s: float
+
+    @property
+    def throughput(self) -> Stat:
+        """What the throughput objective maximises: generated tokens/s, or pairs/s for a reranker."""
+        return self.output_tokens_per_s or self.requests_per_s
+
+    @property
+    def throughput_unit(self) -> str:
+        return "tok/s" if self.output_tokens_per_s is not None else "pairs/s"
 
 
 class QualityReport(_Strict):
@@ -261,6 +303,7 @@ class TuneSpec(_Strict):
 
     model: str | None = Field(default=None, description="checkpoint dir, hub id (local cache), config.json or bundled config name; default: embedded SmolLM2-135M-Instruct")
     random_weights: bool = Field(default=False, description="build a shape-only model with random weights from the config (capacity planning)")
+    kind: str | None = Field(default=None, description="model kind: causal-lm, image-text-to-text or reranker; default: detected from the config")
     space: Path | None = Field(default=None, description="search-space YAML; default: search_spaces/<device>.yaml")
     trials: int = Field(default=12, ge=1, description="measured trials the study should hold (resuming counts the ones it has)")
     timeout_s: float | None = Field(default=None, gt=0, description="stop starting new trials after this many seconds")

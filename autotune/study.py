@@ -20,7 +20,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState as OptunaState
 
-from autotune.errors import AutotuneError, OutputDirError, StorageError, StudyMismatchError
+from autotune.errors import AutotuneError, OutputDirError, SpaceError, StorageError, StudyMismatchError
 from autotune.loading import generate_kwargs
 from autotune.models import ModelRef, resolve_model
 from autotune.space import (
@@ -181,7 +181,12 @@ def open_study(spec: TuneSpec) -> StudyContext:
     device = detect_device(spec.device)
     check_budget(device, spec.memory_budget_gib)
     space = load_space(spec.space or default_space_path(device))
-    model = resolve_model(spec.model, spec.random_weights)
+    model = resolve_model(spec.model, spec.random_weights, spec.kind)
+    if space.vision_knobs_set and not model.is_vision:
+        raise SpaceError(
+            f"search space sets vision knobs ({', '.join(space.vision_knobs_set)}) but {model.name} is a text-only model "
+            "(no vision_config); remove them or pass a vision model"
+        )
     quality = setup_quality(spec, model, spec.out)
     prepare_out_dir(spec.out)
     storage_url = spec.storage or f"sqlite:///{(spec.out / 'study.db').resolve()}"
@@ -249,7 +254,7 @@ def objective_value(spec_objective: str, outcome: TrialOutcome) -> float | None:
     if outcome.measurement is None:
         return None
     m = outcome.measurement
-    return m.output_tokens_per_s.median if spec_objective == "throughput" else m.request_latency_s.median
+    return m.throughput.median if spec_objective == "throughput" else m.request_latency_s.median
 
 
 def _placeholder(direction: str) -> float:
@@ -493,7 +498,7 @@ def _order_for_loaded_model(batch: list[tuple[optuna.Trial, Candidate]], loaded_
 
 def _ask_follow_up(ctx: StudyContext, load_key: tuple, follow_ups: set[int]) -> tuple[optuna.Trial, Candidate]:
     """Ask the sampler for a shape with the load-key fixed (it still chooses batch and length)."""
-    ctx.study.enqueue_trial(dict(zip(LOAD_KEY_KNOBS, load_key)))
+    ctx.study.enqueue_trial({k: v for k, v in zip(LOAD_KEY_KNOBS, load_key) if k in ctx.space.knobs})
     trial = ctx.study.ask()
     follow_ups.add(trial.number)
     return trial, suggest(trial, ctx.space)
@@ -521,7 +526,7 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
     started = time.monotonic()
     duplicates_in_a_row = 0
     loaded_key: tuple | None = None
-    shape_points = len(ctx.space.batch_size) * len(ctx.space.max_length)
+    shape_points = math.prod(len(getattr(ctx.space, k)) for k in ctx.space.knobs if k not in LOAD_KEY_KNOBS)
     pending: list[tuple[optuna.Trial, Candidate]] = []
     follow_ups: set[int] = set()  # trial numbers asked with the loaded model's load-key fixed
     replacements_left = 0  # follow-ups answered without the model (duplicate, inferred) are re-asked

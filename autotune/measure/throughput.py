@@ -24,17 +24,30 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def measure_generation(
-    model, candidate: Candidate, device: str, repeats: int, vocab_size: int, before_each_run: Callable[[], None] = lambda: None
-) -> Measurement:
+def text_inputs(candidate: Candidate, vocab_size: int, device: str):
     import torch
 
-    batch, prompt, new = candidate.batch_size, candidate.prompt_tokens, candidate.new_tokens
     generator = torch.Generator().manual_seed(1234)
     # Random ids from the lower part of the vocabulary: real-token-like, and never special tokens
     # that some chat templates treat differently. Throughput does not depend on the ids.
-    input_ids = torch.randint(0, max(2, min(vocab_size, 32000)), (batch, prompt), generator=generator).to(device)
-    attention_mask = torch.ones_like(input_ids)
+    input_ids = torch.randint(0, max(2, min(vocab_size, 32000)), (candidate.batch_size, candidate.prompt_tokens),
+                              generator=generator).to(device)
+    return input_ids, torch.ones_like(input_ids)
+
+
+def measure_generation(
+    model, candidate: Candidate, device: str, repeats: int, vocab_size: int, before_each_run: Callable[[], None] = lambda: None,
+    vision=None, preprocess_again: Callable[[], float] | None = None,
+) -> Measurement:
+    """`vision` (autotune.vision.VisionBatch) carries image requests; `preprocess_again` re-runs
+    their CPU preprocessing and returns its seconds, timed apart from the model."""
+    import torch
+
+    batch, prompt, new = candidate.batch_size, candidate.prompt_tokens, candidate.new_tokens
+    if vision is not None:
+        input_ids, attention_mask, extra = vision.input_ids, vision.attention_mask, vision.model_inputs
+    else:
+        (input_ids, attention_mask), extra = text_inputs(candidate, vocab_size, device), {}
     base_kwargs = generate_kwargs(candidate)
     pad = getattr(model.generation_config, "pad_token_id", None)
     if pad is None:
@@ -47,7 +60,7 @@ def measure_generation(
         _synchronize(device)
         start = time.perf_counter()
         with torch.inference_mode():
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **extra, **kwargs)
         _synchronize(device)
         elapsed = time.perf_counter() - start
         if out.shape != (batch, prompt + n_new):
@@ -69,6 +82,7 @@ def measure_generation(
             full_times.append(timed_generate(new))
         measure_s = time.perf_counter() - measure_start
     memory = tracker.result()
+    preprocess_times = [preprocess_again() for _ in range(repeats)] if preprocess_again else None
 
     # Decode time per repeat is full minus prefill of the same repeat (interleaved, so drift in
     # clocks or thermals hits both). Floor it at a microsecond rather than report negative speed.
@@ -88,4 +102,66 @@ def measure_generation(
         peak_rss_gib=memory.peak_rss_gib,
         warmup_s=warmup_s,
         measure_s=measure_s,
+        visual_tokens_per_request=vision.visual_tokens_per_request if vision is not None else None,
+        preprocess_s=Stat.of(preprocess_times) if preprocess_times else None,
+        requests_per_s_with_preprocessing=Stat.of([batch / (f + p) for f, p in zip(full_times, preprocess_times)])
+        if preprocess_times else None,
+    )
+
+
+def measure_scoring(
+    model, candidate: Candidate, device: str, repeats: int, vocab_size: int, yes_no: tuple[int, int],
+    before_each_run: Callable[[], None] = lambda: None, vision=None, preprocess_again: Callable[[], float] | None = None,
+) -> Measurement:
+    """A reranker's workload: batch_size query-document pairs of max_length tokens scored in one
+    forward pass (P("yes") against P("no") at the last position). Nothing is generated, so the
+    generation figures stay empty; requests/s counts pairs."""
+    import torch
+
+    batch = candidate.batch_size
+    if vision is not None:
+        input_ids, attention_mask, extra = vision.input_ids, vision.attention_mask, vision.model_inputs
+    else:
+        (input_ids, attention_mask), extra = text_inputs(candidate, vocab_size, device), {}
+    tokens = input_ids.shape[1]
+
+    def timed_score() -> float:
+        before_each_run()
+        _synchronize(device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, **extra).logits[:, -1]
+            scores = torch.softmax(logits[:, list(yes_no)].float(), dim=-1)[:, 0]
+        _synchronize(device)
+        elapsed = time.perf_counter() - start
+        if scores.shape != (batch,) or not torch.isfinite(scores).all():
+            raise RuntimeError(f"reranker scores have shape {tuple(scores.shape)} or are not finite: the measurement would be wrong")
+        return elapsed
+
+    with MemoryTracker(device) as tracker:
+        warm_start = time.perf_counter()
+        timed_score()
+        warmup_s = time.perf_counter() - warm_start
+        measure_start = time.perf_counter()
+        times = [timed_score() for _ in range(repeats)]
+        measure_s = time.perf_counter() - measure_start
+    memory = tracker.result()
+    preprocess_times = [preprocess_again() for _ in range(repeats)] if preprocess_again else None
+    return Measurement(
+        output_tokens_per_s=None, decode_tokens_per_s=None, tpot_s=None,
+        prefill_tokens_per_s=Stat.of([batch * tokens / t for t in times]),
+        requests_per_s=Stat.of([batch / t for t in times]),
+        ttft_s=Stat.of(times),
+        request_latency_s=Stat.of(times),
+        peak_memory_gib=memory.peak_memory_gib,
+        peak_allocated_gib=memory.peak_allocated_gib,
+        peak_reserved_gib=memory.peak_reserved_gib,
+        nvml_peak_used_gib=memory.nvml_peak_used_gib,
+        peak_rss_gib=memory.peak_rss_gib,
+        warmup_s=warmup_s,
+        measure_s=measure_s,
+        visual_tokens_per_request=vision.visual_tokens_per_request if vision is not None else None,
+        preprocess_s=Stat.of(preprocess_times) if preprocess_times else None,
+        requests_per_s_with_preprocessing=Stat.of([batch / (t + p) for t, p in zip(times, preprocess_times)])
+        if preprocess_times else None,
     )

@@ -197,8 +197,8 @@ class _Worker:
 
     def handle(self, request: WorkRequest) -> TrialOutcome:
         from autotune.loading import ensure_prequantized, load_model_for_trial
-        from autotune.measure.throughput import measure_generation
         from autotune.models import materialize
+        from autotune.vision import CandidateShapeError
 
         cand = request.candidate
         print(f"[trial {request.trial_number}] {cand.label()}", flush=True)
@@ -227,7 +227,8 @@ class _Worker:
             load_s = time.perf_counter() - start
             _release_freed_host_memory()  # loading buffers (e.g. fp32 weights before quantizing)
             self.loaded_key = cand.load_key
-            self.vocab_size = int(getattr(self.model.config, "vocab_size", None) or self.vocab_size)
+            text_config = getattr(self.model.config, "text_config", None) or self.model.config  # VL models nest it
+            self.vocab_size = int(getattr(text_config, "vocab_size", None) or self.vocab_size)
             print(f"[trial {request.trial_number}] loaded in {load_s:.1f}s", flush=True)
 
         quality = None
@@ -256,7 +257,10 @@ class _Worker:
                 torch.empty(2**50, dtype=torch.uint8, device=self.device)  # 1 PiB: a real allocation failure
 
         try:
-            measurement = measure_generation(self.model, cand, self.device, request.repeats, self.vocab_size, before_each_run)
+            measurement = self._measure(cand, request.repeats, before_each_run)
+        except CandidateShapeError as e:  # the request the candidate claims cannot be built
+            return TrialOutcome(status="unsupported", reason=str(e), phase="measure", load_s=load_s, prepare_s=prepare_s,
+                                reloaded=reloaded, quality=quality)
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
             gc.collect()
@@ -267,10 +271,33 @@ class _Worker:
             status = "oom" if is_oom(e) else "error"
             return TrialOutcome(status=status, reason=_one_line(e), phase="measure", load_s=load_s, prepare_s=prepare_s,
                                 reloaded=reloaded, quality=quality)
-        print(f"[trial {request.trial_number}] {measurement.output_tokens_per_s.median:.1f} tok/s, "
+        print(f"[trial {request.trial_number}] {measurement.throughput.median:.1f} {measurement.throughput_unit}, "
               f"peak {measurement.peak_memory_gib:.2f} GiB", flush=True)
         return TrialOutcome(status="ok", measurement=measurement, load_s=load_s, prepare_s=prepare_s, reloaded=reloaded,
                             quality=quality)
+
+
+    def _measure(self, cand, repeats: int, before_each_run):
+        """Build the candidate's worst-case requests (text, or images + text) and time them:
+        generate() for generating kinds, one scoring pass for a reranker."""
+        from autotune.kinds import get_kind
+        from autotune.measure.throughput import measure_generation, measure_scoring
+        from autotune.models import materialize
+        from autotune.vision import build_batch, build_image_processor, preprocess, yes_no_ids
+
+        vision, preprocess_again = None, None
+        if cand.has_images:
+            processor = build_image_processor(self.ref, materialize(self.ref, self.device), cand.max_pixels)
+            vision = build_batch(processor, self.ref.config(), cand, self.vocab_size, self.device)
+
+            preprocess_again = lambda: preprocess(processor, vision.images)[1]  # noqa: E731
+
+        if get_kind(self.ref.model_kind).generates:
+            return measure_generation(self.model, cand, self.device, repeats, self.vocab_size, before_each_run,
+                                      vision=vision, preprocess_again=preprocess_again)
+        yes_no = yes_no_ids(self.tokenizer, self.vocab_size)
+        return measure_scoring(self.model, cand, self.device, repeats, self.vocab_size, yes_no, before_each_run,
+                               vision=vision, preprocess_again=preprocess_again)
 
 
 def worker_main(conn, model_ref_json: str, device: str, memory_budget_gib: float | None, log_path: str) -> None:

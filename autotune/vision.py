@@ -1,0 +1,142 @@
+"""Vision inputs for image-text-to-text models and rerankers: the image processor (the checkpoint's
+own, or one built locally from the config for shape-only models), synthetic request images, and
+the token layout of a request (text, then per image <vision_start> <image_pad>×k <vision_end>).
+
+The number of visual tokens is what the processor makes of an image under `max_pixels`
+(`size.longest_edge` in transformers 5): grid t×h×w patches merged merge_size² to one token.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from autotune.errors import AutotuneError
+from autotune.models import ModelRef
+from autotune.spec import Candidate
+
+# Qwen2-VL's processor default lower bound (56×56); Qwen3-VL uses the same patch-merge scheme.
+DEFAULT_MIN_PIXELS = 56 * 56
+# Qwen2/Qwen3 vocabulary ids of "yes" and "no", for shape-only rerankers that have no tokenizer.
+QWEN_YES_NO_IDS = (9693, 2152)
+
+
+class CandidateShapeError(AutotuneError):
+    """The candidate's claimed request cannot exist (e.g. its images alone exceed max_length)."""
+
+
+def image_size(candidate: Candidate) -> tuple[int, int]:
+    width, height = (int(v) for v in (candidate.image_size or "1280x720").split("x"))
+    return width, height
+
+
+def build_image_processor(ref: ModelRef, source: str, max_pixels: int):
+    """The processor that turns images into patches for this model, bounded by max_pixels."""
+    config = ref.config()
+    vision = config.get("vision_config", {})
+    processor = None
+    if ref.kind == "pretrained":
+        from transformers import AutoImageProcessor
+
+        try:
+            processor = AutoImageProcessor.from_pretrained(source)
+        except (OSError, ValueError):
+            processor = None  # a checkpoint without preprocessor_config.json: build one from the config
+    if processor is None:
+        from transformers import Qwen2VLImageProcessor
+
+        kwargs: dict[str, Any] = {
+            "patch_size": vision.get("patch_size", 14),
+            "merge_size": vision.get("spatial_merge_size", 2),
+            "temporal_patch_size": vision.get("temporal_patch_size", 2),
+        }
+        if config.get("model_type") == "qwen3_vl":  # Qwen3-VL normalises to [-1, 1]
+            kwargs.update(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+        processor = Qwen2VLImageProcessor(**kwargs)
+    min_pixels = min(DEFAULT_MIN_PIXELS, max_pixels)
+    processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    return processor
+
+
+def synthetic_images(n: int, width: int, height: int, seed: int = 0) -> list:
+    """Deterministic photo-like test images (smooth gradients plus noise) of the request's size."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    images = []
+    for i in range(n):
+        base = np.stack([(x * (i + 1) % 256), (y * 2 % 256), ((x + y) % 256)], axis=-1).astype(np.int16)
+        noise = rng.integers(-20, 20, size=base.shape)
+        images.append(Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8), "RGB"))
+    return images
+
+
+@dataclass
+class VisionBatch:
+    input_ids: Any
+    attention_mask: Any
+    model_inputs: dict  # pixel_values, image_grid_thw
+    visual_tokens_per_request: int
+    preprocess_s: float
+    images: list  # kept to time the CPU preprocessing again, apart from the model
+
+
+def visual_tokens(grid_thw, merge_size: int) -> list[int]:
+    return [int(t * h * w) // (merge_size**2) for t, h, w in grid_thw.tolist()]
+
+
+def preprocess(processor, images: list) -> tuple[dict, float]:
+    start = time.perf_counter()
+    out = processor(images=images, return_tensors="pt")
+    return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}, time.perf_counter() - start
+
+
+def build_batch(processor, config: dict, candidate: Candidate, vocab_size: int, device: str, seed: int = 1234) -> VisionBatch:
+    """batch_size identical requests, each with images_per_prompt images and text filling the rest
+    of prompt_tokens. Raises CandidateShapeError when the images alone do not fit."""
+    import torch
+
+    n_images = candidate.images_per_prompt or 0
+    width, height = image_size(candidate)
+    images = synthetic_images(n_images, width, height) * candidate.batch_size
+    inputs, preprocess_s = preprocess(processor, images)
+    merge = processor.merge_size
+    per_image = visual_tokens(inputs["image_grid_thw"][:n_images], merge)
+    image_part = sum(per_image) + 2 * n_images  # each image is wrapped in vision start/end tokens
+    text_tokens = candidate.prompt_tokens - image_part
+    if text_tokens < 1:
+        raise CandidateShapeError(
+            f"{n_images} image(s) of {width}x{height} at max_pixels {candidate.max_pixels} are {image_part} tokens, "
+            f"more than the {candidate.prompt_tokens} prompt tokens max_length {candidate.max_length} leaves"
+        )
+    generator = torch.Generator().manual_seed(seed)
+    text = torch.randint(0, max(2, min(vocab_size, 32000)), (text_tokens,), generator=generator).tolist()
+    start_id, end_id, pad_id = config["vision_start_token_id"], config["vision_end_token_id"], config["image_token_id"]
+    ids = text[: text_tokens // 2]
+    for k in per_image:
+        ids += [start_id] + [pad_id] * k + [end_id]
+    ids += text[text_tokens // 2:]
+    input_ids = torch.tensor([ids] * candidate.batch_size, device=device)
+    model_inputs = {k: v.to(device) for k, v in inputs.items()}
+    return VisionBatch(input_ids, torch.ones_like(input_ids), model_inputs, sum(per_image), preprocess_s, images)
+
+
+def yes_no_ids(tokenizer, vocab_size: int) -> tuple[int, int]:
+    """Token ids of "yes" and "no" for reranker scoring; a one-line error when the vocabulary lacks them."""
+    if tokenizer is None:
+        if max(QWEN_YES_NO_IDS) >= vocab_size:
+            raise AutotuneError(f"a shape-only reranker needs a vocabulary of > {max(QWEN_YES_NO_IDS)} tokens (Qwen's yes/no ids)")
+        return QWEN_YES_NO_IDS
+    ids = []
+    for word in ("yes", "no"):
+        pieces = tokenizer(word, add_special_tokens=False)["input_ids"]
+        if len(pieces) != 1 or pieces[0] == tokenizer.unk_token_id:
+            raise AutotuneError(
+                f"the reranker's tokenizer has no single token for {word!r} (it encodes to {len(pieces)} tokens); "
+                "a yes/no reranker needs both in its vocabulary — pass --kind causal-lm or a reranker checkpoint"
+            )
+        ids.append(pieces[0])
+    return ids[0], ids[1]
