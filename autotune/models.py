@@ -218,7 +218,8 @@ def _build_random(ref: ModelRef, device: str, tmp: Path) -> None:
 
     auto_class = getattr(transformers, get_kind(ref.model_kind).auto_class_name(ref.config()))
     config = AutoConfig.from_pretrained(ref.source)
-    config_dtype = getattr(config, "dtype", None) or torch.float32
+    # Qwen3-VL keeps its dtype only in the text config.
+    config_dtype = getattr(config, "dtype", None) or getattr(config.get_text_config(), "dtype", None) or torch.float32
     if isinstance(config_dtype, str):
         config_dtype = getattr(torch, config_dtype)
     # Initialise on the target device: a 7B model initialises on a GPU in about a second, but

@@ -67,7 +67,8 @@ def space_digest(space: SearchSpace) -> str:
 def suggest(trial: optuna.Trial, space: SearchSpace) -> Candidate:
     values = {knob: trial.suggest_categorical(knob, getattr(space, knob)) for knob in space.knobs}
     image_size = space.image_size if space.images_per_prompt is not None else None
-    return Candidate(**values, new_tokens=space.new_tokens, image_size=image_size)
+    video_size = space.video_size if space.video_frames is not None else None
+    return Candidate(**values, new_tokens=space.new_tokens, image_size=image_size, video_size=video_size)
 
 
 def baseline_params(space: SearchSpace, device: DeviceInfo, model_dtype: str | None) -> dict:
@@ -92,6 +93,7 @@ def baseline_params(space: SearchSpace, device: DeviceInfo, model_dtype: str | N
         # Vision: the processor's own bound is large (Qwen2-VL: 12.8 Mpx), so the largest choice.
         **({"max_pixels": max(space.max_pixels)} if space.max_pixels else {}),
         **({"images_per_prompt": min(space.images_per_prompt)} if space.images_per_prompt else {}),
+        **({"video_frames": min(space.video_frames)} if space.video_frames else {}),
         **({"vision_attn_implementation": pick("vision_attn_implementation", "sdpa")} if space.vision_attn_implementation else {}),
     }
 

@@ -44,7 +44,9 @@ class SearchSpace(_Strict):
     # Vision knobs (image-text-to-text and image rerankers only). They change the inputs, not the
     # loaded model, except the vision tower's attention kernel.
     max_pixels: list[int] | None = Field(default=None, description="processor pixel bound per image (size.longest_edge): decides visual tokens")
-    images_per_prompt: list[int] | None = Field(default=None, description="images each request carries (the claimed worst case)")
+    images_per_prompt: list[int] | None = Field(default=None, description="images each request carries (the claimed worst case; 0 = none)")
+    video_frames: list[int] | None = Field(default=None, description="frames sampled from the one video each request carries (0 = no video)")
+    video_size: str = Field(default="640x360", pattern=r"^\d+x\d+$", description="WIDTHxHEIGHT of the videos' frames")
     vision_attn_implementation: list[str] | None = Field(default=None, description="attention kernel of the vision tower")
     image_size: str = Field(default="1280x720", pattern=r"^\d+x\d+$", description="WIDTHxHEIGHT of the images requests send (measured with synthetic images of this size)")
 
@@ -60,7 +62,14 @@ class SearchSpace(_Strict):
                 raise ValueError(unknown_name_message(info.field_name, name, allowed))
         return names
 
-    @field_validator("batch_size", "max_length", "max_pixels", "images_per_prompt")
+    @field_validator("images_per_prompt", "video_frames")
+    @classmethod
+    def _not_negative(cls, values: list[int] | None) -> list[int] | None:
+        if values is not None and any(v < 0 for v in values):
+            raise ValueError("every value must be 0 or a positive integer")
+        return values
+
+    @field_validator("batch_size", "max_length", "max_pixels")
     @classmethod
     def _positive(cls, values: list[int] | None) -> list[int] | None:
         if values is not None and any(v < 1 for v in values):
@@ -68,7 +77,7 @@ class SearchSpace(_Strict):
         return values
 
     @field_validator("dtype", "quantization", "attn_implementation", "compile", "batch_size", "max_length", "max_pixels",
-                     "images_per_prompt", "vision_attn_implementation")
+                     "images_per_prompt", "video_frames", "vision_attn_implementation")
     @classmethod
     def _unique(cls, values: list | None) -> list | None:
         if values is not None and len(set(values)) != len(values):
@@ -82,6 +91,12 @@ class SearchSpace(_Strict):
                 f"max_length {min(self.max_length)} leaves no prompt token for new_tokens={self.new_tokens}; "
                 "raise max_length or lower new_tokens"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _pixels_for_visual_inputs(self) -> SearchSpace:
+        if (self.images_per_prompt is not None or self.video_frames is not None) and self.max_pixels is None:
+            raise ValueError("images_per_prompt/video_frames need max_pixels (the processor's per-image pixel bound), e.g. [200704, 1003520]")
         return self
 
     @property
@@ -103,7 +118,7 @@ class SearchSpace(_Strict):
 
 # The knobs Optuna samples, in a fixed order (their names are Optuna parameter names).
 KNOBS = ("dtype", "quantization", "attn_implementation", "compile", "batch_size", "max_length")
-VISION_KNOBS = ("max_pixels", "images_per_prompt", "vision_attn_implementation")
+VISION_KNOBS = ("max_pixels", "images_per_prompt", "video_frames", "vision_attn_implementation")
 LOAD_KEY_KNOBS = ("dtype", "quantization", "attn_implementation", "compile", "vision_attn_implementation")
 
 
@@ -126,8 +141,10 @@ class Candidate(_Strict):
     # the processor to at most max_pixels pixels.
     max_pixels: int | None = None
     images_per_prompt: int | None = None
+    video_frames: int | None = None
     vision_attn_implementation: str | None = None
     image_size: str | None = None
+    video_size: str | None = None
 
     @property
     def prompt_tokens(self) -> int:
@@ -139,14 +156,16 @@ class Candidate(_Strict):
 
     @property
     def has_images(self) -> bool:
-        return bool(self.images_per_prompt)
+        """Whether the candidate's requests carry any visual input (images or video frames)."""
+        return bool(self.images_per_prompt) or bool(self.video_frames)
 
     def label(self) -> str:
         quant = "" if self.quantization == "none" else f" {self.quantization}"
         compiled = " compile" if self.compile else ""
         vision = f" vit={self.vision_attn_implementation}" if self.vision_attn_implementation else ""
         images = f" img={self.images_per_prompt}x{self.max_pixels}px" if self.images_per_prompt else ""
-        return f"{self.dtype}{quant} {self.attn_implementation}{vision}{compiled} b={self.batch_size} len={self.max_length}{images}"
+        video = f" video={self.video_frames}f" if self.video_frames else ""
+        return f"{self.dtype}{quant} {self.attn_implementation}{vision}{compiled} b={self.batch_size} len={self.max_length}{images}{video}"
 
 
 # ------------------------------------------------------------------------------ measurement

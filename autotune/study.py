@@ -133,7 +133,8 @@ def model_default_dtype(model: ModelRef) -> str | None:
         data = json.loads(config.read_text())
     except (OSError, ValueError):
         return None
-    name = str(data.get("dtype") or data.get("torch_dtype") or "")
+    text = data.get("text_config") or {}  # Qwen3-VL keeps its dtype only there
+    name = str(data.get("dtype") or data.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype") or "")
     return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(name)
 
 

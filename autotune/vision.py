@@ -82,6 +82,10 @@ class VisionBatch:
     visual_tokens_per_request: int
     preprocess_s: float
     images: list  # kept to time the CPU preprocessing again, apart from the model
+    videos: list
+
+    def preprocess_again(self, processor, max_pixels: int) -> float:
+        return _timed_inputs(processor, self.images, self.videos, max_pixels)[1]
 
 
 def visual_tokens(grid_thw, merge_size: int) -> list[int]:
@@ -94,34 +98,107 @@ def preprocess(processor, images: list) -> tuple[dict, float]:
     return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}, time.perf_counter() - start
 
 
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's resize rule (as in transformers' processors): both sides multiples of `factor`,
+    the aspect ratio kept, the pixel count inside [min_pixels, max_pixels]."""
+    import math
+
+    h_bar = round(height / factor) * factor
+    w_bar = round(width / factor) * factor
+    if h_bar * w_bar > max_pixels:
+        beta = math.sqrt((height * width) / max_pixels)
+        h_bar = max(factor, math.floor(height / beta / factor) * factor)
+        w_bar = max(factor, math.floor(width / beta / factor) * factor)
+    elif h_bar * w_bar < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
+        h_bar = math.ceil(height * beta / factor) * factor
+        w_bar = math.ceil(width * beta / factor) * factor
+    return h_bar, w_bar
+
+
+def preprocess_video(processor, frames: list, max_pixels: int) -> dict:
+    """Frames -> (pixel_values_videos, video_grid_thw) the way transformers' Qwen2-VL video
+    processor lays them out (its own class needs torchvision, which CPU installs often lack):
+    every frame resized to one smart_resize'd size, normalised, the frame count padded to a
+    multiple of temporal_patch_size by repeating the last frame, then patches ordered
+    (t, h-blocks, w-blocks, merge_h, merge_w) with (channel, time, patch_h, patch_w) inside."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    patch, merge, tps = processor.patch_size, processor.merge_size, processor.temporal_patch_size
+    width, height = frames[0].size
+    rh, rw = smart_resize(height, width, factor=patch * merge, min_pixels=processor.size["shortest_edge"], max_pixels=max_pixels)
+    mean = np.asarray(processor.image_mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(processor.image_std, dtype=np.float32)[:, None, None]
+    arrays = [(np.asarray(f.convert("RGB").resize((rw, rh), Image.BICUBIC), dtype=np.float32).transpose(2, 0, 1) / 255.0 - mean) / std
+              for f in frames]
+    while len(arrays) % tps:
+        arrays.append(arrays[-1])
+    video = torch.from_numpy(np.stack(arrays))  # (T, C, H, W)
+    grid_t, grid_h, grid_w = len(arrays) // tps, rh // patch, rw // patch
+    channel = video.shape[1]
+    patches = video.view(grid_t, tps, channel, grid_h // merge, merge, patch, grid_w // merge, merge, patch)
+    patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    flat = patches.reshape(grid_t * grid_h * grid_w, channel * tps * patch * patch)
+    return {"pixel_values_videos": flat, "video_grid_thw": torch.tensor([[grid_t, grid_h, grid_w]])}
+
+
+def _timed_inputs(processor, images: list, videos: list[list], max_pixels: int) -> tuple[dict, float]:
+    start = time.perf_counter()
+    inputs = preprocess(processor, images)[0] if images else {}
+    if videos:
+        import torch
+
+        parts = [preprocess_video(processor, frames, max_pixels) for frames in videos]
+        inputs["pixel_values_videos"] = torch.cat([p["pixel_values_videos"] for p in parts])
+        inputs["video_grid_thw"] = torch.cat([p["video_grid_thw"] for p in parts])
+    return inputs, time.perf_counter() - start
+
+
 def build_batch(processor, config: dict, candidate: Candidate, vocab_size: int, device: str, seed: int = 1234) -> VisionBatch:
-    """batch_size identical requests, each with images_per_prompt images and text filling the rest
-    of prompt_tokens. Raises CandidateShapeError when the images alone do not fit."""
+    """batch_size identical requests, each with images_per_prompt images and a video of
+    video_frames frames, text filling the rest of prompt_tokens. Raises CandidateShapeError when
+    the visual part alone does not fit."""
     import torch
 
-    n_images = candidate.images_per_prompt or 0
+    n_images, n_frames = candidate.images_per_prompt or 0, candidate.video_frames or 0
+    if n_frames and config.get("model_type") == "qwen3_vl":
+        raise CandidateShapeError("video input for qwen3_vl (per-frame timestamps) is not built by autotune yet; tune its images")
     width, height = image_size(candidate)
     images = synthetic_images(n_images, width, height) * candidate.batch_size
-    inputs, preprocess_s = preprocess(processor, images)
+    videos = []
+    if n_frames:
+        vw, vh = (int(v) for v in (candidate.video_size or "640x360").split("x"))
+        videos = [synthetic_images(n_frames, vw, vh, seed=1)] * candidate.batch_size
+    inputs, preprocess_s = _timed_inputs(processor, images, videos, candidate.max_pixels)
     merge = processor.merge_size
-    per_image = visual_tokens(inputs["image_grid_thw"][:n_images], merge)
-    image_part = sum(per_image) + 2 * n_images  # each image is wrapped in vision start/end tokens
-    text_tokens = candidate.prompt_tokens - image_part
+    per_image = visual_tokens(inputs["image_grid_thw"][:n_images], merge) if n_images else []
+    video_tokens = visual_tokens(inputs["video_grid_thw"][:1], merge)[0] if n_frames else 0
+    visual_part = sum(per_image) + 2 * n_images + (video_tokens + 2 if n_frames else 0)  # each wrapped in start/end
+    text_tokens = candidate.prompt_tokens - visual_part
     if text_tokens < 1:
         raise CandidateShapeError(
-            f"{n_images} image(s) of {width}x{height} at max_pixels {candidate.max_pixels} are {image_part} tokens, "
-            f"more than the {candidate.prompt_tokens} prompt tokens max_length {candidate.max_length} leaves"
+            f"{n_images} image(s) of {width}x{height}{f' and {n_frames} video frames' if n_frames else ''} at max_pixels "
+            f"{candidate.max_pixels} are {visual_part} tokens, more than the {candidate.prompt_tokens} prompt tokens "
+            f"max_length {candidate.max_length} leaves"
         )
     generator = torch.Generator().manual_seed(seed)
     text = torch.randint(0, max(2, min(vocab_size, 32000)), (text_tokens,), generator=generator).tolist()
-    start_id, end_id, pad_id = config["vision_start_token_id"], config["vision_end_token_id"], config["image_token_id"]
+    start_id, end_id = config["vision_start_token_id"], config["vision_end_token_id"]
+    image_id, video_id = config["image_token_id"], config["video_token_id"]
     ids = text[: text_tokens // 2]
     for k in per_image:
-        ids += [start_id] + [pad_id] * k + [end_id]
+        ids += [start_id] + [image_id] * k + [end_id]
+    if n_frames:
+        ids += [start_id] + [video_id] * video_tokens + [end_id]
     ids += text[text_tokens // 2:]
     input_ids = torch.tensor([ids] * candidate.batch_size, device=device)
     model_inputs = {k: v.to(device) for k, v in inputs.items()}
-    return VisionBatch(input_ids, torch.ones_like(input_ids), model_inputs, sum(per_image), preprocess_s, images)
+    # transformers 5 wants the multimodal token types with the grids: 1 = image, 2 = video.
+    model_inputs["mm_token_type_ids"] = (input_ids == image_id).long() + 2 * (input_ids == video_id).long()
+    return VisionBatch(input_ids, torch.ones_like(input_ids), model_inputs, sum(per_image) + video_tokens, preprocess_s,
+                       images, videos)
 
 
 def yes_no_ids(tokenizer, vocab_size: int) -> tuple[int, int]:

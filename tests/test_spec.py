@@ -173,16 +173,18 @@ def test_candidate_prompt_tokens_and_load_key() -> None:
     c = Candidate(dtype="bf16", quantization="bnb-nf4", attn_implementation="eager", compile=True,
                   batch_size=4, max_length=128, new_tokens=16)
     assert c.prompt_tokens == 112
-    assert c.load_key == ("bf16", "bnb-nf4", "eager", True)
+    assert c.load_key == ("bf16", "bnb-nf4", "eager", True, None)  # None: no vision tower kernel chosen
 
 
 def test_candidate_load_key_ignores_shape() -> None:
     """Batch size, max length and new tokens need no reload: they are not in the load key."""
     a = Candidate(dtype="fp32", batch_size=1, max_length=32, new_tokens=4)
-    b = Candidate(dtype="fp32", batch_size=8, max_length=64, new_tokens=8)
+    b = Candidate(dtype="fp32", batch_size=8, max_length=64, new_tokens=8, max_pixels=50176, images_per_prompt=2)
     c = Candidate(dtype="bf16", batch_size=1, max_length=32, new_tokens=4)
-    assert a.load_key == b.load_key == ("fp32", "none", "sdpa", False)
-    assert a.load_key != c.load_key
+    d = Candidate(dtype="fp32", batch_size=1, max_length=32, new_tokens=4, vision_attn_implementation="eager")
+    # Image resolution and count change the inputs, not the model; the vision tower's kernel does.
+    assert a.load_key == b.load_key == ("fp32", "none", "sdpa", False, None)
+    assert a.load_key != c.load_key and a.load_key != d.load_key
 
 
 def test_candidate_is_frozen_and_strict() -> None:

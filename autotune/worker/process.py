@@ -283,14 +283,14 @@ class _Worker:
         from autotune.kinds import get_kind
         from autotune.measure.throughput import measure_generation, measure_scoring
         from autotune.models import materialize
-        from autotune.vision import build_batch, build_image_processor, preprocess, yes_no_ids
+        from autotune.vision import build_batch, build_image_processor, yes_no_ids
 
         vision, preprocess_again = None, None
         if cand.has_images:
             processor = build_image_processor(self.ref, materialize(self.ref, self.device), cand.max_pixels)
             vision = build_batch(processor, self.ref.config(), cand, self.vocab_size, self.device)
 
-            preprocess_again = lambda: preprocess(processor, vision.images)[1]  # noqa: E731
+            preprocess_again = lambda: vision.preprocess_again(processor, cand.max_pixels)  # noqa: E731
 
         if get_kind(self.ref.model_kind).generates:
             return measure_generation(self.model, cand, self.device, repeats, self.vocab_size, before_each_run,

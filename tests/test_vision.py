@@ -1,0 +1,156 @@
+"""Vision-language models and rerankers on CPU with tiny random-weight Qwen2-VL, Qwen2.5-VL and
+Qwen3-VL models built from the bundled tiny configs: request building, visual-token counts,
+video patches, and whole studies through the CLI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from autotune.models import resolve_model
+from autotune.spec import Candidate
+from autotune.vision import (
+    CandidateShapeError,
+    build_batch,
+    build_image_processor,
+    preprocess,
+    preprocess_video,
+    synthetic_images,
+    visual_tokens,
+)
+from tests.conftest import assert_ok, read_records, run_cli, write_space
+
+VL_MODELS = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-qwen3-vl"]
+
+
+def _cand(**kw) -> Candidate:
+    base = dict(dtype="fp32", batch_size=2, max_length=512, new_tokens=4, max_pixels=200704, images_per_prompt=2,
+                image_size="640x480")
+    return Candidate(**{**base, **kw})
+
+
+@pytest.mark.parametrize("name", VL_MODELS)
+def test_visual_tokens_in_the_prompt_match_the_processor(name: str) -> None:
+    ref = resolve_model(name, random_weights=True)
+    config = ref.config()
+    processor = build_image_processor(ref, "", 200704)
+    cand = _cand()
+    batch = build_batch(processor, config, cand, 151936, "cpu")
+    # What the processor itself makes of one image, independently of build_batch.
+    alone, _ = preprocess(processor, synthetic_images(1, 640, 480))
+    per_image = visual_tokens(alone["image_grid_thw"], processor.merge_size)[0]
+    t, h, w = alone["image_grid_thw"][0].tolist()
+    assert per_image == t * h * w // processor.merge_size**2 > 0
+    image_tokens = (batch.input_ids == config["image_token_id"]).sum(dim=1)
+    assert image_tokens.tolist() == [2 * per_image] * cand.batch_size
+    assert batch.visual_tokens_per_request == 2 * per_image
+    assert batch.input_ids.shape == (cand.batch_size, cand.prompt_tokens)  # the claimed length, exactly
+    assert batch.model_inputs["pixel_values"].shape[0] == cand.batch_size * 2 * t * h * w
+
+
+def test_resolution_bound_decides_the_token_count() -> None:
+    ref = resolve_model("tiny-qwen2-vl", random_weights=True)
+    counts = []
+    for max_pixels in (50176, 200704, 802816):
+        batch = build_batch(build_image_processor(ref, "", max_pixels), ref.config(),
+                            _cand(max_pixels=max_pixels, images_per_prompt=1, image_size="1280x720", max_length=2048), 151936, "cpu")
+        counts.append(batch.visual_tokens_per_request)
+    assert counts == sorted(counts) and counts[0] < counts[-1]
+    assert counts[0] * 28 * 28 <= 50176 and counts[-1] * 28 * 28 <= 802816  # a token is 28×28 px after merging
+
+
+def test_images_that_do_not_fit_max_length_are_refused() -> None:
+    ref = resolve_model("tiny-qwen2-vl", random_weights=True)
+    with pytest.raises(CandidateShapeError, match="more than the"):
+        build_batch(build_image_processor(ref, "", 1003520), ref.config(),
+                    _cand(max_pixels=1003520, image_size="1280x720", max_length=256), 151936, "cpu")
+
+
+def test_video_patches_follow_the_image_layout() -> None:
+    """Two identical frames are one temporal patch, exactly what the image processor makes of one
+    image (it repeats the image over the temporal patch): same grid, same numbers."""
+    ref = resolve_model("tiny-qwen2.5-vl", random_weights=True)
+    processor = build_image_processor(ref, "", 200704)
+    frame = synthetic_images(1, 640, 480)[0]
+    video = preprocess_video(processor, [frame, frame], 200704)
+    image, _ = preprocess(processor, [frame])
+    assert video["video_grid_thw"].tolist() == image["image_grid_thw"].tolist()
+    assert torch.equal(video["pixel_values_videos"], image["pixel_values"])
+    # 5 frames are padded to 6 (temporal patch 2): 3 temporal steps.
+    assert preprocess_video(processor, [frame] * 5, 200704)["video_grid_thw"][0, 0].item() == 3
+
+
+def test_video_request_runs_through_the_model() -> None:
+    from transformers import AutoModelForImageTextToText
+
+    from autotune.models import materialize
+
+    ref = resolve_model("tiny-qwen2.5-vl", random_weights=True)
+    model = AutoModelForImageTextToText.from_pretrained(materialize(ref, "cpu"))
+    cand = _cand(images_per_prompt=1, video_frames=4, video_size="320x240", batch_size=1)
+    batch = build_batch(build_image_processor(ref, "", 200704), ref.config(), cand, 151936, "cpu")
+    video_tokens = (batch.input_ids == ref.config()["video_token_id"]).sum().item()
+    assert video_tokens > 0 and batch.visual_tokens_per_request > video_tokens
+    with torch.inference_mode():
+        out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **batch.model_inputs,
+                             max_new_tokens=2, min_new_tokens=2, do_sample=False)
+    assert out.shape == (1, cand.prompt_tokens + 2)
+
+
+@pytest.mark.parametrize("name", VL_MODELS)
+def test_vision_study_over_resolution_batch_and_dtype(tmp_path: Path, name: str) -> None:
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32", "bf16"], attn_implementation=["sdpa"], batch_size=[1, 2],
+                        max_length=[1024], new_tokens=4, max_pixels=[12544, 401408], images_per_prompt=[1], image_size="1280x720")
+    out = tmp_path / "out"
+    assert_ok(run_cli("tune", "--model", name, "--random-weights", "--space", str(space), "--trials", "8", "--out", str(out),
+                      "--device", "cpu"))
+    recs = [r for r in read_records(out) if r.state == "measured"]
+    assert {r.candidate.max_pixels for r in recs} == {12544, 401408}
+    tokens = {r.candidate.max_pixels: r.outcome.measurement.visual_tokens_per_request for r in recs}
+    assert tokens[12544] < tokens[401408]
+    for r in recs:
+        m = r.outcome.measurement
+        assert m.preprocess_s is not None and m.preprocess_s.median > 0
+        assert m.requests_per_s_with_preprocessing.median < m.requests_per_s.median  # preprocessing costs time
+
+
+def test_higher_resolution_costs_memory_and_speed(tmp_path: Path) -> None:
+    """Same model, batch and length; only the pixel bound changes (16 vs ~1,100 visual tokens)."""
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=[2],
+                        max_length=[1536], new_tokens=4, max_pixels=[12544, 1003520], images_per_prompt=[1], image_size="1280x720")
+    out = tmp_path / "out"
+    assert_ok(run_cli("tune", "--model", "tiny-qwen2-vl", "--random-weights", "--space", str(space), "--trials", "2",
+                      "--out", str(out), "--device", "cpu"))
+    by_px = {r.candidate.max_pixels: r.outcome.measurement for r in read_records(out) if r.state == "measured"}
+    low, high = by_px[12544], by_px[1003520]
+    assert high.visual_tokens_per_request > 50 * low.visual_tokens_per_request
+    assert high.ttft_s.median > low.ttft_s.median
+    assert high.preprocess_s.median > low.preprocess_s.median
+    assert high.peak_memory_gib > low.peak_memory_gib
+
+
+def test_image_reranker_study_completes(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32", "bf16"], attn_implementation=["sdpa"], batch_size=[2, 4],
+                        max_length=[512], new_tokens=2, max_pixels=[50176], images_per_prompt=[1], image_size="448x448")
+    out = tmp_path / "out"
+    result = run_cli("tune", "--model", "tiny-qwen2-vl", "--random-weights", "--kind", "reranker", "--space", str(space),
+                     "--trials", "4", "--out", str(out), "--device", "cpu")
+    assert_ok(result)
+    recs = [r for r in read_records(out) if r.state == "measured"]
+    assert recs
+    for r in recs:
+        m = r.outcome.measurement
+        assert m.output_tokens_per_s is None and m.tpot_s is None  # nothing generated
+        assert m.throughput_unit == "pairs/s" and m.requests_per_s.median > 0
+        assert m.visual_tokens_per_request > 0
+    assert "pairs/s" in result.stdout
+
+
+def test_text_reranker_on_the_embedded_model(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=[4], max_length=[64])
+    out = tmp_path / "out"
+    assert_ok(run_cli("tune", "--kind", "reranker", "--space", str(space), "--trials", "1", "--out", str(out), "--device", "cpu"))
+    (rec,) = [r for r in read_records(out) if r.state == "measured"]
+    assert rec.outcome.measurement.requests_per_s.median > 0 and rec.outcome.measurement.decode_tokens_per_s is None
