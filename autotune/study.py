@@ -150,18 +150,21 @@ def _identity(model: ModelRef, space: SearchSpace, spec: TuneSpec, device: Devic
     }
 
 
-def setup_quality(spec: TuneSpec, model: ModelRef, out: Path) -> QualitySetup | None:
+def setup_quality(spec: TuneSpec, model: ModelRef, out: Path, space: SearchSpace | None = None) -> QualitySetup | None:
     """Validate the validation set and the metric before any study file is touched."""
     from autotune.data import load_validation_set
+    from autotune.data.schema import check_images_per_request
     from autotune.measure.metrics import get_metric
 
     if not spec.quality_enabled:
         return None
+    data_path = spec.data or BUNDLED_TEXT_SET
+    examples = load_validation_set(data_path)[: spec.quality_examples]  # the data's own errors come first
+    if space is not None and any(e.images for e in examples):
+        check_images_per_request(Path(data_path), examples, space.images_per_prompt)
     if model.kind == "random":
         raise AutotuneError("quality needs real weights and a tokenizer, which --random-weights models lack; "
                             "drop --data/--min-quality/--quality-metric or use a real checkpoint")
-    data_path = spec.data or BUNDLED_TEXT_SET
-    examples = load_validation_set(data_path)[: spec.quality_examples]
     if any(e.kind == "rerank" for e in examples):
         raise AutotuneError(f"{data_path} holds reranking examples, which need a reranker model; use a prompt/answer set")
     labelled = all(e.labelled for e in examples)
@@ -177,6 +180,17 @@ def setup_quality(spec: TuneSpec, model: ModelRef, out: Path) -> QualitySetup | 
     return QualitySetup(Path(data_path), metric.name, mode, value, out / "reference.pt", spec.quality_examples)
 
 
+def _check_reranker_vocabulary(model: ModelRef) -> None:
+    """A yes/no reranker needs both words as single tokens: checked on the tokenizer before the study."""
+    from autotune.loading import load_tokenizer
+    from autotune.models import materialize
+    from autotune.vision import yes_no_ids
+
+    tokenizer = load_tokenizer(model, materialize(model)) if model.kind != "random" else None
+    text_config = model.config().get("text_config") or model.config()
+    yes_no_ids(tokenizer, int(text_config.get("vocab_size") or 0) if model.kind == "random" else 1 << 30)
+
+
 def open_study(spec: TuneSpec) -> StudyContext:
     """Validate everything the user gave before touching any study file, then create or resume."""
     device = detect_device(spec.device)
@@ -188,7 +202,9 @@ def open_study(spec: TuneSpec) -> StudyContext:
             f"search space sets vision knobs ({', '.join(space.vision_knobs_set)}) but {model.name} is a text-only model "
             "(no vision_config); remove them or pass a vision model"
         )
-    quality = setup_quality(spec, model, spec.out)
+    if model.model_kind == "reranker":
+        _check_reranker_vocabulary(model)
+    quality = setup_quality(spec, model, spec.out, space)
     prepare_out_dir(spec.out)
     storage_url = spec.storage or f"sqlite:///{(spec.out / 'study.db').resolve()}"
     study_name = spec.study or default_study_name(model, device)

@@ -231,3 +231,67 @@ def test_show_without_trials(tmp_path: Path, exists: bool) -> None:
 def test_unusable_storage(tmp_path: Path, valid_space: Path, url: str, needle: str) -> None:
     result = run_cli(tune_args(valid_space, tmp_path / "out", "--storage", url), tmp_path)
     assert_one_line_error(result, "cannot open --storage", needle)
+
+
+# ------------------------------------------------------------------------------ vision and rerankers
+
+VISION_SPACE = VALID_SPACE.replace("max_length: [16]", "max_length: [256]") + "max_pixels: [50176]\nimages_per_prompt: [1]\n"
+
+
+def test_vision_knob_on_a_text_only_model(tmp_path: Path) -> None:
+    space = write(tmp_path / "space.yaml", VISION_SPACE)
+    result = run_cli(["tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--out", "out"], tmp_path)
+    assert_one_line_error(result, "vision knobs", "max_pixels", "text-only")
+    assert not (tmp_path / "out" / "study.db").exists()
+
+
+def _vision_data(tmp_path: Path, rows: list[dict]) -> Path:
+    from PIL import Image
+
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (32, 32), "green").save(tmp_path / name)
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "empty_clip").mkdir(exist_ok=True)
+    return write(tmp_path / "vision.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+
+
+@pytest.mark.parametrize("row, needles", [
+    ({"prompt": "q", "images": ["broken.png"], "answer": "x"}, ("vision.jsonl:2:", "cannot decode image broken.png")),
+    ({"prompt": "q", "video": "empty_clip", "answer": "x"}, ("vision.jsonl:2:", "video empty_clip: no frames")),
+    ({"prompt": "q", "images": ["a.png", "b.png"], "answer": "x"}, ("vision.jsonl:2:", "2 images", "at most 1")),
+])
+def test_bad_vision_data_is_one_line_and_keeps_the_study(tmp_path: Path, row: dict, needles: tuple[str, ...]) -> None:
+    space = write(tmp_path / "space.yaml", VISION_SPACE)
+    out = tmp_path / "out"
+    common = ["tune", "--model", "tiny-qwen2-vl", "--random-weights", "--space", str(space), "--out", str(out), "--device", "cpu"]
+    conftest.assert_ok(run_cli([*common, "--trials", "1"], tmp_path, timeout=600))
+    before = {name: (out / name).read_bytes() for name in ("study.db", "trials.jsonl")}
+    data = _vision_data(tmp_path, [{"prompt": "fine", "images": ["a.png"], "answer": "x"}, row])
+    assert_one_line_error(run_cli([*common, "--trials", "2", "--data", str(data)], tmp_path), *needles)
+    assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_reranker_without_yes_no_tokens(tmp_path: Path) -> None:
+    """A checkpoint whose tokenizer has no 'yes'/'no' token cannot score relevance."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    from autotune.models import bundled_configs
+
+    ckpt = tmp_path / "no-yes-no"
+    vocab = {"[UNK]": 0, "[PAD]": 1, "hello": 2, "world": 3, "maybe": 4}
+    raw = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="[UNK]", pad_token="[PAD]").save_pretrained(ckpt)
+    config = AutoConfig.from_pretrained(bundled_configs()["tiny-qwen2"])
+    AutoModelForCausalLM.from_config(config).save_pretrained(ckpt)
+    space = write(tmp_path / "space.yaml", VALID_SPACE)
+    result = run_cli(["tune", "--model", str(ckpt), "--kind", "reranker", "--space", str(space), "--out", "out"], tmp_path)
+    assert_one_line_error(result, "'yes'", "reranker")
+
+
+def test_unknown_kind_names_the_allowed_ones(tmp_path: Path) -> None:
+    result = run_cli(["tune", "--kind", "embedder", "--out", "out"], tmp_path)
+    assert_one_line_error(result, "unknown kind 'embedder'", "causal-lm", "reranker")

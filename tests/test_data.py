@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from autotune.data import load_validation_set
 from autotune.data.schema import DataError
@@ -18,7 +19,7 @@ def write(tmp_path: Path, *lines: object) -> Path:
 
 
 def test_every_kind_of_example(tmp_path: Path) -> None:
-    (tmp_path / "cat.png").write_bytes(b"png")
+    Image.new("RGB", (8, 8), "white").save(tmp_path / "cat.png")
     path = write(
         tmp_path,
         {"prompt": "2+2?", "answer": "4", "source": "mine"},
@@ -106,3 +107,42 @@ def test_datasets_file_without_the_package(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(builtins, "__import__", no_datasets)
     with pytest.raises(DataError, match=r"needs the datasets package \(pip install datasets\)"):
         load_validation_set(tmp_path / "val.parquet")
+
+
+# ------------------------------------------------------------------------------ visual inputs
+
+
+def _write_lines(path: Path, *rows: dict) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_an_image_that_cannot_be_decoded_names_file_and_line(tmp_path: Path) -> None:
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "ok.png")
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    data = _write_lines(tmp_path / "set.jsonl", {"prompt": "a", "images": ["ok.png"], "answer": "x"},
+                        {"prompt": "b", "images": ["broken.png"], "answer": "y"})
+    with pytest.raises(DataError) as e:
+        load_validation_set(data)
+    message = str(e.value)
+    assert "set.jsonl:2:" in message and "broken.png" in message and "\n" not in message
+
+
+def test_a_video_without_frames_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "clip").mkdir()
+    data = _write_lines(tmp_path / "set.jsonl", {"prompt": "which way?", "video": "clip", "answer": "left"})
+    with pytest.raises(DataError, match=r"set.jsonl:1: video clip: no frames"):
+        load_validation_set(data)
+
+
+def test_more_images_than_the_space_allows(tmp_path: Path) -> None:
+    from autotune.data.schema import check_images_per_request
+
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (8, 8), "blue").save(tmp_path / name)
+    data = _write_lines(tmp_path / "set.jsonl", {"prompt": "one", "images": ["a.png"], "answer": "x"},
+                        {"prompt": "three", "images": ["a.png", "b.png", "c.png"], "answer": "y"})
+    examples = load_validation_set(data)
+    check_images_per_request(data, examples, [1, 3])  # the largest choice covers it
+    with pytest.raises(DataError, match=r"set.jsonl:2: 3 images in one request, but the search space allows at most 2"):
+        check_images_per_request(data, examples, [1, 2])

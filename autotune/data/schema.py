@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from autotune.errors import AutotuneError
 
@@ -43,6 +43,12 @@ class Example(BaseModel):
     query: str | None = None
     documents: list[str] | None = None
     relevance: list[float] | None = None
+    document_type: str = Field(default="text", pattern="^(text|image)$", description="'image': documents are image paths")
+    _line: int = PrivateAttr(default=0)  # where it was read, for errors found later (e.g. too many images)
+
+    @property
+    def line(self) -> int:
+        return self._line
 
     @model_validator(mode="after")
     def _one_task(self) -> Example:
@@ -132,10 +138,35 @@ def _validated(path: Path, rows: list[tuple[int, object]]) -> list[Example]:
             where = ".".join(str(p) for p in err["loc"])
             msg = err["msg"].removeprefix("Value error, ")
             raise DataError(f"{path}:{number}: {where + ': ' if where else ''}{msg}") from e
-        for image in [*example.images, *([example.video] if example.video else [])]:
-            if not (path.parent / image).exists():
-                raise DataError(f"{path}:{number}: file {image!r} does not exist (paths are relative to {path.parent})")
+        example._line = number
+        _check_visual_files(path, number, example)
         examples.append(example)
     if not examples:
         raise DataError(f"validation set {path} is empty; add one JSON object per line")
     return examples
+
+
+def _check_visual_files(path: Path, number: int, example: Example) -> None:
+    """Every image decodes and every video has frames, checked when the set is read: a broken file
+    is a one-line error naming the file and the line, never a crash in the middle of a study."""
+    from autotune.data.synthetic_images import load_image, load_video_frames
+
+    images = [*example.images, *(example.documents if example.document_type == "image" and example.documents else [])]
+    for image in [*images, *([example.video] if example.video else [])]:
+        if not (path.parent / image).exists():
+            raise DataError(f"{path}:{number}: file {image!r} does not exist (paths are relative to {path.parent})")
+    for image in images:
+        load_image(path.parent / image, str(path), number)
+    if example.video:
+        load_video_frames(path.parent / example.video, str(path), number)
+
+
+def check_images_per_request(path: Path, examples: list[Example], images_per_prompt: list[int] | None) -> None:
+    """A validation example may not carry more images than any candidate of the space claims to serve."""
+    allowed = max(images_per_prompt) if images_per_prompt else 0
+    for example in examples:
+        if len(example.images) > allowed:
+            raise DataError(
+                f"{path}:{example.line}: {len(example.images)} images in one request, but the search space allows at most "
+                f"{allowed} (images_per_prompt); raise images_per_prompt or use fewer images per example"
+            )
