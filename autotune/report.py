@@ -67,8 +67,17 @@ TRIAL_COLUMNS = ("#", "dtype", "quant", "attn", "compile", "batch", "max len", "
 _LEFT_ALIGNED = {"dtype", "quant", "attn", "state"}
 
 
+VISION_COLUMNS = ("img", "max px", "frames", "vis tok", "prep ms", "req/s +prep")
+
+
+def trial_columns(recs: list[TrialRecord]) -> tuple[str, ...]:
+    """The trial table's columns; the vision ones only where some candidate sends images or video."""
+    return TRIAL_COLUMNS + (VISION_COLUMNS if any(r.candidate.has_images for r in recs) else ())
+
+
 def trial_rows(recs: list[TrialRecord], objective: str, baseline_value: float | None) -> list[tuple[str, list[str]]]:
     """(state, cells) per non-duplicate trial, in trial order; shared by the terminal and markdown views."""
+    vision = len(trial_columns(recs)) > len(TRIAL_COLUMNS)
     rows = []
     for r in sorted(recs, key=lambda r: r.number):
         if r.state == "duplicate":
@@ -85,13 +94,17 @@ def trial_rows(recs: list[TrialRecord], objective: str, baseline_value: float | 
             _fmt(m and m.decode_tokens_per_s and m.decode_tokens_per_s.median), _fmt(m and m.ttft_s.median * 1000, ",.0f"),
             _fmt(m and m.tpot_s and m.tpot_s.median * 1000, ",.1f"), _fmt(m and m.peak_memory_gib, ".2f"), _fmt(ratio, ".2f"),
             _fmt(q and q.score, ".3f") + ("~" if q and q.within_noise else ""), _fmt(q and q.kl_mean, ".3f"),
-        ]))
+        ] + ([
+            str(c.images_per_prompt or 0), f"{c.max_pixels:,}" if c.max_pixels else "–", str(c.video_frames or 0),
+            _fmt(m and m.visual_tokens_per_request, ",d"), _fmt(m and m.preprocess_s and m.preprocess_s.median * 1000, ",.1f"),
+            _fmt(m and m.requests_per_s_with_preprocessing and m.requests_per_s_with_preprocessing.median, ",.2f"),
+        ] if vision else [])))
     return rows
 
 
 def trials_table(recs: list[TrialRecord], objective: str, baseline_value: float | None) -> Table:
     table = Table(title="Trials", show_lines=False, header_style="bold")
-    for name in TRIAL_COLUMNS:
+    for name in trial_columns(recs):
         table.add_column(name, justify="left" if name in _LEFT_ALIGNED else "right")
     for state, cells in trial_rows(recs, objective, baseline_value):
         style = _STATE_STYLE.get(state, "")
@@ -104,7 +117,8 @@ def trials_table(recs: list[TrialRecord], objective: str, baseline_value: float 
 
 def trials_markdown(recs: list[TrialRecord], objective: str) -> str:
     base = baseline_record(recs)
-    lines = ["| " + " | ".join(TRIAL_COLUMNS) + " |", "|" + "|".join("---" if c in _LEFT_ALIGNED else "--:" for c in TRIAL_COLUMNS) + "|"]
+    columns = trial_columns(recs)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" if c in _LEFT_ALIGNED else "--:" for c in columns) + "|"]
     for _, cells in trial_rows(recs, objective, base.objective_value if base else None):
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
