@@ -57,6 +57,7 @@ IDENTITY_ATTRS = ("model", "space_digest", "objective", "device_name", "quality"
 CONSTRAINT_KEYS = ("oom", "unsupported", "over_budget_gib", "quality_below_floor")
 PRECISION_ORDER = ("none", "bnb-int8", "bnb-nf4", "bnb-fp4")  # most to least faithful weights
 BUNDLED_TEXT_SET = Path(__file__).parent / "data" / "bundled" / "text.jsonl"
+BUNDLED_RERANK_SET = Path(__file__).parent / "data" / "bundled" / "rerank.jsonl"
 MAX_CONSECUTIVE_DUPLICATES = 200
 # A model load costs seconds to minutes (bnb int8 of a 7B: ~15 s), a trial at a new batch/length
 # only seconds. After each load the sampler is asked for this many more trials that keep the
@@ -158,18 +159,32 @@ def setup_quality(spec: TuneSpec, model: ModelRef, out: Path, space: SearchSpace
 
     if not spec.quality_enabled:
         return None
-    data_path = spec.data or BUNDLED_TEXT_SET
+    reranker = model.model_kind == "reranker"
+    data_path = spec.data or (BUNDLED_RERANK_SET if reranker else BUNDLED_TEXT_SET)
     examples = load_validation_set(data_path)[: spec.quality_examples]  # the data's own errors come first
     if space is not None and any(e.images for e in examples):
         check_images_per_request(Path(data_path), examples, space.images_per_prompt)
     if model.kind == "random":
         raise AutotuneError("quality needs real weights and a tokenizer, which --random-weights models lack; "
                             "drop --data/--min-quality/--quality-metric or use a real checkpoint")
-    if any(e.kind == "rerank" for e in examples):
-        raise AutotuneError(f"{data_path} holds reranking examples, which need a reranker model; use a prompt/answer set")
     labelled = all(e.labelled for e in examples)
-    metric = get_metric(spec.quality_metric or ("contains" if labelled else "top1_agreement"))
-    if metric.task == "rerank":
+    if reranker:
+        if any(e.kind != "rerank" for e in examples):
+            raise AutotuneError(f"{data_path} holds prompt examples; a reranker is scored on query/documents/relevance lines "
+                                "(e.g. the bundled rerank set: drop --data)")
+        if any(e.document_type == "image" for e in examples):
+            raise AutotuneError(f"{data_path} has image documents; reranker quality is scored on text documents so far — "
+                                "use a text reranking set (image documents are measured for speed only)")
+        metric = get_metric(spec.quality_metric or ("ndcg@10" if labelled else "top1_agreement"))
+        if metric.task not in ("rerank", "fidelity"):
+            raise AutotuneError(f"--quality-metric {metric.name} scores generated text; a reranker needs ndcg@10, mrr "
+                                "or top1_agreement")
+    elif any(e.kind == "rerank" for e in examples):
+        raise AutotuneError(f"{data_path} holds reranking examples, which need a reranker model (--kind reranker); "
+                            "use a prompt/answer set")
+    else:
+        metric = get_metric(spec.quality_metric or ("contains" if labelled else "top1_agreement"))
+    if not reranker and metric.task == "rerank":
         raise AutotuneError(f"--quality-metric {metric.name} scores reranking; a causal LM needs contains, exact_match, "
                             "token_f1, choice_accuracy or top1_agreement")
     if metric.needs_labels and not labelled:

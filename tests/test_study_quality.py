@@ -133,3 +133,31 @@ def test_reference_falls_back_to_the_next_precision_that_fits(tmp_path: Path) ->
     assert [(c.dtype, c.quantization) for c in worker.asked] == [("fp32", "none"), ("fp32", "bnb-nf4")]
     assert key == worker.asked[1].load_key
     assert ctx.study.user_attrs[REFERENCE_QUALITY_ATTR]["score"] == 0.5
+
+
+def test_reranker_quality_is_ndcg_and_a_damaged_reranker_scores_worse(tmp_path: Path) -> None:
+    """The embedded model as a yes/no reranker on the bundled rerank set: the fp32 reference ranks
+    well; bf16 with broken weights ranks worse, outside the noise, and a floor of 95% of the
+    reference rejects it."""
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32", "bf16"], attn_implementation=["sdpa"], batch_size=[4],
+                        max_length=[64], new_tokens=4)
+    out = tmp_path / "out"
+    env = cli_env(AUTOTUNE_FAULTS=json.dumps({"perturb_dtype": "bf16", "perturb_scale": 2.0}))
+    assert_ok(run_cli("tune", "--kind", "reranker", "--space", str(space), "--trials", "2", "--min-quality", "0.95",
+                      "--out", str(out), "--device", "cpu", env=env))
+    recs = {r.candidate.dtype: r for r in read_records(out) if r.state != "duplicate"}
+    good, broken = recs["fp32"].outcome.quality, recs["bf16"].outcome.quality
+    assert good.metric == broken.metric == "ndcg@10" and good.n == broken.n == 61
+    assert good.score > 0.8 and recs["fp32"].state == "measured"
+    assert broken.score < good.score and not broken.within_noise and broken.delta_ci_high < 0
+    assert broken.kl_mean > 1.0 and broken.answer_agreement < 0.5  # rankings differ from the reference's
+    assert recs["bf16"].state == "low_quality"
+    assert recs["bf16"].outcome.measurement.throughput_unit == "pairs/s"
+
+
+def test_reranker_refuses_a_prompt_set(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", batch_size=[1])
+    data = tmp_path / "prompts.jsonl"
+    data.write_text(json.dumps({"prompt": "2+2?", "answer": "4"}) + "\n")
+    result = run_cli("tune", "--kind", "reranker", "--space", str(space), "--data", str(data), "--out", str(tmp_path / "o"))
+    assert_one_line_error(result, "prompt examples", "reranker")

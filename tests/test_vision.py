@@ -154,3 +154,15 @@ def test_text_reranker_on_the_embedded_model(tmp_path: Path) -> None:
     assert_ok(run_cli("tune", "--kind", "reranker", "--space", str(space), "--trials", "1", "--out", str(out), "--device", "cpu"))
     (rec,) = [r for r in read_records(out) if r.state == "measured"]
     assert rec.outcome.measurement.requests_per_s.median > 0 and rec.outcome.measurement.decode_tokens_per_s is None
+
+
+def test_vision_tower_attention_is_its_own_knob() -> None:
+    from autotune.loading import load_model
+
+    ref = resolve_model("tiny-qwen2.5-vl", random_weights=True)
+    model, _ = load_model(ref, _cand(attn_implementation="sdpa", vision_attn_implementation="eager"), "cpu")
+    assert model.config.vision_config._attn_implementation == "eager"
+    assert model.config.text_config._attn_implementation == "sdpa"
+    model, _ = load_model(ref, _cand(attn_implementation="eager", vision_attn_implementation="sdpa"), "cpu")
+    assert model.config.vision_config._attn_implementation == "sdpa"
+    assert model.config.text_config._attn_implementation == "eager"

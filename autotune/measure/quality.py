@@ -104,6 +104,48 @@ def choice_loglik(model, tokenizer, example: Example, device: str) -> list[float
     return scores
 
 
+RERANK_SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
+                 'Note that the answer can only be "yes" or "no".')
+RERANK_INSTRUCT = "Given a query, retrieve relevant passages that answer the query"
+
+
+def rerank_prompt_ids(tokenizer, query: str, document: str) -> list[int]:
+    """The Qwen3-Reranker prompt: the model's next token after it is judged as "yes" against "no"."""
+    user = f"<Instruct>: {RERANK_INSTRUCT}\n<Query>: {query}\n<Document>: {document}"
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "system", "content": RERANK_SYSTEM}, {"role": "user", "content": user}]
+        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+        return list(out["input_ids"])
+    return tokenizer(f"{RERANK_SYSTEM}\n{user}\nAnswer:")["input_ids"]
+
+
+def rerank_scores(model, tokenizer, example: Example, device: str) -> list[float]:
+    """P(yes) / (P(yes) + P(no)) for each document of the query, one document at a time (no
+    padding: quality must not depend on the batch size)."""
+    import torch
+
+    from autotune.vision import yes_no_ids
+
+    yes, no = yes_no_ids(tokenizer, 1 << 30)
+    scores = []
+    for document in example.documents:
+        ids = torch.tensor([rerank_prompt_ids(tokenizer, example.query, document)], device=device)
+        with torch.inference_mode():
+            logits = model(input_ids=ids, logits_to_keep=1).logits[0, -1]
+        scores.append(float(torch.softmax(logits[[yes, no]].float(), dim=-1)[0]))
+    return scores
+
+
+def ranking_text(scores: Sequence[float]) -> str:
+    """A ranking as text ("2>0>1"): two loads agree on a query when they rank its documents alike."""
+    return ">".join(str(i) for i in sorted(range(len(scores)), key=lambda i: -scores[i]))
+
+
+def rerank_fidelity_sequences(tokenizer, examples: Sequence[Example], docs_per_query: int = 2) -> list[list[int]]:
+    """Query-document prompts on which a reranker's next-token distribution is compared to the reference's."""
+    return [rerank_prompt_ids(tokenizer, e.query, d) for e in examples if e.kind == "rerank" for d in e.documents[:docs_per_query]]
+
+
 def task_scores(model, tokenizer, examples: Sequence[Example], metric_name: str, device: str) -> tuple[list[float], list[str]]:
     """Per-example scores in [0, 1] and the generated answers (empty strings for choice examples)."""
     metric = get_metric(metric_name)
@@ -120,6 +162,10 @@ def task_scores(model, tokenizer, examples: Sequence[Example], metric_name: str,
             text = next(generated)
             scores.append(metric.compute(text, example.accepted_answers))
             texts.append(text)
+        elif example.kind == "rerank":
+            doc_scores = rerank_scores(model, tokenizer, example, device)
+            scores.append(metric.compute(doc_scores, example.relevance) if metric.task == "rerank" else 0.0)
+            texts.append(ranking_text(doc_scores))
     return scores, texts
 
 

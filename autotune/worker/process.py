@@ -103,6 +103,7 @@ def measure_quality(model, tokenizer, request: QualityRequest, device: str):
         fidelity,
         fidelity_sequences,
         paired_difference,
+        rerank_fidelity_sequences,
         task_scores,
     )
     from autotune.spec import QualityReport
@@ -114,7 +115,8 @@ def measure_quality(model, tokenizer, request: QualityRequest, device: str):
     if request.is_reference:
         generated = [e for e in examples if e.kind == "generate"]
         answers = [t for t, e in zip(texts, examples) if e.kind == "generate"]
-        reference = capture_reference(model, fidelity_sequences(tokenizer, generated, answers), device)
+        sequences = fidelity_sequences(tokenizer, generated, answers) + rerank_fidelity_sequences(tokenizer, examples)
+        reference = capture_reference(model, sequences, device)
         torch.save({"reference": reference.__dict__, "scores": scores, "texts": texts}, request.reference_path)
         if label_free:
             scores = [1.0] * len(reference.sequences)
