@@ -169,10 +169,11 @@ def embedded_gguf() -> Path:
     return found[0]
 
 
-def atomic_build(target: Path, build) -> Path:
+def atomic_build(target: Path, build, marker: str = "config.json") -> Path:
     """Build a directory under a temporary name and rename it into place, so a crash or a
-    concurrent builder never leaves a half-written checkpoint that later loads fail on."""
-    if (target / "config.json").is_file():
+    concurrent builder never leaves a half-written checkpoint (or data set) that later reads fail
+    on. `marker` is a file every finished build holds."""
+    if (target / marker).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
@@ -181,7 +182,7 @@ def atomic_build(target: Path, build) -> Path:
         try:
             os.rename(tmp, target)
         except OSError:
-            if not (target / "config.json").is_file():  # lost a race only if the winner finished
+            if not (target / marker).is_file():  # lost a race only if the winner finished
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

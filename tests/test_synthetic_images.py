@@ -146,7 +146,7 @@ def test_every_example_loads_and_its_images_open(generated: dict[str, Path]) -> 
         assert image.mode == "RGB" and image.size == (448, 448)
     rerank = load_validation_set(generated["rerank"])
     for line, example in enumerate(rerank, start=1):
-        assert example.kind == "rerank" and example.model_extra["document_type"] == "image"
+        assert example.kind == "rerank" and example.document_type == "image"
         for document in example.documents:
             load_image(generated["rerank"].parent / document, "image_rerank.jsonl", line)
     video = load_validation_set(generated["video"])

@@ -17,11 +17,7 @@ Files (paths in the JSON lines are relative to the JSONL file, as `autotune.data
 from __future__ import annotations
 
 import json
-import os
 import random
-import shutil
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageSequence
@@ -454,31 +450,12 @@ def _build_all(directory: Path) -> None:
     write_image_rerank_set(directory)
 
 
-def _atomic_dir(target: Path, build: Callable[[Path], None]) -> Path:
-    """Build a directory under a temporary name and rename it into place: a crash or a concurrent
-    builder never leaves a half-written set. (autotune.models.atomic_build keys on a config.json,
-    which a data directory does not have.)"""
-    if target.is_dir():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
-    try:
-        build(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not target.is_dir():  # lost a race only if the winner finished
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
 def bundled_vision_dir() -> Path:
     """The cached directory holding the default vision, video and image-rerank sets (built once)."""
-    from autotune.models import cache_dir
+    from autotune.models import atomic_build, cache_dir
 
-    return _atomic_dir(cache_dir() / "data" / BUNDLE_NAME, _build_all)
+    # Built in a temporary directory and renamed into place; the last file written marks it done.
+    return atomic_build(cache_dir() / "data" / BUNDLE_NAME, _build_all, marker=IMAGE_RERANK_FILE)
 
 
 def bundled_vision_set() -> Path:

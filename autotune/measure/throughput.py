@@ -24,6 +24,25 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
+def _window_fields(memory, warmup_s: float, measure_s: float, batch: int, request_times: list[float], vision,
+                   preprocess_times: list[float] | None) -> dict:
+    """The Measurement fields both workloads share: memory peaks, window times, vision figures."""
+    return dict(
+        peak_memory_gib=memory.peak_memory_gib,
+        peak_allocated_gib=memory.peak_allocated_gib,
+        peak_reserved_gib=memory.peak_reserved_gib,
+        nvml_peak_used_gib=memory.nvml_peak_used_gib,
+        peak_rss_gib=memory.peak_rss_gib,
+        warmup_s=warmup_s,
+        measure_s=measure_s,
+        visual_tokens_per_request=vision.visual_tokens_per_request if vision is not None else None,
+        preprocess_s=Stat.of(preprocess_times) if preprocess_times else None,
+        # Model time plus preprocessing done serially before it, per repeat.
+        requests_per_s_with_preprocessing=Stat.of([batch / (t + p) for t, p in zip(request_times, preprocess_times)])
+        if preprocess_times else None,
+    )
+
+
 def text_inputs(candidate: Candidate, vocab_size: int, device: str):
     import torch
 
@@ -95,17 +114,7 @@ def measure_generation(
         ttft_s=Stat.of(prefill_times),
         tpot_s=Stat.of([t / (new - 1) for t in decode_times]),
         request_latency_s=Stat.of(full_times),
-        peak_memory_gib=memory.peak_memory_gib,
-        peak_allocated_gib=memory.peak_allocated_gib,
-        peak_reserved_gib=memory.peak_reserved_gib,
-        nvml_peak_used_gib=memory.nvml_peak_used_gib,
-        peak_rss_gib=memory.peak_rss_gib,
-        warmup_s=warmup_s,
-        measure_s=measure_s,
-        visual_tokens_per_request=vision.visual_tokens_per_request if vision is not None else None,
-        preprocess_s=Stat.of(preprocess_times) if preprocess_times else None,
-        requests_per_s_with_preprocessing=Stat.of([batch / (f + p) for f, p in zip(full_times, preprocess_times)])
-        if preprocess_times else None,
+        **_window_fields(memory, warmup_s, measure_s, batch, full_times, vision, preprocess_times),
     )
 
 
@@ -153,15 +162,5 @@ def measure_scoring(
         requests_per_s=Stat.of([batch / t for t in times]),
         ttft_s=Stat.of(times),
         request_latency_s=Stat.of(times),
-        peak_memory_gib=memory.peak_memory_gib,
-        peak_allocated_gib=memory.peak_allocated_gib,
-        peak_reserved_gib=memory.peak_reserved_gib,
-        nvml_peak_used_gib=memory.nvml_peak_used_gib,
-        peak_rss_gib=memory.peak_rss_gib,
-        warmup_s=warmup_s,
-        measure_s=measure_s,
-        visual_tokens_per_request=vision.visual_tokens_per_request if vision is not None else None,
-        preprocess_s=Stat.of(preprocess_times) if preprocess_times else None,
-        requests_per_s_with_preprocessing=Stat.of([batch / (t + p) for t, p in zip(times, preprocess_times)])
-        if preprocess_times else None,
+        **_window_fields(memory, warmup_s, measure_s, batch, times, vision, preprocess_times),
     )
