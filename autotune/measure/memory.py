@@ -23,6 +23,21 @@ class PeakMemory:
     peak_rss_gib: float | None = None
 
 
+def release_freed_host_memory() -> None:
+    """Return freed heap pages to the OS. glibc keeps them resident, and a later allocation can
+    reuse them without a new page: an earlier model's or trial's freed memory would then count in
+    the next window's RSS (or hide its growth)."""
+    import gc
+
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -90,6 +105,7 @@ class MemoryTracker:
             except Exception:  # NVML unavailable (container without it): torch figures remain
                 self._nvml_handle = None
         else:
+            release_freed_host_memory()  # the window counts its own pages, not earlier leftovers
             self._hwm_reset = _reset_hwm()
         # The sampler thread takes the GIL every interval, which slows and jitters Python-bound
         # small-batch decoding: run it only where no exact peak exists (NVML, or no HWM reset).

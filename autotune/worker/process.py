@@ -15,6 +15,7 @@ import sys
 import time
 import traceback
 
+from autotune.measure.memory import release_freed_host_memory
 from autotune.models import ModelRef
 from autotune.spec import TrialOutcome
 from autotune.worker.protocol import Faults, QualityRequest, WorkRequest
@@ -46,17 +47,6 @@ def _redirect_output(log_path: str) -> None:
     os.dup2(fd, 2)
     sys.stdout = os.fdopen(1, "w", buffering=1, closefd=False)
     sys.stderr = os.fdopen(2, "w", buffering=1, closefd=False)
-
-
-def _release_freed_host_memory() -> None:
-    # glibc keeps freed heap pages resident; without this the previous model's weights would
-    # count in the next candidate's peak RSS on CPU.
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _cap_host_memory(budget_gib: float) -> None:
@@ -191,7 +181,7 @@ class _Worker:
         self.tokenizer = None
         self.loaded_key = None
         gc.collect()
-        _release_freed_host_memory()
+        release_freed_host_memory()
         if self.device.startswith("cuda"):
             import torch
 
@@ -227,7 +217,7 @@ class _Worker:
                 return TrialOutcome(status=status, reason=_one_line(e), phase="load", reloaded=True,
                                     load_s=time.perf_counter() - start, prepare_s=prepare_s)
             load_s = time.perf_counter() - start
-            _release_freed_host_memory()  # loading buffers (e.g. fp32 weights before quantizing)
+            release_freed_host_memory()  # loading buffers (e.g. fp32 weights before quantizing)
             self.loaded_key = cand.load_key
             text_config = getattr(self.model.config, "text_config", None) or self.model.config  # VL models nest it
             self.vocab_size = int(getattr(text_config, "vocab_size", None) or self.vocab_size)
@@ -243,7 +233,7 @@ class _Worker:
                                     load_s=load_s, prepare_s=prepare_s, reloaded=reloaded)
             print(f"[trial {request.trial_number}] quality {quality.metric} = {quality.score:.3f} in {quality.elapsed_s:.1f}s", flush=True)
             gc.collect()
-            _release_freed_host_memory()  # else the quality run's freed heap counts in the next peak RSS
+            release_freed_host_memory()  # else the quality run's freed heap counts in the next peak RSS
         if not request.measure:
             return TrialOutcome(status="ok", quality=quality, load_s=load_s, prepare_s=prepare_s, reloaded=reloaded)
 
