@@ -123,7 +123,9 @@ def prepare_out_dir(out: Path) -> None:
 
 
 def default_study_name(model: ModelRef, device: DeviceInfo) -> str:
-    return f"{model.name}-{device.type}"
+    # The same checkpoint as a reranker is another workload: another study, not an identity clash.
+    kind = "-reranker" if model.model_kind == "reranker" and "reranker" not in model.name.lower() else ""
+    return f"{model.name}{kind}-{device.type}"
 
 
 def model_default_dtype(model: ModelRef) -> str | None:

@@ -186,3 +186,16 @@ def test_inferred_answers_are_not_chained() -> None:
     inferred = _record(5, "infeasible", batch=8, length=64)
     inferred = inferred.model_copy(update={"outcome": inferred.outcome.model_copy(update={"inferred_from": 3})})
     assert dominating_infeasible(_cand(batch=16, length=64), _done(inferred)) is None
+
+
+def test_default_study_name_keeps_a_reranker_apart_from_the_same_checkpoint() -> None:
+    from autotune.models import ModelRef
+    from autotune.study import default_study_name
+    from autotune.system import DeviceInfo
+
+    cpu = DeviceInfo(device="cpu", type="cpu", name="x", memory_gib=8.0, bf16_supported=True)
+    lm = ModelRef(kind="embedded", name="SmolLM2-135M-Instruct")
+    assert default_study_name(lm, cpu) == "SmolLM2-135M-Instruct-cpu"
+    assert default_study_name(lm.model_copy(update={"model_kind": "reranker"}), cpu) == "SmolLM2-135M-Instruct-reranker-cpu"
+    named = ModelRef(kind="pretrained", name="Qwen3-VL-Reranker-2B", source="/x", model_kind="reranker")
+    assert default_study_name(named, cpu) == "Qwen3-VL-Reranker-2B-cpu"
