@@ -105,25 +105,16 @@ def prequantized_dir(source: str, candidate: Candidate) -> Path | None:
     return cache_dir() / "prequantized" / f"{src.name}-{method.name}-{candidate.dtype}-{digest}"
 
 
-def auto_model_class(ref: ModelRef):
-    """The transformers Auto class for this model's kind and config (autotune.kinds)."""
-    import transformers
-
-    from autotune.kinds import get_kind
-
-    return getattr(transformers, get_kind(ref.model_kind).auto_class_name(ref.config()))
-
-
 def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cache: bool):
-    AutoModelForCausalLM = auto_model_class(ref)  # noqa: N806  (or AutoModelForImageTextToText)
+    auto_class = ref.auto_class()  # AutoModelForCausalLM or AutoModelForImageTextToText
     source = materialize(ref, device)
     cached = prequantized_dir(source, candidate) if use_prequantized_cache else None
     if cached is not None and (cached / "config.json").is_file():
         # The quantization config travels in the saved config.json.
         kwargs = {k: v for k, v in from_pretrained_kwargs(candidate, device).items() if k != "quantization_config"}
-        model = AutoModelForCausalLM.from_pretrained(cached, **kwargs)
+        model = auto_class.from_pretrained(cached, **kwargs)
     else:
-        model = AutoModelForCausalLM.from_pretrained(source, **from_pretrained_kwargs(candidate, device))
+        model = auto_class.from_pretrained(source, **from_pretrained_kwargs(candidate, device))
     model.eval()
     if device == "cpu":
         _copy_out_of_checkpoint_mmap(model)

@@ -38,6 +38,14 @@ class ModelRef(BaseModel):
     # What the model does (autotune.kinds): decides the Auto class, the inputs and the measurement.
     model_kind: str = "causal-lm"
 
+    def auto_class(self):
+        """The transformers Auto class that loads this model, by its kind and config (autotune.kinds)."""
+        import transformers
+
+        from autotune.kinds import get_kind
+
+        return getattr(transformers, get_kind(self.model_kind).auto_class_name(self.config()))
+
     @property
     def is_vision(self) -> bool:
         return "vision_config" in self.config()
@@ -212,12 +220,9 @@ def _build_embedded(tmp: Path) -> None:
 
 def _build_random(ref: ModelRef, device: str, tmp: Path) -> None:
     import torch
-    import transformers
     from transformers import AutoConfig
 
-    from autotune.kinds import get_kind
-
-    auto_class = getattr(transformers, get_kind(ref.model_kind).auto_class_name(ref.config()))
+    auto_class = ref.auto_class()
     config = AutoConfig.from_pretrained(ref.source)
     # Qwen3-VL keeps its dtype only in the text config.
     config_dtype = getattr(config, "dtype", None) or getattr(config.get_text_config(), "dtype", None) or torch.float32

@@ -80,7 +80,6 @@ class VisionBatch:
     attention_mask: Any
     model_inputs: dict  # pixel_values, image_grid_thw
     visual_tokens_per_request: int
-    preprocess_s: float
     images: list  # kept to time the CPU preprocessing again, apart from the model
     videos: list
 
@@ -92,10 +91,9 @@ def visual_tokens(grid_thw, merge_size: int) -> list[int]:
     return [int(t * h * w) // (merge_size**2) for t, h, w in grid_thw.tolist()]
 
 
-def preprocess(processor, images: list) -> tuple[dict, float]:
-    start = time.perf_counter()
+def preprocess(processor, images: list) -> dict:
     out = processor(images=images, return_tensors="pt")
-    return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}, time.perf_counter() - start
+    return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
 
 
 def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -146,7 +144,7 @@ def preprocess_video(processor, frames: list, max_pixels: int) -> dict:
 
 def _timed_inputs(processor, images: list, videos: list[list], max_pixels: int) -> tuple[dict, float]:
     start = time.perf_counter()
-    inputs = preprocess(processor, images)[0] if images else {}
+    inputs = preprocess(processor, images) if images else {}
     if videos:
         import torch
 
@@ -171,7 +169,7 @@ def build_batch(processor, config: dict, candidate: Candidate, vocab_size: int, 
     if n_frames:
         vw, vh = (int(v) for v in (candidate.video_size or "640x360").split("x"))
         videos = [synthetic_images(n_frames, vw, vh, seed=1)] * candidate.batch_size
-    inputs, preprocess_s = _timed_inputs(processor, images, videos, candidate.max_pixels)
+    inputs, _ = _timed_inputs(processor, images, videos, candidate.max_pixels)  # timed per repeat later
     merge = processor.merge_size
     per_image = visual_tokens(inputs["image_grid_thw"][:n_images], merge) if n_images else []
     video_tokens = visual_tokens(inputs["video_grid_thw"][:1], merge)[0] if n_frames else 0
@@ -197,7 +195,7 @@ def build_batch(processor, config: dict, candidate: Candidate, vocab_size: int, 
     model_inputs = {k: v.to(device) for k, v in inputs.items()}
     # transformers 5 wants the multimodal token types with the grids: 1 = image, 2 = video.
     model_inputs["mm_token_type_ids"] = (input_ids == image_id).long() + 2 * (input_ids == video_id).long()
-    return VisionBatch(input_ids, torch.ones_like(input_ids), model_inputs, sum(per_image) + video_tokens, preprocess_s,
+    return VisionBatch(input_ids, torch.ones_like(input_ids), model_inputs, sum(per_image) + video_tokens,
                        images, videos)
 
 

@@ -39,7 +39,7 @@ def test_visual_tokens_in_the_prompt_match_the_processor(name: str) -> None:
     cand = _cand()
     batch = build_batch(processor, config, cand, 151936, "cpu")
     # What the processor itself makes of one image, independently of build_batch.
-    alone, _ = preprocess(processor, synthetic_images(1, 640, 480))
+    alone = preprocess(processor, synthetic_images(1, 640, 480))
     per_image = visual_tokens(alone["image_grid_thw"], processor.merge_size)[0]
     t, h, w = alone["image_grid_thw"][0].tolist()
     assert per_image == t * h * w // processor.merge_size**2 > 0
@@ -75,7 +75,7 @@ def test_video_patches_follow_the_image_layout() -> None:
     processor = build_image_processor(ref, "", 200704)
     frame = synthetic_images(1, 640, 480)[0]
     video = preprocess_video(processor, [frame, frame], 200704)
-    image, _ = preprocess(processor, [frame])
+    image = preprocess(processor, [frame])
     assert video["video_grid_thw"].tolist() == image["image_grid_thw"].tolist()
     assert torch.equal(video["pixel_values_videos"], image["pixel_values"])
     # 5 frames are padded to 6 (temporal patch 2): 3 temporal steps.

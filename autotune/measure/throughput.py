@@ -43,15 +43,19 @@ def _window_fields(memory, warmup_s: float, measure_s: float, batch: int, reques
     )
 
 
-def text_inputs(candidate: Candidate, vocab_size: int, device: str):
+def _request_inputs(candidate: Candidate, vocab_size: int, device: str, vision):
+    """(input_ids, attention_mask, extra model inputs) of the candidate's worst-case batch: the
+    vision batch's, or random text ids."""
     import torch
 
+    if vision is not None:
+        return vision.input_ids, vision.attention_mask, vision.model_inputs
     generator = torch.Generator().manual_seed(1234)
     # Random ids from the lower part of the vocabulary: real-token-like, and never special tokens
     # that some chat templates treat differently. Throughput does not depend on the ids.
     input_ids = torch.randint(0, max(2, min(vocab_size, 32000)), (candidate.batch_size, candidate.prompt_tokens),
                               generator=generator).to(device)
-    return input_ids, torch.ones_like(input_ids)
+    return input_ids, torch.ones_like(input_ids), {}
 
 
 def measure_generation(
@@ -63,10 +67,7 @@ def measure_generation(
     import torch
 
     batch, prompt, new = candidate.batch_size, candidate.prompt_tokens, candidate.new_tokens
-    if vision is not None:
-        input_ids, attention_mask, extra = vision.input_ids, vision.attention_mask, vision.model_inputs
-    else:
-        (input_ids, attention_mask), extra = text_inputs(candidate, vocab_size, device), {}
+    input_ids, attention_mask, extra = _request_inputs(candidate, vocab_size, device, vision)
     base_kwargs = generate_kwargs(candidate)
     pad = getattr(model.generation_config, "pad_token_id", None)
     if pad is None:
@@ -128,10 +129,7 @@ def measure_scoring(
     import torch
 
     batch = candidate.batch_size
-    if vision is not None:
-        input_ids, attention_mask, extra = vision.input_ids, vision.attention_mask, vision.model_inputs
-    else:
-        (input_ids, attention_mask), extra = text_inputs(candidate, vocab_size, device), {}
+    input_ids, attention_mask, extra = _request_inputs(candidate, vocab_size, device, vision)
     tokens = input_ids.shape[1]
 
     def timed_score() -> float:

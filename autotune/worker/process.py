@@ -142,6 +142,7 @@ class _Worker:
         self.loaded_key: tuple | None = None
         self.vocab_size = 32000
         self._gpu_fraction = 1.0  # of the GPU's memory torch may use: the budget, where one is given
+        self._processors: dict[int, object] = {}  # image processors by max_pixels (they do not depend on the load)
 
     def setup(self) -> None:
         import torch
@@ -279,7 +280,9 @@ class _Worker:
 
         vision, preprocess_again = None, None
         if cand.has_images:
-            processor = build_image_processor(self.ref, materialize(self.ref, self.device), cand.max_pixels)
+            if cand.max_pixels not in self._processors:  # reading a checkpoint's processor is file I/O
+                self._processors[cand.max_pixels] = build_image_processor(self.ref, materialize(self.ref, self.device), cand.max_pixels)
+            processor = self._processors[cand.max_pixels]
             vision = build_batch(processor, self.ref.config(), cand, self.vocab_size, self.device)
 
             preprocess_again = lambda: vision.preprocess_again(processor, cand.max_pixels)  # noqa: E731
