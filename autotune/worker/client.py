@@ -14,6 +14,13 @@ from autotune.worker.protocol import WorkRequest
 _STARTUP_TIMEOUT_S = 300.0
 
 
+def _exit_reason(process) -> str:
+    """Why a worker whose pipe closed is gone. The pipe closes before the exit code is reaped, so
+    wait for it; a process still running after that stopped answering."""
+    process.join(timeout=5)
+    return _describe_exit(process.exitcode)
+
+
 def _describe_exit(exitcode: int | None) -> str:
     if exitcode is None:
         return "worker stopped answering"
@@ -74,9 +81,9 @@ class WorkerClient:
         try:
             hello = parent_conn.recv()
         except EOFError:
-            exitcode = process.exitcode
+            reason = _exit_reason(process)
             self._discard()
-            raise RuntimeError(f"{_describe_exit(exitcode)} while starting; see {self.log_path}: {log_tail(self.log_path)}") from None
+            raise RuntimeError(f"{reason} while starting; see {self.log_path}: {log_tail(self.log_path)}") from None
         self.pid = hello["pid"]
         return time.perf_counter() - start
 
@@ -110,8 +117,7 @@ class WorkerClient:
                 except (EOFError, OSError):
                     pass  # the pipe closed: the child died; fall through to the exit check
             if not self._process.is_alive() or self._conn.closed:
-                self._process.join(timeout=5)
-                reason = f"{_describe_exit(self._process.exitcode)} during trial {request.trial_number}"
+                reason = f"{_exit_reason(self._process)} during trial {request.trial_number}"
                 tail = log_tail(log)
                 self._discard()
                 return TrialOutcome(status="crashed", reason=f"{reason}; log {log}: {tail}"[:1500], worker_log=log), spawn_s
