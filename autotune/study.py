@@ -89,9 +89,11 @@ class QualitySetup:
     reference_path: Path
     max_examples: int | None
 
-    def request(self, is_reference: bool = False) -> QualityRequest:
+    def request(self, candidate: Candidate, is_reference: bool = False) -> QualityRequest:
+        """Quality at the candidate's load and input resolution (the batch size does not change it)."""
         return QualityRequest(data_path=str(self.data_path), metric=self.metric, reference_path=str(self.reference_path),
-                              is_reference=is_reference, max_examples=self.max_examples)
+                              is_reference=is_reference, max_examples=self.max_examples,
+                              max_pixels=candidate.max_pixels, video_frames=candidate.video_frames)
 
 
 @dataclass
@@ -153,19 +155,38 @@ def _identity(model: ModelRef, space: SearchSpace, spec: TuneSpec, device: Devic
     }
 
 
+def default_validation_set(model: ModelRef, space: SearchSpace | None) -> Path:
+    """The bundled set that fits the model: text prompts, text reranking, image questions (video
+    clips when the space's requests carry video and no images), or image reranking."""
+    from autotune.data.synthetic_images import bundled_image_rerank_set, bundled_video_set, bundled_vision_set
+
+    reranker = model.model_kind == "reranker"
+    if not model.is_vision:
+        return BUNDLED_RERANK_SET if reranker else BUNDLED_TEXT_SET
+    if reranker:
+        return bundled_image_rerank_set()
+    video_only = space is not None and any(space.video_frames or []) and not any(space.images_per_prompt or [])
+    return bundled_video_set() if video_only else bundled_vision_set()
+
+
 def setup_quality(spec: TuneSpec, model: ModelRef, out: Path, space: SearchSpace | None = None) -> QualitySetup | None:
     """Validate the validation set and the metric before any study file is touched."""
     from autotune.data import load_validation_set
-    from autotune.data.schema import check_images_per_request
+    from autotune.data.schema import check_images_per_request, check_video_frames
     from autotune.measure.metrics import get_metric
 
     if not spec.quality_enabled:
         return None
     reranker = model.model_kind == "reranker"
-    data_path = spec.data or (BUNDLED_RERANK_SET if reranker else BUNDLED_TEXT_SET)
+    data_path = spec.data or default_validation_set(model, space)
     examples = load_validation_set(data_path)[: spec.quality_examples]  # the data's own errors come first
     if space is not None and any(e.images for e in examples):
         check_images_per_request(Path(data_path), examples, space.images_per_prompt)
+    if space is not None and any(e.video for e in examples):
+        check_video_frames(Path(data_path), examples, space.video_frames)
+    if not model.is_vision and any(e.images or e.video or e.document_type == "image" for e in examples):
+        raise AutotuneError(f"{data_path} has images or video, which {model.name} (a text-only model) cannot read; "
+                            "use a text validation set or a vision-language model")
     if model.kind == "random":
         raise AutotuneError("quality needs real weights and a tokenizer, which --random-weights models lack; "
                             "drop --data/--min-quality/--quality-metric or use a real checkpoint")
@@ -174,9 +195,6 @@ def setup_quality(spec: TuneSpec, model: ModelRef, out: Path, space: SearchSpace
         if any(e.kind != "rerank" for e in examples):
             raise AutotuneError(f"{data_path} holds prompt examples; a reranker is scored on query/documents/relevance lines "
                                 "(e.g. the bundled rerank set: drop --data)")
-        if any(e.document_type == "image" for e in examples):
-            raise AutotuneError(f"{data_path} has image documents; reranker quality is scored on text documents so far — "
-                                "use a text reranking set (image documents are measured for speed only)")
         metric = get_metric(spec.quality_metric or ("ndcg@10" if labelled else "top1_agreement"))
         if metric.task not in ("rerank", "fidelity"):
             raise AutotuneError(f"--quality-metric {metric.name} scores generated text; a reranker needs ndcg@10, mrr "
@@ -323,9 +341,15 @@ def reference_candidates(ctx: StudyContext) -> list[Candidate]:
             # One attention kernel per precision: the reference's numbers do not depend on it, and
             # a load that does not fit with sdpa will not fit with eager either.
             for attn in sorted(space.attn_implementation, key=lambda a: a != "sdpa"):
+                # Vision: the highest input resolution and most frames of the space, the most
+                # faithful inputs, as the bar the lower resolutions are compared with.
                 cand = Candidate(dtype=dtype, quantization=quant, attn_implementation=attn, compile=False,
                                  batch_size=min(space.batch_size), max_length=min(space.max_length),
-                                 new_tokens=space.new_tokens)
+                                 new_tokens=space.new_tokens,
+                                 max_pixels=max(space.max_pixels) if space.max_pixels else None,
+                                 video_frames=max(space.video_frames) if space.video_frames else None,
+                                 vision_attn_implementation=min(space.vision_attn_implementation, key=lambda a: a != "sdpa")
+                                 if space.vision_attn_implementation else None)
                 if unsupported_reason(cand, ctx.device) is None:
                     supported.append(cand)
                     break
@@ -342,7 +366,7 @@ def ensure_reference(ctx: StudyContext, worker: WorkerClient) -> tuple | None:
     tried = []
     for cand in reference_candidates(ctx):
         request = WorkRequest(trial_number=-1, candidate=cand, repeats=ctx.space.repeats,
-                              quality=ctx.quality.request(is_reference=True), measure=False)
+                              quality=ctx.quality.request(cand, is_reference=True), measure=False)
         outcome, _ = worker.run(request, ctx.spec.trial_timeout_s)
         if outcome.status == "oom":
             tried.append(cand.label())
@@ -352,13 +376,20 @@ def ensure_reference(ctx: StudyContext, worker: WorkerClient) -> tuple | None:
                                 f"{outcome.reason[:300]}; see {outcome.worker_log}")
         ctx.study.set_user_attr(REFERENCE_QUALITY_ATTR, outcome.quality.model_dump(mode="json"))
         ctx.study.set_user_attr("autotune.reference_candidate", cand.model_dump(mode="json"))
-        ctx.study.set_user_attr(QUALITY_CACHE_PREFIX + _load_key_name(cand), outcome.quality.model_dump(mode="json"))
+        ctx.study.set_user_attr(QUALITY_CACHE_PREFIX + _quality_key_name(cand), outcome.quality.model_dump(mode="json"))
         return cand.load_key
     raise AutotuneError(f"no quality reference fits the memory budget (tried {', '.join(tried)}); raise --memory-budget")
 
 
 def _load_key_name(cand: Candidate) -> str:
     return "|".join(str(part) for part in cand.load_key)
+
+
+def _quality_key_name(cand: Candidate) -> str:
+    """What quality depends on: the load, and for vision models the input resolution and frames
+    (fewer visual tokens can change the answer); never the batch size or max length."""
+    vision = [str(v) for v in (cand.max_pixels, cand.video_frames) if v is not None]
+    return "|".join([_load_key_name(cand), *vision]) if vision else _load_key_name(cand)
 
 
 def _tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: TrialOutcome, *, spawn_s: float,
@@ -597,13 +628,13 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 elif dominating is not None:
                     outcome = _inferred_outcome(cand, dominating)
                 else:
-                    cached = ctx.study.user_attrs.get(QUALITY_CACHE_PREFIX + _load_key_name(cand)) if ctx.quality else None
-                    wants_quality = ctx.quality is not None and cached is None  # once per load-key
+                    cached = ctx.study.user_attrs.get(QUALITY_CACHE_PREFIX + _quality_key_name(cand)) if ctx.quality else None
+                    wants_quality = ctx.quality is not None and cached is None  # once per load-key and resolution
                     request = WorkRequest(trial_number=trial.number, candidate=cand, repeats=ctx.space.repeats,
-                                          quality=ctx.quality.request() if wants_quality else None)
+                                          quality=ctx.quality.request(cand) if wants_quality else None)
                     outcome, spawn_s = worker.run(request, spec.trial_timeout_s)
                     if wants_quality and outcome.quality is not None:
-                        ctx.study.set_user_attr(QUALITY_CACHE_PREFIX + _load_key_name(cand), outcome.quality.model_dump(mode="json"))
+                        ctx.study.set_user_attr(QUALITY_CACHE_PREFIX + _quality_key_name(cand), outcome.quality.model_dump(mode="json"))
                     elif cached is not None and outcome.phase not in ("load", "quality"):
                         outcome = outcome.model_copy(update={"quality": QualityReport.model_validate(cached).model_copy(update={"elapsed_s": 0.0})})
                     # The worker keeps the model unless the load itself failed or the worker died.

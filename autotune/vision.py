@@ -20,6 +20,8 @@ from autotune.spec import Candidate
 DEFAULT_MIN_PIXELS = 56 * 56
 # Qwen2/Qwen3 vocabulary ids of "yes" and "no", for shape-only rerankers that have no tokenizer.
 QWEN_YES_NO_IDS = (9693, 2152)
+# Tokens of a Qwen3-VL video timestamp such as "<1.5 seconds>" in Qwen's vocabulary.
+TIMESTAMP_TOKENS = 6
 
 
 class CandidateShapeError(AutotuneError):
@@ -31,8 +33,9 @@ def image_size(candidate: Candidate) -> tuple[int, int]:
     return width, height
 
 
-def build_image_processor(ref: ModelRef, source: str, max_pixels: int):
-    """The processor that turns images into patches for this model, bounded by max_pixels."""
+def build_image_processor(ref: ModelRef, source: str, max_pixels: int | None):
+    """The processor that turns images into patches for this model, bounded by max_pixels (None:
+    the processor's own bound)."""
     config = ref.config()
     vision = config.get("vision_config", {})
     processor = None
@@ -54,8 +57,9 @@ def build_image_processor(ref: ModelRef, source: str, max_pixels: int):
         if config.get("model_type") == "qwen3_vl":  # Qwen3-VL normalises to [-1, 1]
             kwargs.update(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
         processor = Qwen2VLImageProcessor(**kwargs)
-    min_pixels = min(DEFAULT_MIN_PIXELS, max_pixels)
-    processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+    if max_pixels is not None:
+        min_pixels = min(DEFAULT_MIN_PIXELS, max_pixels)
+        processor.size = {"shortest_edge": min_pixels, "longest_edge": max_pixels}
     return processor
 
 
@@ -161,8 +165,6 @@ def build_batch(processor, config: dict, candidate: Candidate, vocab_size: int, 
     import torch
 
     n_images, n_frames = candidate.images_per_prompt or 0, candidate.video_frames or 0
-    if n_frames and config.get("model_type") == "qwen3_vl":
-        raise CandidateShapeError("video input for qwen3_vl (per-frame timestamps) is not built by autotune yet; tune its images")
     width, height = image_size(candidate)
     images = synthetic_images(n_images, width, height) * candidate.batch_size
     videos = []
@@ -170,10 +172,23 @@ def build_batch(processor, config: dict, candidate: Candidate, vocab_size: int, 
         vw, vh = (int(v) for v in (candidate.video_size or "640x360").split("x"))
         videos = [synthetic_images(n_frames, vw, vh, seed=1)] * candidate.batch_size
     inputs, _ = _timed_inputs(processor, images, videos, candidate.max_pixels)  # timed per repeat later
+    from autotune.measure.prompting import video_token_layout
+
     merge = processor.merge_size
+    generator = torch.Generator().manual_seed(seed)
+    text_vocab = max(2, min(vocab_size, 32000))
+    start_id, end_id = config["vision_start_token_id"], config["vision_end_token_id"]
+    image_id, video_id = config["image_token_id"], config["video_token_id"]
     per_image = visual_tokens(inputs["image_grid_thw"][:n_images], merge) if n_images else []
-    video_tokens = visual_tokens(inputs["video_grid_thw"][:1], merge)[0] if n_frames else 0
-    visual_part = sum(per_image) + 2 * n_images + (video_tokens + 2 if n_frames else 0)  # each wrapped in start/end
+    video_ids: list[int] = []
+    if n_frames:
+        # Qwen3-VL puts a "<t seconds>" text before each temporal group; it is about 6 tokens.
+        video_ids = video_token_layout(
+            config, inputs["video_grid_thw"][0].tolist(), merge, start_id, end_id, video_id,
+            timestamp_ids=lambda _text: torch.randint(0, text_vocab, (TIMESTAMP_TOKENS,), generator=generator).tolist(),
+            frame_indices=list(range(n_frames)), temporal_patch_size=processor.temporal_patch_size)
+    video_tokens = sum(1 for t in video_ids if t == video_id)
+    visual_part = sum(per_image) + 2 * n_images + len(video_ids)  # each image wrapped in start/end
     text_tokens = candidate.prompt_tokens - visual_part
     if text_tokens < 1:
         raise CandidateShapeError(
@@ -181,16 +196,11 @@ def build_batch(processor, config: dict, candidate: Candidate, vocab_size: int, 
             f"{candidate.max_pixels} are {visual_part} tokens, more than the {candidate.prompt_tokens} prompt tokens "
             f"max_length {candidate.max_length} leaves"
         )
-    generator = torch.Generator().manual_seed(seed)
-    text = torch.randint(0, max(2, min(vocab_size, 32000)), (text_tokens,), generator=generator).tolist()
-    start_id, end_id = config["vision_start_token_id"], config["vision_end_token_id"]
-    image_id, video_id = config["image_token_id"], config["video_token_id"]
+    text = torch.randint(0, text_vocab, (text_tokens,), generator=generator).tolist()
     ids = text[: text_tokens // 2]
     for k in per_image:
         ids += [start_id] + [image_id] * k + [end_id]
-    if n_frames:
-        ids += [start_id] + [video_id] * video_tokens + [end_id]
-    ids += text[text_tokens // 2:]
+    ids += video_ids + text[text_tokens // 2:]
     input_ids = torch.tensor([ids] * candidate.batch_size, device=device)
     model_inputs = {k: v.to(device) for k, v in inputs.items()}
     # transformers 5 wants the multimodal token types with the grids: 1 = image, 2 = video.

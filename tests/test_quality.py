@@ -15,10 +15,12 @@ from autotune.measure.quality import (
     bootstrap_ci,
     capture_reference,
     fidelity,
-    fidelity_sequences,
+    fidelity_items,
+    fidelity_prompts,
     paired_difference,
     task_scores,
 )
+from autotune.measure.prompting import Prompter
 from autotune.models import resolve_model
 from autotune.spec import Candidate
 from autotune.worker.process import perturb_weights
@@ -74,12 +76,13 @@ def measured() -> dict[str, dict]:
         model, tokenizer = load_model(ref, cand, "cpu")
         if name == "damaged":
             perturb_weights(model, 0.5)  # Gaussian noise at half each weight matrix's scale
-        scores, texts = task_scores(model, tokenizer, examples, "contains", "cpu")
+        prompter = Prompter(tokenizer)
+        scores, texts = task_scores(model, prompter, examples, "contains", "cpu")
         if reference is None:
-            generated = [e for e in examples if e.kind == "generate"]
-            answers = [t for t, e in zip(texts, examples) if e.kind == "generate"]
-            reference = capture_reference(model, fidelity_sequences(tokenizer, generated, answers), "cpu")
-        results[name] = {"scores": scores, "fidelity": fidelity(model, reference, "cpu")}
+            answers = {i: prompter.text_ids(t) for i, (t, e) in enumerate(zip(texts, examples)) if e.kind == "generate"}
+            items = fidelity_items(examples, answers)
+            reference = capture_reference(model, fidelity_prompts(prompter, examples, items), "cpu")
+        results[name] = {"scores": scores, "fidelity": fidelity(model, reference, fidelity_prompts(prompter, examples, items), "cpu")}
         del model
     return results
 
@@ -117,7 +120,7 @@ class _FixedLogits(torch.nn.Module):
         super().__init__()
         self.table = logits  # [positions + 1, vocab]
 
-    def forward(self, input_ids: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None):
         return type("Out", (), {"logits": self.table[: input_ids.shape[1]].unsqueeze(0)})()
 
 
@@ -129,14 +132,14 @@ def test_kl_and_top1_by_hand() -> None:
     # k = 3 keeps the whole vocabulary: the bucketed KL is the exact KL
     reference = capture_reference(_FixedLogits(p), sequence, "cpu", k=3)
     exact = 0.5 * math.log(0.5 / 0.25) + 0.25 * math.log(0.25 / 0.5) + 0.25 * math.log(1.0)
-    fid = fidelity(_FixedLogits(q), reference, "cpu")
+    fid = fidelity(_FixedLogits(q), reference, sequence, "cpu")
     assert fid.kl_mean == pytest.approx(exact, abs=1e-6)  # = 0.25 ln 2
     assert fid.top1_agreement == 0.0  # argmax 0 vs 1
     # k = 1: buckets {token 0, rest}: p = (0.5, 0.5), q = (0.25, 0.75)
-    coarse = fidelity(_FixedLogits(q), capture_reference(_FixedLogits(p), sequence, "cpu", k=1), "cpu")
+    coarse = fidelity(_FixedLogits(q), capture_reference(_FixedLogits(p), sequence, "cpu", k=1), sequence, "cpu")
     assert coarse.kl_mean == pytest.approx(0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75), abs=1e-6)
     assert coarse.kl_mean <= fid.kl_mean  # coarse-graining never increases KL
-    assert fidelity(_FixedLogits(p), reference, "cpu").kl_mean == pytest.approx(0.0, abs=1e-7)
+    assert fidelity(_FixedLogits(p), reference, sequence, "cpu").kl_mean == pytest.approx(0.0, abs=1e-7)
 
 
 def test_answer_agreement() -> None:

@@ -82,21 +82,42 @@ def test_video_patches_follow_the_image_layout() -> None:
     assert preprocess_video(processor, [frame] * 5, 200704)["video_grid_thw"][0, 0].item() == 3
 
 
-def test_video_request_runs_through_the_model() -> None:
+@pytest.mark.parametrize("name", ["tiny-qwen2.5-vl", "tiny-qwen3-vl"])
+def test_video_request_runs_through_the_model(name: str) -> None:
+    """Qwen2.5-VL: one <start> video×n <end> block. Qwen3-VL: one timestamped block per temporal
+    group of frames (4 frames, temporal patch 2: 2 groups); both run through generate()."""
     from transformers import AutoModelForImageTextToText
 
     from autotune.models import materialize
 
-    ref = resolve_model("tiny-qwen2.5-vl", random_weights=True)
+    ref = resolve_model(name, random_weights=True)
+    config = ref.config()
     model = AutoModelForImageTextToText.from_pretrained(materialize(ref, "cpu"))
     cand = _cand(images_per_prompt=1, video_frames=4, video_size="320x240", batch_size=1)
-    batch = build_batch(build_image_processor(ref, "", 200704), ref.config(), cand, 151936, "cpu")
-    video_tokens = (batch.input_ids == ref.config()["video_token_id"]).sum().item()
+    processor = build_image_processor(ref, "", 200704)
+    batch = build_batch(processor, config, cand, 151936, "cpu")
+    video_tokens = (batch.input_ids == config["video_token_id"]).sum().item()
     assert video_tokens > 0 and batch.visual_tokens_per_request > video_tokens
+    blocks = (batch.input_ids == config["vision_start_token_id"]).sum().item()
+    assert blocks == 1 + (2 if config["model_type"] == "qwen3_vl" else 1)  # the image's, then the video's
+    t, h, w = batch.model_inputs["video_grid_thw"][0].tolist()
+    assert t == 2 and video_tokens == t * h * w // processor.merge_size**2
     with torch.inference_mode():
         out = model.generate(input_ids=batch.input_ids, attention_mask=batch.attention_mask, **batch.model_inputs,
                              max_new_tokens=2, min_new_tokens=2, do_sample=False)
     assert out.shape == (1, cand.prompt_tokens + 2)
+
+
+def test_qwen3_video_timestamps_match_the_processor() -> None:
+    """The seconds autotune writes before each group of frames are what transformers' Qwen3-VL
+    processor computes for the same frame indices and rate."""
+    from transformers.models.qwen3_vl.processing_qwen3_vl import Qwen3VLProcessor
+
+    from autotune.measure.prompting import qwen3_video_timestamps
+
+    for indices, fps in (([0, 1, 2, 3], 2.0), ([0, 4, 8], 24.0), ([3, 9, 15, 21, 27], 1.5)):
+        expected = Qwen3VLProcessor._calculate_timestamps(None, list(indices), fps, 2)
+        assert qwen3_video_timestamps(indices, fps, 2) == pytest.approx(expected)
 
 
 @pytest.mark.parametrize("name", VL_MODELS)

@@ -170,3 +170,14 @@ def check_images_per_request(path: Path, examples: list[Example], images_per_pro
                 f"{path}:{example.line}: {len(example.images)} images in one request, but the search space allows at most "
                 f"{allowed} (images_per_prompt); raise images_per_prompt or use fewer images per example"
             )
+
+
+def check_video_frames(path: Path, examples: list[Example], video_frames: list[int] | None) -> None:
+    """An example with a video needs candidates whose requests carry video frames."""
+    if video_frames and max(video_frames) > 0:
+        return
+    example = next(e for e in examples if e.video)
+    raise DataError(
+        f"{path}:{example.line}: the example has a video, but the search space sends no video frames "
+        "(video_frames); add video_frames: [8] to the space or drop the video examples"
+    )

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from autotune.data.schema import Example
 from autotune.measure.metrics import get_metric
+from autotune.measure.prompting import Prompt, Prompter
 
 TOP_K = 32
 MAX_ANSWER_TOKENS = 24
@@ -59,79 +60,58 @@ def paired_difference(candidate: Sequence[float], reference: Sequence[float], re
     return Difference(sum(diffs) / len(diffs), low, high)
 
 
-# ------------------------------------------------------------------------------ prompting
-
-
-def _prompt_ids(tokenizer, example: Example) -> list[int]:
-    messages = [m.model_dump() for m in example.messages] if example.messages else [{"role": "user", "content": example.prompt}]
-    if getattr(tokenizer, "chat_template", None):
-        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-        return list(out["input_ids"])
-    return tokenizer(example.prompt or messages[-1]["content"])["input_ids"]
-
-
 # ------------------------------------------------------------------------------ task quality
 
 
-def generate_answers(model, tokenizer, examples: Sequence[Example], device: str) -> list[str]:
+def _pad_id(tokenizer) -> int | None:
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def generate_answers(model, prompter: Prompter, examples: Sequence[Example], device: str) -> list[str]:
     """Greedy answers, one example at a time (batching would pad, and quality must not depend on
-    batch size: it is measured once per load-key)."""
+    batch size: it is measured once per load-key and input resolution)."""
     import torch
 
+    tokenizer = prompter.tokenizer
     answers = []
     for example in examples:
-        ids = torch.tensor([_prompt_ids(tokenizer, example)], device=device)
+        prompt = prompter.example(example)
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_ANSWER_TOKENS,
-                                 do_sample=False, pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        answers.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))
+            out = model.generate(**prompt.model_inputs(device), max_new_tokens=MAX_ANSWER_TOKENS, do_sample=False,
+                                 pad_token_id=_pad_id(tokenizer))
+        answers.append(tokenizer.decode(out[0, len(prompt.ids):], skip_special_tokens=True))
     return answers
 
 
-def choice_loglik(model, tokenizer, example: Example, device: str) -> list[float]:
+def choice_loglik(model, prompter: Prompter, example: Example, device: str) -> list[float]:
     """Sum of log-probabilities of each choice's tokens after the prompt."""
     import torch
 
-    prompt = _prompt_ids(tokenizer, example)
+    prompt = prompter.example(example)
     scores = []
     for choice in example.choices:
-        cont = tokenizer(" " + choice, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([prompt + cont], device=device)
+        cont = prompter.text_ids(" " + choice)
         with torch.inference_mode():
-            logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
-        positions = range(len(prompt) - 1, len(prompt) - 1 + len(cont))
+            logits = model(**prompt.extended(cont).model_inputs(device)).logits[0, :-1]
+        logprobs = torch.log_softmax(logits.float(), dim=-1)
+        positions = range(len(prompt.ids) - 1, len(prompt.ids) - 1 + len(cont))
         scores.append(float(sum(logprobs[p, t] for p, t in zip(positions, cont))))
     return scores
 
 
-RERANK_SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
-                 'Note that the answer can only be "yes" or "no".')
-RERANK_INSTRUCT = "Given a query, retrieve relevant passages that answer the query"
-
-
-def rerank_prompt_ids(tokenizer, query: str, document: str) -> list[int]:
-    """The Qwen3-Reranker prompt: the model's next token after it is judged as "yes" against "no"."""
-    user = f"<Instruct>: {RERANK_INSTRUCT}\n<Query>: {query}\n<Document>: {document}"
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "system", "content": RERANK_SYSTEM}, {"role": "user", "content": user}]
-        out = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
-        return list(out["input_ids"])
-    return tokenizer(f"{RERANK_SYSTEM}\n{user}\nAnswer:")["input_ids"]
-
-
-def rerank_scores(model, tokenizer, example: Example, device: str) -> list[float]:
+def rerank_scores(model, prompter: Prompter, example: Example, device: str) -> list[float]:
     """P(yes) / (P(yes) + P(no)) for each document of the query, one document at a time (no
-    padding: quality must not depend on the batch size)."""
+    padding: quality must not depend on the batch size). Image documents are shown as images."""
     import torch
 
     from autotune.vision import yes_no_ids
 
-    yes, no = yes_no_ids(tokenizer, 1 << 30)
+    yes, no = yes_no_ids(prompter.tokenizer, 1 << 30)
     scores = []
     for document in example.documents:
-        ids = torch.tensor([rerank_prompt_ids(tokenizer, example.query, document)], device=device)
+        prompt = prompter.rerank(example.query, document, example.document_type, example.line)
         with torch.inference_mode():
-            logits = model(input_ids=ids, logits_to_keep=1).logits[0, -1]
+            logits = model(**prompt.model_inputs(device), logits_to_keep=1).logits[0, -1]
         scores.append(float(torch.softmax(logits[[yes, no]].float(), dim=-1)[0]))
     return scores
 
@@ -141,20 +121,15 @@ def ranking_text(scores: Sequence[float]) -> str:
     return ">".join(str(i) for i in sorted(range(len(scores)), key=lambda i: -scores[i]))
 
 
-def rerank_fidelity_sequences(tokenizer, examples: Sequence[Example], docs_per_query: int = 2) -> list[list[int]]:
-    """Query-document prompts on which a reranker's next-token distribution is compared to the reference's."""
-    return [rerank_prompt_ids(tokenizer, e.query, d) for e in examples if e.kind == "rerank" for d in e.documents[:docs_per_query]]
-
-
-def task_scores(model, tokenizer, examples: Sequence[Example], metric_name: str, device: str) -> tuple[list[float], list[str]]:
+def task_scores(model, prompter: Prompter, examples: Sequence[Example], metric_name: str, device: str) -> tuple[list[float], list[str]]:
     """Per-example scores in [0, 1] and the generated answers (empty strings for choice examples)."""
     metric = get_metric(metric_name)
     generated_examples = [e for e in examples if e.kind == "generate"]
-    generated = iter(generate_answers(model, tokenizer, generated_examples, device)) if metric.task == "generate" else iter(())
+    generated = iter(generate_answers(model, prompter, generated_examples, device)) if metric.task == "generate" else iter(())
     scores, texts = [], []
     for example in examples:
         if example.kind == "choice":
-            ll = choice_loglik(model, tokenizer, example, device)
+            ll = choice_loglik(model, prompter, example, device)
             picked = example.choices[max(range(len(ll)), key=ll.__getitem__)]
             scores.append(float(picked == example.answer))
             texts.append("")
@@ -163,7 +138,7 @@ def task_scores(model, tokenizer, examples: Sequence[Example], metric_name: str,
             scores.append(metric.compute(text, example.accepted_answers))
             texts.append(text)
         elif example.kind == "rerank":
-            doc_scores = rerank_scores(model, tokenizer, example, device)
+            doc_scores = rerank_scores(model, prompter, example, device)
             scores.append(metric.compute(doc_scores, example.relevance) if metric.task == "rerank" else 0.0)
             texts.append(ranking_text(doc_scores))
     return scores, texts
@@ -182,39 +157,81 @@ def answer_agreement(texts: Sequence[str], reference_texts: Sequence[str]) -> fl
     return sum(normalize(a) == normalize(b) for a, b in pairs) / len(pairs)
 
 
+@dataclass(frozen=True)
+class FidelityItem:
+    """One teacher-forced sequence, rebuilt by every load from the validation set: example
+    `example` (document `document` of a reranking example) followed by `continuation`, the
+    reference's own answer tokens. `tail`: compare only the last `tail` positions (those that
+    predict the answer and what follows it), for prompts with visual input, whose prompt length
+    changes with the input resolution; None compares every position of a text prompt."""
+
+    example: int
+    continuation: tuple[int, ...] = ()
+    document: int | None = None
+    tail: int | None = None
+
+
+def fidelity_items(examples: Sequence[Example], answers: dict[int, list[int]], docs_per_query: int = 2) -> list[FidelityItem]:
+    """Prompt plus the reference's answer for generated examples (the text a deployment would
+    actually produce); the first documents of each query for reranking examples."""
+    items = []
+    for index, example in enumerate(examples):
+        visual = bool(example.images or example.video)
+        if example.kind == "generate" and index in answers:
+            cont = tuple(answers[index])
+            items.append(FidelityItem(index, cont, tail=len(cont) + 1 if visual else None))
+        elif example.kind == "rerank":
+            image_docs = example.document_type == "image"
+            items += [FidelityItem(index, document=d, tail=1 if image_docs else None) for d in range(min(docs_per_query, len(example.documents)))]
+    return items
+
+
+def fidelity_prompts(prompter: Prompter, examples: Sequence[Example], items: Sequence[FidelityItem]) -> list[Prompt]:
+    prompts = []
+    for item in items:
+        example = examples[item.example]
+        if item.document is not None:
+            prompt = prompter.rerank(example.query, example.documents[item.document], example.document_type, example.line)
+        else:
+            prompt = prompter.example(example)
+        prompts.append(prompt.extended(list(item.continuation)))
+    return prompts
+
+
 @dataclass
 class ReferenceTopK:
-    """What the reference load predicted on fixed sequences: per position, top-k ids and log-probs."""
+    """What the reference load predicted on the fixed sequences: per compared position, top-k ids
+    and log-probs; `tails` says which positions (see FidelityItem.tail)."""
 
-    sequences: list[list[int]]
+    tails: list[int | None]
     top_ids: list  # per sequence: LongTensor [positions, k]
     top_logprobs: list  # per sequence: FloatTensor [positions, k]
 
 
-def fidelity_sequences(tokenizer, examples: Sequence[Example], answers: Sequence[str]) -> list[list[int]]:
-    """Prompt plus the reference's own answer: the text a deployment would actually produce."""
-    sequences = []
-    for example, answer in zip(examples, answers):
-        prompt = _prompt_ids(tokenizer, example)
-        sequences.append(prompt + tokenizer(answer, add_special_tokens=False)["input_ids"])
-    return sequences
+def _as_prompt(sequence: Prompt | list[int]) -> Prompt:
+    return sequence if isinstance(sequence, Prompt) else Prompt(list(sequence))
 
 
-def _logprobs(model, sequence: list[int], device: str):
+def _logprobs(model, prompt: Prompt, tail: int | None, device: str):
+    """Log-probabilities at the compared positions: every next-token prediction inside a text
+    sequence, or the last `tail` predictions (the final one is what follows the sequence)."""
     import torch
 
-    ids = torch.tensor([sequence], device=device)
     with torch.inference_mode():
-        return torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1).cpu()
+        logits = model(**prompt.model_inputs(device)).logits[0]
+    rows = logits[:-1] if tail is None else logits[-tail:]
+    return torch.log_softmax(rows.float(), dim=-1).cpu()
 
 
-def capture_reference(model, sequences: list[list[int]], device: str, k: int = TOP_K) -> ReferenceTopK:
+def capture_reference(model, sequences: Sequence[Prompt | list[int]], device: str, k: int = TOP_K,
+                      tails: Sequence[int | None] | None = None) -> ReferenceTopK:
+    tails = list(tails) if tails is not None else [None] * len(sequences)
     top_ids, top_logprobs = [], []
-    for sequence in sequences:
-        values, indices = _logprobs(model, sequence, device).topk(k, dim=-1)
+    for sequence, tail in zip(sequences, tails):
+        values, indices = _logprobs(model, _as_prompt(sequence), tail, device).topk(k, dim=-1)
         top_ids.append(indices)
         top_logprobs.append(values)
-    return ReferenceTopK(sequences, top_ids, top_logprobs)
+    return ReferenceTopK(tails, top_ids, top_logprobs)
 
 
 @dataclass(frozen=True)
@@ -225,13 +242,15 @@ class Fidelity:
     per_sequence_top1: list[float]
 
 
-def fidelity(model, reference: ReferenceTopK, device: str) -> Fidelity:
-    """KL(reference || candidate) over top-k + rest buckets, and top-1 agreement, per position."""
+def fidelity(model, reference: ReferenceTopK, sequences: Sequence[Prompt | list[int]], device: str) -> Fidelity:
+    """KL(reference || candidate) over top-k + rest buckets, and top-1 agreement, per position.
+    `sequences` are this load's own prompts for the reference's items (same text, visual part at
+    this candidate's resolution)."""
     import torch
 
     kls, agree, per_sequence = [], [], []
-    for sequence, ref_ids, ref_lp in zip(reference.sequences, reference.top_ids, reference.top_logprobs):
-        cand_lp = _logprobs(model, sequence, device)
+    for sequence, tail, ref_ids, ref_lp in zip(sequences, reference.tails, reference.top_ids, reference.top_logprobs):
+        cand_lp = _logprobs(model, _as_prompt(sequence), tail, device)
         p_top = ref_lp.exp()
         q_top_lp = cand_lp.gather(-1, ref_ids)
         p_rest = (1 - p_top.sum(-1)).clamp_min(1e-12)

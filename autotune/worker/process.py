@@ -80,20 +80,21 @@ def perturb_weights(model, scale: float) -> None:
                 param.add_(noise * param.float().std().to(param.dtype) * scale)
 
 
-def measure_quality(model, tokenizer, request: QualityRequest, device: str):
+def measure_quality(model, prompter, request: QualityRequest, device: str):
     """Task score (or label-free agreement) and fidelity to the reference, with intervals."""
     import torch
 
     from autotune.data import load_validation_set
     from autotune.measure.quality import (
+        FidelityItem,
         ReferenceTopK,
         answer_agreement,
         bootstrap_ci,
         capture_reference,
         fidelity,
-        fidelity_sequences,
+        fidelity_items,
+        fidelity_prompts,
         paired_difference,
-        rerank_fidelity_sequences,
         task_scores,
     )
     from autotune.spec import QualityReport
@@ -101,21 +102,23 @@ def measure_quality(model, tokenizer, request: QualityRequest, device: str):
     start = time.perf_counter()
     examples = load_validation_set(request.data_path)[: request.max_examples]
     label_free = request.metric == "top1_agreement"
-    scores, texts = task_scores(model, tokenizer, examples, "contains" if label_free else request.metric, device)
+    scores, texts = task_scores(model, prompter, examples, "contains" if label_free else request.metric, device)
     if request.is_reference:
-        generated = [e for e in examples if e.kind == "generate"]
-        answers = [t for t, e in zip(texts, examples) if e.kind == "generate"]
-        sequences = fidelity_sequences(tokenizer, generated, answers) + rerank_fidelity_sequences(tokenizer, examples)
-        reference = capture_reference(model, sequences, device)
-        torch.save({"reference": reference.__dict__, "scores": scores, "texts": texts}, request.reference_path)
+        answers = {i: prompter.text_ids(t) for i, (t, e) in enumerate(zip(texts, examples)) if e.kind == "generate"}
+        items = fidelity_items(examples, answers)
+        reference = capture_reference(model, fidelity_prompts(prompter, examples, items), device,
+                                      tails=[item.tail for item in items])
+        torch.save({"reference": reference.__dict__, "items": [item.__dict__ for item in items], "scores": scores,
+                    "texts": texts}, request.reference_path)
         if label_free:
-            scores = [1.0] * len(reference.sequences)
+            scores = [1.0] * len(items)
         low, high = bootstrap_ci(scores)
         return QualityReport(metric=request.metric, score=sum(scores) / len(scores), ci_low=low, ci_high=high, n=len(scores),
                              per_example=scores, kl_mean=0.0, kl_p95=0.0, top1_agreement=1.0, answer_agreement=1.0,
                              elapsed_s=time.perf_counter() - start)
     saved = torch.load(request.reference_path, weights_only=False)
-    fid = fidelity(model, ReferenceTopK(**saved["reference"]), device)
+    items = [FidelityItem(**item) for item in saved["items"]]
+    fid = fidelity(model, ReferenceTopK(**saved["reference"]), fidelity_prompts(prompter, examples, items), device)
     reference_scores = saved["scores"]
     agreement = answer_agreement(texts, saved["texts"])
     if label_free:
@@ -142,7 +145,7 @@ class _Worker:
         self.loaded_key: tuple | None = None
         self.vocab_size = 32000
         self._gpu_fraction = 1.0  # of the GPU's memory torch may use: the budget, where one is given
-        self._processors: dict[int, object] = {}  # image processors by max_pixels (they do not depend on the load)
+        self._processors: dict[int | None, object] = {}  # image processors by max_pixels (they do not depend on the load)
 
     def setup(self) -> None:
         import torch
@@ -227,7 +230,7 @@ class _Worker:
         quality = None
         if request.quality is not None:
             try:
-                quality = measure_quality(self.model, self.tokenizer, request.quality, self.device)
+                quality = measure_quality(self.model, self._prompter(request.quality), request.quality, self.device)
             except Exception as e:  # noqa: BLE001
                 traceback.print_exc()
                 return TrialOutcome(status="oom" if is_oom(e) else "error", reason=_one_line(e), phase="quality",
@@ -270,19 +273,34 @@ class _Worker:
                             quality=quality)
 
 
+    def _image_processor(self, max_pixels: int | None):
+        from autotune.models import materialize
+        from autotune.vision import build_image_processor
+
+        if max_pixels not in self._processors:  # reading a checkpoint's processor is file I/O
+            self._processors[max_pixels] = build_image_processor(self.ref, materialize(self.ref, self.device), max_pixels)
+        return self._processors[max_pixels]
+
+    def _prompter(self, request: QualityRequest):
+        """Validation prompts at the candidate's input resolution (text models: the chat template)."""
+        from pathlib import Path
+
+        from autotune.measure.prompting import Prompter
+
+        processor = self._image_processor(request.max_pixels) if self.ref.is_vision else None
+        return Prompter(self.tokenizer, self.ref.config(), processor, request.max_pixels, request.video_frames,
+                        Path(request.data_path).parent)
+
     def _measure(self, cand, repeats: int, before_each_run):
         """Build the candidate's worst-case requests (text, or images + text) and time them:
         generate() for generating kinds, one scoring pass for a reranker."""
         from autotune.kinds import get_kind
         from autotune.measure.throughput import measure_generation, measure_scoring
-        from autotune.models import materialize
-        from autotune.vision import build_batch, build_image_processor, yes_no_ids
+        from autotune.vision import build_batch, yes_no_ids
 
         vision, preprocess_again = None, None
         if cand.has_images:
-            if cand.max_pixels not in self._processors:  # reading a checkpoint's processor is file I/O
-                self._processors[cand.max_pixels] = build_image_processor(self.ref, materialize(self.ref, self.device), cand.max_pixels)
-            processor = self._processors[cand.max_pixels]
+            processor = self._image_processor(cand.max_pixels)
             vision = build_batch(processor, self.ref.config(), cand, self.vocab_size, self.device)
 
             preprocess_again = lambda: vision.preprocess_again(processor, cand.max_pixels)  # noqa: E731

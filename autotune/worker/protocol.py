@@ -23,6 +23,9 @@ class QualityRequest(BaseModel):
     reference_path: str
     is_reference: bool = False
     max_examples: int | None = None
+    # The input resolution quality is measured at (vision models): the candidate's own.
+    max_pixels: int | None = None
+    video_frames: int | None = None
 
 
 class WorkRequest(BaseModel):
