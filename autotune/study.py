@@ -180,13 +180,13 @@ def setup_quality(spec: TuneSpec, model: ModelRef, out: Path, space: SearchSpace
     reranker = model.model_kind == "reranker"
     data_path = spec.data or default_validation_set(model, space)
     examples = load_validation_set(data_path)[: spec.quality_examples]  # the data's own errors come first
+    if not model.is_vision and any(e.images or e.video or e.document_type == "image" for e in examples):
+        raise AutotuneError(f"{data_path} has images or video, which {model.name} (a text-only model) cannot read; "
+                            "use a text validation set or a vision-language model")
     if space is not None and any(e.images for e in examples):
         check_images_per_request(Path(data_path), examples, space.images_per_prompt)
     if space is not None and any(e.video for e in examples):
         check_video_frames(Path(data_path), examples, space.video_frames)
-    if not model.is_vision and any(e.images or e.video or e.document_type == "image" for e in examples):
-        raise AutotuneError(f"{data_path} has images or video, which {model.name} (a text-only model) cannot read; "
-                            "use a text validation set or a vision-language model")
     if model.kind == "random":
         raise AutotuneError("quality needs real weights and a tokenizer, which --random-weights models lack; "
                             "drop --data/--min-quality/--quality-metric or use a real checkpoint")

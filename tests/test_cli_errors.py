@@ -252,6 +252,9 @@ def _vision_data(tmp_path: Path, rows: list[dict]) -> Path:
         Image.new("RGB", (32, 32), "green").save(tmp_path / name)
     (tmp_path / "broken.png").write_bytes(b"not an image")
     (tmp_path / "empty_clip").mkdir(exist_ok=True)
+    (tmp_path / "clip").mkdir(exist_ok=True)
+    for i in range(2):
+        Image.new("RGB", (32, 32), "red").save(tmp_path / "clip" / f"{i}.png")
     return write(tmp_path / "vision.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
@@ -259,6 +262,7 @@ def _vision_data(tmp_path: Path, rows: list[dict]) -> Path:
     ({"prompt": "q", "images": ["broken.png"], "answer": "x"}, ("vision.jsonl:2:", "cannot decode image broken.png")),
     ({"prompt": "q", "video": "empty_clip", "answer": "x"}, ("vision.jsonl:2:", "video empty_clip: no frames")),
     ({"prompt": "q", "images": ["a.png", "b.png"], "answer": "x"}, ("vision.jsonl:2:", "2 images", "at most 1")),
+    ({"prompt": "q", "video": "clip", "answer": "x"}, ("vision.jsonl:2:", "has a video", "video_frames")),
 ])
 def test_bad_vision_data_is_one_line_and_keeps_the_study(tmp_path: Path, row: dict, needles: tuple[str, ...]) -> None:
     space = write(tmp_path / "space.yaml", VISION_SPACE)
@@ -269,6 +273,14 @@ def test_bad_vision_data_is_one_line_and_keeps_the_study(tmp_path: Path, row: di
     data = _vision_data(tmp_path, [{"prompt": "fine", "images": ["a.png"], "answer": "x"}, row])
     assert_one_line_error(run_cli([*common, "--trials", "2", "--data", str(data)], tmp_path), *needles)
     assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_image_data_for_a_text_only_model(tmp_path: Path) -> None:
+    data = _vision_data(tmp_path, [{"prompt": "fine", "images": ["a.png"], "answer": "x"}])
+    space = write(tmp_path / "space.yaml", VALID_SPACE)
+    result = run_cli(["tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--data", str(data),
+                      "--out", "out"], tmp_path)
+    assert_one_line_error(result, "images or video", "text-only")
 
 
 def test_reranker_without_yes_no_tokens(tmp_path: Path) -> None:
