@@ -176,9 +176,11 @@ def build_batch(processor, config: dict, candidate: Candidate, vocab_size: int, 
 
     merge = processor.merge_size
     generator = torch.Generator().manual_seed(seed)
-    text_vocab = max(2, min(vocab_size, 32000))
     start_id, end_id = config["vision_start_token_id"], config["vision_end_token_id"]
     image_id, video_id = config["image_token_id"], config["video_token_id"]
+    # Random text from the lower vocabulary, below the vision tokens (a small vocabulary could
+    # otherwise draw a stray image placeholder).
+    text_vocab = max(2, min(vocab_size, 32000, start_id, end_id, image_id, video_id))
     per_image = visual_tokens(inputs["image_grid_thw"][:n_images], merge) if n_images else []
     video_ids: list[int] = []
     if n_frames:

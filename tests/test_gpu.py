@@ -66,3 +66,26 @@ def test_reserved_peak_is_this_windows_own() -> None:
         torch.empty(16 * 2**20, dtype=torch.uint8, device="cuda:0")
     assert big.result().peak_reserved_gib >= 2.0
     assert small.result().peak_reserved_gib < 0.5
+
+
+def test_gpu_vision_study_with_quality_video_and_vision_attention(tmp_path: Path) -> None:
+    """A small complete VL checkpoint on the GPU: image + video requests, the vision tower's own
+    attention kernel as a knob, and quality (teacher-forced with the images on the GPU) per
+    resolution against the highest-resolution bf16 load."""
+    from tests.vl_checkpoint import build_tiny_vl_checkpoint
+
+    checkpoint = build_tiny_vl_checkpoint(tmp_path / "tiny-vl")
+    space = write_space(tmp_path / "space.yaml", dtype=["bf16"], quantization=["none", "bnb-nf4"], attn_implementation=["sdpa"],
+                        vision_attn_implementation=["sdpa", "eager"], batch_size=[2], max_length=[1024], new_tokens=4,
+                        max_pixels=[12544, 50176], images_per_prompt=[1], video_frames=[4], image_size="448x448")
+    out = tmp_path / "out"
+    assert_ok(run_cli("tune", "--model", str(checkpoint), "--space", str(space), "--trials", "8", "--quality-metric",
+                      "top1_agreement", "--quality-examples", "4", "--out", str(out), "--device", "cuda:0"))
+    recs = [r for r in read_records(out) if r.state == "measured"]
+    assert {r.candidate.vision_attn_implementation for r in recs} == {"sdpa", "eager"}
+    for r in recs:
+        assert r.outcome.measurement.visual_tokens_per_request > 0 and r.outcome.quality is not None
+        assert r.outcome.measurement.peak_reserved_gib is not None
+    reference = [r.outcome.quality for r in recs if r.candidate.quantization == "none" and r.candidate.max_pixels == 50176
+                 and r.candidate.vision_attn_implementation == "sdpa"]
+    assert not reference or reference[0].top1_agreement == 1.0

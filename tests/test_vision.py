@@ -187,3 +187,14 @@ def test_vision_tower_attention_is_its_own_knob() -> None:
     model, _ = load_model(ref, _cand(attn_implementation="eager", vision_attn_implementation="sdpa"), "cpu")
     assert model.config.vision_config._attn_implementation == "sdpa"
     assert model.config.text_config._attn_implementation == "eager"
+
+
+def test_random_text_never_draws_a_vision_token() -> None:
+    """With a small vocabulary the vision tokens sit among the ids random text is drawn from; a
+    stray image placeholder would break the image-token count (M-RoPE then fails in generate)."""
+    ref = resolve_model("tiny-qwen2-vl", random_weights=True)
+    config = {**ref.config(), "vision_start_token_id": 60, "vision_end_token_id": 61, "image_token_id": 62, "video_token_id": 63}
+    processor = build_image_processor(ref, "", 50176)
+    batch = build_batch(processor, config, _cand(images_per_prompt=1, image_size="448x448", max_length=1024), 64, "cpu")
+    assert (batch.input_ids == 62).sum(dim=1).tolist() == [batch.visual_tokens_per_request] * 2
+    assert ((batch.input_ids == 60).sum(dim=1) == 1).all() and not (batch.input_ids == 63).any()

