@@ -12,7 +12,9 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from autotune.errors import AutotuneError
+from autotune.export.base import DEFAULT_HEADROOM
 from autotune.spec import TuneSpec
+from autotune.verify import DEFAULT_TOLERANCE_PCT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Find the best deployment config for a model on this machine, by measurement.")
 # Piped output (CI logs, `| tee`) gets a wide table instead of rich's 80-column default.
@@ -96,6 +98,83 @@ def show(
         print(trials_markdown(recs, objective))
         return
     print_results(console, recs, config, objective, out)
+
+
+@app.command()
+def verify(
+    config: Path = typer.Argument(..., help="a best.yaml written by `autotune tune`"),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda:N or cpu; default: the device it was tuned on"),
+    tolerance: float = typer.Option(DEFAULT_TOLERANCE_PCT, "--tolerance", help="percent: a figure drifts only if it is off by more than "
+                                    "this, as a factor either way (+100% and -50% are both 2×), and by more than "
+                                    "the two spreads explain"),
+    repeats: Optional[int] = typer.Option(None, "--repeats", help="timed repeats (≥3); default: as many as recorded"),
+    memory_budget: Optional[str] = typer.Option(None, "--memory-budget", help="judge the worst case against this budget "
+                                                "(e.g. 16GiB) instead of the recorded one"),
+    trial_timeout: float = typer.Option(TuneSpec.model_fields["trial_timeout_s"].default, "--trial-timeout",
+                                        help=_help("trial_timeout_s")),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="also write the report to this file as JSON"),
+) -> None:
+    """Re-measure a best.yaml on this machine and compare with what it recorded.
+
+    Exit codes: 0 PASS: same environment, every figure within the noise.
+
+    3 DRIFT: a fingerprint field changed, or a figure moved beyond the tolerance and the spreads.
+
+    4 FAIL: the claimed worst case (batch × max length) does not run here or exceeds the budget.
+
+    2: bad input (not a best.yaml, unknown device, budget above the device's memory).
+    """
+    from autotune.spec import parse_memory
+    from autotune.verify import report_lines, verify as run_verify
+
+    try:
+        budget = parse_memory(memory_budget) if memory_budget is not None else None
+    except ValueError as e:
+        raise AutotuneError(f"--memory-budget: {e}") from e
+    try:
+        report = run_verify(config, device=device, tolerance_pct=tolerance, repeats=repeats, memory_budget_gib=budget,
+                            trial_timeout_s=trial_timeout)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: nothing verified")
+        raise typer.Exit(130) from None
+    if json_out is not None:
+        try:
+            json_out.write_text(report.model_dump_json(indent=2) + "\n")
+        except OSError as e:
+            raise AutotuneError(f"--json {json_out}: cannot write ({e.strerror}); pass a writable path") from e
+    for line in report_lines(report):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(report.exit_code)
+
+
+@app.command("export")
+def export_command(
+    config: Path = typer.Argument(..., help="a best.yaml written by `autotune tune`"),
+    to: str = typer.Option(..., "--to", help="vllm, sglang, tgi or transformers"),
+    out: Optional[Path] = typer.Option(None, "--out", help="write the file here (a directory: the target's default name) "
+                                       "and the command line next to it as .sh; default: print to stdout"),
+    allow_approximate: bool = typer.Option(False, "--allow-approximate", help="write the nearest exportable setting "
+                                           "(with a comment) instead of failing on one the target cannot take"),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="GPUs to shard the model over "
+                                             "(best.yaml holds a one-GPU measurement)"),
+    headroom: float = typer.Option(DEFAULT_HEADROOM, "--headroom", help="memory headroom over the measured peak, as a fraction (0.1 = 10%)"),
+    gpu_memory_gib: Optional[float] = typer.Option(None, "--gpu-memory-gib", help="the serving GPU's memory in GiB; "
+                                                   "default: the tuning GPU's"),
+    model: Optional[str] = typer.Option(None, "--model", help="the checkpoint the server loads (hub id or path); "
+                                        "default: the one best.yaml was tuned on"),
+) -> None:
+    """Export a best.yaml to a serving system's config file and command line."""
+    from autotune.export import export, write_export
+
+    result = export(config, to, allow_approximate=allow_approximate, tensor_parallel_size=tensor_parallel_size,
+                    headroom=headroom, gpu_memory_gib=gpu_memory_gib, model=model)
+    if out is None:
+        sys.stdout.write(result.printable())
+        return
+    for path in write_export(result, out):
+        console.print(f"wrote {path}", markup=False, highlight=False, soft_wrap=True)
+    for note in result.notes:
+        console.print(f"approximate: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
 def main() -> None:

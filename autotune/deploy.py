@@ -38,7 +38,9 @@ def load_deployment(path: str | Path, device: str | None = None) -> tuple[Any, A
     transformers compile generate(). `device` overrides the device it was tuned on.
     """
     from autotune.loading import load_model
+    from autotune.models import relocate
 
     config = read_deployment(path)
-    model, tokenizer = load_model(config.model, config.settings, device or config.device)
+    # Paths in best.yaml are the tuning machine's; relocate finds a bundled config here by name.
+    model, tokenizer = load_model(relocate(config.model), config.settings, device or config.device)
     return model, tokenizer, dict(config.generate_kwargs)

@@ -48,6 +48,10 @@ class MissingDependencyError(AutotuneError):
     pass
 
 
+class ExportError(AutotuneError):
+    """A best.yaml setting a serving target cannot take, or a bad export option."""
+
+
 def unknown_name_message(kind: str, name: str, allowed: Iterable[str]) -> str:
     """'unknown quantization 'nf5' (did you mean 'bnb-nf4'?); allowed: ...' — registries share this."""
     allowed = sorted(allowed)

@@ -90,10 +90,41 @@ def _read_config(path: Path) -> dict:
     return data
 
 
+def _config_sha256(config_path: Path) -> str:
+    """The hash a random-weights ModelRef records: of the parsed config, so formatting does not count."""
+    return hashlib.sha256(json.dumps(_read_config(config_path), sort_keys=True).encode()).hexdigest()
+
+
 def _random_ref(config_path: Path, name: str) -> ModelRef:
-    data = _read_config(config_path)
-    sha = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
-    return ModelRef(kind="random", name=name, source=str(config_path.resolve()), config_sha256=sha)
+    return ModelRef(kind="random", name=name, source=str(config_path.resolve()), config_sha256=_config_sha256(config_path))
+
+
+def relocate(ref: ModelRef) -> ModelRef:
+    """The same model reference, valid on this machine. A best.yaml records absolute paths of the
+    machine that tuned; a random-weights model built from a bundled config is found again by name
+    in this install's bundled configs, provided its sha256 is the recorded one (else it would be
+    another model). Raises ModelNotFoundError naming the fix when the model is not here."""
+    if ref.kind == "pretrained":
+        source = Path(ref.source)
+        # A hub id ("Qwen/Qwen2.5-7B-Instruct") is looked up in the local cache when loading.
+        if source.is_absolute() and not source.is_dir():
+            raise ModelNotFoundError(f"checkpoint {ref.source} of {ref.name} is not on this machine; copy it here and "
+                                     "set model.source in the best.yaml to its path")
+        return ref
+    if ref.kind != "random":
+        return ref
+    tried: list[str] = []
+    bundled = bundled_configs()
+    for path in (Path(ref.source), bundled.get(ref.name), bundled.get(Path(ref.source).stem)):
+        if path is None or str(path) in tried:
+            continue
+        tried.append(str(path))
+        if path.is_file() and _config_sha256(path) == ref.config_sha256:
+            return ref.model_copy(update={"source": str(path.resolve())})
+    raise ModelNotFoundError(
+        f"config of {ref.name} with sha256 {str(ref.config_sha256)[:12]}… not found (tried {', '.join(tried)}: missing or "
+        "a different config); copy the config.json the study used here and set model.source in the best.yaml to its path"
+    )
 
 
 def resolve_model(model: str | None, random_weights: bool = False, kind: str | None = None) -> ModelRef:

@@ -1,0 +1,182 @@
+"""best.yaml -> a Python snippet that loads the model with plain transformers exactly as measured,
+and the kwargs file `autotune.load_deployment` reads (a DeploymentConfig, written next to the
+snippet as `<name>.best.yaml`).
+
+transformers is what autotune measured with, so nearly everything maps exactly: dtype,
+bitsandbytes config, attention implementation (per tower with a dict, transformers 5), the static
+cache that makes generate() compile, the processor's pixel bound (`size.longest_edge`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from autotune.export.base import (
+    TENSOR_PARALLEL_NOTE,
+    Draft,
+    ExportOptions,
+    ExportResult,
+    Rule,
+    approximate,
+    exact,
+    is_vision,
+    start,
+    wrap,
+)
+from autotune.loading import TORCH_DTYPES, generate_kwargs
+from autotune.models import ModelRef
+from autotune.spec import DeploymentConfig
+
+NAME = "transformers"
+FILENAME = "transformers_deploy.py"
+KWARGS_SUFFIX = ".best.yaml"
+
+# The compatibility rules: ONE place. Keys are `setting=value` or a bare setting name.
+RULES: dict[str, Rule] = {
+    "dtype=fp32": exact(),
+    "dtype=fp16": exact(),
+    "dtype=bf16": exact(),
+    "quantization=none": exact(),
+    "quantization=bnb-int8": exact(),
+    "quantization=bnb-nf4": exact(),
+    "quantization=bnb-fp4": exact(),
+    "attn_implementation=sdpa": exact(),
+    "attn_implementation=eager": exact(),
+    "attn_implementation=flash_attention_2": exact(),
+    "vision_attn_implementation=sdpa": exact(),
+    "vision_attn_implementation=eager": exact(),
+    "vision_attn_implementation=flash_attention_2": exact(),
+    "compile=true": exact("a static KV cache makes generate() compile the forward pass, as measured"),
+    "compile=false": exact(),
+    "batch_size": approximate(
+        "generate() takes whatever batch it is given: the measured batch size is a constant (MAX_BATCH_SIZE) for your "
+        "batching code, not a setting"),
+    "max_length": approximate("prompts must be truncated to MAX_PROMPT_TOKENS by your code; transformers does not enforce max_length"),
+    "new_tokens": exact(),
+    "images_per_prompt": approximate("images per request are up to your code: the measured worst case is MAX_IMAGES_PER_PROMPT"),
+    "max_pixels": exact(),
+    "video_frames": approximate("video frames are sampled by your code: the measured worst case is VIDEO_FRAMES frames"),
+    "device=cpu": exact(),
+    "tensor_parallel_size>1": approximate(
+        "the snippet spreads layers over the GPUs with device_map='auto' (pipeline-style, not tensor parallel; "
+        "transformers' tensor parallel needs torchrun and tp_plan='auto'). " + TENSOR_PARALLEL_NOTE),
+    "model_kind=causal-lm": exact(),
+    "model_kind=image-text-to-text": exact(),
+    "model_kind=reranker": approximate(
+        "a reranker is scored by P('yes') against P('no') for the next token; the snippet loads it, the scoring is up to your code"),
+}
+
+BNB_CONFIGS = {
+    "bnb-int8": "BitsAndBytesConfig(load_in_8bit=True)",
+    "bnb-nf4": 'BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype={dtype})',
+    "bnb-fp4": 'BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_compute_dtype={dtype})',
+}
+
+
+def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
+    s = config.settings
+    d = Draft(NAME, RULES, options)
+    model = start(d, config, options)
+    vision = is_vision(config)
+    torch_dtype = f"torch.{TORCH_DTYPES[s.dtype]}"
+
+    for key, setting in ((f"dtype={s.dtype}", "dtype"), (f"quantization={s.quantization}", "quantization"),
+                         (f"attn_implementation={s.attn_implementation}", "attn_implementation"),
+                         (f"compile={str(s.compile).lower()}", "compile"), ("new_tokens", "new_tokens")):
+        d.check(key, setting)
+    batch_comment = d.comment("batch_size", "batch_size")
+    length_comment = d.comment("max_length", "max_length")
+    if options.tensor_parallel_size > 1:
+        device_map: str | dict = "auto"
+        device_comment = d.comment("tensor_parallel_size>1", "tensor parallel")
+    else:
+        device_map, device_comment = {"": config.device}, f"measured on {config.device}"
+    attn = _py(s.attn_implementation)
+    if s.vision_attn_implementation is not None:
+        # A dict sets the vision tower's kernel apart from the language model's (transformers 5).
+        d.check(f"vision_attn_implementation={s.vision_attn_implementation}", "vision_attn_implementation")
+        attn = _py({"": s.attn_implementation, "text_config": s.attn_implementation, "vision_config": s.vision_attn_implementation})
+    kwargs = [f"dtype={torch_dtype},", f"attn_implementation={attn},"]
+    if s.quantization != "none":
+        kwargs.append("quantization_config=" + BNB_CONFIGS[s.quantization].format(dtype=torch_dtype) + ",")
+    kwargs += [f"# {c}" for c in wrap(device_comment, 90)]
+    kwargs.append(f"device_map={_py(device_map)},")
+    auto_model = "AutoModelForImageTextToText" if vision else "AutoModelForCausalLM"
+    imports = ["AutoProcessor" if vision else "AutoTokenizer", auto_model]
+    if s.quantization != "none":
+        imports.append("BitsAndBytesConfig")
+
+    lines = ['"""transformers: load the model as autotune measured it (written by autotune export).', ""]
+    lines += [c for line in d.header for c in wrap(line)]
+    lines += ["", "With autotune installed, the same load in one line, from the kwargs file written next to this one:",
+              "    from autotune import load_deployment",
+              f'    model, tokenizer, generate_kwargs = load_deployment("<this file\'s name>{KWARGS_SUFFIX}")',
+              '"""', "", "import torch", f"from transformers import {', '.join(sorted(imports))}", "",
+              f"MODEL = {_py(model)}", ""]
+    lines += [f"# {c}" for c in wrap(length_comment)]
+    lines += [f"MAX_LENGTH = {s.max_length}  # prompt + new tokens per request, the measured worst case",
+              f"MAX_PROMPT_TOKENS = {s.max_length - s.new_tokens}"]
+    lines += [f"# {c}" for c in wrap(batch_comment)]
+    lines += [f"MAX_BATCH_SIZE = {s.batch_size}",
+              f"GENERATE_KWARGS = {_py(generate_kwargs(s))}"]
+    if vision:
+        lines += _vision_constants(d, config)
+    lines += ["", "", "def load():", '    """Return (model, processor or tokenizer) loaded as measured."""',
+              f"    model = {auto_model}.from_pretrained(", "        MODEL,"]
+    lines += [f"        {kwarg}" for kwarg in kwargs]
+    lines += ["    )", "    model.eval()"]
+    if vision:
+        lines += ["    processor = AutoProcessor.from_pretrained(MODEL)",
+                  "    processor.image_processor.size = IMAGE_SIZE  # the pixel bound every image was measured at",
+                  "    return model, processor"]
+    else:
+        lines += ["    return model, AutoTokenizer.from_pretrained(MODEL)"]
+    lines += ["", "", 'if __name__ == "__main__":', "    model, processor = load()",
+              '    messages = [{"role": "user", "content": "What is the capital of France?"}]',
+              "    inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,",
+              '                                           return_tensors="pt", return_dict=True).to(model.device)',
+              "    out = model.generate(**inputs, **GENERATE_KWARGS)",
+              '    print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))']
+    d.raise_errors()
+    kwargs_file = _kwargs_file(config, options, model)
+    return ExportResult(NAME, FILENAME, "\n".join(lines) + "\n", command="", extra_files={KWARGS_SUFFIX: kwargs_file},
+                        notes=list(d.notes))
+
+
+def _vision_constants(d: Draft, config: DeploymentConfig) -> list[str]:
+    from autotune.vision import DEFAULT_MIN_PIXELS
+
+    s = config.settings
+    lines = []
+    if s.max_pixels is not None:
+        d.check("max_pixels", "max_pixels")
+        size = {"shortest_edge": min(DEFAULT_MIN_PIXELS, s.max_pixels), "longest_edge": s.max_pixels}
+        lines.append(f"IMAGE_SIZE = {_py(size)}  # processor size: each image at most longest_edge pixels")
+    images_comment = d.comment("images_per_prompt", "images_per_prompt")
+    lines += [f"# {c}" for c in wrap(images_comment)]
+    lines.append(f"MAX_IMAGES_PER_PROMPT = {s.images_per_prompt or 0}  # of {s.image_size or 'any size'}")
+    if s.video_frames:
+        lines += [f"# {c}" for c in wrap(d.comment("video_frames", "video_frames"))]
+        lines.append(f"VIDEO_FRAMES = {s.video_frames}  # of {s.video_size or 'any size'}")
+    return lines
+
+
+def _py(value: object) -> str:
+    """A Python literal with double-quoted strings (the snippet's style)."""
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{_py(k)}: {_py(v)}" for k, v in value.items()) + "}"
+    return repr(value)
+
+
+def _kwargs_file(config: DeploymentConfig, options: ExportOptions, model: str) -> str:
+    """The DeploymentConfig for load_deployment. A random-weight study or --model points it at the
+    real checkpoint (a pretrained reference); the embedded default stays as measured."""
+    ref = config.model
+    if options.model or ref.kind == "random":
+        ref = ModelRef(kind="pretrained", name=model.rstrip("/").split("/")[-1], source=model, model_kind=ref.model_kind)
+    out = config.model_copy(update={"model": ref})
+    return yaml.safe_dump(out.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,160 @@
+"""best.yaml -> a YAML file for `vllm serve --config FILE` (long flag names as keys) and the
+equivalent command line.
+
+Checked against vLLM 0.32.0 (EngineArgs.add_cli_args, vllm/utils/argparse_utils.py,
+vllm/model_executor/models/qwen2_vl.py; the 0.33.0 wheel's quantization list is the same):
+- `--config` takes a YAML file (.yaml/.yml) whose keys are the long flag names; the command line
+  wins over the file (docs.vllm.ai/en/latest/configuration/serve_args).
+- bitsandbytes is gone from vLLM 0.32 and 0.33: `--quantization` lists no `bitsandbytes` and there
+  is no bitsandbytes loader (older releases quantized in flight to 4-bit nf4 only). Quantizing at load
+  is now the "online" shorthands; `fp8_per_tensor` is what vLLM's own error message recommends
+  instead of the old online `fp8`.
+- `--limit-mm-per-prompt` and `--mm-processor-kwargs` take JSON. Qwen2-VL/Qwen2.5-VL/Qwen3-VL take
+  the pixel bound as `size.longest_edge` / `size.shortest_edge` (transformers 5; `max_pixels` /
+  `min_pixels` are accepted aliases), see vllm-project/vllm#33208.
+- `--attention-backend` (values of AttentionBackendEnum, e.g. FLASH_ATTN) and
+  `--mm-encoder-attn-backend` (the vision tower's, e.g. TORCH_SDPA, FLASH_ATTN).
+- `--media-io-kwargs '{"video": {"num_frames": N}}'` sets the frames sampled per video.
+"""
+
+from __future__ import annotations
+
+from autotune.export.base import (
+    TENSOR_PARALLEL_NOTE,
+    Draft,
+    ExportOptions,
+    ExportResult,
+    Rule,
+    approximate,
+    exact,
+    is_vision,
+    memory_plan,
+    start,
+    unexportable,
+)
+from autotune.spec import DeploymentConfig
+
+NAME = "vllm"
+FILENAME = "vllm.yaml"
+
+_NO_BNB = "vLLM 0.32 and 0.33 have no bitsandbytes (no in-flight bnb quantization, no bnb loader)"
+_FP8 = "quantization: fp8_per_tensor (8-bit weights quantized at load; FP8 GEMMs on Ada/Hopper or newer, weight-only Marlin on Turing/Ampere)"
+
+# The compatibility rules: ONE place. Keys are `setting=value` or a bare setting name.
+RULES: dict[str, Rule] = {
+    "dtype=fp32": exact(),
+    "dtype=fp16": exact(),
+    "dtype=bf16": exact(),
+    "quantization=none": exact(),
+    "quantization=bnb-nf4": unexportable(
+        _NO_BNB, _FP8 + "; it holds about twice the weight memory of nf4, or pass --model with a pre-quantized 4-bit AWQ/GPTQ checkpoint"),
+    "quantization=bnb-fp4": unexportable(
+        _NO_BNB, _FP8 + "; it holds about twice the weight memory of fp4, or pass --model with a pre-quantized 4-bit AWQ/GPTQ checkpoint"),
+    "quantization=bnb-int8": unexportable(_NO_BNB, _FP8 + "; about the same weight memory as int8"),
+    "attn_implementation=flash_attention_2": exact("attention-backend FLASH_ATTN is vLLM's FlashAttention backend"),
+    "attn_implementation=sdpa": approximate(
+        "transformers' sdpa kernel has no vLLM counterpart (vLLM runs its own paged-attention kernels): attention-backend is "
+        "left to vLLM's automatic choice"),
+    "attn_implementation=eager": approximate(
+        "transformers' eager attention has no vLLM counterpart (vLLM runs its own paged-attention kernels): attention-backend "
+        "is left to vLLM's automatic choice"),
+    "vision_attn_implementation=sdpa": exact(),
+    "vision_attn_implementation=flash_attention_2": exact(),
+    "vision_attn_implementation=eager": approximate("the vision tower's eager attention is written as TORCH_SDPA, the same math in one kernel"),
+    "compile=true": approximate(
+        "measured with a static KV cache + torch.compile in transformers; vLLM compiles and captures CUDA graphs by default"),
+    "compile=false": approximate(
+        "measured without torch.compile; vLLM compiles and captures CUDA graphs by default (add enforce-eager: true to turn that off)"),
+    "batch_size": approximate(
+        "the batch size measured with transformers' generate() becomes max-num-seqs as a starting point: vLLM batches "
+        "requests continuously, up to this many at once and as many as its KV cache holds"),
+    "max_length": exact("max-model-len is prompt + generated tokens per request (visual tokens included), the measured worst case"),
+    "new_tokens": approximate("generation length is per request in vLLM (max_tokens); the figures were measured with greedy decoding"),
+    "images_per_prompt": exact(),
+    "max_pixels": exact(),
+    "video_frames": approximate(
+        "video frames are sampled by vLLM's video loader (num_frames) and resized by the model's video processor, whose pixel "
+        "bound may differ from the image bound autotune measured frames with"),
+    "device=cpu": approximate(
+        "tuned on CPU: the measured speed and memory do not carry over to a GPU server; the settings are a starting point"),
+    "tensor_parallel_size>1": approximate(TENSOR_PARALLEL_NOTE),
+    "memory": approximate(
+        "vLLM pre-allocates this fraction of the GPU for weights, activations and KV cache; the transformers peak plus headroom "
+        "is a starting point"),
+    "model_kind=causal-lm": exact(),
+    "model_kind=image-text-to-text": exact(),
+    "model_kind=reranker": unexportable(
+        "vLLM serves rerankers through its pooling runner with model-specific conversion that autotune does not generate; "
+        "export --to transformers", None),
+}
+
+VLLM_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+VLLM_ATTENTION = {"flash_attention_2": "FLASH_ATTN"}
+VLLM_VISION_ATTENTION = {"sdpa": "TORCH_SDPA", "flash_attention_2": "FLASH_ATTN", "eager": "TORCH_SDPA"}
+
+
+def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
+    s = config.settings
+    d = Draft(NAME, RULES, options)
+    model = start(d, config, options)
+    d.set("model", model)
+    d.set("dtype", VLLM_DTYPES[s.dtype], d.comment(f"dtype={s.dtype}", f"dtype {s.dtype}"))
+    quant_rule = d.rule(f"quantization={s.quantization}")
+    quant_comment = d.comment(f"quantization={s.quantization}", f"quantization {s.quantization}")
+    if quant_rule.kind == "unexportable":
+        d.set("quantization", "fp8_per_tensor", quant_comment)
+    d.set("max-model-len", s.max_length, d.comment("max_length", f"max_length {s.max_length}"))
+    d.set("max-num-seqs", s.batch_size, d.comment("batch_size", f"batch_size {s.batch_size}"))
+    plan = memory_plan(config, options, "gpu-memory-utilization")
+    if plan.fraction is not None:
+        d.set("gpu-memory-utilization", plan.fraction, plan.arithmetic, d.comment("memory", "gpu memory"))
+    else:
+        d.note(plan.arithmetic)
+    d.set("tensor-parallel-size", options.tensor_parallel_size,
+          d.comment("tensor_parallel_size>1", "tensor parallel") if options.tensor_parallel_size > 1 else "")
+    attn_comment = d.comment(f"attn_implementation={s.attn_implementation}", f"attn_implementation {s.attn_implementation}")
+    if s.attn_implementation in VLLM_ATTENTION:
+        d.set("attention-backend", VLLM_ATTENTION[s.attn_implementation], attn_comment)
+    else:
+        d.note(attn_comment)
+    d.note(d.comment(f"compile={str(s.compile).lower()}", f"compile {s.compile}"),
+           d.comment("new_tokens", f"new_tokens {s.new_tokens}"))
+    if is_vision(config):
+        _vision(d, config)
+    d.raise_errors()
+    title = "vLLM: vllm serve --config THIS_FILE (written by autotune export)"
+    text = d.yaml_text(title)
+    command = d.command(["vllm", "serve"], positional=model, skip=("model",))
+    return ExportResult(NAME, FILENAME, text, command, notes=list(d.notes), suffixes=(".yaml", ".yml"))
+
+
+def _vision(d: Draft, config: DeploymentConfig) -> None:
+    from autotune.vision import DEFAULT_MIN_PIXELS
+
+    s = config.settings
+    images = s.images_per_prompt or 0
+    videos = 1 if s.video_frames else 0
+    d.set("limit-mm-per-prompt", _json({"image": images, "video": videos}),
+          d.comment("images_per_prompt", f"images_per_prompt {images}"),
+          f"at most {images} image(s) and {videos} video(s) per request, the measured worst case "
+          f"({s.image_size or 'default-size'} images)")
+    if s.max_pixels is not None:
+        size = {"shortest_edge": min(DEFAULT_MIN_PIXELS, s.max_pixels), "longest_edge": s.max_pixels}
+        visual = config.measured.visual_tokens_per_request
+        d.set("mm-processor-kwargs", _json({"size": size}), d.comment("max_pixels", f"max_pixels {s.max_pixels}"),
+              f"each image resized to at most {s.max_pixels} pixels (size.longest_edge, as autotune's processor)"
+              + (f": {visual} visual tokens per request were measured" if visual else ""))
+    if s.video_frames:
+        d.set("media-io-kwargs", _json({"video": {"num_frames": s.video_frames}}),
+              d.comment("video_frames", f"video_frames {s.video_frames}"))
+    if s.vision_attn_implementation is not None:
+        d.set("mm-encoder-attn-backend", VLLM_VISION_ATTENTION[s.vision_attn_implementation],
+              d.comment(f"vision_attn_implementation={s.vision_attn_implementation}",
+                        f"vision_attn_implementation {s.vision_attn_implementation}"))
+
+
+def _json(value: dict) -> str:
+    """JSON as a string value: older vLLM releases str() a YAML mapping instead of dumping JSON."""
+    import json
+
+    return json.dumps(value, separators=(", ", ": "))

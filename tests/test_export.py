@@ -1,0 +1,310 @@
+"""autotune export: golden files for every exporter over a set of configs, the compatibility rules,
+the memory arithmetic, and bad input (one-line errors from the CLI). No model is loaded.
+
+Golden files live in tests/golden/export/<case>/: the files `autotune export` writes for each
+target (or `<name>.error` holding the one-line error). Rewrite them after an intended change with
+
+    AUTOTUNE_UPDATE_GOLDEN=1 python -m pytest tests/test_export.py
+
+and review the diff. The inputs are in tests/golden/export/inputs/ (copies of real best.yaml files
+from bench/results, and edited copies for quantized and video cases).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autotune.deploy import read_deployment
+from autotune.errors import ExportError
+from autotune.export import EXPORTERS, RULES, export, write_export
+from autotune.export import sglang as sglang_exporter
+from autotune.export import tgi as tgi_exporter
+from autotune.export import transformers as transformers_exporter
+from autotune.export import vllm as vllm_exporter
+from autotune.export.base import ExportOptions, memory_plan
+from autotune.kinds import MODEL_KINDS
+from autotune.quant import QUANTIZATION_METHODS
+from autotune.spec import ATTENTION_IMPLEMENTATIONS, DeploymentConfig
+from tests import conftest
+from tests.test_cli_errors import assert_one_line_error
+
+GOLDEN = Path(__file__).parent / "golden" / "export"
+INPUTS = GOLDEN / "inputs"
+UPDATE = os.environ.get("AUTOTUNE_UPDATE_GOLDEN") == "1"
+FILENAMES = {m.NAME: m.FILENAME for m in (vllm_exporter, sglang_exporter, tgi_exporter, transformers_exporter)}
+
+# case -> (input file, export options). Every case is exported to every target.
+CASES: dict[str, tuple[str, dict]] = {
+    "text": ("text-h100.yaml", {}),  # real H100 study: bf16, eager, 24 GiB budget
+    "text-tp2": ("text-h100.yaml", {"tensor_parallel_size": 2}),  # multi-GPU
+    "cpu": ("cpu-default.yaml", {}),  # real CPU study of the embedded model
+    "nf4": ("text-nf4.yaml", {}),  # vLLM has no bitsandbytes: error
+    "nf4-approx": ("text-nf4.yaml", {"allow_approximate": True}),
+    "int8": ("text-int8.yaml", {}),  # vLLM and SGLang cannot quantize to int8 in flight: errors
+    "int8-approx": ("text-int8.yaml", {"allow_approximate": True}),
+    "vision": ("vision-nf4-h100.yaml", {"allow_approximate": True}),  # real H100 VL study (nf4, 1 image)
+    "vision-video-tp2": ("vision-video-fp16.yaml", {"tensor_parallel_size": 2, "gpu_memory_gib": 141}),  # TGI: fp32, video
+}
+
+
+def config_of(name: str) -> DeploymentConfig:
+    return read_deployment(INPUTS / name)
+
+
+def exported_files(case: str, target: str, tmp_path: Path) -> dict[str, str]:
+    """What `autotune export` writes for this case and target (or the error it reports)."""
+    input_name, options = CASES[case]
+    stem = Path(FILENAMES[target]).stem
+    try:
+        result = export(config_of(input_name), target, **options)
+    except ExportError as e:
+        return {f"{stem}.error": str(e) + "\n"}
+    out = tmp_path / case / target
+    out.mkdir(parents=True)
+    return {p.name: p.read_text() for p in write_export(result, out)}
+
+
+@pytest.mark.parametrize("target", sorted(EXPORTERS))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_golden(case: str, target: str, tmp_path: Path) -> None:
+    got = exported_files(case, target, tmp_path)
+    golden_dir = GOLDEN / case
+    stem = Path(FILENAMES[target]).stem
+    if UPDATE:
+        golden_dir.mkdir(parents=True, exist_ok=True)
+        for old in golden_dir.glob(f"{stem}.*"):
+            old.unlink()
+        for name, text in got.items():
+            (golden_dir / name).write_text(text)
+    want = {p.name: p.read_text() for p in sorted(golden_dir.glob(f"{stem}.*"))}
+    assert sorted(got) == sorted(want), f"files differ for {case}/{target}; AUTOTUNE_UPDATE_GOLDEN=1 rewrites them"
+    for name in got:
+        assert got[name] == want[name], f"{case}/{name} differs from the golden file; AUTOTUNE_UPDATE_GOLDEN=1 rewrites it"
+
+
+def test_golden_cases_cover_text_vision_quantized_multi_gpu_and_errors() -> None:
+    errors = {p.parent.name + "/" + p.name for p in GOLDEN.glob("*/*.error")}
+    assert {"nf4/vllm.error", "int8/vllm.error", "int8/sglang.error", "vision-video-tp2/tgi.error"} <= errors
+    assert "vision/vllm.yaml" in {p.parent.name + "/" + p.name for p in GOLDEN.glob("*/*")}
+    assert (GOLDEN / "text-tp2" / "vllm.yaml").read_text().count("tensor-parallel-size: 2") == 1
+
+
+# ------------------------------------------------------------------------------ the rules
+
+
+@pytest.mark.parametrize("target", sorted(EXPORTERS))
+def test_every_setting_value_has_a_rule(target: str) -> None:
+    """A new quantization method, attention kernel or model kind must get a rule in every exporter."""
+    rules = RULES[target]
+    needed = {f"quantization={q}" for q in QUANTIZATION_METHODS}
+    needed |= {f"attn_implementation={a}" for a in ATTENTION_IMPLEMENTATIONS}
+    needed |= {f"vision_attn_implementation={a}" for a in ATTENTION_IMPLEMENTATIONS}
+    needed |= {f"dtype={d}" for d in ("fp32", "fp16", "bf16")} | {"compile=true", "compile=false"}
+    needed |= {f"model_kind={k}" for k in MODEL_KINDS}
+    needed |= {"batch_size", "max_length", "new_tokens", "images_per_prompt", "max_pixels", "video_frames",
+                "device=cpu", "tensor_parallel_size>1"}
+    assert needed <= set(rules), f"{target} lacks rules for {sorted(needed - set(rules))}"
+    for key, rule in rules.items():
+        assert rule.kind in ("exact", "approximate", "unexportable"), key
+        if rule.kind != "exact":
+            assert rule.note, f"{target} {key}: an approximate or unexportable rule says why"
+
+
+def test_bnb_int8_to_vllm_names_the_setting_and_the_nearest_alternative() -> None:
+    with pytest.raises(ExportError) as e:
+        export(config_of("text-int8.yaml"), "vllm")
+    message = str(e.value)
+    assert "quantization bnb-int8" in message and "fp8_per_tensor" in message and "--allow-approximate" in message
+    assert "\n" not in message
+
+
+def test_allow_approximate_writes_the_alternative_with_a_comment() -> None:
+    result = export(config_of("text-int8.yaml"), "vllm", allow_approximate=True)
+    data = yaml.safe_load(result.text)
+    assert data["quantization"] == "fp8_per_tensor"
+    assert "# approximate (quantization bnb-int8 has no equivalent)" in result.text
+    assert any("bnb-int8" in note for note in result.notes)
+
+
+def test_sglang_exports_nf4_in_flight_but_refuses_fp4_and_int8() -> None:
+    nf4 = yaml.safe_load(export(config_of("text-nf4.yaml"), "sglang").text)
+    assert nf4["quantization"] == "bitsandbytes" and nf4["load-format"] == "bitsandbytes"
+    fp4 = config_of("text-nf4.yaml")
+    fp4 = fp4.model_copy(update={"settings": fp4.settings.model_copy(update={"quantization": "bnb-fp4"})})
+    with pytest.raises(ExportError, match="quantization bnb-fp4 cannot be exported to sglang"):
+        export(fp4, "sglang")
+
+
+def test_tgi_maps_every_bitsandbytes_method_and_says_it_is_in_maintenance() -> None:
+    for quant, value in (("bnb-int8", "bitsandbytes"), ("bnb-nf4", "bitsandbytes-nf4"), ("bnb-fp4", "bitsandbytes-fp4")):
+        config = config_of("text-int8.yaml")
+        config = config.model_copy(update={"settings": config.settings.model_copy(update={"quantization": quant})})
+        result = export(config, "tgi")
+        assert f"QUANTIZE={value}\n" in result.text and "DTYPE=" not in result.text  # TGI refuses --dtype with --quantize
+        assert "maintenance mode" in result.text and any("maintenance mode" in n for n in result.notes)
+
+
+def test_several_unexportable_settings_are_named_in_one_line() -> None:
+    config = config_of("vision-video-fp16.yaml")
+    config = config.model_copy(update={"settings": config.settings.model_copy(update={"dtype": "fp32"})})
+    with pytest.raises(ExportError) as e:
+        export(config, "tgi")
+    assert "dtype fp32" in str(e.value) and "video_frames 8" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_vllm_vision_flags() -> None:
+    data = yaml.safe_load(export(config_of("vision-video-fp16.yaml"), "vllm").text)
+    assert yaml.safe_load(data["limit-mm-per-prompt"]) == {"image": 1, "video": 1}
+    assert yaml.safe_load(data["mm-processor-kwargs"]) == {"size": {"shortest_edge": 3136, "longest_edge": 200704}}
+    assert yaml.safe_load(data["media-io-kwargs"]) == {"video": {"num_frames": 8}}
+    assert data["mm-encoder-attn-backend"] == "FLASH_ATTN" and data["dtype"] == "float16"
+
+
+def test_a_reranker_cannot_be_served_even_approximately_but_exports_to_transformers() -> None:
+    config = config_of("text-h100.yaml")
+    config = config.model_copy(update={"model": config.model.model_copy(update={"model_kind": "reranker"})})
+    for target in ("vllm", "sglang", "tgi"):
+        with pytest.raises(ExportError, match="export --to transformers"):
+            export(config, target, allow_approximate=True)
+    assert "AutoModelForCausalLM" in export(config, "transformers").text
+
+
+# ------------------------------------------------------------------------------ memory
+
+
+def test_memory_fraction_is_the_peak_plus_headroom_capped_at_the_budget() -> None:
+    config = config_of("text-h100.yaml")  # NVML peak 22.41 GiB, budget 24 GiB, H100 79.18 GiB
+    plan = memory_plan(config, ExportOptions(), "f")
+    assert plan.fraction == 0.30  # 22.41 x 1.1 = 24.65 > 24 -> 24 GiB / 79.18 = 0.303, rounded down under the budget
+    assert "24.65 GiB" in plan.arithmetic and "capped at the 24 GiB budget" in plan.arithmetic
+    no_budget = config.model_copy(update={"memory_budget_gib": None})
+    assert memory_plan(no_budget, ExportOptions(), "f").fraction == 0.32  # 24.65 / 79.18 = 0.311, rounded up
+    assert memory_plan(no_budget, ExportOptions(headroom=0.0), "f").fraction == 0.29  # 22.41 / 79.18 = 0.283
+
+
+def test_memory_that_does_not_fit_the_serving_gpu_is_an_error() -> None:
+    with pytest.raises(ExportError, match="--gpu-memory-gib"):
+        memory_plan(config_of("text-h100.yaml"), ExportOptions(gpu_memory_gib=23.0), "f")
+
+
+def test_a_cpu_tuned_config_sets_no_gpu_fraction_and_says_it_is_approximate() -> None:
+    result = export(config_of("cpu-default.yaml"), "vllm")
+    assert "gpu-memory-utilization" not in yaml.safe_load(result.text)
+    assert "tuned on CPU" in result.text
+
+
+# ------------------------------------------------------------------------------ model and options
+
+
+def test_a_random_weight_config_without_a_known_checkpoint_needs_model() -> None:
+    config = config_of("text-h100.yaml")
+    config = config.model_copy(update={"model": config.model.model_copy(update={"name": "my-shape"})})
+    with pytest.raises(ExportError, match="pass --model"):
+        export(config, "vllm")
+    assert yaml.safe_load(export(config, "vllm", model="/models/mine").text)["model"] == "/models/mine"
+
+
+@pytest.mark.parametrize("options, needle", [({"tensor_parallel_size": 0}, "--tensor-parallel-size"),
+                                             ({"headroom": 2.0}, "--headroom"), ({"gpu_memory_gib": -1.0}, "--gpu-memory-gib")])
+def test_bad_options(options: dict, needle: str) -> None:
+    with pytest.raises(ExportError, match=needle):
+        export(config_of("text-h100.yaml"), "vllm", **options)
+
+
+def test_unknown_target_lists_the_allowed_names() -> None:
+    message = "unknown export target 'vlm' (did you mean 'vllm'?); allowed: sglang, tgi, transformers, vllm"
+    with pytest.raises(ExportError, match=re.escape(message)):
+        export(config_of("text-h100.yaml"), "vlm")
+
+
+# ------------------------------------------------------------------------------ files
+
+
+def test_write_export_names_files_after_out_and_makes_the_script_executable(tmp_path: Path) -> None:
+    paths = write_export(export(config_of("text-h100.yaml"), "vllm"), tmp_path / "deploy" / "serve.yaml")
+    assert [p.name for p in paths] == ["serve.yaml", "serve.sh"]
+    assert paths[1].stat().st_mode & stat.S_IXUSR
+    assert "exec vllm serve Qwen/Qwen2.5-7B-Instruct" in paths[1].read_text()
+    with pytest.raises(ExportError, match="only from a .yaml or .yml file"):
+        write_export(export(config_of("text-h100.yaml"), "vllm"), tmp_path / "serve.txt")
+
+
+def test_transformers_kwargs_file_is_a_deployment_config_load_deployment_reads(tmp_path: Path) -> None:
+    paths = write_export(export(config_of("vision-nf4-h100.yaml"), "transformers"), tmp_path)
+    kwargs_file = tmp_path / "transformers_deploy.best.yaml"
+    assert kwargs_file in paths
+    config = read_deployment(kwargs_file)
+    assert config.model.kind == "pretrained" and config.model.source == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert config.settings == config_of("vision-nf4-h100.yaml").settings
+    compile(paths[0].read_text(), str(paths[0]), "exec")  # the snippet is valid Python
+
+
+# ------------------------------------------------------------------------------ CLI
+
+
+def run_export(*args: str, cwd: Path):
+    return conftest.run_cli("export", *args, cwd=cwd, timeout=60)
+
+
+def test_cli_prints_the_file_and_the_command_line(tmp_path: Path) -> None:
+    result = run_export(str(INPUTS / "text-h100.yaml"), "--to", "vllm", cwd=tmp_path)
+    conftest.assert_ok(result)
+    assert yaml.safe_load(result.stdout)["max-num-seqs"] == 16  # stdout is the YAML file itself
+    assert "# vllm serve Qwen/Qwen2.5-7B-Instruct \\" in result.stdout
+    assert not list(tmp_path.iterdir())
+
+
+def test_cli_out_writes_the_files(tmp_path: Path) -> None:
+    result = run_export(str(INPUTS / "text-int8.yaml"), "--to", "tgi", "--out", str(tmp_path / "tgi.env"),
+                        "--tensor-parallel-size", "2", cwd=tmp_path)
+    conftest.assert_ok(result)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tgi.env", "tgi.sh"]
+    assert "NUM_SHARD=2\n" in (tmp_path / "tgi.env").read_text()
+    assert "approximate: TGI is in maintenance mode" in result.stdout
+
+
+def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
+    not_config = tmp_path / "space.yaml"
+    not_config.write_text("dtype: [fp32]\n")
+    future = tmp_path / "future.yaml"
+    raw = yaml.safe_load((INPUTS / "text-h100.yaml").read_text())
+    future.write_text(yaml.safe_dump({**raw, "schema_version": 99, "new_field": 1}))
+    cases = [
+        ((str(not_config), "--to", "vllm"), ("not an autotune DeploymentConfig",)),
+        ((str(future), "--to", "vllm"), ("schema_version 99 is newer than this autotune",)),
+        ((str(INPUTS / "text-h100.yaml"), "--to", "vlm"), ("unknown export target 'vlm'", "allowed: sglang, tgi, transformers, vllm")),
+        ((str(INPUTS / "text-int8.yaml"), "--to", "vllm"), ("quantization bnb-int8 cannot be exported to vllm", "fp8_per_tensor",
+                                                            "--allow-approximate")),
+        ((str(tmp_path / "missing.yaml"), "--to", "vllm"), ("cannot read",)),
+        ((str(INPUTS / "text-h100.yaml"), "--to", "vllm", "--out", str(tmp_path / "x.json")), ("only from a .yaml or .yml file",)),
+    ]
+    for args, needles in cases:
+        assert_one_line_error(run_export(*args, cwd=tmp_path), *needles)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["future.yaml", "space.yaml"]  # nothing written
+
+
+def test_golden_inputs_are_unchanged_copies_where_they_say_so() -> None:
+    """The real examples stay byte-equal to bench/results (apart from the first comment line)."""
+    bench = Path(__file__).parents[1] / "bench" / "results"
+    for name, src in (("text-h100.yaml", "h100-qwen25-7b-24gib-v3"), ("vision-nf4-h100.yaml", "h100-qwen25-vl-7b-24gib"),
+                      ("cpu-default.yaml", "cpu-default")):
+        copy = (INPUTS / name).read_text().split("\n", 1)[1]
+        assert copy == (bench / src / "best.yaml").read_text(), name
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_stray_golden_dirs():
+    yield
+    for d in GOLDEN.iterdir():
+        if d.is_dir() and d.name not in CASES and d.name != "inputs":
+            if UPDATE:
+                shutil.rmtree(d)
+            else:
+                raise AssertionError(f"stray golden directory {d} (no case); AUTOTUNE_UPDATE_GOLDEN=1 removes it")
