@@ -531,15 +531,23 @@ def _key(cand: Candidate) -> tuple:
     return tuple(sorted(cand.model_dump().items()))
 
 
+# Request-shape knobs memory grows with: a candidate at least as large in every one of them as an
+# infeasible trial with the same load cannot fit either. Visual inputs count apart from max_length:
+# at the same length, more pixels or frames cost more vision-encoder activations.
+MONOTONE_SHAPE_KNOBS = ("batch_size", "max_length", "max_pixels", "images_per_prompt", "video_frames")
+
+
 def dominating_infeasible(cand: Candidate, done: dict[tuple, TrialRecord]) -> TrialRecord | None:
-    """A measured infeasible trial with the same load-key and new tokens whose batch size and max
-    length are both no larger than this candidate's. Memory grows with both, so this candidate
-    cannot fit either: it is answered without loading or running anything."""
+    """A measured infeasible trial with the same load-key, new tokens and request sizes whose
+    batch size, max length, pixel bound, images and frames are all no larger than this
+    candidate's. Memory grows with each, so this candidate cannot fit either: it is answered
+    without loading or running anything."""
     for r in done.values():
         other = r.candidate
         if (r.state == "infeasible" and r.outcome.inferred_from is None and other.load_key == cand.load_key
-                and other.new_tokens == cand.new_tokens and other.batch_size <= cand.batch_size
-                and other.max_length <= cand.max_length):
+                and other.new_tokens == cand.new_tokens and other.image_size == cand.image_size
+                and other.video_size == cand.video_size
+                and all((getattr(other, k) or 0) <= (getattr(cand, k) or 0) for k in MONOTONE_SHAPE_KNOBS)):
             return r
     return None
 
@@ -549,7 +557,8 @@ def _inferred_outcome(cand: Candidate, source: TrialRecord) -> TrialOutcome:
     why = "ran out of memory" if source.outcome.status == "oom" else "went over the memory budget"
     return TrialOutcome(status="oom", inferred_from=source.number,
                         reason=f"inferred: trial #{source.number} {why} at batch {other.batch_size} × {other.max_length} tokens "
-                               f"with the same load; batch {cand.batch_size} × {cand.max_length} needs at least as much")
+                               f"with the same load{' and no larger images/frames' if other.has_images else ''}; "
+                               f"batch {cand.batch_size} × {cand.max_length} needs at least as much")
 
 
 def _order_for_loaded_model(batch: list[tuple[optuna.Trial, Candidate]], loaded_key: tuple | None):

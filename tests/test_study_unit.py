@@ -181,6 +181,23 @@ def test_no_inference_across_loads_or_to_smaller_shapes() -> None:
     assert dominating_infeasible(_cand(batch=8, length=64), _done(_record(3, "unsupported", batch=4, length=64))) is None
 
 
+def test_no_inference_to_fewer_pixels_or_frames() -> None:
+    """At the same batch and length, fewer pixels or frames cost less vision-encoder memory (the
+    Qwen3-VL-8B H100 study once inferred a 200k-pixel candidate from an 800k-pixel OOM)."""
+    def vision(rec_or_cand, **shape):
+        if isinstance(rec_or_cand, TrialRecord):
+            return rec_or_cand.model_copy(update={"candidate": rec_or_cand.candidate.model_copy(update=shape)})
+        return rec_or_cand.model_copy(update=shape)
+
+    big = {"max_pixels": 802816, "images_per_prompt": 1, "video_frames": 16, "image_size": "1280x720", "video_size": "640x360"}
+    oom = vision(_record(3, "infeasible", batch=4, length=64), **big)
+    done = _done(oom)
+    assert dominating_infeasible(vision(_cand(batch=8, length=64), **big), done) is oom
+    assert dominating_infeasible(vision(_cand(batch=8, length=64), **{**big, "max_pixels": 200704}), done) is None
+    assert dominating_infeasible(vision(_cand(batch=8, length=64), **{**big, "video_frames": 0}), done) is None
+    assert dominating_infeasible(vision(_cand(batch=8, length=64), **{**big, "image_size": "640x480"}), done) is None
+
+
 def test_inferred_answers_are_not_chained() -> None:
     """Only measured infeasibility is evidence; an inference is not a source of further ones."""
     inferred = _record(5, "infeasible", batch=8, length=64)
