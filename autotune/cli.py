@@ -42,6 +42,12 @@ def tune(
     storage: Optional[str] = typer.Option(None, "--storage", help=_help("storage")),
     out: Path = typer.Option(TuneSpec.model_fields["out"].default, "--out", help=_help("out")),
     seed: int = typer.Option(0, "--seed", help=_help("seed")),
+    bisect: bool = typer.Option(True, "--bisect/--no-bisect", help=_help("bisect")),
+    memory_model: bool = typer.Option(True, "--memory-model/--no-memory-model", help=_help("memory_model")),
+    sampler: str = typer.Option(TuneSpec.model_fields["sampler"].default, "--sampler", help=_help("sampler")),
+    confirm_top: int = typer.Option(TuneSpec.model_fields["confirm_top"].default, "--confirm-top", help=_help("confirm_top")),
+    confirm_repeats: int = typer.Option(TuneSpec.model_fields["confirm_repeats"].default, "--confirm-repeats",
+                                        help=_help("confirm_repeats")),
     data: Optional[Path] = typer.Option(None, "--data", help=_help("data")),
     min_quality: Optional[str] = typer.Option(None, "--min-quality", help=_help("min_quality")),
     quality_metric: Optional[str] = typer.Option(None, "--quality-metric", help=_help("quality_metric")),
@@ -55,7 +61,8 @@ def tune(
         spec = TuneSpec(
             model=model, random_weights=random_weights, kind=kind, space=space, trials=trials, timeout_s=timeout,
             trial_timeout_s=trial_timeout, memory_budget_gib=memory_budget, objective=objective, device=device,
-            study=study, storage=storage, out=out, seed=seed, data=data, min_quality=min_quality,
+            study=study, storage=storage, out=out, seed=seed, bisect=bisect, memory_model=memory_model, sampler=sampler, confirm_top=confirm_top,
+            confirm_repeats=confirm_repeats, data=data, min_quality=min_quality,
             quality_metric=quality_metric, quality_examples=quality_examples,
         )
     except ValidationError as e:
@@ -89,15 +96,24 @@ def show(
     out: Path = typer.Argument(..., help="output directory of a tune run"),
     markdown: bool = typer.Option(False, "--markdown", help="print the trial table as markdown (for reports)"),
 ) -> None:
-    """Print the trials and the best config of a finished or running study."""
-    from autotune.report import load_results, print_results, trials_markdown
+    """Print the trials, the best config, the Pareto front and the parameter importances of a
+    finished or running study; write report.html if the directory has none."""
+    from autotune.analysis import importances, load_saved_study
+    from autotune.report import load_results, print_analysis, print_results, trials_markdown
+    from autotune.report_html import REPORT_FILE, write_report_or_warn
 
     recs, config = load_results(out)
+    study = load_saved_study(out, config.study_name if config else None)
     objective = config.objective if config else "throughput"
+    if config is None and study is not None:  # nothing feasible yet: the study's identity says what it optimises
+        objective = str(study.user_attrs.get("objective", objective))
     if markdown:
         print(trials_markdown(recs, objective))
         return
+    if not (out / REPORT_FILE).is_file():
+        write_report_or_warn(out, recs, study, objective, config)
     print_results(console, recs, config, objective, out)
+    print_analysis(console, recs, importances(study, objective), objective)
 
 
 @app.command()

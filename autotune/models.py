@@ -62,7 +62,8 @@ class ModelRef(BaseModel):
 
             cached = try_to_load_from_cache(self.source, "config.json")
             return _read_config(Path(cached)) if isinstance(cached, str) else {}
-        return {}
+        built = cache_dir() / "models" / EMBEDDED_NAME / "config.json"
+        return _read_config(built) if built.is_file() else {}
 
 
 def cache_dir() -> Path:

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from autotune.analysis import Importances, objective_stat, pareto_front, quality_on_front
 from autotune.spec import Candidate, DeploymentConfig, TrialRecord
 from autotune.study import baseline_record, best_record
 
@@ -43,6 +44,9 @@ class RichProgress:
     def trial_finished(self, record: TrialRecord, done: int, total: int) -> None:
         self.progress.update(self.task, completed=done)
         self.console.print(f"  #{record.number:<3} {record.candidate.label():<45} {_result_text(record, self.objective)}")
+
+    def note(self, text: str) -> None:
+        self.console.print(f"  {text}", markup=False, highlight=False, soft_wrap=True)
 
 
 def _result_text(r: TrialRecord, objective: str) -> str:
@@ -89,7 +93,8 @@ def trial_rows(recs: list[TrialRecord], objective: str, baseline_value: float | 
         rows.append((r.state, [
             f"{r.number}{'*' if r.is_baseline else ''}", c.dtype, c.quantization, c.attn_implementation,
             "yes" if c.compile else "no", str(c.batch_size), str(c.max_length),
-            r.state + (f" (from #{r.outcome.inferred_from})" if r.outcome.inferred_from is not None else ""),
+            r.state + (f" (from #{r.outcome.inferred_from})" if r.outcome.inferred_from is not None
+                       else " (predicted)" if r.outcome.predicted else ""),
             _fmt(m and m.throughput.median), _fmt(m and m.throughput.spread_pct, ".0f") + ("%" if m else ""),
             _fmt(m and m.decode_tokens_per_s and m.decode_tokens_per_s.median), _fmt(m and m.ttft_s.median * 1000, ",.0f"),
             _fmt(m and m.tpot_s and m.tpot_s.median * 1000, ",.1f"), _fmt(m and m.peak_memory_gib, ".2f"), _fmt(ratio, ".2f"),
@@ -111,7 +116,8 @@ def trials_table(recs: list[TrialRecord], objective: str, baseline_value: float 
         table.add_row(*cells[:7], f"[{style}]{cells[7]}[/]", *cells[8:])
     table.caption = ("* = untuned baseline (plain default load, batch 1); quality~ = difference to the reference is within "
                      "its bootstrap noise; infeasible (from #N) = not run: trial N ran out of memory with the same load at a shape "
-                     "no larger. Unsupported/failed reasons: see trials.jsonl")
+                     "no larger; infeasible (predicted) = not run: its weights and KV cache alone exceed the budget. Unsupported/failed "
+                     "reasons: see trials.jsonl")
     return table
 
 
@@ -142,6 +148,8 @@ def best_summary(config: DeploymentConfig) -> Table:
             + (f", KL {config.quality.kl_mean:.4f}" if config.quality.kl_mean is not None else "")
             + (f" (floor {config.min_quality})" if config.min_quality else ""))] if config.quality else []),
         ("vs baseline", f"{config.speedup_vs_baseline:.2f}× the untuned baseline" if config.speedup_vs_baseline else "baseline not measured"),
+        *([("confirmation", f"top {len(config.confirmation.candidates)} re-measured in {config.confirmation.rounds} interleaved "
+            f"rounds: {config.confirmation.reason}")] if config.confirmation else []),
     ]
     for k, v in rows:
         table.add_row(k, v)
@@ -169,12 +177,80 @@ def print_results(console: Console, recs: list[TrialRecord], config: DeploymentC
     per_length = best_per_max_length(recs, objective)
     if per_length is not None:
         console.print(per_length)
+    error = memory_model_error(recs)
+    if error is not None:
+        console.print(f"memory model: predicted peak within {error.median_abs_pct:.1f}% of the measured one (median; worst "
+                      f"{error.worst_abs_pct:.1f}%) over {error.n} measured trials; "
+                      f"{sum(1 for r in recs if r.outcome.predicted and r.state != 'duplicate')} candidates answered by its lower bound")
     if config is not None:
         console.print(best_summary(config))
         console.print(f"best config: [bold]{out / 'best.yaml'}[/]")
     else:
         console.print("[yellow]no feasible config yet: every measured candidate ran out of memory, went over budget, "
                       "was unsupported or failed[/]")
+    if (out / "report.html").is_file():
+        console.print(f"report: [bold]{out / 'report.html'}[/] (Pareto front, history, importances; opens offline)")
+
+
+def pareto_table(recs: list[TrialRecord], objective: str) -> Table | None:
+    """The non-dominated feasible trials (the same front report.html draws), by ascending peak memory."""
+    front = pareto_front(recs, objective)
+    if not front:
+        return None
+    with_quality = quality_on_front(recs)
+    base = baseline_record(recs)
+    figure = "throughput" if objective == "throughput" else "latency"
+    unit, scale = (front[0].outcome.measurement.throughput_unit, 1.0) if objective == "throughput" else ("ms", 1000.0)
+    dims = f"{figure}, peak memory and quality" if with_quality else f"{figure} and peak memory"
+    table = Table(title=f"Pareto front ({figure} × peak memory{' × quality' if with_quality else ''})", header_style="bold")
+    for name in ("#", "settings", f"{figure} ({unit})", "spread", "peak GiB", *(("quality",) if with_quality else ()), "× base"):
+        table.add_column(name, justify="left" if name == "settings" else "right")
+    for r in front:
+        stat, q = objective_stat(r, objective), r.outcome.quality
+        ratio = None
+        if base is not None and base.objective_value and r.objective_value:
+            ratio = r.objective_value / base.objective_value if objective == "throughput" else base.objective_value / r.objective_value
+        table.add_row(f"{r.number}{'*' if r.is_baseline else ''}", r.candidate.label(), f"{stat.median * scale:,.1f}",
+                      f"{stat.spread_pct:.0f}%", f"{r.outcome.measurement.peak_memory_gib:.2f}",
+                      *((f"{q.metric} {q.score:.3f}",) if with_quality else ()), _fmt(ratio, ".2f"))
+    table.caption = (f"no other feasible trial is at least as good on {dims} and better on one of them; "
+                     "differences inside the spreads are noise")
+    return table
+
+
+IMPORTANCE_BAR_WIDTH = 30
+
+
+def importance_table(result: Importances) -> Table:
+    """A bar per knob: its share of the objective's variation over the feasible measured trials."""
+    table = Table(show_header=False, box=None, padding=(0, 1, 0, 2))
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_column(justify="right")
+    for name, share in result.by_param.items():
+        table.add_row(name, "█" * round(share * IMPORTANCE_BAR_WIDTH), f"{share:.0%}")
+    return table
+
+
+def print_analysis(console: Console, recs: list[TrialRecord], result: Importances, objective: str) -> None:
+    """`autotune show`'s view of what report.html draws: the Pareto front and the importances."""
+    front = pareto_table(recs, objective)
+    console.print(front if front is not None else "[yellow]Pareto front: no feasible measured trial yet[/]")
+    if result.by_param:
+        console.print(f"[bold]Parameter importances[/] (share of the objective's variation over {result.n_trials} feasible measured "
+                      "trials, PED-ANOVA; rough with few trials)")
+        console.print(importance_table(result))
+    else:
+        console.print(f"parameter importances not computed: {result.note}")
+
+
+def memory_model_error(recs: list[TrialRecord]):
+    """How far the memory model's pre-run predictions were from the measured peaks."""
+    from autotune.memory_model import prediction_error
+
+    pairs = [(r.outcome.predicted_peak_gib, r.outcome.measurement.peak_memory_gib) for r in recs
+             if r.state != "duplicate" and r.outcome.predicted_peak_gib is not None and r.outcome.measurement is not None]
+    return prediction_error(pairs)
 
 
 def read_trials(out: Path) -> list[TrialRecord]:

@@ -242,6 +242,26 @@ class QualityReport(_Strict):
 OutcomeStatus = Literal["ok", "oom", "unsupported", "error", "crashed", "timeout"]
 
 
+class Probe(_Strict):
+    """One feasibility probe: the worst case run once at this batch size."""
+
+    batch_size: int
+    fits: bool
+    peak_memory_gib: float | None = None
+    reason: str = ""
+
+
+class BatchBoundary(_Strict):
+    """The largest batch size that fits at one max length and load, found by probing inside the
+    loaded worker (bisection over the space's batch sizes, or every one of them)."""
+
+    batch_sizes: list[int]
+    largest_feasible: int | None = Field(description="None: not even the smallest batch size fits")
+    probes: list[Probe]
+    exhaustive: bool = False
+    elapsed_s: float = 0.0
+
+
 class TrialOutcome(_Strict):
     """A worker's answer for one candidate: a measurement or a typed failure."""
 
@@ -257,6 +277,10 @@ class TrialOutcome(_Strict):
     inferred_from: int | None = Field(
         default=None, description="answered without running: this trial was infeasible with the same load and a shape no larger"
     )
+    predicted: bool = Field(default=False, description="answered without running: the memory model's lower bound exceeds the budget")
+    predicted_peak_gib: float | None = Field(default=None, description="the memory model's prediction, made before the trial ran")
+    boundary: BatchBoundary | None = Field(default=None, description="the batch-size bisection this trial ran or was answered by")
+    probe_s: float = Field(default=0.0, description="seconds this trial spent probing batch sizes in the worker (the bisection it ran)")
 
 
 # ------------------------------------------------------------------------------ system
@@ -334,10 +358,33 @@ class TuneSpec(_Strict):
     storage: str | None = Field(default=None, description="Optuna storage URL; default: SQLite in the output dir")
     out: Path = Field(default=Path("outputs/default"), description="output directory")
     seed: int = Field(default=0, description="sampler seed")
+    memory_model: bool = Field(default=True, description="answer candidates whose weights and KV cache alone exceed the "
+                               "--memory-budget as infeasible (predicted) without loading them")
+    bisect: bool = Field(default=True, description="find the largest batch that fits per load and length by bisection in the "
+                         "loaded worker (with a memory budget or on a GPU; 3+ batch sizes), and answer larger ones from it")
+    sampler: str = Field(default="tpe", description="search strategy: tpe (default), gp, nsga2, random or grid (every candidate once)")
+    confirm_top: int = Field(default=3, ge=0, description="re-measure the best K candidates interleaved after the search and pick the "
+                             "winner by median; a difference inside the spreads is a tie, broken by lower memory (0 = off)")
+    confirm_repeats: int = Field(default=6, ge=3, description="timed repeats per candidate in the confirmation, taken 2 per round, "
+                                 "round-robin over the candidates")
     data: Path | None = Field(default=None, description="validation set (JSON lines) for quality; default with --min-quality: the bundled text set")
     min_quality: str | None = Field(default=None, description="quality floor: 0.98 = 98% of the reference config's score; abs:0.6 = absolute")
     quality_metric: str | None = Field(default=None, description="contains, exact_match, token_f1 or top1_agreement (label-free); default: contains if labelled")
     quality_examples: int | None = Field(default=None, ge=1, description="use only the first N examples of the validation set")
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, name: str) -> str:
+        from autotune.samplers import check_sampler_name
+
+        return check_sampler_name(name)
+
+    @field_validator("confirm_top")
+    @classmethod
+    def _something_to_compare(cls, k: int) -> int:
+        if k == 1:
+            raise ValueError("1 compares nothing; use 0 (off) or 2 and more")
+        return k
 
     @field_validator("min_quality")
     @classmethod
@@ -368,6 +415,46 @@ def parse_min_quality(text: str) -> tuple[Literal["relative", "absolute"], float
     return mode, value
 
 
+# ------------------------------------------------------------------------------ confirmation
+
+
+class ConfirmedCandidate(_Strict):
+    """One of the search's top candidates, re-measured in the confirmation's interleaved rounds."""
+
+    trial_number: int
+    candidate: Candidate
+    search_value: float = Field(description="the objective the search measured, which put it in the top k")
+    confirmed: Stat | None = Field(default=None, description="the objective's samples pooled over the confirmation rounds "
+                                   "(the search's own samples are left out: they are what it was picked on)")
+    peak_memory_gib: float | None = Field(default=None, description="the highest peak of its confirmation rounds")
+    rounds: int = Field(default=0, description="rounds that measured it")
+    dropped: str = Field(default="", description="why it cannot win: failed, out of memory or over the budget in a round")
+
+
+class Confirmation(_Strict):
+    """The noise-aware choice among the search's top candidates: best.yaml's settings are its winner."""
+
+    objective: Objective
+    top_k: int
+    repeats: int = Field(description="timed repeats per candidate asked for, taken a few per round")
+    rounds: int = Field(description="rounds run (each re-measures every candidate once, in alternating order)")
+    rounds_planned: int
+    candidates: list[ConfirmedCandidate] = Field(description="in the search's rank order")
+    winner: int | None = Field(description="trial number of the winner; None if no candidate could be re-measured")
+    search_winner: int = Field(description="trial number the search alone would have picked")
+    tie: bool = Field(description="the leader's median is within the noise of another candidate's")
+    tied: list[int] = Field(default=[], description="trial numbers inside the noise of the leader, the leader included")
+    reason: str
+    reloads: int = Field(default=0, description="model loads the interleaving cost")
+    elapsed_s: float = 0.0
+    stopped: str = Field(default="", description="why fewer rounds ran than planned (--timeout)")
+    created_at: str = ""
+
+    @property
+    def top_trials(self) -> list[int]:
+        return [c.trial_number for c in self.candidates]
+
+
 # ------------------------------------------------------------------------------ output file
 
 
@@ -393,6 +480,7 @@ class DeploymentConfig(_Strict):
     memory_budget_gib: float | None = None
     quality: QualityReport | None = None
     min_quality: str | None = None
+    confirmation: Confirmation | None = Field(default=None, description="the re-measurement that chose these settings among the top candidates")
     fingerprint: Fingerprint
     study_name: str
     storage: str

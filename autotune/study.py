@@ -20,9 +20,12 @@ import optuna
 import yaml
 from optuna.trial import TrialState as OptunaState
 
+from autotune.confirm import confirm_study, confirmed_best
 from autotune.errors import AutotuneError, OutputDirError, SpaceError, StorageError, StudyMismatchError
 from autotune.loading import generate_kwargs
+from autotune.memory_model import ModelShape, calibrate, lower_bound_gib, predicted_infeasible_reason
 from autotune.models import ModelRef, resolve_model
+from autotune.samplers import create_sampler
 from autotune.space import (
     baseline_params,
     default_space_path,
@@ -34,7 +37,9 @@ from autotune.space import (
 from autotune.spec import (
     LOAD_KEY_KNOBS,
     BaselineSummary,
+    BatchBoundary,
     Candidate,
+    Confirmation,
     DeploymentConfig,
     Fingerprint,
     QualityReport,
@@ -53,6 +58,7 @@ BASELINE_ATTR = "autotune.baseline"
 INTERRUPTED_ATTR = "autotune.interrupted"
 REFERENCE_QUALITY_ATTR = "autotune.reference_quality"
 QUALITY_CACHE_PREFIX = "autotune.quality:"
+BOUNDARY_PREFIX = "autotune.boundary:"
 IDENTITY_ATTRS = ("model", "space_digest", "objective", "device_name", "quality")
 CONSTRAINT_KEYS = ("oom", "unsupported", "over_budget_gib", "quality_below_floor")
 PRECISION_ORDER = ("none", "bnb-int8", "bnb-nf4", "bnb-fp4")  # most to least faithful weights
@@ -70,6 +76,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 class ProgressSink(Protocol):
     def trial_started(self, done: int, total: int, candidate: Candidate) -> None: ...
     def trial_finished(self, record: TrialRecord, done: int, total: int) -> None: ...
+    def note(self, text: str) -> None: ...
 
 
 class _Silent:
@@ -77,6 +84,9 @@ class _Silent:
         pass
 
     def trial_finished(self, record: TrialRecord, done: int, total: int) -> None:
+        pass
+
+    def note(self, text: str) -> None:
         pass
 
 
@@ -110,6 +120,7 @@ class StudyContext:
     quality: QualitySetup | None = None
     stopped_reason: str = ""
     new_trials: list[int] = field(default_factory=list)
+    shape: ModelShape | None = None  # for the memory model; None where its formula does not apply
 
 
 # ------------------------------------------------------------------------------ setup
@@ -263,14 +274,15 @@ def open_study(spec: TuneSpec) -> StudyContext:
                     f"study {study_name!r} in {storage_url} exists with a different {key.replace('_', ' ')}; "
                     f"pass a new --study name or --out directory (nothing was changed)"
                 )
-    sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=min(10, max(3, space.size // 4)))
+    sampler = create_sampler(spec.sampler, spec.seed, space)  # not stored: a resumed study may use another
     study = optuna.create_study(storage=storage, study_name=study_name, direction=direction, sampler=sampler, load_if_exists=True)
     if study_name not in existing:
         for key, value in identity.items():
             study.set_user_attr(key, value)
         study.enqueue_trial(baseline_params(space, device, model_default_dtype(model)), user_attrs={BASELINE_ATTR: True})
     # Taken once per run: best.yaml is rewritten after every trial and the machine does not change.
-    ctx = StudyContext(spec, device, space, model, study, storage_url, study_name, spec.out, fingerprint(device), quality)
+    ctx = StudyContext(spec, device, space, model, study, storage_url, study_name, spec.out, fingerprint(device), quality,
+                       shape=ModelShape.from_config(model.config()))
     if spec.storage is None:
         _fail_interrupted_trials(ctx)
     return ctx
@@ -408,6 +420,19 @@ def _tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: Tria
             state = "infeasible"
         else:
             state = "low_quality" if constraints["quality_below_floor"] > 0 else "measured"
+    elif outcome.boundary is not None and outcome.status == "oom":
+        # Answered by the batch-size bisection: the smallest failing probe at or below this batch.
+        failed = min((p for p in outcome.boundary.probes if not p.fits and p.batch_size <= cand.batch_size),
+                     key=lambda p: p.batch_size)
+        if failed.peak_memory_gib is not None and budget is not None:
+            constraints["over_budget_gib"] = round(failed.peak_memory_gib - budget, 4)
+        else:
+            constraints["oom"] = 1.0
+        state = "infeasible"
+    elif outcome.predicted:
+        # Answered by the memory model: the lower bound's excess is the violation.
+        constraints["over_budget_gib"] = round(lower_bound_gib(ctx.shape, cand) - budget, 4)
+        state = "infeasible"
     elif inferred_from is not None:
         # Answered from a smaller shape's failure: the same constraint, at least as violated.
         constraints["oom"] = inferred_from.constraints["oom"]
@@ -483,7 +508,8 @@ def speedup(objective: str, best: TrialRecord, base: TrialRecord | None) -> floa
     return base.objective_value / best.objective_value
 
 
-def build_deployment(ctx: StudyContext, best: TrialRecord, base: TrialRecord | None) -> DeploymentConfig:
+def build_deployment(ctx: StudyContext, best: TrialRecord, base: TrialRecord | None,
+                     confirmation: Confirmation | None = None) -> DeploymentConfig:
     return DeploymentConfig(
         model=ctx.model,
         device=ctx.device.device,
@@ -497,6 +523,7 @@ def build_deployment(ctx: StudyContext, best: TrialRecord, base: TrialRecord | N
         memory_budget_gib=ctx.spec.memory_budget_gib,
         quality=best.outcome.quality,
         min_quality=ctx.spec.min_quality,
+        confirmation=confirmation,
         fingerprint=ctx.fingerprint,
         study_name=ctx.study_name,
         storage=ctx.storage_url,
@@ -505,14 +532,21 @@ def build_deployment(ctx: StudyContext, best: TrialRecord, base: TrialRecord | N
     )
 
 
-def write_outputs(ctx: StudyContext) -> tuple[list[TrialRecord], DeploymentConfig | None]:
+def write_outputs(ctx: StudyContext, report: bool = True) -> tuple[list[TrialRecord], DeploymentConfig | None]:
+    """trials.jsonl and best.yaml (after every trial: an interruption loses nothing), and
+    report.html when `report` (at the end: it costs 0.1-0.2 s, which per trial is study time)."""
     recs = records(ctx.study)
     write_trials_jsonl(ctx.out, recs)
     best = best_record(recs, ctx.spec.objective)
     config = None
     if best is not None:
-        config = build_deployment(ctx, best, baseline_record(recs))
+        best, confirmation = confirmed_best(ctx, recs, best)  # the confirmation's winner, if it covers today's top k
+        config = build_deployment(ctx, best, baseline_record(recs), confirmation)
         _atomic_write(ctx.out / "best.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    if report:
+        from autotune.report_html import write_report_or_warn  # lazy: plotly loads only when a report is written
+
+        write_report_or_warn(ctx.out, recs, ctx.study, ctx.spec.objective, config)  # a failure warns, never loses the files above
     return recs, config
 
 
@@ -544,12 +578,111 @@ def dominating_infeasible(cand: Candidate, done: dict[tuple, TrialRecord]) -> Tr
     without loading or running anything."""
     for r in done.values():
         other = r.candidate
-        if (r.state == "infeasible" and r.outcome.inferred_from is None and other.load_key == cand.load_key
+        if (r.state == "infeasible" and not _answered_without_measuring(r.outcome) and other.load_key == cand.load_key
                 and other.new_tokens == cand.new_tokens and other.image_size == cand.image_size
                 and other.video_size == cand.video_size
                 and all((getattr(other, k) or 0) <= (getattr(cand, k) or 0) for k in MONOTONE_SHAPE_KNOBS)):
             return r
     return None
+
+
+def _answered_without_measuring(outcome: TrialOutcome) -> bool:
+    return outcome.inferred_from is not None or outcome.predicted or (outcome.boundary is not None and outcome.status == "oom")
+
+
+def _predicted_over_budget(ctx: StudyContext, cand: Candidate) -> str | None:
+    """The memory model's verdict before anything is loaded: a reason if the candidate's weights
+    and KV cache alone exceed the budget by a clear margin."""
+    if ctx.shape is None or ctx.spec.memory_budget_gib is None or not ctx.spec.memory_model:
+        return None
+    return predicted_infeasible_reason(ctx.shape, cand, ctx.spec.memory_budget_gib)
+
+
+def _predicted_peak(ctx: StudyContext, cand: Candidate, done: dict[tuple, TrialRecord]) -> float | None:
+    """The peak the memory model expects, calibrated on every trial measured so far (made before
+    the trial runs, so comparing it with the measurement afterwards is an honest error)."""
+    if ctx.shape is None:
+        return None
+    measured = [(r.candidate, r.outcome.measurement.peak_memory_gib) for r in done.values()
+                if r.outcome.status == "ok" and r.outcome.measurement is not None]
+    return round(calibrate(ctx.shape, measured, ctx.device.type).predict_gib(ctx.shape, cand), 4)
+
+
+def _boundary_key(cand: Candidate) -> str:
+    """Everything but the batch size: the boundary found for one holds for all batch sizes of it."""
+    shape = (cand.max_length, cand.new_tokens, cand.max_pixels, cand.images_per_prompt, cand.video_frames, cand.image_size,
+             cand.video_size)
+    return BOUNDARY_PREFIX + "|".join(str(part) for part in (*cand.load_key, *shape))
+
+
+def _bisection_applies(ctx: StudyContext) -> bool:
+    """Probing for the largest batch needs a limit that fails cleanly: the budget (or the GPU's own
+    memory); on CPU without a budget a too-large batch would meet the kernel's OOM killer."""
+    return (ctx.spec.bisect and len(ctx.space.batch_size) >= 3
+            and (ctx.spec.memory_budget_gib is not None or ctx.device.type == "cuda"))
+
+
+def _known_boundary(ctx: StudyContext, cand: Candidate) -> BatchBoundary | None:
+    raw = ctx.study.user_attrs.get(_boundary_key(cand))
+    return BatchBoundary.model_validate(raw) if raw else None
+
+
+def _above_boundary(cand: Candidate, boundary: BatchBoundary) -> TrialOutcome | None:
+    """An infeasible answer for a batch larger than the largest that fits; None if it may fit."""
+    largest = boundary.largest_feasible
+    if largest is not None and cand.batch_size <= largest:
+        return None
+    failed = min((p for p in boundary.probes if not p.fits and p.batch_size <= cand.batch_size),
+                 key=lambda p: p.batch_size, default=None)
+    if failed is None:  # above the largest probed size that fits, but no failure at or below it
+        return None
+    found = f"batch {largest} is the largest that fits" if largest is not None else "not even the smallest batch fits"
+    return TrialOutcome(status="oom", boundary=boundary,
+                        reason=f"bisection: batch {failed.batch_size} does not fit ({failed.reason}); {found} at "
+                               f"{cand.max_length} tokens with this load")
+
+
+def _run_candidate(ctx: StudyContext, worker: WorkerClient, number: int, cand: Candidate,
+                   done: dict[tuple, TrialRecord]) -> tuple[TrialOutcome, float, bool | None]:
+    """Run one candidate in the worker: first, for a new load and length, the batch-size bisection
+    (a candidate above the boundary is answered by it), then the measurement with quality where
+    this load and resolution have none yet. Returns the outcome, the worker spawn seconds and
+    whether the worker now holds this candidate's model (None: the worker was not asked)."""
+    spec = ctx.spec
+    predicted_gib = _predicted_peak(ctx, cand, done)
+    spawn_s, prior = 0.0, None
+    boundary = _known_boundary(ctx, cand)
+    if boundary is None and _bisection_applies(ctx):
+        request = WorkRequest(trial_number=number, candidate=cand, repeats=ctx.space.repeats,
+                              boundary_batch_sizes=list(ctx.space.batch_size))
+        prior, spawn_s = worker.run(request, spec.trial_timeout_s)
+        if prior.status != "ok":  # the load failed or the worker died: that is this trial's answer
+            return prior, spawn_s, prior.phase != "load" and prior.status in ("oom", "error")
+        boundary = prior.boundary
+        ctx.study.set_user_attr(_boundary_key(cand), boundary.model_dump(mode="json"))
+    answered = _above_boundary(cand, boundary) if boundary is not None else None
+    if answered is not None:
+        if prior is not None:  # this trial paid for the bisection: its load and probes are its cost
+            answered = answered.model_copy(update={"reloaded": prior.reloaded, "load_s": prior.load_s, "prepare_s": prior.prepare_s,
+                                                   "probe_s": boundary.elapsed_s, "phase": "measure"})
+        return answered, spawn_s, True if prior is not None else None
+    cached = ctx.study.user_attrs.get(QUALITY_CACHE_PREFIX + _quality_key_name(cand)) if ctx.quality else None
+    wants_quality = ctx.quality is not None and cached is None  # once per load-key and resolution
+    request = WorkRequest(trial_number=number, candidate=cand, repeats=ctx.space.repeats,
+                          quality=ctx.quality.request(cand) if wants_quality else None)
+    outcome, run_spawn_s = worker.run(request, spec.trial_timeout_s)
+    spawn_s += run_spawn_s
+    if wants_quality and outcome.quality is not None:
+        ctx.study.set_user_attr(QUALITY_CACHE_PREFIX + _quality_key_name(cand), outcome.quality.model_dump(mode="json"))
+    elif cached is not None and outcome.phase not in ("load", "quality"):
+        outcome = outcome.model_copy(update={"quality": QualityReport.model_validate(cached).model_copy(update={"elapsed_s": 0.0})})
+    update: dict = {"predicted_peak_gib": predicted_gib}
+    if prior is not None:  # the bisection loaded the model for this trial
+        update.update(boundary=boundary, reloaded=prior.reloaded or outcome.reloaded, load_s=prior.load_s + outcome.load_s,
+                      prepare_s=prior.prepare_s + outcome.prepare_s, probe_s=boundary.elapsed_s)
+    outcome = outcome.model_copy(update=update)
+    # The worker keeps the model unless the load itself failed or the worker died.
+    return outcome, spawn_s, outcome.phase != "load" and outcome.status in ("ok", "oom", "error")
 
 
 def _inferred_outcome(cand: Candidate, source: TrialRecord) -> TrialOutcome:
@@ -573,6 +706,16 @@ def _order_for_loaded_model(batch: list[tuple[optuna.Trial, Candidate]], loaded_
 def _ask_follow_up(ctx: StudyContext, load_key: tuple, follow_ups: set[int]) -> tuple[optuna.Trial, Candidate]:
     """Ask the sampler for a shape with the load-key fixed (it still chooses batch and length)."""
     ctx.study.enqueue_trial({k: v for k, v in zip(LOAD_KEY_KNOBS, load_key) if k in ctx.space.knobs})
+    trial = ctx.study.ask()
+    follow_ups.add(trial.number)
+    return trial, suggest(trial, ctx.space)
+
+
+def _ask_at_boundary(ctx: StudyContext, cand: Candidate, batch_size: int, follow_ups: set[int]) -> tuple[optuna.Trial, Candidate]:
+    """Ask for this candidate at another batch size (every other knob fixed)."""
+    params = {k: getattr(cand, k) for k in ctx.space.knobs}
+    params["batch_size"] = batch_size
+    ctx.study.enqueue_trial(params)
     trial = ctx.study.ask()
     follow_ups.add(trial.number)
     return trial, suggest(trial, ctx.space)
@@ -613,7 +756,8 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
             if ctx.stopped_reason:
                 break
             if not pending:
-                asked = [ctx.study.ask() for _ in range(min(ask_batch, spec.trials - counted))]
+                # Never more than the candidates left: the rest could only be duplicates.
+                asked = [ctx.study.ask() for _ in range(min(ask_batch, spec.trials - counted, ctx.space.size - len(done)))]
                 pending = _order_for_loaded_model([(t, suggest(t, ctx.space)) for t in asked], loaded_key)
             trial, cand = pending.pop(0)
             trial_start = time.perf_counter()
@@ -632,22 +776,17 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 reason = unsupported_reason(cand, ctx.device)
                 spawn_s = 0.0
                 dominating = dominating_infeasible(cand, done) if reason is None else None
+                too_big = _predicted_over_budget(ctx, cand) if reason is None and dominating is None else None
                 if reason is not None:
                     outcome = TrialOutcome(status="unsupported", reason=reason)
                 elif dominating is not None:
                     outcome = _inferred_outcome(cand, dominating)
+                elif too_big is not None:
+                    outcome = TrialOutcome(status="oom", predicted=True, reason=too_big)
                 else:
-                    cached = ctx.study.user_attrs.get(QUALITY_CACHE_PREFIX + _quality_key_name(cand)) if ctx.quality else None
-                    wants_quality = ctx.quality is not None and cached is None  # once per load-key and resolution
-                    request = WorkRequest(trial_number=trial.number, candidate=cand, repeats=ctx.space.repeats,
-                                          quality=ctx.quality.request(cand) if wants_quality else None)
-                    outcome, spawn_s = worker.run(request, spec.trial_timeout_s)
-                    if wants_quality and outcome.quality is not None:
-                        ctx.study.set_user_attr(QUALITY_CACHE_PREFIX + _quality_key_name(cand), outcome.quality.model_dump(mode="json"))
-                    elif cached is not None and outcome.phase not in ("load", "quality"):
-                        outcome = outcome.model_copy(update={"quality": QualityReport.model_validate(cached).model_copy(update={"elapsed_s": 0.0})})
-                    # The worker keeps the model unless the load itself failed or the worker died.
-                    loaded_key = cand.load_key if outcome.phase != "load" and outcome.status in ("ok", "oom", "error") else None
+                    outcome, spawn_s, holds = _run_candidate(ctx, worker, trial.number, cand, done)
+                    if holds is not None:
+                        loaded_key = cand.load_key if holds else None
             except BaseException:
                 # Ctrl-C or a crash of the parent's own code: the trial in flight is lost, nothing else.
                 trial.set_user_attr(INTERRUPTED_ATTR, True)
@@ -656,22 +795,32 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
             record = _tell(ctx, trial, cand, outcome, spawn_s=spawn_s, total_s=time.perf_counter() - trial_start,
                            inferred_from=dominating if outcome.inferred_from is not None else None)
             if outcome.reloaded and outcome.phase != "load" and shape_points > 1:
-                # Ask the follow-ups now and run them next, while this model is still loaded.
-                for _ in range(TRIALS_PER_LOAD - 1):
+                # Ask the follow-ups now and run them next, while this model is still loaded; never more
+                # than the candidates neither measured nor pending (the rest could only be duplicates).
+                for _ in range(min(TRIALS_PER_LOAD - 1, ctx.space.size - len(done) - len(pending) - 1)):
                     pending.append(_ask_follow_up(ctx, cand.load_key, follow_ups))
                 pending = _order_for_loaded_model(pending, loaded_key)
                 replacements_left = TRIALS_PER_LOAD - 1
-            elif outcome.inferred_from is not None and trial.number in follow_ups and replacements_left > 0 \
-                    and cand.load_key == loaded_key:
+            elif _answered_without_measuring(outcome) and trial.number in follow_ups \
+                    and replacements_left > 0 and cand.load_key == loaded_key:
                 replacements_left -= 1  # answered without the model, like a duplicate: ask another
                 pending.insert(0, _ask_follow_up(ctx, cand.load_key, follow_ups))
+            largest = outcome.boundary.largest_feasible if outcome.boundary is not None and outcome.probe_s > 0 else None
+            if largest is not None and largest != cand.batch_size and loaded_key == cand.load_key:
+                # Throughput rises with the batch until memory runs out: the largest batch that fits,
+                # just found by the bisection, is the next candidate to measure on this model.
+                pending.insert(0, _ask_at_boundary(ctx, cand, largest, follow_ups))
             counted += 1
             ctx.new_trials.append(record.number)
             if record.state != "failed":
                 done[_key(cand)] = record
             run_log["trials"].append({"number": record.number, "total_s": record.total_s})
-            write_outputs(ctx)
+            write_outputs(ctx, report=False)
             progress.trial_finished(record, counted, spec.trials)
+        # The noise-aware choice among the best few (autotune/confirm.py): same worker, same --timeout.
+        confirm_started = time.monotonic()
+        confirm_study(ctx, worker, records(ctx.study), started, progress.note)
+        run_log["confirmation_s"] = round(time.monotonic() - confirm_started, 3)
     finally:
         # Asked but never run (stopped, or interrupted): failed without a record, so they are
         # neither results nor measured-twice candidates, and resuming asks again.

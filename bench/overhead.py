@@ -34,10 +34,11 @@ def account(out: Path) -> dict[str, float]:
         spawn += r.spawn_s
         load += r.outcome.load_s
         prepare += r.outcome.prepare_s
+        probing += r.outcome.probe_s  # the batch-size bisection this trial ran
         if m is not None:
             timed += m.measure_s
             warmup += m.warmup_s
-        elif r.outcome.status == "oom" and r.outcome.phase == "measure":
+        elif r.outcome.status == "oom" and r.outcome.phase == "measure" and r.outcome.probe_s == 0:
             probing += max(0.0, r.total_s - r.spawn_s - r.outcome.load_s - r.outcome.prepare_s)
     measuring = timed + warmup + probing
     return {

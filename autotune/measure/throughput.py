@@ -58,15 +58,12 @@ def _request_inputs(candidate: Candidate, vocab_size: int, device: str, vision):
     return input_ids, torch.ones_like(input_ids), {}
 
 
-def measure_generation(
-    model, candidate: Candidate, device: str, repeats: int, vocab_size: int, before_each_run: Callable[[], None] = lambda: None,
-    vision=None, preprocess_again: Callable[[], float] | None = None,
-) -> Measurement:
-    """`vision` (autotune.vision.VisionBatch) carries image requests; `preprocess_again` re-runs
-    their CPU preprocessing and returns its seconds, timed apart from the model."""
+def _generate_runner(model, candidate: Candidate, device: str, vocab_size: int, vision,
+                     before_each_run: Callable[[], None]) -> Callable[[int], float]:
+    """generate() of the candidate's worst-case batch for n new tokens, returning its seconds."""
     import torch
 
-    batch, prompt, new = candidate.batch_size, candidate.prompt_tokens, candidate.new_tokens
+    batch, prompt = candidate.batch_size, candidate.prompt_tokens
     input_ids, attention_mask, extra = _request_inputs(candidate, vocab_size, device, vision)
     base_kwargs = generate_kwargs(candidate)
     pad = getattr(model.generation_config, "pad_token_id", None)
@@ -86,6 +83,29 @@ def measure_generation(
         if out.shape != (batch, prompt + n_new):
             raise RuntimeError(f"generate returned shape {tuple(out.shape)}, expected {(batch, prompt + n_new)}: the measurement would be wrong")
         return elapsed
+
+    return timed_generate
+
+
+def probe_peak_gib(model, candidate: Candidate, device: str, vocab_size: int, yes_no: tuple[int, int] | None,
+                   before_each_run: Callable[[], None] = lambda: None, vision=None) -> float:
+    """One run of the candidate's worst case (all new tokens generated, or one scoring pass): its
+    peak memory, or the OOM it raises. What a feasibility probe needs, at a third of a trial's cost."""
+    run = (_generate_runner(model, candidate, device, vocab_size, vision, before_each_run) if yes_no is None
+           else _score_runner(model, candidate, device, vocab_size, yes_no, vision, before_each_run))
+    with MemoryTracker(device) as tracker:
+        run(candidate.new_tokens)
+    return tracker.result().peak_memory_gib
+
+
+def measure_generation(
+    model, candidate: Candidate, device: str, repeats: int, vocab_size: int, before_each_run: Callable[[], None] = lambda: None,
+    vision=None, preprocess_again: Callable[[], float] | None = None,
+) -> Measurement:
+    """`vision` (autotune.vision.VisionBatch) carries image requests; `preprocess_again` re-runs
+    their CPU preprocessing and returns its seconds, timed apart from the model."""
+    batch, prompt, new = candidate.batch_size, candidate.prompt_tokens, candidate.new_tokens
+    timed_generate = _generate_runner(model, candidate, device, vocab_size, vision, before_each_run)
 
     with MemoryTracker(device) as tracker:
         warm_start = time.perf_counter()
@@ -119,20 +139,16 @@ def measure_generation(
     )
 
 
-def measure_scoring(
-    model, candidate: Candidate, device: str, repeats: int, vocab_size: int, yes_no: tuple[int, int],
-    before_each_run: Callable[[], None] = lambda: None, vision=None, preprocess_again: Callable[[], float] | None = None,
-) -> Measurement:
-    """A reranker's workload: batch_size query-document pairs of max_length tokens scored in one
-    forward pass (P("yes") against P("no") at the last position). Nothing is generated, so the
-    generation figures stay empty; requests/s counts pairs."""
+def _score_runner(model, candidate: Candidate, device: str, vocab_size: int, yes_no: tuple[int, int], vision,
+                  before_each_run: Callable[[], None]) -> Callable[[int], float]:
+    """One scoring pass of the candidate's batch of query-document pairs, returning its seconds
+    (the argument is unused: a reranker generates nothing)."""
     import torch
 
     batch = candidate.batch_size
     input_ids, attention_mask, extra = _request_inputs(candidate, vocab_size, device, vision)
-    tokens = input_ids.shape[1]
 
-    def timed_score() -> float:
+    def timed_score(_: int = 0) -> float:
         before_each_run()
         _synchronize(device)
         start = time.perf_counter()
@@ -144,6 +160,20 @@ def measure_scoring(
         if scores.shape != (batch,) or not torch.isfinite(scores).all():
             raise RuntimeError(f"reranker scores have shape {tuple(scores.shape)} or are not finite: the measurement would be wrong")
         return elapsed
+
+    return timed_score
+
+
+def measure_scoring(
+    model, candidate: Candidate, device: str, repeats: int, vocab_size: int, yes_no: tuple[int, int],
+    before_each_run: Callable[[], None] = lambda: None, vision=None, preprocess_again: Callable[[], float] | None = None,
+) -> Measurement:
+    """A reranker's workload: batch_size query-document pairs of max_length tokens scored in one
+    forward pass (P("yes") against P("no") at the last position). Nothing is generated, so the
+    generation figures stay empty; requests/s counts pairs."""
+    batch, tokens = candidate.batch_size, candidate.prompt_tokens
+    run = _score_runner(model, candidate, device, vocab_size, yes_no, vision, before_each_run)
+    timed_score = lambda: run(0)  # noqa: E731
 
     with MemoryTracker(device) as tracker:
         warm_start = time.perf_counter()

@@ -17,7 +17,7 @@ import traceback
 
 from autotune.measure.memory import release_freed_host_memory
 from autotune.models import ModelRef
-from autotune.spec import TrialOutcome
+from autotune.spec import Probe, TrialOutcome
 from autotune.worker.protocol import Faults, QualityRequest, WorkRequest
 
 _CPU_OOM_MARKERS = ("can't allocate memory", "Cannot allocate memory", "not enough memory", "DefaultCPUAllocator", "out of memory")
@@ -240,6 +240,17 @@ class _Worker:
             release_freed_host_memory()  # else the quality run's freed heap counts in the next peak RSS
         if not request.measure:
             return TrialOutcome(status="ok", quality=quality, load_s=load_s, prepare_s=prepare_s, reloaded=reloaded)
+        if request.boundary_batch_sizes:
+            try:
+                boundary = self._boundary(cand, request.boundary_batch_sizes, request.boundary_exhaustive)
+            except CandidateShapeError as e:
+                return TrialOutcome(status="unsupported", reason=str(e), phase="measure", load_s=load_s, prepare_s=prepare_s,
+                                    reloaded=reloaded)
+            except Exception as e:  # noqa: BLE001
+                traceback.print_exc()
+                return TrialOutcome(status="error", reason=_one_line(e), phase="measure", load_s=load_s, prepare_s=prepare_s,
+                                    reloaded=reloaded)
+            return TrialOutcome(status="ok", boundary=boundary, load_s=load_s, prepare_s=prepare_s, reloaded=reloaded)
 
         if self.faults.sigkill_on_trial == request.trial_number:
             os.kill(os.getpid(), signal.SIGKILL)
@@ -272,6 +283,63 @@ class _Worker:
         return TrialOutcome(status="ok", measurement=measurement, load_s=load_s, prepare_s=prepare_s, reloaded=reloaded,
                             quality=quality)
 
+
+    def _probe(self, cand) -> Probe:
+        """The candidate's worst case once: does it run, and within the budget?"""
+        from autotune.kinds import get_kind
+        from autotune.measure.throughput import probe_peak_gib
+        from autotune.vision import build_batch, yes_no_ids
+
+        vision = build_batch(self._image_processor(cand.max_pixels), self.ref.config(), cand, self.vocab_size, self.device) \
+            if cand.has_images else None
+        yes_no = None if get_kind(self.ref.model_kind).generates else yes_no_ids(self.tokenizer, self.vocab_size)
+        try:
+            peak = probe_peak_gib(self.model, cand, self.device, self.vocab_size, yes_no, vision=vision)
+        except Exception as e:  # noqa: BLE001
+            if not is_oom(e):
+                raise
+            return Probe(batch_size=cand.batch_size, fits=False, reason=_one_line(e))
+        finally:
+            vision = None
+            gc.collect()
+            if self.device.startswith("cuda"):
+                import torch
+
+                torch.cuda.empty_cache()
+        if self.budget is not None and peak > self.budget:
+            return Probe(batch_size=cand.batch_size, fits=False, peak_memory_gib=peak,
+                         reason=f"peak {peak:.2f} GiB over the {self.budget:.2f} GiB budget")
+        return Probe(batch_size=cand.batch_size, fits=True, peak_memory_gib=peak)
+
+    def _boundary(self, cand, batch_sizes: list[int], exhaustive: bool):
+        """Largest batch size that fits: bisection needs log2(n) probes of the n sizes, valid
+        because memory grows with the batch; `exhaustive` probes every size (the check of it)."""
+        from autotune.spec import BatchBoundary
+
+        start = time.perf_counter()
+        sizes = sorted(set(batch_sizes))
+        probes = []
+
+        def fits(index: int) -> bool:
+            probe = self._probe(cand.model_copy(update={"batch_size": sizes[index]}))
+            probes.append(probe)
+            print(f"  probe batch {probe.batch_size}: {'fits' if probe.fits else probe.reason}", flush=True)
+            return probe.fits
+
+        if exhaustive:
+            ok = [fits(i) for i in range(len(sizes))]
+            largest = max((s for s, f in zip(sizes, ok) if f), default=None)
+        else:
+            low, high = -1, len(sizes)  # sizes[low] fits (or none), sizes[high] does not (or beyond)
+            while high - low > 1:
+                middle = (low + high) // 2
+                if fits(middle):
+                    low = middle
+                else:
+                    high = middle
+            largest = sizes[low] if low >= 0 else None
+        return BatchBoundary(batch_sizes=sizes, largest_feasible=largest, probes=probes, exhaustive=exhaustive,
+                             elapsed_s=time.perf_counter() - start)
 
     def _image_processor(self, max_pixels: int | None):
         from autotune.models import materialize

@@ -36,6 +36,10 @@ class WorkRequest(BaseModel):
     repeats: int
     quality: QualityRequest | None = None
     measure: bool = True  # False: quality only (the reference load)
+    # Probe these batch sizes (the candidate's other settings) for the largest that fits, by
+    # bisection, or every one of them when exhaustive; answered instead of a measurement.
+    boundary_batch_sizes: list[int] | None = None
+    boundary_exhaustive: bool = False
 
 
 class Faults(BaseModel):

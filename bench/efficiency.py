@@ -1,0 +1,174 @@
+"""How much measuring does it take to find the best config? The full grid against this tuner (TPE
+with the memory model, batch-size bisection and load-aware follow-ups) and plain random search,
+on the same space, each through `autotune tune` (same worker, same measurement protocol).
+
+    python bench/efficiency.py --out outputs/efficiency --stage grid   -- --model qwen2.5-7b-instruct \\
+        --random-weights --space search_spaces/efficiency-7b-24gib.yaml --memory-budget 24GiB --device cuda:0
+    python bench/efficiency.py --out outputs/efficiency --stage search -- (same arguments)
+    python bench/efficiency.py --out outputs/efficiency --stage side-by-side -- (same arguments)
+    python bench/efficiency.py --out outputs/efficiency --stage report
+
+- grid: every candidate measured, as a grid sweep does (no memory model, no bisection, no
+  confirmation). Its best measured throughput is the bar; its wall time is the grid's cost.
+- search: the tuner, then random search (no memory model, no bisection), each given
+  FRACTION (default 10%) of the grid's measuring wall time as `--timeout`.
+- side-by-side: the three chosen configs re-measured interleaved in one worker (ROUNDS rounds),
+  so machine drift hits all alike; the medians decide the final comparison.
+- report: GPU-seconds each run needed to first measure a config within 5% of the grid's best,
+  and the side-by-side figures, as JSON (OUT/efficiency.json) and a markdown table.
+
+GPU-seconds are wall seconds of the study with the GPU held, one-time preparation (building the
+random checkpoint, the int8 copy) left out so the order of the runs does not matter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from common import run_tune
+
+from autotune.report import read_trials
+from autotune.spec import TrialRecord
+
+WITHIN = 0.95
+
+
+def _parse() -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--stage", choices=["grid", "search", "side-by-side", "report"], required=True)
+    parser.add_argument("--fraction", type=float, default=0.10, help="share of the grid's time the searches get")
+    parser.add_argument("--rounds", type=int, default=3, help="side-by-side rounds")
+    parser.add_argument("tune_args", nargs=argparse.REMAINDER)
+    args = parser.parse_args()
+    return args, [a for a in args.tune_args if a != "--"]
+
+
+def _timeline(out: Path) -> list[tuple[float, TrialRecord]]:
+    """(seconds since the run started, preparation excluded, record) per counted trial, in order."""
+    run = json.loads((out / "runs.jsonl").read_text().splitlines()[0])
+    recs = [r for r in read_trials(out) if r.state != "duplicate"]
+    recs.sort(key=lambda r: r.finished_at)
+    import datetime as dt
+
+    start = dt.datetime.fromisoformat(run["started_at"])
+    timeline, prepared = [], 0.0
+    for r in recs:
+        prepared += r.outcome.prepare_s
+        elapsed = (dt.datetime.fromisoformat(r.finished_at) - start).total_seconds() - prepared
+        timeline.append((max(0.0, elapsed), r))
+    return timeline
+
+
+def _best(recs: list[TrialRecord]) -> TrialRecord | None:
+    feasible = [r for r in recs if r.state == "measured" and r.objective_value is not None]
+    return max(feasible, key=lambda r: r.objective_value, default=None)
+
+
+def _summary(out: Path, bar: float | None) -> dict:
+    timeline = _timeline(out)
+    wall = sum(json.loads(line)["wall_s"] for line in (out / "runs.jsonl").read_text().splitlines() if line.strip())
+    prepare = sum(r.outcome.prepare_s for _, r in timeline)
+    reached = next((t for t, r in timeline if bar is not None and r.state == "measured" and r.objective_value >= WITHIN * bar), None)
+    best = _best([r for _, r in timeline])
+    return {
+        "trials": len(timeline), "measured": sum(r.state == "measured" for _, r in timeline),
+        "gpu_s": wall - prepare, "prepare_s": prepare,
+        "gpu_s_to_within_5pct": reached,
+        "chosen": best.candidate.label() if best else None, "chosen_trial": best.number if best else None,
+        "chosen_tok_s_in_run": best.objective_value if best else None,
+    }
+
+
+def _side_by_side(args, tune_args: list[str]) -> None:
+    """Re-measure the three choices interleaved in one worker, ROUNDS rounds."""
+    from autotune.models import resolve_model
+    from autotune.spec import Measurement, parse_memory
+    from autotune.system import detect_device
+    from autotune.worker import WorkerClient, WorkRequest
+
+    def arg(name: str) -> str | None:
+        return tune_args[tune_args.index(name) + 1] if name in tune_args else None
+
+    ref = resolve_model(arg("--model"), random_weights="--random-weights" in tune_args)
+    budget = parse_memory(arg("--memory-budget")) if arg("--memory-budget") else None
+    device = detect_device(arg("--device")).device
+    chosen = {}
+    for name in ("grid", "tuner", "random"):
+        best = _best(read_trials(args.out / name))
+        if best is not None:
+            chosen[name] = best.candidate
+    worker = WorkerClient(ref, device, budget, args.out / "side-by-side-workers")
+    samples: dict[str, list[float]] = {name: [] for name in chosen}
+    try:
+        for round_index in range(args.rounds):
+            order = list(chosen) if round_index % 2 == 0 else list(reversed(chosen))
+            for name in order:
+                outcome, _ = worker.run(WorkRequest(trial_number=1000 + round_index, candidate=chosen[name], repeats=3), 600)
+                if outcome.status == "ok":
+                    m: Measurement = outcome.measurement
+                    samples[name] += m.output_tokens_per_s.samples
+                print(f"round {round_index + 1} {name}: {outcome.status} "
+                      f"{outcome.measurement.output_tokens_per_s.median if outcome.measurement else ''}", flush=True)
+    finally:
+        worker.close()
+    result = {name: {"candidate": chosen[name].label(), "samples": s,
+                     "median": sorted(s)[len(s) // 2] if s else None} for name, s in samples.items()}
+    (args.out / "side-by-side.json").write_text(json.dumps(result, indent=2))
+
+
+def _report(args) -> None:
+    grid = _summary(args.out / "grid", None)
+    bar = grid["chosen_tok_s_in_run"]
+    summary = {"grid": _summary(args.out / "grid", bar)}
+    for name in ("tuner", "random"):
+        if (args.out / name / "runs.jsonl").is_file():
+            summary[name] = _summary(args.out / name, bar)
+    side = json.loads((args.out / "side-by-side.json").read_text()) if (args.out / "side-by-side.json").is_file() else {}
+    grid_side = (side.get("grid") or {}).get("median")
+    for name, row in summary.items():
+        row["side_by_side_tok_s"] = (side.get(name) or {}).get("median")
+        row["side_by_side_vs_grid"] = row["side_by_side_tok_s"] / grid_side if grid_side and row["side_by_side_tok_s"] else None
+        row["gpu_s_share_of_grid"] = row["gpu_s"] / summary["grid"]["gpu_s"]
+    (args.out / "efficiency.json").write_text(json.dumps(summary, indent=2))
+    print("| run | trials (measured) | GPU-s total | share of grid | GPU-s to within 5% of grid best | chosen | tok/s in run | side by side | vs grid |")
+    print("|---|--:|--:|--:|--:|---|--:|--:|--:|")
+    for name, r in summary.items():
+        reach = f"{r['gpu_s_to_within_5pct']:.0f}" if r["gpu_s_to_within_5pct"] is not None else "not reached"
+        side_s = f"{r['side_by_side_tok_s']:.1f}" if r["side_by_side_tok_s"] else "–"
+        vs = f"{r['side_by_side_vs_grid'] * 100:.1f}%" if r["side_by_side_vs_grid"] else "–"
+        print(f"| {name} | {r['trials']} ({r['measured']}) | {r['gpu_s']:.0f} | {r['gpu_s_share_of_grid'] * 100:.1f}% | {reach} | "
+              f"{r['chosen']} | {r['chosen_tok_s_in_run']:.1f} | {side_s} | {vs} |")
+
+
+def main() -> None:
+    args, tune_args = _parse()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.stage == "grid":
+        from autotune.space import load_space
+
+        space_path = Path(tune_args[tune_args.index("--space") + 1])
+        size = load_space(space_path).size
+        wall, code = run_tune(args.out / "grid", [*tune_args, "--sampler", "grid", "--trials", str(size), "--no-bisect",
+                                                  "--no-memory-model", "--confirm-top", "0"])
+        print(f"grid: {size} candidates, exit {code}, {wall:.0f} s")
+    elif args.stage == "search":
+        grid = _summary(args.out / "grid", None)
+        seconds = max(30.0, args.fraction * grid["gpu_s"])
+        for name, extra in (("tuner", ["--sampler", "tpe"]),
+                            ("random", ["--sampler", "random", "--no-bisect", "--no-memory-model", "--confirm-top", "0"])):
+            started = time.perf_counter()
+            _, code = run_tune(args.out / name, [*tune_args, *extra, "--trials", "1000", "--timeout", f"{seconds:.0f}"])
+            print(f"{name}: exit {code}, {time.perf_counter() - started:.0f} s (timeout {seconds:.0f} s)")
+    elif args.stage == "side-by-side":
+        _side_by_side(args, tune_args)
+    else:
+        _report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""The confirmation stage: the decision rule on hand-made figures (a tie inside the noise, broken by
+lower memory; a clear winner outside it), its pieces (ranking, rounds, order, pooling, staleness),
+and a real study on the tiny model whose best.yaml carries the confirmation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+import yaml
+
+from autotune.confirm import (
+    CONFIRMATION_ATTR,
+    CONFIRMED_MEASUREMENT_ATTR,
+    confirmed_best,
+    decide,
+    interleaved_order,
+    pool_measurements,
+    round_plan,
+    top_candidates,
+    within_noise,
+)
+from autotune.spec import Candidate, Confirmation, ConfirmedCandidate, DeploymentConfig, Measurement, Stat, TrialOutcome, TrialRecord, TuneSpec
+from tests.conftest import assert_ok, read_records, run_cli, write_space
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def _cand(batch: int = 1, attn: str = "sdpa", dtype: str = "fp32") -> Candidate:
+    return Candidate(dtype=dtype, attn_implementation=attn, batch_size=batch, max_length=32, new_tokens=4)
+
+
+def _confirmed(number: int, samples: list[float], peak_gib: float, dropped: str = "") -> ConfirmedCandidate:
+    return ConfirmedCandidate(trial_number=number, candidate=_cand(batch=number), search_value=max(samples),
+                              confirmed=Stat.of(samples), peak_memory_gib=peak_gib, rounds=3, dropped=dropped)
+
+
+def _measurement(tok_s: list[float], peak_gib: float = 1.0) -> Measurement:
+    def stat(values: list[float]) -> Stat:
+        return Stat.of(values)
+
+    return Measurement(
+        output_tokens_per_s=stat(tok_s), prefill_tokens_per_s=stat([v * 10 for v in tok_s]), decode_tokens_per_s=stat(tok_s),
+        requests_per_s=stat([v / 4 for v in tok_s]), ttft_s=stat([0.1] * len(tok_s)), tpot_s=stat([0.01] * len(tok_s)),
+        request_latency_s=stat([4 / v for v in tok_s]), peak_memory_gib=peak_gib, warmup_s=0.5, measure_s=1.0,
+    )
+
+
+def _record(number: int, tok_s: float, state: str = "measured", peak_gib: float = 1.0, **cand) -> TrialRecord:
+    outcome = TrialOutcome(status="ok", measurement=_measurement([tok_s] * 3, peak_gib))
+    return TrialRecord(number=number, state=state, candidate=_cand(**cand), outcome=outcome, objective_value=tok_s,
+                       feasible=state == "measured")
+
+
+# ------------------------------------------------------------------------------ the decision rule
+
+
+def test_overlapping_spreads_are_a_tie_broken_by_lower_memory() -> None:
+    faster = _confirmed(3, [92.0, 100.0, 104.0, 110.0], peak_gib=2.0)  # median 102, spread 18%
+    leaner = _confirmed(5, [90.0, 97.0, 99.0, 105.0], peak_gib=1.5)  # median 98, spread 15%: 4% behind
+    assert within_noise(faster.confirmed, leaner.confirmed)
+    winner, tied, reason = decide([faster, leaner], "throughput")
+    assert winner == 5 and sorted(tied) == [3, 5]
+    assert reason.startswith("tie within the noise") and "lowest peak memory" in reason
+
+
+def test_clearly_separated_medians_pick_the_faster_without_a_tie() -> None:
+    faster = _confirmed(3, [99.0, 100.0, 101.0, 100.5], peak_gib=2.0)  # spread 2%
+    slower = _confirmed(5, [79.0, 80.0, 81.0, 80.5], peak_gib=1.0)  # 25% behind, spread 2.5%, less memory
+    assert not within_noise(faster.confirmed, slower.confirmed)
+    winner, tied, reason = decide([slower, faster], "throughput")
+    assert (winner, tied) == (3, [3])
+    assert "beats #5" in reason and "more than the" in reason
+
+
+def test_latency_objective_prefers_the_lower_median() -> None:
+    quick = _confirmed(1, [0.50, 0.51, 0.52], peak_gib=3.0)
+    slow = _confirmed(2, [0.80, 0.81, 0.82], peak_gib=1.0)
+    assert decide([slow, quick], "latency")[:2] == (1, [1])
+
+
+def test_tie_among_three_counts_only_those_within_the_leaders_noise() -> None:
+    leader = _confirmed(1, [95.0, 100.0, 105.0], peak_gib=3.0)
+    close = _confirmed(2, [93.0, 98.0, 103.0], peak_gib=2.0)
+    far = _confirmed(3, [60.0, 61.0, 62.0], peak_gib=0.5)  # least memory, but clearly slower: not in the tie
+    winner, tied, _ = decide([leader, close, far], "throughput")
+    assert winner == 2 and sorted(tied) == [1, 2]
+
+
+def test_dropped_candidate_cannot_win() -> None:
+    oom = _confirmed(1, [200.0, 201.0], peak_gib=0.5, dropped="round 2: oom: CUDA out of memory")
+    ok = _confirmed(2, [100.0, 101.0, 102.0], peak_gib=2.0)
+    assert decide([oom, ok], "throughput")[0] == 2
+    winner, tied, reason = decide([oom], "throughput")
+    assert winner is None and tied == [] and "no candidate could be re-measured" in reason
+
+
+def test_noise_is_multiplicative_and_symmetric() -> None:
+    a, b = Stat.of([100.0, 110.0]), Stat.of([120.0, 121.0])  # spreads 10% and 0.8%: medians 14% apart
+    assert within_noise(a, b) == within_noise(b, a) is False
+    assert within_noise(Stat.of([100.0, 130.0]), Stat.of([120.0, 121.0]))  # a 26% spread covers it
+
+
+# ------------------------------------------------------------------------------ the pieces
+
+
+def test_top_candidates_are_distinct_feasible_and_ranked() -> None:
+    recs = [
+        _record(0, 10.0, batch=1),
+        _record(1, 50.0, batch=2),
+        _record(2, 50.0, state="duplicate", batch=2),
+        _record(3, 90.0, state="infeasible", batch=8),
+        _record(4, 40.0, batch=4),
+        _record(5, 50.0, peak_gib=0.5, attn="eager"),  # same speed as #1, less memory: ranked first
+    ]
+    assert [r.number for r in top_candidates(recs, "throughput", 3)] == [5, 1, 4]
+    assert [r.number for r in top_candidates(recs, "throughput", 10)] == [5, 1, 4, 0]
+
+
+def test_round_plan_and_interleaved_order() -> None:
+    assert round_plan(6) == [2, 2, 2] and round_plan(5) == [2, 2, 1] and round_plan(3) == [2, 1]
+    a1, b1, a2 = _record(1, 9.0, batch=1), _record(2, 8.0, attn="eager"), _record(3, 7.0, batch=2)
+    # Same load-key next to each other (one reload per key per round), rank order otherwise.
+    assert [r.number for r in interleaved_order([a1, b1, a2])] == [1, 3, 2]
+
+
+def test_pool_measurements_pools_samples_and_keeps_the_highest_peak() -> None:
+    pooled = pool_measurements([_measurement([10.0, 12.0], 1.0), _measurement([11.0, 30.0], 1.25)])
+    assert pooled.output_tokens_per_s.samples == [10.0, 12.0, 11.0, 30.0]
+    assert pooled.output_tokens_per_s.median == 11.5 and pooled.peak_memory_gib == 1.25
+    assert pooled.warmup_s == 1.0 and pooled.measure_s == 2.0
+
+
+def test_stored_confirmation_applies_only_to_the_same_top_trials() -> None:
+    """best.yaml's winner comes from the stored confirmation while the search's top k are the trials
+    it re-measured; a new trial that enters the top k makes it stale."""
+    study = optuna.create_study(direction="maximize")
+    ctx = SimpleNamespace(spec=TuneSpec(confirm_top=2), study=study)
+    recs = [_record(0, 10.0, batch=1), _record(1, 50.0, batch=2), _record(2, 48.0, batch=4)]
+    candidates = [_confirmed(1, [40.0, 41.0, 42.0], 1.0), _confirmed(2, [45.0, 46.0, 47.0], 1.0)]
+    confirmation = Confirmation(objective="throughput", top_k=2, repeats=4, rounds=2, rounds_planned=2, candidates=candidates,
+                                winner=2, search_winner=1, tie=False, tied=[2], reason="x")
+    study.set_user_attr(CONFIRMATION_ATTR, confirmation.model_dump(mode="json"))
+    study.set_user_attr(CONFIRMED_MEASUREMENT_ATTR, _measurement([45.0, 46.0, 47.0]).model_dump(mode="json"))
+
+    best, applied = confirmed_best(ctx, recs, recs[1])
+    assert applied == confirmation and best.number == 2 and best.objective_value == 46.0
+    assert best.outcome.measurement.output_tokens_per_s.samples == [45.0, 46.0, 47.0]
+
+    newer = recs + [_record(3, 60.0, batch=8)]
+    best, applied = confirmed_best(ctx, newer, newer[3])
+    assert applied is None and best.number == 3
+    off = SimpleNamespace(spec=TuneSpec(confirm_top=0), study=study)
+    assert confirmed_best(off, recs, recs[1]) == (recs[1], None)
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parent / "golden" / "export" / "inputs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_best_yaml_written_before_the_confirmation_still_loads(path: Path) -> None:
+    assert DeploymentConfig.model_validate(yaml.safe_load(path.read_text())).confirmation is None
+
+
+# ------------------------------------------------------------------------------ a real study
+
+
+def test_study_confirms_the_top_two_and_best_yaml_carries_it(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml")  # 8 candidates: 4 loads x 2 batch sizes
+    out = tmp_path / "out"
+    args = ("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--trials", "4", "--out", str(out),
+            "--device", "cpu", "--confirm-top", "2")
+    result = run_cli(*args, "--confirm-repeats", "4")
+    assert_ok(result)
+    assert "confirmation round 1/2" in result.stdout and "confirmation round 2/2" in result.stdout
+
+    config = DeploymentConfig.model_validate(yaml.safe_load((out / "best.yaml").read_text()))
+    confirmation = config.confirmation
+    assert confirmation is not None and (confirmation.top_k, confirmation.repeats, confirmation.rounds) == (2, 4, 2)
+    top = top_candidates(read_records(out), "throughput", 2)
+    assert confirmation.top_trials == [r.number for r in top] and confirmation.search_winner == top[0].number
+    for confirmed in confirmation.candidates:
+        assert not confirmed.dropped and confirmed.rounds == 2  # pooled over both rounds, 2 timed repeats each
+        assert len(confirmed.confirmed.samples) == 4 and confirmed.peak_memory_gib > 0
+    assert confirmation.winner in confirmation.tied and confirmation.tie == (len(confirmation.tied) > 1)
+    winner = next(c for c in confirmation.candidates if c.trial_number == confirmation.winner)
+    assert (config.trial_number, config.settings) == (winner.trial_number, winner.candidate)
+    assert config.measured.throughput.samples == winner.confirmed.samples
+    assert config.objective_value == pytest.approx(winner.confirmed.median)
+    assert confirmation.reloads >= 1 and confirmation.elapsed_s > 0
+    study = optuna.load_study(study_name="tiny-qwen2-cpu", storage=f"sqlite:///{out / 'study.db'}")
+    assert Confirmation.model_validate(study.user_attrs[CONFIRMATION_ATTR]) == confirmation
+
+    # Resumed with nothing new: the stored confirmation covers the same top 2 and is not redone.
+    again = run_cli(*args, "--confirm-repeats", "4")
+    assert_ok(again)
+    assert "is up to date" in again.stdout and "confirmation round" not in again.stdout
+    assert DeploymentConfig.model_validate(yaml.safe_load((out / "best.yaml").read_text())).confirmation == confirmation
+
+    # More repeats asked for, but the --timeout has passed: skipped, and said so; best.yaml keeps
+    # the earlier confirmation of the same trials.
+    late = run_cli(*args, "--confirm-repeats", "6", "--timeout", "0.000001")
+    assert_ok(late)
+    assert "confirmation skipped: --timeout" in late.stdout and "confirmation round" not in late.stdout
+    assert DeploymentConfig.model_validate(yaml.safe_load((out / "best.yaml").read_text())).confirmation == confirmation
