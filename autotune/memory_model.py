@@ -109,7 +109,9 @@ def activation_bytes(shape: ModelShape, cand: Candidate) -> float:
 
 
 def lower_bound_gib(shape: ModelShape, cand: Candidate) -> float:
-    return (weight_bytes(shape, cand) + kv_cache_bytes(shape, cand)) / GIB
+    """Per GPU: the budget and the measured peak are per GPU, and of a model spread over N GPUs
+    the fullest one holds at least 1/N of the weights and KV cache."""
+    return (weight_bytes(shape, cand) + kv_cache_bytes(shape, cand)) / GIB / cand.num_gpus
 
 
 @dataclass(frozen=True)
@@ -147,8 +149,9 @@ def predicted_infeasible_reason(shape: ModelShape, cand: Candidate, budget_gib: 
     if bound <= budget_gib * (1 + CLEAR_MARGIN):
         return None
     weights, kv = weight_bytes(shape, cand) / GIB, kv_cache_bytes(shape, cand) / GIB
+    spread = f" over {cand.num_gpus} GPUs = {bound:.2f} GiB per GPU" if cand.num_gpus > 1 else f" = {bound:.2f} GiB"
     return (f"predicted: weights {weights:.2f} GiB + KV cache {kv:.2f} GiB (batch {cand.batch_size} × {cand.max_length} "
-            f"tokens) = {bound:.2f} GiB, over the {budget_gib:.2f} GiB budget before any activation")
+            f"tokens){spread}, over the {budget_gib:.2f} GiB budget before any activation")
 
 
 @dataclass(frozen=True)

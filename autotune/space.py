@@ -61,7 +61,9 @@ def load_space(path: Path) -> SearchSpace:
 
 def space_digest(space: SearchSpace) -> str:
     """Identity of a space: a study resumed with a different space is refused, not mixed."""
-    return hashlib.sha256(json.dumps(space.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    # Knobs added after a study was created are left out while unset, so existing studies resume.
+    unset_new = {k for k in ("num_gpus",) if getattr(space, k) is None}
+    return hashlib.sha256(json.dumps(space.model_dump(mode="json", exclude=unset_new), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def suggest(trial: optuna.Trial, space: SearchSpace) -> Candidate:
@@ -95,6 +97,7 @@ def baseline_params(space: SearchSpace, device: DeviceInfo, model_dtype: str | N
         **({"images_per_prompt": min(space.images_per_prompt)} if space.images_per_prompt else {}),
         **({"video_frames": min(space.video_frames)} if space.video_frames else {}),
         **({"vision_attn_implementation": pick("vision_attn_implementation", "sdpa")} if space.vision_attn_implementation else {}),
+        **({"num_gpus": min(space.num_gpus)} if space.num_gpus else {}),  # a plain load is on one device
     }
 
 

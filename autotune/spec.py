@@ -49,6 +49,9 @@ class SearchSpace(_Strict):
     video_size: str = Field(default="640x360", pattern=r"^\d+x\d+$", description="WIDTHxHEIGHT of the videos' frames")
     vision_attn_implementation: list[str] | None = Field(default=None, description="attention kernel of the vision tower")
     image_size: str = Field(default="1280x720", pattern=r"^\d+x\d+$", description="WIDTHxHEIGHT of the images requests send (measured with synthetic images of this size)")
+    # Multi-GPU: the model spread over N GPUs (transformers' device_map across them, each capped at
+    # the memory budget); exporters turn N into tensor-parallel-size / tp-size / num-shard.
+    num_gpus: list[int] | None = Field(default=None, description="GPUs one candidate spreads the model over (device_map); needs --gpus")
 
     @field_validator("quantization", "attn_implementation", "vision_attn_implementation")
     @classmethod
@@ -69,7 +72,7 @@ class SearchSpace(_Strict):
             raise ValueError("every value must be 0 or a positive integer")
         return values
 
-    @field_validator("batch_size", "max_length", "max_pixels")
+    @field_validator("batch_size", "max_length", "max_pixels", "num_gpus")
     @classmethod
     def _positive(cls, values: list[int] | None) -> list[int] | None:
         if values is not None and any(v < 1 for v in values):
@@ -77,7 +80,7 @@ class SearchSpace(_Strict):
         return values
 
     @field_validator("dtype", "quantization", "attn_implementation", "compile", "batch_size", "max_length", "max_pixels",
-                     "images_per_prompt", "video_frames", "vision_attn_implementation")
+                     "images_per_prompt", "video_frames", "vision_attn_implementation", "num_gpus")
     @classmethod
     def _unique(cls, values: list | None) -> list | None:
         if values is not None and len(set(values)) != len(values):
@@ -102,7 +105,7 @@ class SearchSpace(_Strict):
     @property
     def knobs(self) -> tuple[str, ...]:
         """The knobs this space samples: the text knobs, plus the vision knobs it sets."""
-        return KNOBS + tuple(k for k in VISION_KNOBS if getattr(self, k) is not None)
+        return KNOBS + tuple(k for k in (*VISION_KNOBS, *PLACEMENT_KNOBS) if getattr(self, k) is not None)
 
     @property
     def vision_knobs_set(self) -> list[str]:
@@ -119,7 +122,8 @@ class SearchSpace(_Strict):
 # The knobs Optuna samples, in a fixed order (their names are Optuna parameter names).
 KNOBS = ("dtype", "quantization", "attn_implementation", "compile", "batch_size", "max_length")
 VISION_KNOBS = ("max_pixels", "images_per_prompt", "video_frames", "vision_attn_implementation")
-LOAD_KEY_KNOBS = ("dtype", "quantization", "attn_implementation", "compile", "vision_attn_implementation")
+PLACEMENT_KNOBS = ("num_gpus",)
+LOAD_KEY_KNOBS = ("dtype", "quantization", "attn_implementation", "compile", "vision_attn_implementation", "num_gpus")
 
 
 # ------------------------------------------------------------------------------ candidate
@@ -145,6 +149,7 @@ class Candidate(_Strict):
     vision_attn_implementation: str | None = None
     image_size: str | None = None
     video_size: str | None = None
+    num_gpus: int = Field(default=1, ge=1, description="GPUs the model is spread over (device_map); 1 = one device")
 
     @property
     def prompt_tokens(self) -> int:
@@ -152,7 +157,8 @@ class Candidate(_Strict):
 
     @property
     def load_key(self) -> tuple:
-        return (self.dtype, self.quantization, self.attn_implementation, self.compile, self.vision_attn_implementation)
+        return (self.dtype, self.quantization, self.attn_implementation, self.compile, self.vision_attn_implementation,
+                self.num_gpus)
 
     @property
     def has_images(self) -> bool:
@@ -165,7 +171,8 @@ class Candidate(_Strict):
         vision = f" vit={self.vision_attn_implementation}" if self.vision_attn_implementation else ""
         images = f" img={self.images_per_prompt}x{self.max_pixels}px" if self.images_per_prompt else ""
         video = f" video={self.video_frames}f" if self.video_frames else ""
-        return f"{self.dtype}{quant} {self.attn_implementation}{vision}{compiled} b={self.batch_size} len={self.max_length}{images}{video}"
+        gpus = f" gpus={self.num_gpus}" if self.num_gpus != 1 else ""
+        return f"{self.dtype}{quant} {self.attn_implementation}{vision}{compiled}{gpus} b={self.batch_size} len={self.max_length}{images}{video}"
 
 
 # ------------------------------------------------------------------------------ measurement

@@ -394,7 +394,10 @@ def ensure_reference(ctx: StudyContext, worker: WorkerClient) -> tuple | None:
 
 
 def _load_key_name(cand: Candidate) -> str:
-    return "|".join(str(part) for part in cand.load_key)
+    # One GPU leaves the name as it was before multi-GPU candidates existed: resumed studies keep
+    # their cached quality and boundaries.
+    parts = cand.load_key if cand.num_gpus != 1 else cand.load_key[:-1]
+    return "|".join(str(part) for part in parts)
 
 
 def _quality_key_name(cand: Candidate) -> str:
@@ -612,7 +615,7 @@ def _boundary_key(cand: Candidate) -> str:
     """Everything but the batch size: the boundary found for one holds for all batch sizes of it."""
     shape = (cand.max_length, cand.new_tokens, cand.max_pixels, cand.images_per_prompt, cand.video_frames, cand.image_size,
              cand.video_size)
-    return BOUNDARY_PREFIX + "|".join(str(part) for part in (*cand.load_key, *shape))
+    return BOUNDARY_PREFIX + "|".join(str(part) for part in (_load_key_name(cand), *shape))
 
 
 def _bisection_applies(ctx: StudyContext) -> bool:
