@@ -41,6 +41,8 @@ def tune(
     study: Optional[str] = typer.Option(None, "--study", help=_help("study")),
     storage: Optional[str] = typer.Option(None, "--storage", help=_help("storage")),
     out: Path = typer.Option(TuneSpec.model_fields["out"].default, "--out", help=_help("out")),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help=_help("gpus")),
+    heartbeat: int = typer.Option(TuneSpec.model_fields["heartbeat_s"].default, "--heartbeat", help=_help("heartbeat_s")),
     seed: int = typer.Option(0, "--seed", help=_help("seed")),
     bisect: bool = typer.Option(True, "--bisect/--no-bisect", help=_help("bisect")),
     memory_model: bool = typer.Option(True, "--memory-model/--no-memory-model", help=_help("memory_model")),
@@ -61,26 +63,49 @@ def tune(
         spec = TuneSpec(
             model=model, random_weights=random_weights, kind=kind, space=space, trials=trials, timeout_s=timeout,
             trial_timeout_s=trial_timeout, memory_budget_gib=memory_budget, objective=objective, device=device,
-            study=study, storage=storage, out=out, seed=seed, bisect=bisect, memory_model=memory_model, sampler=sampler, confirm_top=confirm_top,
+            study=study, storage=storage, out=out, gpus=gpus, heartbeat_s=heartbeat, seed=seed, bisect=bisect, memory_model=memory_model, sampler=sampler, confirm_top=confirm_top,
             confirm_repeats=confirm_repeats, data=data, min_quality=min_quality,
             quality_metric=quality_metric, quality_examples=quality_examples,
         )
     except ValidationError as e:
-        err = e.errors()[0]
-        flag = "--" + str(err["loc"][0]).replace("_gib", "").replace("_s", "").replace("_", "-") if err["loc"] else "option"
-        raise AutotuneError(f"{flag}: {err['msg'].removeprefix('Value error, ')}") from e
+        raise _flag_error(e) from e
+    procs: list = []
+    if spec.gpus:
+        from autotune.scaleout import check_gpus, make_placement, require_shared_storage
+
+        require_shared_storage(spec.storage, "--gpus")
+        check_gpus(spec.gpus)
+        spec = spec.model_copy(update={"device": spec.device or f"cuda:{spec.gpus[0]}"})
     ctx = open_study(spec)
+    if spec.gpus:
+        ctx.placement = make_placement(ctx.device.index, spec.gpus)
+        ctx.worker_tag = f"cuda{ctx.device.index}"
     console.print(
         f"[bold]autotune[/] {ctx.model.name} ({ctx.model.kind}) on {ctx.device.name} [{ctx.device.device}]; "
         f"study {ctx.study_name!r} in {ctx.storage_url}; space of {ctx.space.size} candidates"
     )
     try:
+        if spec.gpus:
+            from autotune.scaleout import spawn_workers
+
+            others = [g for g in spec.gpus if g != ctx.device.index]
+            procs = spawn_workers(spec.storage, ctx.study_name, others, spec.out, spec.trial_timeout_s)
+            console.print(f"{len(others) + 1} workers share the study: this one on {ctx.device.device}, "
+                          f"{', '.join(f'cuda:{g}' for g in others) or 'no other'} (logs in {spec.out / 'workers'})")
         with RichProgress(console, spec.objective) as progress:
             run_study(ctx, progress)
     except KeyboardInterrupt:
+        if procs:
+            from autotune.scaleout import stop_workers
+
+            stop_workers(procs)
         write_outputs(ctx)
         err_console.print(f"interrupted: completed trials are saved in {spec.out}; re-run the same command to resume")
         raise typer.Exit(130) from None
+    if procs:
+        from autotune.scaleout import wait_workers
+
+        wait_workers(procs, spec.trial_timeout_s, lambda text: console.print(text, markup=False))
     recs, config = write_outputs(ctx)
     if ctx.stopped_reason:
         console.print(f"stopped: {ctx.stopped_reason}")
@@ -91,19 +116,93 @@ def tune(
         raise typer.Exit(1)
 
 
+def _flag_error(e: ValidationError) -> AutotuneError:
+    err = e.errors()[0]
+    flag = "--" + str(err["loc"][0]).replace("_gib", "").replace("_s", "").replace("_", "-") if err["loc"] else "option"
+    return AutotuneError(f"{flag}: {err['msg'].removeprefix('Value error, ')}")
+
+
+@app.command()
+def worker(
+    storage: str = typer.Option(..., "--storage", envvar="AUTOTUNE_STORAGE", help="the study's storage: postgresql://USER:PASSWORD@HOST/DB "
+                                "or journal:///PATH (also read from $AUTOTUNE_STORAGE, which keeps the password out of `ps`)"),
+    study: str = typer.Option(..., "--study", help="name of a study that `autotune tune --storage … --study NAME` created"),
+    device: Optional[str] = typer.Option(None, "--device", help=_help("device")),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="GPUs of this host the workers here share (multi-GPU candidates "
+                                       "take the next ones after --device), e.g. 0,1"),
+    out: Optional[Path] = typer.Option(None, "--out", help="where this worker writes its logs, trials.jsonl and best.yaml; "
+                                       "default: outputs/<study>"),
+    trial_timeout: Optional[float] = typer.Option(None, "--trial-timeout", help="default: the study's"),
+) -> None:
+    """Join a study on shared storage and measure its trials until it holds --trials of them.
+    Any number of workers, on any number of hosts (same GPU model), share one study."""
+    from autotune.report import RichProgress, print_results
+    from autotune.scaleout import make_placement, require_shared_storage
+    from autotune.spec import TuneSpec
+    from autotune.storage import owner
+    from autotune.study import join_study, prepare_out_dir, run_study, write_outputs
+
+    require_shared_storage(storage, "autotune worker")
+    try:
+        pool = TuneSpec.model_validate({"gpus": gpus}).gpus if gpus else None
+    except ValidationError as e:
+        raise _flag_error(e) from e
+    if pool:
+        from autotune.scaleout import check_gpus
+
+        check_gpus(pool)
+        device = device or f"cuda:{pool[0]}"
+    out = out or Path("outputs") / study
+    prepare_out_dir(out)
+    ctx = join_study(storage, study, device, out, trial_timeout, pool)
+    ctx.role = "worker"
+    me = owner()
+    ctx.worker_tag = f"{me['host']}-{ctx.device.device.replace(':', '')}-{me['pid']}"
+    if pool:
+        ctx.placement = make_placement(ctx.device.index, pool)
+    console.print(f"[bold]autotune worker[/] {ctx.model.name} on {ctx.device.name} [{ctx.device.device}]; "
+                  f"study {ctx.study_name!r} in {ctx.storage_url}")
+    try:
+        with RichProgress(console, ctx.spec.objective) as progress:
+            run_study(ctx, progress)
+    except KeyboardInterrupt:
+        err_console.print("interrupted: the trial in flight is failed and will be measured by another worker")
+        raise typer.Exit(130) from None
+    recs, config = write_outputs(ctx, report=False)
+    print_results(console, recs, config, ctx.spec.objective, out)
+
+
 @app.command()
 def show(
-    out: Path = typer.Argument(..., help="output directory of a tune run"),
+    out: Optional[Path] = typer.Argument(None, help="output directory of a tune run (with --storage: where to write "
+                                         "trials.jsonl, best.yaml and report.html; default outputs/<study>)"),
     markdown: bool = typer.Option(False, "--markdown", help="print the trial table as markdown (for reports)"),
+    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOTUNE_STORAGE",
+                                          help="read the study from this storage instead of a directory (a shared study)"),
+    study_name: Optional[str] = typer.Option(None, "--study", help="with --storage: the study's name"),
 ) -> None:
     """Print the trials, the best config, the Pareto front and the parameter importances of a
-    finished or running study; write report.html if the directory has none."""
+    finished or running study; write report.html if the directory has none. With --storage and
+    --study, write trials.jsonl, best.yaml and report.html from the storage first."""
     from autotune.analysis import importances, load_saved_study
     from autotune.report import load_results, print_analysis, print_results, trials_markdown
     from autotune.report_html import REPORT_FILE, write_report_or_warn
 
+    if storage is not None:
+        from autotune.study import open_stored, prepare_out_dir, write_outputs
+
+        if not study_name:
+            raise AutotuneError("--storage needs --study NAME (the study to read)")
+        out = out or Path("outputs") / study_name
+        ctx = open_stored(storage, study_name, out)
+        prepare_out_dir(out)
+        write_outputs(ctx)
+    if out is None:
+        raise AutotuneError("pass the output directory of a tune run, or --storage URL --study NAME")
     recs, config = load_results(out)
     study = load_saved_study(out, config.study_name if config else None)
+    if storage is not None:
+        study = ctx.study
     objective = config.objective if config else "throughput"
     if config is None and study is not None:  # nothing feasible yet: the study's identity says what it optimises
         objective = str(study.user_attrs.get("objective", objective))
@@ -171,8 +270,8 @@ def export_command(
                                        "and the command line next to it as .sh; default: print to stdout"),
     allow_approximate: bool = typer.Option(False, "--allow-approximate", help="write the nearest exportable setting "
                                            "(with a comment) instead of failing on one the target cannot take"),
-    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size", help="GPUs to shard the model over "
-                                             "(best.yaml holds a one-GPU measurement)"),
+    tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", help="GPUs to shard the model "
+                                                       "over; default: the GPUs best.yaml was measured on (num_gpus)"),
     headroom: float = typer.Option(DEFAULT_HEADROOM, "--headroom", help="memory headroom over the measured peak, as a fraction (0.1 = 10%)"),
     gpu_memory_gib: Optional[float] = typer.Option(None, "--gpu-memory-gib", help="the serving GPU's memory in GiB; "
                                                    "default: the tuning GPU's"),

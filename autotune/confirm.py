@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from autotune.spec import Confirmation, ConfirmedCandidate, Measurement, Stat, TrialRecord
+from autotune.spec import Candidate, Confirmation, ConfirmedCandidate, Measurement, Stat, TrialRecord
 from autotune.worker.protocol import WorkRequest
 
 if TYPE_CHECKING:
@@ -148,7 +148,8 @@ def pool_measurements(measurements: list[Measurement]) -> Measurement:
 
 
 def confirm(ctx: StudyContext, worker: WorkerClient, top: list[TrialRecord], repeats: int, *,
-            deadline: float | None = None, note: Callable[[str], None] = lambda text: None) -> tuple[Confirmation, Measurement | None]:
+            deadline: float | None = None, note: Callable[[str], None] = lambda text: None,
+            place: Callable[[Candidate], str | None] | None = None) -> tuple[Confirmation, Measurement | None]:
     """Re-measure `top` (the search's best first) in interleaved rounds; returns the decision and
     the winner's pooled Measurement."""
     objective, budget = ctx.spec.objective, ctx.spec.memory_budget_gib
@@ -166,6 +167,10 @@ def confirm(ctx: StudyContext, worker: WorkerClient, top: list[TrialRecord], rep
         this_round: dict[int, str] = {}
         for r in order if i % 2 == 0 else order[::-1]:
             if r.number in dropped:
+                continue
+            reason = place(r.candidate) if place is not None else None  # --gpus: take the GPUs it needs
+            if reason is not None:
+                dropped[r.number] = f"round {i + 1}: {reason}"
                 continue
             request = WorkRequest(trial_number=CONFIRM_TRIAL_NUMBER, candidate=r.candidate, repeats=n_repeats)
             outcome, _ = worker.run(request, ctx.spec.trial_timeout_s)
@@ -209,7 +214,7 @@ def stored_confirmation(study: optuna.Study) -> tuple[Confirmation, Measurement 
 
 
 def confirm_study(ctx: StudyContext, worker: WorkerClient, recs: list[TrialRecord], started: float,
-                  note: Callable[[str], None]) -> Confirmation | None:
+                  note: Callable[[str], None], place: Callable[[Candidate], str | None] | None = None) -> Confirmation | None:
     """After the search (run_study): confirm the top --confirm-top candidates unless a stored
     confirmation of the same trials is complete, or --timeout (counted from `started`) has passed."""
     spec = ctx.spec
@@ -232,7 +237,7 @@ def confirm_study(ctx: StudyContext, worker: WorkerClient, recs: list[TrialRecor
     plan = round_plan(spec.confirm_repeats)
     note(f"confirming the top {len(top)} ({', '.join(f'#{r.number}' for r in top)}): {len(plan)} interleaved rounds, "
          f"{spec.confirm_repeats} timed repeats each")
-    confirmation, measurement = confirm(ctx, worker, top, spec.confirm_repeats, deadline=deadline, note=note)
+    confirmation, measurement = confirm(ctx, worker, top, spec.confirm_repeats, deadline=deadline, note=note, place=place)
     ctx.study.set_user_attr(CONFIRMATION_ATTR, confirmation.model_dump(mode="json"))
     ctx.study.set_user_attr(CONFIRMED_MEASUREMENT_ATTR, measurement.model_dump(mode="json") if measurement else None)
     changed = "" if confirmation.winner in (None, confirmation.search_winner) else f" (the search alone picked #{confirmation.search_winner})"

@@ -34,13 +34,27 @@ def from_pretrained_kwargs(candidate: Candidate, device: str) -> dict[str, Any]:
             "vision_config": candidate.vision_attn_implementation,
         },
         # Load straight onto the device: bitsandbytes quantizes while loading, and a 7B model
-        # must never be materialised in host memory first.
-        "device_map": {"": device},
+        # must never be materialised in host memory first. Spread over N GPUs: accelerate's
+        # balanced split of the layers over the visible GPUs (the worker sees exactly N).
+        "device_map": {"": device} if candidate.num_gpus == 1 else "auto",
     }
+    if candidate.num_gpus > 1:
+        kwargs["max_memory"] = _spread_max_memory(candidate.num_gpus)
     quant_config = get_method(candidate.quantization).build_config(dtype)
     if quant_config is not None:
         kwargs["quantization_config"] = quant_config
     return kwargs
+
+
+def _spread_max_memory(num_gpus: int) -> dict:
+    """GPUs 0..N-1 of the visible ones, each at its full memory (a process's budget caps it
+    further): a deployment on a bigger machine uses the N GPUs it was measured on, not all."""
+    import torch
+
+    if torch.cuda.device_count() < num_gpus:
+        raise DeploymentFileError(f"the deployment spreads the model over {num_gpus} GPUs, but {torch.cuda.device_count()} "
+                                  "are visible; run it on a machine with that many (or set CUDA_VISIBLE_DEVICES)")
+    return {i: torch.cuda.get_device_properties(i).total_memory for i in range(num_gpus)}
 
 
 def generate_kwargs(candidate: Candidate) -> dict[str, Any]:

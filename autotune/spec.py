@@ -364,6 +364,10 @@ class TuneSpec(_Strict):
     study: str | None = Field(default=None, description="study name; default: <model>-<device>")
     storage: str | None = Field(default=None, description="Optuna storage URL; default: SQLite in the output dir")
     out: Path = Field(default=Path("outputs/default"), description="output directory")
+    gpus: list[int] | None = Field(default=None, description="one worker per GPU on this host sharing the study, e.g. 0,1,2,3 "
+                                   "(needs --storage postgresql://… or journal:///PATH: SQLite cannot be shared)")
+    heartbeat_s: int = Field(default=10, ge=1, description="shared storage: seconds between a worker's heartbeats; a trial "
+                             "without one for 3x this long is failed and retried by another worker")
     seed: int = Field(default=0, description="sampler seed")
     memory_model: bool = Field(default=True, description="answer candidates whose weights and KV cache alone exceed the "
                                "--memory-budget as infeasible (predicted) without loading them")
@@ -385,6 +389,18 @@ class TuneSpec(_Strict):
         from autotune.samplers import check_sampler_name
 
         return check_sampler_name(name)
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _parse_gpus(cls, value):
+        if isinstance(value, str):
+            try:
+                value = [int(v) for v in value.split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"cannot read {value!r}; list GPU indices like 0,1,2,3") from None
+        if value is not None and (not value or len(set(value)) != len(value) or min(value) < 0):
+            raise ValueError(f"{value} is not a list of distinct GPU indices like 0,1,2,3")
+        return value
 
     @field_validator("confirm_top")
     @classmethod

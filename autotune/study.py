@@ -21,7 +21,7 @@ import yaml
 from optuna.trial import TrialState as OptunaState
 
 from autotune.confirm import confirm_study, confirmed_best
-from autotune.errors import AutotuneError, OutputDirError, SpaceError, StorageError, StudyMismatchError
+from autotune.errors import AutotuneError, OutputDirError, SpaceError, StudyMismatchError
 from autotune.loading import generate_kwargs
 from autotune.memory_model import ModelShape, calibrate, lower_bound_gib, predicted_infeasible_reason
 from autotune.models import ModelRef, resolve_model
@@ -34,6 +34,7 @@ from autotune.space import (
     suggest,
     unsupported_reason,
 )
+from autotune.storage import OWNER_ATTR, Heartbeat, StorageInfo, describe, fail_stale, open_storage, owner, redact
 from autotune.spec import (
     LOAD_KEY_KNOBS,
     BaselineSummary,
@@ -59,6 +60,11 @@ INTERRUPTED_ATTR = "autotune.interrupted"
 REFERENCE_QUALITY_ATTR = "autotune.reference_quality"
 QUALITY_CACHE_PREFIX = "autotune.quality:"
 BOUNDARY_PREFIX = "autotune.boundary:"
+SPEC_ATTR = "autotune.spec"  # what `autotune worker` joins with: the spec and the space, not files
+SPACE_ATTR = "autotune.space"
+FINGERPRINT_ATTR = "autotune.fingerprint"
+CLAIM_ATTR = "autotune.claim"  # the candidate a RUNNING trial measures now (shared storage)
+DEFERRED_ATTR = "autotune.deferred"
 IDENTITY_ATTRS = ("model", "space_digest", "objective", "device_name", "quality")
 CONSTRAINT_KEYS = ("oom", "unsupported", "over_budget_gib", "quality_below_floor")
 PRECISION_ORDER = ("none", "bnb-int8", "bnb-nf4", "bnb-fp4")  # most to least faithful weights
@@ -121,6 +127,16 @@ class StudyContext:
     stopped_reason: str = ""
     new_trials: list[int] = field(default_factory=list)
     shape: ModelShape | None = None  # for the memory model; None where its formula does not apply
+    storage_info: StorageInfo | None = None
+    role: str = "tune"  # "tune" confirms and waits for the others at the end; "worker" only measures
+    placement: object | None = None  # autotune.worker.placement.GpuPlacement under --gpus
+    worker_tag: str = ""  # sub-directory of <out>/workers for this process's worker logs
+    heartbeat: Heartbeat | None = None
+    owner: dict = field(default_factory=owner)
+
+    @property
+    def shared(self) -> bool:
+        return self.storage_info is not None and self.storage_info.shared
 
 
 # ------------------------------------------------------------------------------ setup
@@ -237,11 +253,12 @@ def _check_reranker_vocabulary(model: ModelRef) -> None:
     yes_no_ids(tokenizer, int(text_config.get("vocab_size") or 0) if model.kind == "random" else 1 << 30)
 
 
-def open_study(spec: TuneSpec) -> StudyContext:
-    """Validate everything the user gave before touching any study file, then create or resume."""
+def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = False) -> StudyContext:
+    """Validate everything the user gave before touching any study file, then create or resume.
+    `join`: an `autotune worker` joining a study that exists, with the space it was created with."""
     device = detect_device(spec.device)
     check_budget(device, spec.memory_budget_gib)
-    space = load_space(spec.space or default_space_path(device))
+    space = space or load_space(spec.space or default_space_path(device))
     model = resolve_model(spec.model, spec.random_weights, spec.kind)
     if space.vision_knobs_set and not model.is_vision:
         raise SpaceError(
@@ -253,25 +270,24 @@ def open_study(spec: TuneSpec) -> StudyContext:
     quality = setup_quality(spec, model, spec.out, space)
     prepare_out_dir(spec.out)
     storage_url = spec.storage or f"sqlite:///{(spec.out / 'study.db').resolve()}"
+    info = describe(storage_url)
     study_name = spec.study or default_study_name(model, device)
     direction = "maximize" if spec.objective == "throughput" else "minimize"
     identity = _identity(model, space, spec, device, quality)
 
-    try:
-        storage = optuna.storages.get_storage(storage_url)
-    except Exception as e:  # SQLAlchemy raises many types (unknown dialect, missing driver, refused)
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StorageError(
-            f"cannot open --storage {storage_url}: {first_line}; use sqlite:///PATH or postgresql://USER@HOST/DB "
-            "(with its driver installed)"
-        ) from e
+    storage = open_storage(storage_url, spec.heartbeat_s)
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if join and study_name not in existing:
+        raise StudyMismatchError(f"study {study_name!r} does not exist in {redact(storage_url)}; start it with "
+                                 f"autotune tune --storage URL --study {study_name}")
     if study_name in existing:
         attrs = existing[study_name].user_attrs
         for key in IDENTITY_ATTRS:
-            if key in attrs and attrs[key] != identity[key]:
+            if key in attrs and not _same_identity(key, attrs[key], identity[key]):
+                # The device name is the hardware: trials of two GPU models never meet in one best config.
+                what = f"GPU model ({attrs[key]}; this machine: {identity[key]})" if key == "device_name" else key.replace("_", " ")
                 raise StudyMismatchError(
-                    f"study {study_name!r} in {storage_url} exists with a different {key.replace('_', ' ')}; "
+                    f"study {study_name!r} in {redact(storage_url)} exists with a different {what}; "
                     f"pass a new --study name or --out directory (nothing was changed)"
                 )
     sampler = create_sampler(spec.sampler, spec.seed, space)  # not stored: a resumed study may use another
@@ -279,13 +295,59 @@ def open_study(spec: TuneSpec) -> StudyContext:
     if study_name not in existing:
         for key, value in identity.items():
             study.set_user_attr(key, value)
+        # Everything a worker on another host needs to join: the spec with absolute paths, the space itself.
+        stored = spec.model_copy(update={"data": spec.data.resolve() if spec.data else None, "space": None})
+        study.set_user_attr(SPEC_ATTR, stored.model_dump(mode="json"))
+        study.set_user_attr(SPACE_ATTR, space.model_dump(mode="json"))
+        study.set_user_attr(FINGERPRINT_ATTR, fingerprint(device).model_dump(mode="json"))
         study.enqueue_trial(baseline_params(space, device, model_default_dtype(model)), user_attrs={BASELINE_ATTR: True})
     # Taken once per run: best.yaml is rewritten after every trial and the machine does not change.
-    ctx = StudyContext(spec, device, space, model, study, storage_url, study_name, spec.out, fingerprint(device), quality,
-                       shape=ModelShape.from_config(model.config()))
+    ctx = StudyContext(spec, device, space, model, study, redact(storage_url), study_name, spec.out, fingerprint(device), quality,
+                       shape=ModelShape.from_config(model.config()), storage_info=info)
+    if info.shared:  # best.yaml names the machine that measured the best trial, whichever it was
+        study.set_user_attr(FINGERPRINT_ATTR + ":" + ctx.owner["host"], ctx.fingerprint.model_dump(mode="json"))
     if spec.storage is None:
         _fail_interrupted_trials(ctx)
     return ctx
+
+
+def _same_identity(key: str, stored: str, ours: str) -> bool:
+    if key != "model" or stored == ours:
+        return stored == ours
+    # The same model at another path (another host, another install): a random-weights model is
+    # its config's sha256, the rest their name, kind and source.
+    try:
+        a, b = ModelRef.model_validate_json(stored), ModelRef.model_validate_json(ours)
+    except ValueError:
+        return False
+    if a.kind == "random":
+        return (a.kind, a.name, a.config_sha256, a.model_kind) == (b.kind, b.name, b.config_sha256, b.model_kind)
+    return a == b
+
+
+def join_study(storage_url: str, study_name: str, device: str | None, out: Path, trial_timeout_s: float | None = None,
+               gpus: list[int] | None = None) -> StudyContext:
+    """`autotune worker`: take the spec and the space from the study itself (a worker on another
+    host has neither file), on this machine's device, writing its logs under `out`."""
+    from autotune.models import relocate
+
+    storage = open_storage(storage_url)
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if study_name not in summaries:
+        raise StudyMismatchError(f"study {study_name!r} does not exist in {redact(storage_url)}; start it with "
+                                 f"autotune tune --storage URL --study {study_name}")
+    attrs = summaries[study_name].user_attrs
+    if SPEC_ATTR not in attrs or SPACE_ATTR not in attrs:
+        raise StudyMismatchError(f"study {study_name!r} was created by an older autotune that did not store its spec; "
+                                 "resume it with autotune tune instead of joining workers")
+    stored_model = ModelRef.model_validate_json(attrs["model"])
+    here = relocate(stored_model)  # the model on this machine, or a one-line error naming the fix
+    update = {"device": device, "out": out, "storage": storage_url, "study": study_name, "gpus": gpus,
+              "model": here.source or None}  # the embedded default has no source: None selects it
+    if trial_timeout_s is not None:
+        update["trial_timeout_s"] = trial_timeout_s
+    spec = TuneSpec.model_validate({**attrs[SPEC_ATTR], **{k: v for k, v in update.items()}})
+    return open_study(spec, SearchSpace.model_validate(attrs[SPACE_ATTR]), join=True)
 
 
 def _fail_interrupted_trials(ctx: StudyContext) -> None:
@@ -468,10 +530,12 @@ def _tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: Tria
     trial.set_user_attr(RECORD_ATTR, record.model_dump(mode="json"))
     if state == "failed":
         ctx.study.tell(trial, state=OptunaState.FAIL)
-        return record
-    for key, v in constraints.items():
-        trial.set_constraint(key, v)
-    ctx.study.tell(trial, value if value is not None else _placeholder(ctx.spec.objective))
+    else:
+        for key, v in constraints.items():
+            trial.set_constraint(key, v)
+        ctx.study.tell(trial, value if value is not None else _placeholder(ctx.spec.objective))
+    if ctx.heartbeat is not None:
+        ctx.heartbeat.discard(trial._trial_id)
     return record
 
 
@@ -527,12 +591,42 @@ def build_deployment(ctx: StudyContext, best: TrialRecord, base: TrialRecord | N
         quality=best.outcome.quality,
         min_quality=ctx.spec.min_quality,
         confirmation=confirmation,
-        fingerprint=ctx.fingerprint,
+        fingerprint=_measured_on(ctx, best.number),
         study_name=ctx.study_name,
         storage=ctx.storage_url,
         trial_number=best.number,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
+
+
+def _measured_on(ctx: StudyContext, number: int) -> Fingerprint:
+    """The fingerprint of the host whose worker measured trial `number` (shared storage), else ours."""
+    if not ctx.shared:
+        return ctx.fingerprint
+    who = ctx.study.get_trials(deepcopy=False)[number].user_attrs.get(OWNER_ATTR) or {}
+    raw = ctx.study.user_attrs.get(FINGERPRINT_ATTR + ":" + str(who.get("host")))
+    return Fingerprint.model_validate(raw) if raw else ctx.fingerprint
+
+
+def open_stored(storage_url: str, study_name: str, out: Path) -> StudyContext:
+    """A study as stored, for writing its outputs on any machine (`autotune show --storage`):
+    no device, model or data is needed, only the storage."""
+    storage = open_storage(storage_url)
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if study_name not in summaries:
+        names = ", ".join(sorted(summaries)) or "none"
+        raise StudyMismatchError(f"study {study_name!r} does not exist in {redact(storage_url)} (studies there: {names}); "
+                                 "pass one of them to --study")
+    attrs = summaries[study_name].user_attrs
+    if SPEC_ATTR not in attrs:
+        raise StudyMismatchError(f"study {study_name!r} was created by an older autotune that did not store its spec; "
+                                 "use autotune show on its output directory")
+    spec = TuneSpec.model_validate({**attrs[SPEC_ATTR], "out": out, "storage": storage_url, "study": study_name})
+    fp = Fingerprint.model_validate(attrs[FINGERPRINT_ATTR])
+    device = DeviceInfo(fp.device, fp.device.split(":")[0], fp.device_name, fp.device_memory_gib, True)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    return StudyContext(spec, device, SearchSpace.model_validate(attrs[SPACE_ATTR]), ModelRef.model_validate_json(attrs["model"]),
+                        study, redact(storage_url), study_name, out, fp, storage_info=describe(storage_url))
 
 
 def write_outputs(ctx: StudyContext, report: bool = True) -> tuple[list[TrialRecord], DeploymentConfig | None]:
@@ -706,22 +800,67 @@ def _order_for_loaded_model(batch: list[tuple[optuna.Trial, Candidate]], loaded_
     return sorted(batch, key=lambda tc: (tc[1].load_key != loaded_key, first_seen[tc[1].load_key]))
 
 
-def _ask_follow_up(ctx: StudyContext, load_key: tuple, follow_ups: set[int]) -> tuple[optuna.Trial, Candidate]:
-    """Ask the sampler for a shape with the load-key fixed (it still chooses batch and length)."""
-    ctx.study.enqueue_trial({k: v for k, v in zip(LOAD_KEY_KNOBS, load_key) if k in ctx.space.knobs})
+def _ask(ctx: StudyContext) -> optuna.Trial:
+    """Ask the sampler; on shared storage, record who holds the trial and start beating for it
+    (asked trials wait in `pending` before they run: they must not look dead meanwhile)."""
     trial = ctx.study.ask()
+    if ctx.shared:
+        trial.set_user_attr(OWNER_ATTR, ctx.owner)
+        if trial.user_attrs.get(CLAIM_ATTR):  # a retried trial carries its dead worker's claim
+            trial.set_user_attr(CLAIM_ATTR, None)
+        if ctx.heartbeat is not None:
+            ctx.heartbeat.add(trial._trial_id)
+    return trial
+
+
+def _ask_fixed(ctx: StudyContext, params: dict, follow_ups: set[int]) -> tuple[optuna.Trial, Candidate]:
+    """Ask for a trial with these knobs fixed (the sampler chooses the rest). On shared storage
+    another worker may take the enqueued trial first; then this one is an ordinary sampled trial."""
+    ctx.study.enqueue_trial(params)
+    trial = _ask(ctx)
     follow_ups.add(trial.number)
     return trial, suggest(trial, ctx.space)
+
+
+def _ask_follow_up(ctx: StudyContext, load_key: tuple, follow_ups: set[int]) -> tuple[optuna.Trial, Candidate]:
+    """A shape with the load-key fixed (the sampler still chooses batch and length)."""
+    return _ask_fixed(ctx, {k: v for k, v in zip(LOAD_KEY_KNOBS, load_key) if k in ctx.space.knobs}, follow_ups)
 
 
 def _ask_at_boundary(ctx: StudyContext, cand: Candidate, batch_size: int, follow_ups: set[int]) -> tuple[optuna.Trial, Candidate]:
-    """Ask for this candidate at another batch size (every other knob fixed)."""
-    params = {k: getattr(cand, k) for k in ctx.space.knobs}
-    params["batch_size"] = batch_size
-    ctx.study.enqueue_trial(params)
-    trial = ctx.study.ask()
-    follow_ups.add(trial.number)
-    return trial, suggest(trial, ctx.space)
+    """This candidate at another batch size (every other knob fixed)."""
+    return _ask_fixed(ctx, {**{k: getattr(cand, k) for k in ctx.space.knobs}, "batch_size": batch_size}, follow_ups)
+
+
+def _fail_unrun(ctx: StudyContext, trial: optuna.Trial, attr: str = INTERRUPTED_ATTR, value=True) -> None:
+    """A trial asked but never measured: failed without a record, so it is neither a result nor a
+    measured-twice candidate, and the sampler may propose it again."""
+    trial.set_user_attr(attr, value)
+    ctx.study.tell(trial, state=OptunaState.FAIL)
+    if ctx.heartbeat is not None:
+        ctx.heartbeat.discard(trial._trial_id)
+
+
+def _claim_key(cand: Candidate) -> str:
+    return json.dumps(_key(cand))
+
+
+def _rival(ctx: StudyContext, trial: optuna.Trial, cand: Candidate) -> int | None:
+    """Another worker's RUNNING trial that measures this candidate now, or None. Each worker first
+    writes its claim, then reads the others': of two that claim the same candidate at once at
+    least one sees the other and steps back, so no candidate is ever measured twice."""
+    key = _claim_key(cand)
+    trial.set_user_attr(CLAIM_ATTR, key)
+    for other in ctx.study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
+        if other.number != trial.number and other.user_attrs.get(CLAIM_ATTR) == key:
+            return other.number
+    return None
+
+
+def _in_flight_elsewhere(ctx: StudyContext) -> int:
+    """Trials other workers are measuring now: they count towards --trials like finished ones."""
+    return sum(1 for t in ctx.study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,))
+               if t.user_attrs.get(CLAIM_ATTR) and t.user_attrs.get(OWNER_ATTR) != ctx.owner)
 
 
 def _stop_reason(ctx: StudyContext, done: dict, started: float, duplicates_in_a_row: int) -> str:
@@ -734,15 +873,50 @@ def _stop_reason(ctx: StudyContext, done: dict, started: float, duplicates_in_a_
     return ""
 
 
+def _place(ctx: StudyContext, worker: WorkerClient, cand: Candidate, note) -> str | None:
+    """Under --gpus: take the GPUs this candidate needs (its home GPU, plus the next ones of the
+    pool for a multi-GPU candidate), waiting for the workers that hold them; None when placed,
+    else why the candidate cannot run on this host."""
+    placement = ctx.placement
+    if placement is None:
+        if cand.num_gpus > 1:
+            return (f"needs {cand.num_gpus} GPUs; this worker has one device ({ctx.device.device}): run with --gpus "
+                    f"listing at least {cand.num_gpus} GPUs")
+        return None
+    gpus = placement.gpus_for(cand.num_gpus)
+    if gpus is None:
+        return f"needs {cand.num_gpus} GPUs; --gpus lists {len(placement.pool)}"
+    if set(gpus) != set(placement.held):
+        worker.close()  # frees its GPUs before it lets go of them
+        placement.release_all()
+        placement.acquire(gpus, on_wait=note)
+    worker.use_gpus(gpus)
+    return None
+
+
+def _yield_wanted_gpus(ctx: StudyContext, worker: WorkerClient) -> bool:
+    """After a trial: if another worker waits for a GPU this one holds, free it (the model goes)."""
+    if ctx.placement is None or not ctx.placement.wanted_by_others():
+        return False
+    worker.close()
+    ctx.placement.release_all()
+    return True
+
+
+def _refresh(ctx: StudyContext) -> tuple[list[TrialRecord], dict[tuple, TrialRecord], int]:
+    recs = records(ctx.study)
+    counted = counted_trials(recs) + (_in_flight_elsewhere(ctx) if ctx.shared else 0)
+    return recs, _finished_by_params(recs), counted
+
+
 def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch: int = 8) -> None:
     """Run trials until the study holds `spec.trials` counted trials, the space is exhausted, or
     the timeout passes. Trials are asked `ask_batch` at a time (TPE's constant liar keeps them
-    apart) and ordered to reuse the loaded model. Ctrl-C marks the trial in flight failed."""
+    apart) and ordered to reuse the loaded model. Ctrl-C marks the trial in flight failed.
+    On shared storage every worker runs this same loop; the study is the only coordination."""
     progress = progress or _Silent()
     spec = ctx.spec
-    recs = records(ctx.study)
-    done = _finished_by_params(recs)
-    counted = counted_trials(recs)
+    recs, done, counted = _refresh(ctx)
     started = time.monotonic()
     duplicates_in_a_row = 0
     loaded_key: tuple | None = None
@@ -750,21 +924,41 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
     pending: list[tuple[optuna.Trial, Candidate]] = []
     follow_ups: set[int] = set()  # trial numbers asked with the loaded model's load-key fixed
     replacements_left = 0  # follow-ups answered without the model (duplicate, inferred) are re-asked
-    run_log = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "trials": []}
-    worker = WorkerClient(ctx.model, ctx.device.device, spec.memory_budget_gib, ctx.out / "workers")
+    run_log = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "owner": ctx.owner, "trials": []}
+    log_dir = ctx.out / "workers" / ctx.worker_tag if ctx.worker_tag else ctx.out / "workers"
+    worker = WorkerClient(ctx.model, ctx.device.device, spec.memory_budget_gib, log_dir)
+    ctx.heartbeat = Heartbeat(ctx.study._storage, ctx.storage_info.heartbeat_s if ctx.shared else None)
+    if ctx.placement is not None:  # the home GPU, for the quality reference and the first trials
+        ctx.placement.acquire(ctx.placement.gpus_for(1), on_wait=progress.note)
+        worker.use_gpus(ctx.placement.gpus_for(1))
     try:
         loaded_key = ensure_reference(ctx, worker) or loaded_key
-        while counted < spec.trials:
+        while True:
+            if ctx.shared:  # other workers add trials, and may have died holding some
+                for number in fail_stale(ctx.study, ctx.storage_info):
+                    progress.note(f"trial #{number} lost its worker: failed, and queued again")
+                recs, done, counted = _refresh(ctx)
+            if counted >= spec.trials:
+                break
             ctx.stopped_reason = _stop_reason(ctx, done, started, duplicates_in_a_row)
             if ctx.stopped_reason:
                 break
             if not pending:
                 # Never more than the candidates left: the rest could only be duplicates.
-                asked = [ctx.study.ask() for _ in range(min(ask_batch, spec.trials - counted, ctx.space.size - len(done)))]
+                asked = [_ask(ctx) for _ in range(min(ask_batch, spec.trials - counted, ctx.space.size - len(done)))]
                 pending = _order_for_loaded_model([(t, suggest(t, ctx.space)) for t in asked], loaded_key)
             trial, cand = pending.pop(0)
             trial_start = time.perf_counter()
+            rival = None
+            if ctx.shared:  # claim, then look: finished by another worker, or measured by one now
+                rival = _rival(ctx, trial, cand)
+                recs, done, counted = _refresh(ctx)
             previous = done.get(_key(cand))
+            if previous is None and rival is not None:
+                _fail_unrun(ctx, trial, DEFERRED_ATTR, rival)
+                progress.note(f"{cand.label()} is being measured by another worker (trial #{rival}); asking for another")
+                time.sleep(1.0)  # let it finish: the sampler may well propose it again
+                continue
             if previous is not None:  # never measure the same candidate twice: answer from the record
                 _tell(ctx, trial, cand, previous.outcome, spawn_s=0.0, total_s=0.0, duplicate_of=previous)
                 duplicates_in_a_row += 1
@@ -780,6 +974,8 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 spawn_s = 0.0
                 dominating = dominating_infeasible(cand, done) if reason is None else None
                 too_big = _predicted_over_budget(ctx, cand) if reason is None and dominating is None else None
+                if reason is None and dominating is None and too_big is None:
+                    reason = _place(ctx, worker, cand, progress.note)
                 if reason is not None:
                     outcome = TrialOutcome(status="unsupported", reason=reason)
                 elif dominating is not None:
@@ -792,12 +988,13 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                         loaded_key = cand.load_key if holds else None
             except BaseException:
                 # Ctrl-C or a crash of the parent's own code: the trial in flight is lost, nothing else.
-                trial.set_user_attr(INTERRUPTED_ATTR, True)
-                ctx.study.tell(trial, state=OptunaState.FAIL)
+                _fail_unrun(ctx, trial)
                 raise
             record = _tell(ctx, trial, cand, outcome, spawn_s=spawn_s, total_s=time.perf_counter() - trial_start,
                            inferred_from=dominating if outcome.inferred_from is not None else None)
-            if outcome.reloaded and outcome.phase != "load" and shape_points > 1:
+            if _yield_wanted_gpus(ctx, worker):
+                loaded_key = None
+            if outcome.reloaded and outcome.phase != "load" and shape_points > 1 and loaded_key == cand.load_key:
                 # Ask the follow-ups now and run them next, while this model is still loaded; never more
                 # than the candidates neither measured nor pending (the rest could only be duplicates).
                 for _ in range(min(TRIALS_PER_LOAD - 1, ctx.space.size - len(done) - len(pending) - 1)):
@@ -820,17 +1017,37 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
             run_log["trials"].append({"number": record.number, "total_s": record.total_s})
             write_outputs(ctx, report=False)
             progress.trial_finished(record, counted, spec.trials)
-        # The noise-aware choice among the best few (autotune/confirm.py): same worker, same --timeout.
-        confirm_started = time.monotonic()
-        confirm_study(ctx, worker, records(ctx.study), started, progress.note)
-        run_log["confirmation_s"] = round(time.monotonic() - confirm_started, 3)
+        if ctx.role == "tune":
+            if ctx.shared:
+                _wait_for_others(ctx, progress.note)
+            # The noise-aware choice among the best few (autotune/confirm.py): same worker, same --timeout.
+            confirm_started = time.monotonic()
+            confirm_study(ctx, worker, records(ctx.study), started, progress.note,
+                          place=lambda cand: _place(ctx, worker, cand, progress.note))
+            run_log["confirmation_s"] = round(time.monotonic() - confirm_started, 3)
     finally:
-        # Asked but never run (stopped, or interrupted): failed without a record, so they are
-        # neither results nor measured-twice candidates, and resuming asks again.
-        for trial, _ in pending:
-            trial.set_user_attr(INTERRUPTED_ATTR, True)
-            ctx.study.tell(trial, state=OptunaState.FAIL)
+        for trial, _ in pending:  # asked but never run (stopped, or interrupted)
+            _fail_unrun(ctx, trial)
         worker.close()
+        ctx.heartbeat.stop()
+        if ctx.placement is not None:
+            ctx.placement.release_all()
         run_log["wall_s"] = time.monotonic() - started
         with open(ctx.out / "runs.jsonl", "a") as f:
             f.write(json.dumps(run_log) + "\n")
+
+
+def _wait_for_others(ctx: StudyContext, note) -> None:
+    """The confirmation and the final best.yaml need every trial: wait for the ones other
+    workers still measure (a dead worker's trial turns stale and is failed meanwhile)."""
+    deadline = time.monotonic() + ctx.spec.trial_timeout_s + 3 * ctx.spec.heartbeat_s
+    noted = False
+    while time.monotonic() < deadline:
+        fail_stale(ctx.study, ctx.storage_info)
+        busy = _in_flight_elsewhere(ctx)
+        if not busy:
+            return
+        if not noted:
+            note(f"waiting for {busy} trial(s) other workers are measuring")
+            noted = True
+        time.sleep(1.0)

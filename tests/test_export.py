@@ -44,6 +44,7 @@ FILENAMES = {m.NAME: m.FILENAME for m in (vllm_exporter, sglang_exporter, tgi_ex
 CASES: dict[str, tuple[str, dict]] = {
     "text": ("text-h100.yaml", {}),  # real H100 study: bf16, eager, 24 GiB budget
     "text-tp2": ("text-h100.yaml", {"tensor_parallel_size": 2}),  # multi-GPU
+    "text-2gpu": ("text-h100-2gpu.yaml", {}),  # measured on 2 GPUs (num_gpus: 2): served on 2 by default
     "cpu": ("cpu-default.yaml", {}),  # real CPU study of the embedded model
     "nf4": ("text-nf4.yaml", {}),  # vLLM has no bitsandbytes: error
     "nf4-approx": ("text-nf4.yaml", {"allow_approximate": True}),
@@ -94,6 +95,7 @@ def test_golden_cases_cover_text_vision_quantized_multi_gpu_and_errors() -> None
     assert {"nf4/vllm.error", "int8/vllm.error", "int8/sglang.error", "vision-video-tp2/tgi.error"} <= errors
     assert "vision/vllm.yaml" in {p.parent.name + "/" + p.name for p in GOLDEN.glob("*/*")}
     assert (GOLDEN / "text-tp2" / "vllm.yaml").read_text().count("tensor-parallel-size: 2") == 1
+    assert (GOLDEN / "text-2gpu" / "vllm.yaml").read_text().count("tensor-parallel-size: 2") == 1
 
 
 # ------------------------------------------------------------------------------ the rules
@@ -109,7 +111,8 @@ def test_every_setting_value_has_a_rule(target: str) -> None:
     needed |= {f"dtype={d}" for d in ("fp32", "fp16", "bf16")} | {"compile=true", "compile=false"}
     needed |= {f"model_kind={k}" for k in MODEL_KINDS}
     needed |= {"batch_size", "max_length", "new_tokens", "images_per_prompt", "max_pixels", "video_frames",
-                "device=cpu", "tensor_parallel_size>1"}
+                "device=cpu", "tensor_parallel_size>1", "num_gpus>1", "tensor_parallel_size>num_gpus",
+                "tensor_parallel_size<num_gpus"}
     assert needed <= set(rules), f"{target} lacks rules for {sorted(needed - set(rules))}"
     for key, rule in rules.items():
         assert rule.kind in ("exact", "approximate", "unexportable"), key
@@ -198,6 +201,101 @@ def test_a_cpu_tuned_config_sets_no_gpu_fraction_and_says_it_is_approximate() ->
     result = export(config_of("cpu-default.yaml"), "vllm")
     assert "gpu-memory-utilization" not in yaml.safe_load(result.text)
     assert "tuned on CPU" in result.text
+
+
+# ------------------------------------------------------------------------------ multi-GPU measurements (num_gpus)
+
+TP_KEYS = {"vllm": "tensor-parallel-size", "sglang": "tp-size"}
+
+
+def served_size(result, target: str) -> int:
+    """The GPU count an export serves on, read back from what it wrote."""
+    if target in TP_KEYS:
+        return yaml.safe_load(result.text)[TP_KEYS[target]]
+    if target == "tgi":
+        return int(re.search(r"^NUM_SHARD=(\d+)$", result.text, re.M).group(1))
+    max_memory = re.search(r"^ +max_memory=(\{.*\}),$", result.text, re.M)
+    return len(eval(max_memory.group(1))) if max_memory else 1  # noqa: S307 (our own snippet's literal)
+
+
+@pytest.mark.parametrize("target", sorted(EXPORTERS))
+def test_num_gpus_is_the_default_tensor_parallel_size(target: str) -> None:
+    result = export(config_of("text-h100-2gpu.yaml"), target)
+    assert served_size(result, target) == 2
+    assert served_size(export(config_of("text-h100.yaml"), target), target) == 1  # num_gpus 1: as before
+    assert served_size(export(config_of("text-h100-2gpu.yaml"), target, tensor_parallel_size=2), target) == 2
+
+
+@pytest.mark.parametrize("target", ["vllm", "sglang", "tgi"])
+def test_a_server_says_it_splits_each_layer_where_autotune_measured_a_layer_split(target: str) -> None:
+    result = export(config_of("text-h100-2gpu.yaml"), target)
+    text = result.text.replace("\n# ", " ")  # comments unwrapped
+    assert "device_map splitting the layers over the GPUs" in text and "every layer over them (tensor parallel)" in text
+    assert any("num_gpus is written as" in note for note in result.notes)
+    # The memory fraction is per GPU, from the per-GPU peak of the layer split: 14.41 GiB (NVML) x 1.1 / 79.18 GiB.
+    assert "(of each GPU) = (14.41 GiB measured per-GPU peak" in text
+    assert "2-GPU layer split with device_map, not of a tensor-parallel shard" in text
+
+
+def test_per_gpu_memory_plan_of_a_two_gpu_measurement() -> None:
+    config = config_of("text-h100-2gpu.yaml")  # per GPU: NVML 14.41 GiB, torch reserved 13.19 GiB; budget 24 GiB per GPU
+    plan = memory_plan(config, ExportOptions(), "f")
+    assert plan.fraction == 0.21  # 14.41 x 1.1 = 15.85 / 79.18 = 0.200, rounded up
+    assert "GiB per GPU" in plan.arithmetic and "layer split" in plan.arithmetic
+    # NVML sampled one GPU: where the fullest GPU's torch peak is larger, that one is taken.
+    fuller = config.model_copy(update={"measured": config.measured.model_copy(update={"peak_reserved_gib": 20.0})})
+    assert memory_plan(fuller, ExportOptions(), "f").arithmetic.startswith("f (of each GPU) = (20.00 GiB")
+    # On 4 GPUs the per-GPU peak of 2 is kept (it over-reserves); on 1 (approximate) it is scaled by 2/1.
+    assert memory_plan(config, ExportOptions(tensor_parallel_size=4), "f").fraction == 0.21
+    fewer = memory_plan(config, ExportOptions(tensor_parallel_size=1, allow_approximate=True), "f")
+    assert fewer.fraction == 0.41 and "x 2/1 GPUs = 28.81 GiB (an estimate, not measured)" in fewer.arithmetic
+
+
+@pytest.mark.parametrize("target", sorted(EXPORTERS))
+def test_fewer_gpus_than_measured_is_an_error_naming_the_fix(target: str) -> None:
+    with pytest.raises(ExportError) as e:
+        export(config_of("text-h100-2gpu.yaml"), target, tensor_parallel_size=1)
+    message = str(e.value)
+    assert "\n" not in message
+    assert f"tensor-parallel-size 1 with num_gpus 2 cannot be exported to {target}" in message
+    assert "leave --tensor-parallel-size out" in message and "--allow-approximate" in message
+    # --allow-approximate writes the asked size, its memory estimated from the measured GPUs' total.
+    result = export(config_of("text-h100-2gpu.yaml"), target, tensor_parallel_size=1, allow_approximate=True)
+    assert served_size(result, target) == 1
+    assert any("tensor-parallel-size 1 with num_gpus 2" in note for note in result.notes)
+    assert "2/1 GPUs" in result.text
+
+
+@pytest.mark.parametrize("target", sorted(EXPORTERS))
+def test_more_gpus_than_measured_is_approximate(target: str) -> None:
+    result = export(config_of("text-h100-2gpu.yaml"), target, tensor_parallel_size=4)
+    assert served_size(result, target) == 4
+    assert any("more GPUs than best.yaml was measured on" in note for note in result.notes)
+
+
+def test_a_one_gpu_measurement_served_on_more_gpus_keeps_its_note() -> None:
+    """num_gpus 1 with --tensor-parallel-size 2: approximate, no flag needed, as before num_gpus existed."""
+    result = export(config_of("text-h100.yaml"), "vllm", tensor_parallel_size=2)
+    assert yaml.safe_load(result.text)["tensor-parallel-size"] == 2
+    assert any(note.startswith("best.yaml holds a one-GPU measurement") for note in result.notes)
+
+
+def test_transformers_spreads_a_two_gpu_measurement_with_max_memory(tmp_path: Path) -> None:
+    result = export(config_of("text-h100-2gpu.yaml"), "transformers")
+    assert 'device_map="auto",\n        max_memory={0: "24GiB", 1: "24GiB"},' in result.text  # the per-GPU budget
+    paths = write_export(result, tmp_path)
+    compile(paths[0].read_text(), str(paths[0]), "exec")
+    assert read_deployment(tmp_path / "transformers_deploy.best.yaml").settings.num_gpus == 2
+    one_gpu = export(config_of("text-h100.yaml"), "transformers").extra_files[".best.yaml"]
+    assert "num_gpus" not in one_gpu  # the default is left out: older autotune versions read the file
+
+
+def test_cli_tensor_parallel_size_defaults_to_num_gpus(tmp_path: Path) -> None:
+    result = run_export(str(INPUTS / "text-h100-2gpu.yaml"), "--to", "sglang", cwd=tmp_path)
+    conftest.assert_ok(result)
+    assert yaml.safe_load(result.stdout)["tp-size"] == 2
+    assert_one_line_error(run_export(str(INPUTS / "text-h100-2gpu.yaml"), "--to", "sglang", "--tensor-parallel-size", "1",
+                                     cwd=tmp_path), "tensor-parallel-size 1 with num_gpus 2", "leave --tensor-parallel-size out")
 
 
 # ------------------------------------------------------------------------------ model and options

@@ -50,14 +50,15 @@ def export(
     target: str,
     *,
     allow_approximate: bool = False,
-    tensor_parallel_size: int = 1,
+    tensor_parallel_size: int | None = None,
     headroom: float = DEFAULT_HEADROOM,
     gpu_memory_gib: float | None = None,
     model: str | None = None,
 ) -> ExportResult:
     """Export a DeploymentConfig (or the path of a best.yaml) to `target`. Raises ExportError (one
     line) for an unknown target, an unexportable setting without `allow_approximate`, or a model
-    no checkpoint is known for."""
+    no checkpoint is known for. `tensor_parallel_size` None: the GPUs best.yaml was measured on
+    (settings.num_gpus)."""
     exporter = get_exporter(target)
     if not isinstance(config, DeploymentConfig):
         from autotune.deploy import read_deployment

@@ -71,13 +71,13 @@ EMBEDDED_CHECKPOINT = "HuggingFaceTB/SmolLM2-135M-Instruct"
 @dataclass(frozen=True)
 class ExportOptions:
     allow_approximate: bool = False
-    tensor_parallel_size: int = 1
+    tensor_parallel_size: int | None = None  # GPUs to serve on; None: the GPUs best.yaml was measured on (num_gpus)
     headroom: float = DEFAULT_HEADROOM  # fraction over the measured peak, 0.10 = 10%
     gpu_memory_gib: float | None = None  # the serving GPU's memory; default: the tuning GPU's
     model: str | None = None  # served checkpoint (hub id or path); default: from best.yaml
 
     def __post_init__(self) -> None:
-        if self.tensor_parallel_size < 1:
+        if self.tensor_parallel_size is not None and self.tensor_parallel_size < 1:
             raise ExportError(f"--tensor-parallel-size must be 1 or more, got {self.tensor_parallel_size}")
         if not 0 <= self.headroom <= 1:
             raise ExportError(f"--headroom is a fraction of the measured peak in [0, 1] (0.1 = 10%), got {self.headroom}")
@@ -300,15 +300,22 @@ def served_model(config: DeploymentConfig, options: ExportOptions) -> tuple[str,
 def measured_summary(config: DeploymentConfig) -> list[str]:
     """Header lines: where the figures come from and what they were."""
     s, m, fp = config.settings, config.measured, config.fingerprint
+    gpus = f"{s.num_gpus} x " if s.num_gpus > 1 else ""
     lines = [
         f"from: best.yaml of study {config.study_name!r}, trial {config.trial_number}, written {config.created_at}",
-        f"tuned on: {fp.device_name} ({config.device}, {fp.device_memory_gib:g} GiB), torch {fp.torch}, transformers {fp.transformers}",
+        f"tuned on: {gpus}{fp.device_name} ({config.device}, {fp.device_memory_gib:g} GiB{' each' if gpus else ''}), "
+        f"torch {fp.torch}, transformers {fp.transformers}",
         f"settings: {s.label()}, {s.new_tokens} new tokens per request",
     ]
     throughput = f"{m.throughput.median:.1f} {m.throughput_unit} (spread {m.throughput.spread_pct:.1f}%)"
-    memory = f"peak {m.peak_memory_gib:.2f} GiB" + (f", whole device {m.nvml_peak_used_gib:.2f} GiB" if m.nvml_peak_used_gib else "")
-    lines.append(f"measured (transformers, one {'GPU' if is_gpu_tuned(config) else 'CPU process'}): {throughput}, "
-                 f"TTFT {m.ttft_s.median:.3f} s, {memory}")
+    whole = f", whole device {m.nvml_peak_used_gib:.2f} GiB" if m.nvml_peak_used_gib else ""
+    if s.num_gpus > 1:
+        where = f"{s.num_gpus} GPUs, the layers split over them with device_map"
+        memory = f"peak per GPU {m.peak_memory_gib:.2f} GiB (the fullest GPU){whole}"
+    else:
+        where = f"one {'GPU' if is_gpu_tuned(config) else 'CPU process'}"
+        memory = f"peak {m.peak_memory_gib:.2f} GiB{whole}"
+    lines.append(f"measured (transformers, {where}): {throughput}, TTFT {m.ttft_s.median:.3f} s, {memory}")
     if config.memory_budget_gib is not None:
         lines.append(f"memory budget asked for: {config.memory_budget_gib:g} GiB")
     return lines
@@ -319,6 +326,57 @@ TENSOR_PARALLEL_NOTE = (
     "cache (more concurrent sequences) fits than was measured, and throughput and latency differ from the measured "
     "figures (re-measure on the target)"
 )
+
+
+# num_gpus > 1: autotune measured the model spread over N GPUs with transformers' device_map, whole
+# layers per GPU (pipeline-style, one GPU busy at a time), each GPU capped at the memory budget;
+# measured.peak_memory_gib is the fullest GPU's. The servers split every layer over their GPUs
+# instead (tensor parallel), so even on as many GPUs the placement is not the measured one.
+LAYER_SPLIT_NOTE = (
+    "best.yaml was measured with transformers' device_map splitting the layers over the GPUs (whole layers per GPU, "
+    "one GPU busy at a time); {server} splits every layer over them (tensor parallel): on as many GPUs each holds about "
+    "the share of the weights and of the KV cache the layer split did (more of the KV cache where the model has fewer "
+    "KV heads than GPUs), so the per-GPU memory is figured from the measured per-GPU peak of the layer split; "
+    "throughput and latency differ from the measured figures (re-measure on the target)"
+)
+# More GPUs than measured: the same approximation as a one-GPU measurement served tensor parallel
+# (TENSOR_PARALLEL_NOTE, which keeps its words for num_gpus 1): the measured per-GPU figure
+# over-reserves, which is safe, so it is written with a note and needs no flag.
+MORE_GPUS_NOTE = (
+    "served on more GPUs than best.yaml was measured on (num_gpus): the memory fraction is the measured per-GPU peak, "
+    "so each GPU reserves more than its share needs and more KV cache fits than was measured; throughput and latency "
+    "differ from the measured figures (re-measure on the target)"
+)
+# Fewer GPUs than measured: each GPU must hold more than any measured GPU did, and the budget the
+# study judged feasibility on was per GPU, so the measurement no longer says the model fits. Like
+# the other settings no measurement covers, that is unexportable: an error naming the fix, and
+# --allow-approximate writes the nearest form, a per-GPU estimate from the measured GPUs' total.
+FEWER_GPUS_NOTE = (
+    "fewer GPUs than best.yaml was measured on must each hold more than the measured per-GPU peak, which no "
+    "measurement covers; leave --tensor-parallel-size out to serve on the GPUs it was measured on"
+)
+FEWER_GPUS_ALTERNATIVE = (
+    "the asked size, each GPU's memory estimated as the measured per-GPU peak x num_gpus / tensor-parallel-size"
+)
+
+
+def served_gpus(config: DeploymentConfig, options: ExportOptions) -> int:
+    """The GPUs the export serves on: --tensor-parallel-size, by default the GPUs best.yaml was measured on."""
+    return options.tensor_parallel_size or config.settings.num_gpus
+
+
+def tensor_parallel(d: Draft, config: DeploymentConfig) -> tuple[int, list[str]]:
+    """The tensor-parallel size to write and the comments its rules ask for (an error recorded in
+    the draft for fewer GPUs than measured without --allow-approximate)."""
+    measured, size = config.settings.num_gpus, served_gpus(config, d.options)
+    if measured == 1:  # a one-GPU measurement: as before num_gpus existed
+        return size, [d.comment("tensor_parallel_size>1", "tensor parallel")] if size > 1 else []
+    comments = [d.comment("num_gpus>1", f"num_gpus {measured}")]
+    if size > measured:
+        comments.append(d.comment("tensor_parallel_size>num_gpus", f"tensor-parallel-size {size} with num_gpus {measured}"))
+    elif size < measured:
+        comments.append(d.comment("tensor_parallel_size<num_gpus", f"tensor-parallel-size {size} with num_gpus {measured}"))
+    return size, comments
 
 
 def start(d: Draft, config: DeploymentConfig, options: ExportOptions) -> str:
@@ -346,33 +404,55 @@ class MemoryPlan:
 
 
 def memory_plan(config: DeploymentConfig, options: ExportOptions, flag: str) -> MemoryPlan:
-    """The GPU-memory fraction to give a server: the measured peak plus the headroom, capped at the
-    memory budget the study was asked to stay under, over the serving GPU's total memory."""
+    """The GPU-memory fraction to give a server (per GPU): the measured peak plus the headroom,
+    capped at the memory budget the study was asked to stay under, over the serving GPU's total
+    memory. A multi-GPU measurement (num_gpus > 1) gives per-GPU figures; served on fewer GPUs
+    (only with --allow-approximate) the peak is scaled up to an estimate."""
     if not is_gpu_tuned(config):
         return MemoryPlan(None, f"{flag} not set: tuned on CPU, so no GPU memory was measured (the server's default applies)")
     m, fp = config.measured, config.fingerprint
+    measured_gpus, gpus = config.settings.num_gpus, served_gpus(config, options)
+    fewer = gpus < measured_gpus
+    if fewer and not options.allow_approximate:
+        # The export fails on the tensor-parallel rule (raised with its other errors): no estimate
+        # is made, so no memory error about it can come first.
+        return MemoryPlan(None, "")
     # The whole-device figure (NVML) includes the CUDA context, which a server's fraction also
     # covers; torch's reserved memory is the fallback where NVML was not sampled.
-    if m.nvml_peak_used_gib is not None:
+    if measured_gpus > 1:
+        # Per GPU: torch's reserved peak is the fullest GPU's; NVML sampled one GPU, which need not
+        # be the fullest, so the larger of the two is taken.
+        peak_gib = max(m.nvml_peak_used_gib or 0.0, m.peak_reserved_gib or m.peak_memory_gib)
+        what = (f"measured per-GPU peak (the larger of NVML's whole-device peak and the fullest GPU's torch reserved peak; "
+                f"of the {measured_gpus}-GPU layer split with device_map, not of a tensor-parallel shard)")
+    elif m.nvml_peak_used_gib is not None:
         peak_gib, what = m.nvml_peak_used_gib, "measured whole-device peak (NVML)"
     else:
         peak_gib, what = (m.peak_reserved_gib or m.peak_memory_gib), "measured peak (torch reserved)"
     gpu_gib = options.gpu_memory_gib or fp.device_memory_gib
-    gpu_what = f"{gpu_gib:g} GiB ({'given with --gpu-memory-gib' if options.gpu_memory_gib else fp.device_name})"
+    per_gpu = " per GPU" if measured_gpus > 1 else ""
+    gpu_what = f"{gpu_gib:g} GiB{per_gpu} ({'given with --gpu-memory-gib' if options.gpu_memory_gib else fp.device_name})"
+    steps = f"{peak_gib:.2f} GiB {what}"
+    if fewer:
+        # The measured GPUs' total (each at most the fullest one's peak) spread evenly over fewer.
+        peak_gib = peak_gib * measured_gpus / gpus
+        steps += f" x {measured_gpus}/{gpus} GPUs = {peak_gib:.2f} GiB (an estimate, not measured)"
     want_gib = peak_gib * (1 + options.headroom)
-    steps = f"{peak_gib:.2f} GiB {what} x {1 + options.headroom:g} headroom = {want_gib:.2f} GiB"
+    steps += f" x {1 + options.headroom:g} headroom = {want_gib:.2f} GiB"
     budget = config.memory_budget_gib
-    capped = budget is not None and want_gib > budget
+    # The budget was per GPU of the measured split; fewer GPUs cannot stay under it.
+    capped = budget is not None and want_gib > budget and not fewer
     if capped:
         want_gib = max(budget, peak_gib)
-        steps += f", capped at the {budget:g} GiB budget -> {want_gib:.2f} GiB"
+        steps += f", capped at the {budget:g} GiB{per_gpu} budget -> {want_gib:.2f} GiB"
     # Round down when the budget is the limit (stay under it), up otherwise (cover the peak).
     fraction = math.floor(want_gib / gpu_gib * 100) / 100 if capped else math.ceil(want_gib / gpu_gib * 100) / 100
     if fraction * gpu_gib < peak_gib:
         fraction = math.ceil(peak_gib / gpu_gib * 100) / 100
     if fraction > 0.98:
+        scaled = f" x {measured_gpus}/{gpus} GPUs" if fewer else ""
         raise ExportError(
-            f"the {what} plus {options.headroom:.0%} headroom is {want_gib:.2f} GiB, more than the serving GPU's {gpu_gib:g} GiB "
-            "leaves room for; pass --gpu-memory-gib for a larger GPU, a lower --headroom, or re-tune with --memory-budget"
+            f"the {what}{scaled} plus {options.headroom:.0%} headroom is {want_gib:.2f} GiB{per_gpu}, more than the serving "
+            f"GPU's {gpu_gib:g} GiB leaves room for; pass --gpu-memory-gib for a larger GPU, a lower --headroom, or re-tune with --memory-budget"
         )
-    return MemoryPlan(fraction, f"{flag} = ({steps}) / {gpu_what} = {fraction:.2f}")
+    return MemoryPlan(fraction, f"{flag}{' (of each GPU)' if per_gpu else ''} = ({steps}) / {gpu_what} = {fraction:.2f}")

@@ -22,6 +22,10 @@ from __future__ import annotations
 import json
 
 from autotune.export.base import (
+    FEWER_GPUS_ALTERNATIVE,
+    FEWER_GPUS_NOTE,
+    LAYER_SPLIT_NOTE,
+    MORE_GPUS_NOTE,
     TENSOR_PARALLEL_NOTE,
     Draft,
     ExportOptions,
@@ -32,6 +36,7 @@ from autotune.export.base import (
     is_vision,
     memory_plan,
     start,
+    tensor_parallel,
     unexportable,
 )
 from autotune.spec import DeploymentConfig
@@ -77,6 +82,12 @@ RULES: dict[str, Rule] = {
     "device=cpu": approximate(
         "tuned on CPU: the measured speed and memory do not carry over to a GPU server; the settings are a starting point"),
     "tensor_parallel_size>1": approximate(TENSOR_PARALLEL_NOTE),
+    # num_gpus (the GPUs best.yaml was measured on) is the default tp-size. Another size than
+    # measured: more GPUs is approximate (the per-GPU figure over-reserves), fewer is unexportable
+    # (no measurement says it fits): see MORE_GPUS_NOTE and FEWER_GPUS_NOTE in base.py.
+    "num_gpus>1": approximate("num_gpus is written as tp-size. " + LAYER_SPLIT_NOTE.format(server="SGLang")),
+    "tensor_parallel_size>num_gpus": approximate(MORE_GPUS_NOTE),
+    "tensor_parallel_size<num_gpus": unexportable(FEWER_GPUS_NOTE, FEWER_GPUS_ALTERNATIVE),
     "memory": approximate(
         "SGLang's fraction covers the weights and the KV cache pool; activations and CUDA graphs use the rest of the GPU, so "
         "the process can use somewhat more than this: lower it if the budget is a hard limit"),
@@ -112,8 +123,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
         d.set("mem-fraction-static", plan.fraction, plan.arithmetic, d.comment("memory", "gpu memory"))
     else:
         d.note(plan.arithmetic)
-    d.set("tp-size", options.tensor_parallel_size,
-          d.comment("tensor_parallel_size>1", "tensor parallel") if options.tensor_parallel_size > 1 else "")
+    tp, tp_comments = tensor_parallel(d, config)
+    d.set("tp-size", tp, *tp_comments)
     attn_comment = d.comment(f"attn_implementation={s.attn_implementation}", f"attn_implementation {s.attn_implementation}")
     if s.attn_implementation in SGLANG_ATTENTION:
         d.set("attention-backend", SGLANG_ATTENTION[s.attn_implementation], attn_comment)

@@ -17,6 +17,10 @@ PyPI `text-generation` package is only its client), so no parser test checks thi
 from __future__ import annotations
 
 from autotune.export.base import (
+    FEWER_GPUS_ALTERNATIVE,
+    FEWER_GPUS_NOTE,
+    LAYER_SPLIT_NOTE,
+    MORE_GPUS_NOTE,
     TENSOR_PARALLEL_NOTE,
     Draft,
     ExportOptions,
@@ -27,6 +31,7 @@ from autotune.export.base import (
     is_vision,
     memory_plan,
     start,
+    tensor_parallel,
     unexportable,
 )
 from autotune.spec import DeploymentConfig
@@ -74,6 +79,12 @@ RULES: dict[str, Rule] = {
     "device=cpu": approximate(
         "tuned on CPU: the measured speed and memory do not carry over to a GPU server; the settings are a starting point"),
     "tensor_parallel_size>1": approximate(TENSOR_PARALLEL_NOTE),
+    # num_gpus (the GPUs best.yaml was measured on) is the default num-shard. Another size than
+    # measured: more GPUs is approximate (the per-GPU figure over-reserves), fewer is unexportable
+    # (no measurement says it fits): see MORE_GPUS_NOTE and FEWER_GPUS_NOTE in base.py.
+    "num_gpus>1": approximate("num_gpus is written as num-shard. " + LAYER_SPLIT_NOTE.format(server="TGI")),
+    "tensor_parallel_size>num_gpus": approximate(MORE_GPUS_NOTE),
+    "tensor_parallel_size<num_gpus": unexportable(FEWER_GPUS_NOTE, FEWER_GPUS_ALTERNATIVE),
     "memory": approximate(
         "TGI's cuda-memory-fraction caps the whole process's share of the GPU; within it TGI sizes its KV cache itself"),
     "model_kind=causal-lm": exact(),
@@ -112,8 +123,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     batch_comment = d.comment("batch_size", f"batch_size {s.batch_size}")
     d.set("max-batch-prefill-tokens", s.batch_size * prompt_tokens, batch_comment)
     d.set("max-batch-total-tokens", s.batch_size * s.max_length)
-    d.set("num-shard", options.tensor_parallel_size,
-          d.comment("tensor_parallel_size>1", "tensor parallel") if options.tensor_parallel_size > 1 else "")
+    tp, tp_comments = tensor_parallel(d, config)
+    d.set("num-shard", tp, *tp_comments)
     plan = memory_plan(config, options, "cuda-memory-fraction")
     if plan.fraction is not None:
         d.set("cuda-memory-fraction", plan.fraction, plan.arithmetic, d.comment("memory", "gpu memory"))

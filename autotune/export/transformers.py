@@ -14,6 +14,7 @@ import json
 import yaml
 
 from autotune.export.base import (
+    FEWER_GPUS_NOTE,
     TENSOR_PARALLEL_NOTE,
     Draft,
     ExportOptions,
@@ -23,6 +24,8 @@ from autotune.export.base import (
     exact,
     is_vision,
     start,
+    tensor_parallel,
+    unexportable,
     wrap,
 )
 from autotune.loading import TORCH_DTYPES, generate_kwargs
@@ -62,6 +65,17 @@ RULES: dict[str, Rule] = {
     "tensor_parallel_size>1": approximate(
         "the snippet spreads layers over the GPUs with device_map='auto' (pipeline-style, not tensor parallel; "
         "transformers' tensor parallel needs torchrun and tp_plan='auto'). " + TENSOR_PARALLEL_NOTE),
+    # num_gpus (the GPUs best.yaml was measured on) is the default number of GPUs. Another number
+    # than measured: more GPUs is approximate (each holds less than measured), fewer is unexportable
+    # (no measurement says it fits), as for the servers: see FEWER_GPUS_NOTE in base.py.
+    "num_gpus>1": exact(
+        "device_map='auto' spreads the layers over the GPUs (accelerate's balanced split, pipeline-style, not tensor "
+        "parallel), as best.yaml was measured on num_gpus GPUs"),
+    "tensor_parallel_size>num_gpus": approximate(
+        "the snippet spreads the layers over more GPUs than best.yaml was measured on (num_gpus): each holds less than the "
+        "measured per-GPU peak, and throughput and latency differ from the measured figures (re-measure on the target)"),
+    "tensor_parallel_size<num_gpus": unexportable(
+        FEWER_GPUS_NOTE, "the asked number of GPUs, max_memory per GPU scaled by num_gpus / tensor-parallel-size"),
     "model_kind=causal-lm": exact(),
     "model_kind=image-text-to-text": exact(),
     "model_kind=reranker": approximate(
@@ -88,11 +102,16 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
         d.check(key, setting)
     batch_comment = d.comment("batch_size", "batch_size")
     length_comment = d.comment("max_length", "max_length")
-    if options.tensor_parallel_size > 1:
+    gpus, gpu_comments = tensor_parallel(d, config)
+    max_memory: dict | None = None
+    if s.num_gpus > 1:
         device_map: str | dict = "auto"
-        device_comment = d.comment("tensor_parallel_size>1", "tensor parallel")
+        max_memory, memory_comment = _max_memory(config, options, gpus)
+        device_comments = [*gpu_comments, memory_comment]
+    elif gpus > 1:
+        device_map, device_comments = "auto", gpu_comments
     else:
-        device_map, device_comment = {"": config.device}, f"measured on {config.device}"
+        device_map, device_comments = {"": config.device}, [f"measured on {config.device}"]
     attn = _py(s.attn_implementation)
     if s.vision_attn_implementation is not None:
         # A dict sets the vision tower's kernel apart from the language model's (transformers 5).
@@ -101,8 +120,10 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     kwargs = [f"dtype={torch_dtype},", f"attn_implementation={attn},"]
     if s.quantization != "none":
         kwargs.append("quantization_config=" + BNB_CONFIGS[s.quantization].format(dtype=torch_dtype) + ",")
-    kwargs += [f"# {c}" for c in wrap(device_comment, 90)]
+    kwargs += [f"# {c}" for comment in device_comments if comment for c in wrap(comment, 90)]
     kwargs.append(f"device_map={_py(device_map)},")
+    if max_memory is not None:
+        kwargs.append(f"max_memory={_py(max_memory)},")
     auto_model = "AutoModelForImageTextToText" if vision else "AutoModelForCausalLM"
     imports = ["AutoProcessor" if vision else "AutoTokenizer", auto_model]
     if s.quantization != "none":
@@ -145,6 +166,25 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
                         notes=list(d.notes))
 
 
+def _max_memory(config: DeploymentConfig, options: ExportOptions, gpus: int) -> tuple[dict, str]:
+    """device_map's max_memory for a multi-GPU measurement: GPUs 0..gpus-1, each capped at the
+    per-GPU budget it was measured under (the GPU's memory without one); on fewer GPUs than
+    measured (only with --allow-approximate) scaled up by num_gpus / gpus, at most the GPU's memory."""
+    measured = config.settings.num_gpus
+    gpu_gib = options.gpu_memory_gib or config.fingerprint.device_memory_gib
+    budget = config.memory_budget_gib
+    cap, what = (budget, f"the {budget:g} GiB per-GPU budget of the measurement") if budget is not None else (
+        gpu_gib, f"the GPU's {gpu_gib:g} GiB (measured without a budget)")
+    if gpus < measured:
+        cap = min(cap * measured / gpus, gpu_gib)
+        what += f" x {measured}/{gpus} GPUs, at most the GPU's {gpu_gib:g} GiB (an estimate, not measured)"
+    cap = round(cap, 2)
+    comment = (f"max_memory: {'GPU 0' if gpus == 1 else f'GPUs 0..{gpus - 1}'} of those visible (CUDA_VISIBLE_DEVICES picks them), each holding at most "
+               f"{cap:g} GiB of weights ({what}); at run time each GPU also holds its layers' KV cache and activations: "
+               f"the measured per-GPU peak was {config.measured.peak_memory_gib:.2f} GiB, on the fullest GPU of {measured}")
+    return {i: f"{cap:g}GiB" for i in range(gpus)}, comment
+
+
 def _vision_constants(d: Draft, config: DeploymentConfig) -> list[str]:
     from autotune.vision import DEFAULT_MIN_PIXELS
 
@@ -178,5 +218,16 @@ def _kwargs_file(config: DeploymentConfig, options: ExportOptions, model: str) -
     ref = config.model
     if options.model or ref.kind == "random":
         ref = ModelRef(kind="pretrained", name=model.rstrip("/").split("/")[-1], source=model, model_kind=ref.model_kind)
-    out = config.model_copy(update={"model": ref})
-    return yaml.safe_dump(out.model_dump(mode="json"), sort_keys=False)
+    out = config.model_copy(update={"model": ref}).model_dump(mode="json")
+    return yaml.safe_dump(_without_one_gpu(out), sort_keys=False)
+
+
+def _without_one_gpu(data: object) -> object:
+    """The dump without `num_gpus: 1` (the default) in its candidates (settings, the baseline's):
+    a one-GPU file reads as before the field existed, and an autotune that predates num_gpus (a
+    candidate forbids unknown keys) still loads it."""
+    if isinstance(data, dict):
+        return {k: _without_one_gpu(v) for k, v in data.items() if not (k == "num_gpus" and v == 1)}
+    if isinstance(data, list):
+        return [_without_one_gpu(v) for v in data]
+    return data

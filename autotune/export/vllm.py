@@ -20,6 +20,10 @@ vllm/model_executor/models/qwen2_vl.py; the 0.33.0 wheel's quantization list is 
 from __future__ import annotations
 
 from autotune.export.base import (
+    FEWER_GPUS_ALTERNATIVE,
+    FEWER_GPUS_NOTE,
+    LAYER_SPLIT_NOTE,
+    MORE_GPUS_NOTE,
     TENSOR_PARALLEL_NOTE,
     Draft,
     ExportOptions,
@@ -30,6 +34,7 @@ from autotune.export.base import (
     is_vision,
     memory_plan,
     start,
+    tensor_parallel,
     unexportable,
 )
 from autotune.spec import DeploymentConfig
@@ -78,6 +83,12 @@ RULES: dict[str, Rule] = {
     "device=cpu": approximate(
         "tuned on CPU: the measured speed and memory do not carry over to a GPU server; the settings are a starting point"),
     "tensor_parallel_size>1": approximate(TENSOR_PARALLEL_NOTE),
+    # num_gpus (the GPUs best.yaml was measured on) is the default tensor-parallel-size. Another size than
+    # measured: more GPUs is approximate (the per-GPU figure over-reserves), fewer is unexportable
+    # (no measurement says it fits): see MORE_GPUS_NOTE and FEWER_GPUS_NOTE in base.py.
+    "num_gpus>1": approximate("num_gpus is written as tensor-parallel-size. " + LAYER_SPLIT_NOTE.format(server="vLLM")),
+    "tensor_parallel_size>num_gpus": approximate(MORE_GPUS_NOTE),
+    "tensor_parallel_size<num_gpus": unexportable(FEWER_GPUS_NOTE, FEWER_GPUS_ALTERNATIVE),
     "memory": approximate(
         "vLLM pre-allocates this fraction of the GPU for weights, activations and KV cache; the transformers peak plus headroom "
         "is a starting point"),
@@ -110,8 +121,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
         d.set("gpu-memory-utilization", plan.fraction, plan.arithmetic, d.comment("memory", "gpu memory"))
     else:
         d.note(plan.arithmetic)
-    d.set("tensor-parallel-size", options.tensor_parallel_size,
-          d.comment("tensor_parallel_size>1", "tensor parallel") if options.tensor_parallel_size > 1 else "")
+    tp, tp_comments = tensor_parallel(d, config)
+    d.set("tensor-parallel-size", tp, *tp_comments)
     attn_comment = d.comment(f"attn_implementation={s.attn_implementation}", f"attn_implementation {s.attn_implementation}")
     if s.attn_implementation in VLLM_ATTENTION:
         d.set("attention-backend", VLLM_ATTENTION[s.attn_implementation], attn_comment)

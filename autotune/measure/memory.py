@@ -38,6 +38,15 @@ def release_freed_host_memory() -> None:
         pass
 
 
+def nvml_index(cuda_index: int) -> int:
+    """NVML counts physical GPUs; CUDA counts the visible ones (a worker of `--gpus` sees only
+    its own, as cuda:0)."""
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if cuda_index < len(visible) and visible[cuda_index].isdigit():
+        return int(visible[cuda_index])
+    return cuda_index
+
+
 def _rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -66,21 +75,26 @@ def _read_hwm_bytes() -> int | None:
 class MemoryTracker:
     """Use as a context manager around the measured work; `result()` afterwards."""
 
-    def __init__(self, device: str, sample_interval_s: float = 0.02) -> None:
+    def __init__(self, device: str, sample_interval_s: float = 0.02, num_gpus: int = 1) -> None:
         self.device = device
         self.is_cuda = device.startswith("cuda")
+        # A model spread over N GPUs (device_map) occupies cuda:0..N-1 of the worker's visible
+        # devices; the budget is per GPU, so the peak is the fullest GPU's.
+        self.devices = [f"cuda:{i}" for i in range(num_gpus)] if self.is_cuda and num_gpus > 1 else [device]
         self.interval = sample_interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sampled_peak = 0
         self._nvml_handle = None
+        self._nvml_handles: list = []
         self._hwm_reset = False
 
     def _sample(self) -> int:
         if self.is_cuda:
             import pynvml
 
-            return pynvml.nvmlDeviceGetMemoryInfo(self._nvml_handle).used
+            # The fullest GPU, like the torch figures (one handle unless the model is spread).
+            return max(pynvml.nvmlDeviceGetMemoryInfo(h).used for h in self._nvml_handles)
         return _rss_bytes()
 
     def _run(self) -> None:
@@ -92,16 +106,19 @@ class MemoryTracker:
         if self.is_cuda:
             import torch
 
-            torch.cuda.synchronize(self.device)
+            for dev in self.devices:
+                torch.cuda.synchronize(dev)
             # Cached blocks of an earlier, larger trial would count as this one's reserved peak.
             torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats(self.device)
+            for dev in self.devices:
+                torch.cuda.reset_peak_memory_stats(dev)
             try:
                 import pynvml
 
                 pynvml.nvmlInit()
-                index = torch.device(self.device).index or 0
-                self._nvml_handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+                self._nvml_handles = [pynvml.nvmlDeviceGetHandleByIndex(nvml_index(torch.device(dev).index or 0))
+                                      for dev in self.devices]
+                self._nvml_handle = self._nvml_handles[0]
             except Exception:  # NVML unavailable (container without it): torch figures remain
                 self._nvml_handle = None
         else:
@@ -129,10 +146,10 @@ class MemoryTracker:
         if self.is_cuda:
             import torch
 
-            reserved = torch.cuda.max_memory_reserved(self.device) / GIB
+            reserved = max(torch.cuda.max_memory_reserved(dev) for dev in self.devices) / GIB
             return PeakMemory(
                 peak_memory_gib=reserved,
-                peak_allocated_gib=torch.cuda.max_memory_allocated(self.device) / GIB,
+                peak_allocated_gib=max(torch.cuda.max_memory_allocated(dev) for dev in self.devices) / GIB,
                 peak_reserved_gib=reserved,
                 nvml_peak_used_gib=self._sampled_peak / GIB if self._nvml_handle is not None else None,
             )

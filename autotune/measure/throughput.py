@@ -93,7 +93,7 @@ def probe_peak_gib(model, candidate: Candidate, device: str, vocab_size: int, ye
     peak memory, or the OOM it raises. What a feasibility probe needs, at a third of a trial's cost."""
     run = (_generate_runner(model, candidate, device, vocab_size, vision, before_each_run) if yes_no is None
            else _score_runner(model, candidate, device, vocab_size, yes_no, vision, before_each_run))
-    with MemoryTracker(device) as tracker:
+    with MemoryTracker(device, num_gpus=candidate.num_gpus) as tracker:
         run(candidate.new_tokens)
     return tracker.result().peak_memory_gib
 
@@ -107,7 +107,7 @@ def measure_generation(
     batch, prompt, new = candidate.batch_size, candidate.prompt_tokens, candidate.new_tokens
     timed_generate = _generate_runner(model, candidate, device, vocab_size, vision, before_each_run)
 
-    with MemoryTracker(device) as tracker:
+    with MemoryTracker(device, num_gpus=candidate.num_gpus) as tracker:
         warm_start = time.perf_counter()
         # First runs at a new shape are 2-8x slower: never time them. generate(new) runs the
         # exact prefill shape of generate(1) and every decode shape, so it warms both.
@@ -175,7 +175,7 @@ def measure_scoring(
     run = _score_runner(model, candidate, device, vocab_size, yes_no, vision, before_each_run)
     timed_score = lambda: run(0)  # noqa: E731
 
-    with MemoryTracker(device) as tracker:
+    with MemoryTracker(device, num_gpus=candidate.num_gpus) as tracker:
         warm_start = time.perf_counter()
         timed_score()
         warmup_s = time.perf_counter() - warm_start

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
 import signal
 import time
 from pathlib import Path
@@ -42,6 +44,25 @@ def log_tail(path: str | Path, lines: int = 5) -> str:
     return " | ".join(line.strip()[:200] for line in text[-lines:])
 
 
+@contextlib.contextmanager
+def _visible_gpus(gpus: tuple[int, ...] | None):
+    """The spawned child inherits the environment at start: set CUDA_VISIBLE_DEVICES around it."""
+    if gpus is None:
+        yield
+        return
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    # --gpus counts the GPUs this process sees: under an outer CUDA_VISIBLE_DEVICES=2,3, GPU 0 is 2.
+    outer = [v.strip() for v in (before or "").split(",") if v.strip()]
+    os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(outer[g] if g < len(outer) else str(g) for g in gpus)
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
+
+
 class WorkerClient:
     """One worker process at a time; a fresh one is started after a crash or timeout."""
 
@@ -56,6 +77,15 @@ class WorkerClient:
         self._conn = None
         self.log_path: Path | None = None
         self.pid: int | None = None
+        self.gpus: tuple[int, ...] | None = None  # physical GPUs the child sees (placement), None: all
+
+    def use_gpus(self, gpus: list[int] | None) -> None:
+        """Run the next requests in a child that sees exactly these physical GPUs (as cuda:0..N-1);
+        a child that sees others is stopped first (its memory is freed with it)."""
+        wanted = tuple(gpus) if gpus is not None else None
+        if wanted != self.gpus:
+            self.close()
+            self.gpus = wanted
 
     def _next_log_path(self) -> Path:
         n = len(list(self.log_dir.glob("worker-*.log"))) + 1
@@ -67,12 +97,14 @@ class WorkerClient:
         start = time.perf_counter()
         self.log_path = self._next_log_path()
         parent_conn, child_conn = self._ctx.Pipe()
+        device = self.device if self.gpus is None else "cuda:0"
         process = self._ctx.Process(
             target=worker_main,
-            args=(child_conn, self.model_ref.model_dump_json(), self.device, self.budget, str(self.log_path)),
+            args=(child_conn, self.model_ref.model_dump_json(), device, self.budget, str(self.log_path)),
             name="autotune-worker",
         )
-        process.start()
+        with _visible_gpus(self.gpus):
+            process.start()
         child_conn.close()
         self._process, self._conn = process, parent_conn
         if not parent_conn.poll(_STARTUP_TIMEOUT_S):

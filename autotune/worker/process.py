@@ -162,6 +162,16 @@ class _Worker:
                 self._gpu_fraction = min(1.0, self.budget / total)
                 torch.cuda.set_per_process_memory_fraction(self._gpu_fraction, self.device)
 
+    def _cap_spread_devices(self, num_gpus: int) -> None:
+        """The budget is per GPU: a model spread over N GPUs gets it on each of cuda:0..N-1."""
+        if num_gpus <= 1 or not self.device.startswith("cuda") or self.budget is None:
+            return
+        import torch
+
+        for i in range(1, num_gpus):
+            total = torch.cuda.get_device_properties(i).total_memory / 2**30
+            torch.cuda.set_per_process_memory_fraction(min(1.0, self.budget / total), i)
+
     @contextlib.contextmanager
     def _memory_cap_lifted(self):
         """Building a file is not a candidate, so the GPU budget does not apply to it: under the cap,
@@ -202,6 +212,7 @@ class _Worker:
         if self.loaded_key != cand.load_key:
             self._unload()
             reloaded = True
+            self._cap_spread_devices(cand.num_gpus)
             start = time.perf_counter()
             try:
                 materialize(self.ref, self.device)  # cached after the first build on this machine
@@ -381,7 +392,19 @@ class _Worker:
                                vision=vision, preprocess_again=preprocess_again)
 
 
+def _die_with_parent() -> None:
+    """A study process killed with SIGKILL cannot stop its worker: the kernel does (Linux), so a
+    killed `autotune worker` never leaves a model measuring on a GPU another worker takes over."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def worker_main(conn, model_ref_json: str, device: str, memory_budget_gib: float | None, log_path: str) -> None:
+    _die_with_parent()
     _redirect_output(log_path)
     worker = _Worker(ModelRef.model_validate_json(model_ref_json), device, memory_budget_gib)
     if worker.faults.exit_on_startup:

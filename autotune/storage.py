@@ -1,0 +1,203 @@
+"""Where a study lives, and how several workers share it.
+
+- SQLite (the default, `<out>/study.db`): one process. SQLite's file locking is not safe for
+  several processes writing trials at once, so `--gpus` and `autotune worker` refuse it.
+- PostgreSQL (`postgresql://USER:PASSWORD@HOST/DB`): any number of workers on any number of hosts.
+  Optuna's heartbeat marks a trial whose worker stopped beating (killed, host lost) as failed, and
+  RetryHeartbeatStaleTrialCallback queues a copy of it, which the next free worker runs.
+- Journal file (`journal:///PATH`): several workers on ONE host without a database server. Optuna's
+  JournalStorage has no heartbeat, so a trial whose worker process is gone is found by its
+  recorded owner (host and pid) and retried the same way (`reap_dead_owners`).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import warnings
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from autotune.errors import StorageError
+
+OWNER_ATTR = "autotune.owner"
+# A stale trial is retried at most this often: a candidate that kills its worker every time (a
+# driver fault, a segfaulting kernel) must not take the study down with it.
+MAX_RETRY = 2
+DEFAULT_HEARTBEAT_S = 10
+# Optuna marks the heartbeat's retry callback experimental (since 2.8, in 5.0 still); it is the
+# documented way to retry stale trials, so the warning says nothing to our users.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="autotune")
+JOURNAL_PREFIX = "journal://"
+
+
+@dataclass(frozen=True)
+class StorageInfo:
+    url: str
+    shared: bool  # safe for several worker processes at once
+    heartbeat_s: int | None  # None: no heartbeat (SQLite: one process; journal: owner pids instead)
+
+
+def describe(url: str) -> StorageInfo:
+    if url.startswith("sqlite:"):
+        return StorageInfo(url, shared=False, heartbeat_s=None)
+    if url.startswith(JOURNAL_PREFIX):
+        return StorageInfo(url, shared=True, heartbeat_s=None)
+    return StorageInfo(url, shared=True, heartbeat_s=DEFAULT_HEARTBEAT_S)
+
+
+def journal_path(url: str) -> Path:
+    # journal:///abs/path -> /abs/path; journal://rel/path -> rel/path
+    return Path(url[len(JOURNAL_PREFIX):])
+
+
+def owner() -> dict:
+    """Who runs a trial: enough to tell, on the same host, whether it is still alive."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def open_storage(url: str, heartbeat_s: int | None = DEFAULT_HEARTBEAT_S) -> optuna.storages.BaseStorage:
+    """Open (creating tables where needed) or raise a one-line StorageError naming the fix."""
+    try:
+        if url.startswith(JOURNAL_PREFIX):
+            from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+            path = journal_path(url)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return JournalStorage(JournalFileBackend(str(path)))
+        if url.startswith("sqlite:"):
+            return optuna.storages.get_storage(url)
+        return optuna.storages.RDBStorage(
+            url,
+            # A worker whose heartbeat is older than the grace period is gone: its trial fails and is retried.
+            heartbeat_interval=heartbeat_s,
+            grace_period=3 * heartbeat_s if heartbeat_s else None,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            # A connection the server closed while a long trial ran is replaced, not an error.
+            engine_kwargs={"pool_pre_ping": True},
+        )
+    except Exception as e:  # SQLAlchemy, the driver and the file backend raise many types
+        raise StorageError(f"cannot open --storage {redact(url)}: {explain(e)}") from e
+
+
+def redact(url: str) -> str:
+    """The URL without its password (it ends up in logs and error messages)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        if "://" in url and not url.startswith(JOURNAL_PREFIX):
+            return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        pass
+    return url
+
+
+def explain(e: BaseException) -> str:
+    """The first line of a driver's error, with the fix for the common ones."""
+    text = str(e).strip()
+    lower = text.lower()
+    if isinstance(e, ModuleNotFoundError) or "no module named" in lower:
+        return f"a database driver is missing ({text.splitlines()[0] if text else e}); pip install psycopg2-binary (PostgreSQL)"
+    if "password authentication failed" in lower:
+        return "password authentication failed; fix the user or password in the URL"
+    if "does not exist" in lower and "database" in lower:
+        line = next((ln for ln in text.splitlines() if "does not exist" in ln), text.splitlines()[0])
+        return f"{line.split(')')[-1].strip()}; create it (createdb NAME) or fix the database name in the URL"
+    if "connection refused" in lower or "could not connect" in lower or "could not translate host" in lower:
+        return "no database server answers at that host and port; start it or fix the URL"
+    if "can't load plugin" in lower or "unknown dialect" in lower:
+        return "unknown storage scheme; use sqlite:///PATH, postgresql://USER:PASSWORD@HOST/DB or journal:///PATH"
+    first = text.splitlines()[0] if text else type(e).__name__
+    return first[:300]
+
+
+class Heartbeat:
+    """Records a heartbeat for every trial this worker holds (asked and not yet told), every
+    interval, from a daemon thread. Optuna beats only inside study.optimize(); autotune asks and
+    tells itself (several trials ahead, to group them by load), so it beats for all of them."""
+
+    def __init__(self, storage: optuna.storages.BaseStorage, interval_s: int | None) -> None:
+        self.storage = storage
+        self.interval_s = interval_s
+        self._ids: set[int] = set()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if interval_s:
+            self._thread = threading.Thread(target=self._run, daemon=True, name="autotune-heartbeat")
+            self._thread.start()
+
+    def add(self, trial_id: int) -> None:
+        if not self.interval_s:
+            return
+        with self._lock:
+            self._ids.add(trial_id)
+        self.storage.record_heartbeat(trial_id)  # at once: a trial with no beat is never found stale
+
+    def discard(self, trial_id: int) -> None:
+        with self._lock:
+            self._ids.discard(trial_id)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            with self._lock:
+                ids = list(self._ids)
+            for trial_id in ids:
+                try:
+                    self.storage.record_heartbeat(trial_id)
+                except Exception as e:  # a lost connection: the next beat retries; stale after the grace period
+                    print(f"heartbeat for trial id {trial_id} failed: {explain(e)}", flush=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+def fail_stale(study: optuna.Study, info: StorageInfo) -> list[int]:
+    """Fail the trials whose worker is gone and queue their retries; returns the failed numbers.
+    PostgreSQL: Optuna's heartbeat. Journal: trials owned by a dead process on this host."""
+    if info.heartbeat_s:
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        optuna.storages.fail_stale_trials(study)
+        after = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        return sorted(before - after)
+    if info.url.startswith(JOURNAL_PREFIX):
+        return reap_dead_owners(study)
+    return []
+
+
+def reap_dead_owners(study: optuna.Study) -> list[int]:
+    """RUNNING trials whose recorded owner is a process on this host that no longer exists."""
+    host = socket.gethostname()
+    failed = []
+    retry = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        who = trial.user_attrs.get(OWNER_ATTR)
+        if not who or who.get("host") != host or _alive(int(who.get("pid", 0))):
+            continue
+        try:
+            if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                failed.append(trial.number)
+                retry(study, study._storage.get_trial(trial._trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker reaped it first
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
