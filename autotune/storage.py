@@ -31,9 +31,12 @@ OWNER_ATTR = "autotune.owner"
 # driver fault, a segfaulting kernel) must not take the study down with it.
 MAX_RETRY = 2
 DEFAULT_HEARTBEAT_S = 10
-# Optuna marks the heartbeat's retry callback experimental (since 2.8, in 5.0 still); it is the
-# documented way to retry stale trials, so the warning says nothing to our users.
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning, module="autotune")
+# Optuna marks the heartbeat and its retry callback experimental (since 2.8, in 5.0 still), and
+# warns that heartbeats are meant for study.optimize(): autotune asks and tells itself and beats
+# for its trials itself (Heartbeat below). Neither warning says anything to our users.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning,
+                        message=r"(?s).*(heartbeat|RetryHeartbeatStaleTrialCallback)")
+warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 JOURNAL_PREFIX = "journal://"
 
 
@@ -44,12 +47,12 @@ class StorageInfo:
     heartbeat_s: int | None  # None: no heartbeat (SQLite: one process; journal: owner pids instead)
 
 
-def describe(url: str) -> StorageInfo:
+def describe(url: str, heartbeat_s: int = DEFAULT_HEARTBEAT_S) -> StorageInfo:
     if url.startswith("sqlite:"):
         return StorageInfo(url, shared=False, heartbeat_s=None)
     if url.startswith(JOURNAL_PREFIX):
         return StorageInfo(url, shared=True, heartbeat_s=None)
-    return StorageInfo(url, shared=True, heartbeat_s=DEFAULT_HEARTBEAT_S)
+    return StorageInfo(url, shared=True, heartbeat_s=heartbeat_s)
 
 
 def journal_path(url: str) -> Path:

@@ -270,7 +270,7 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
     quality = setup_quality(spec, model, spec.out, space)
     prepare_out_dir(spec.out)
     storage_url = spec.storage or f"sqlite:///{(spec.out / 'study.db').resolve()}"
-    info = describe(storage_url)
+    info = describe(storage_url, spec.heartbeat_s)
     study_name = spec.study or default_study_name(model, device)
     direction = "maximize" if spec.objective == "throughput" else "minimize"
     identity = _identity(model, space, spec, device, quality)
@@ -527,16 +527,31 @@ def _tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: Tria
         total_s=total_s,
         finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
-    trial.set_user_attr(RECORD_ATTR, record.model_dump(mode="json"))
-    if state == "failed":
-        ctx.study.tell(trial, state=OptunaState.FAIL)
-    else:
-        for key, v in constraints.items():
-            trial.set_constraint(key, v)
-        ctx.study.tell(trial, value if value is not None else _placeholder(ctx.spec.objective))
+    final = value if value is not None else _placeholder(ctx.spec.objective)
+    try:
+        trial.set_user_attr(RECORD_ATTR, record.model_dump(mode="json"))
+        if state == "failed":
+            ctx.study.tell(trial, state=OptunaState.FAIL)
+        else:
+            for key, v in constraints.items():
+                trial.set_constraint(key, v)
+            ctx.study.tell(trial, final)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        _keep_late_record(ctx, trial, record, None if state == "failed" else final)
     if ctx.heartbeat is not None:
         ctx.heartbeat.discard(trial._trial_id)
     return record
+
+
+def _keep_late_record(ctx: StudyContext, trial: optuna.Trial, record: TrialRecord, value: float | None) -> None:
+    """Our trial was declared lost while we measured it (no heartbeat reached the database for
+    the grace period: a network outage, a suspended process). The measurement is real: keep it
+    as a trial of its own. The queued retry then finds it in the records and is not measured."""
+    frozen = ctx.study._storage.get_trial(trial._trial_id)
+    ctx.study.add_trial(optuna.trial.create_trial(
+        state=OptunaState.FAIL if value is None else OptunaState.COMPLETE, value=value, params=frozen.params,
+        distributions=frozen.distributions, user_attrs={**frozen.user_attrs, RECORD_ATTR: record.model_dump(mode="json")},
+        constraints=None if value is None else record.constraints))
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -622,11 +637,11 @@ def open_stored(storage_url: str, study_name: str, out: Path) -> StudyContext:
         raise StudyMismatchError(f"study {study_name!r} was created by an older autotune that did not store its spec; "
                                  "use autotune show on its output directory")
     spec = TuneSpec.model_validate({**attrs[SPEC_ATTR], "out": out, "storage": storage_url, "study": study_name})
-    fp = Fingerprint.model_validate(attrs[FINGERPRINT_ATTR])
+    fp = Fingerprint.model_validate(attrs[FINGERPRINT_ATTR])  # the machine that created the study
     device = DeviceInfo(fp.device, fp.device.split(":")[0], fp.device_name, fp.device_memory_gib, True)
     study = optuna.load_study(study_name=study_name, storage=storage)
     return StudyContext(spec, device, SearchSpace.model_validate(attrs[SPACE_ATTR]), ModelRef.model_validate_json(attrs["model"]),
-                        study, redact(storage_url), study_name, out, fp, storage_info=describe(storage_url))
+                        study, redact(storage_url), study_name, out, fp, storage_info=describe(storage_url, spec.heartbeat_s))
 
 
 def write_outputs(ctx: StudyContext, report: bool = True) -> tuple[list[TrialRecord], DeploymentConfig | None]:
@@ -835,8 +850,11 @@ def _ask_at_boundary(ctx: StudyContext, cand: Candidate, batch_size: int, follow
 def _fail_unrun(ctx: StudyContext, trial: optuna.Trial, attr: str = INTERRUPTED_ATTR, value=True) -> None:
     """A trial asked but never measured: failed without a record, so it is neither a result nor a
     measured-twice candidate, and the sampler may propose it again."""
-    trial.set_user_attr(attr, value)
-    ctx.study.tell(trial, state=OptunaState.FAIL)
+    try:
+        trial.set_user_attr(attr, value)
+        ctx.study.tell(trial, state=OptunaState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # already failed as lost by another worker (and queued again)
     if ctx.heartbeat is not None:
         ctx.heartbeat.discard(trial._trial_id)
 
@@ -951,7 +969,13 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
             trial_start = time.perf_counter()
             rival = None
             if ctx.shared:  # claim, then look: finished by another worker, or measured by one now
-                rival = _rival(ctx, trial, cand)
+                try:
+                    rival = _rival(ctx, trial, cand)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    ctx.heartbeat.discard(trial._trial_id)
+                    progress.note(f"trial #{trial.number} was declared lost while it waited (no heartbeat for "
+                                  f"{3 * spec.heartbeat_s}s) and is queued again; skipping it")
+                    continue
                 recs, done, counted = _refresh(ctx)
             previous = done.get(_key(cand))
             if previous is None and rival is not None:

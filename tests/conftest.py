@@ -57,3 +57,38 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the whole test session (tests/pg_server.py), stopped and removed at the end.
+
+    Skips when no server binaries are installed, unless AUTOTUNE_REQUIRE_POSTGRES=1 (set by .ci/run),
+    where a missing server fails instead.
+    """
+    from tests.pg_server import PostgresServer, find_pg_bin
+
+    bin_dir = find_pg_bin()
+    if bin_dir is None:
+        message = "PostgreSQL server not installed: apt-get install postgresql"
+        if os.environ.get("AUTOTUNE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"{message} (AUTOTUNE_REQUIRE_POSTGRES=1)", pytrace=False)
+        pytest.skip(message)
+    server = PostgresServer(bin_dir).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_database(postgres, request):
+    """A fresh database on the session's server, named after the test; its postgresql:// URL. Dropped afterwards."""
+    from tests.pg_server import database_name
+
+    name = database_name(request.node.name)
+    url = postgres.create_database(name)
+    try:
+        yield url
+    finally:
+        postgres.drop_database(name)
