@@ -89,7 +89,7 @@ def tune(
             from autotune.scaleout import spawn_workers
 
             others = [g for g in spec.gpus if g != ctx.device.index]
-            procs = spawn_workers(spec.storage, ctx.study_name, others, spec.out, spec.trial_timeout_s)
+            procs = spawn_workers(spec.storage, ctx.study_name, others, spec.gpus, spec.out, spec.trial_timeout_s)
             console.print(f"{len(others) + 1} workers share the study: this one on {ctx.device.device}, "
                           f"{', '.join(f'cuda:{g}' for g in others) or 'no other'} (logs in {spec.out / 'workers'})")
         with RichProgress(console, spec.objective) as progress:

@@ -75,13 +75,20 @@ VISION_COLUMNS = ("img", "max px", "frames", "vis tok", "prep ms", "req/s +prep"
 
 
 def trial_columns(recs: list[TrialRecord]) -> tuple[str, ...]:
-    """The trial table's columns; the vision ones only where some candidate sends images or video."""
-    return TRIAL_COLUMNS + (VISION_COLUMNS if any(r.candidate.has_images for r in recs) else ())
+    """The trial table's columns; the vision ones only where some candidate sends images or video,
+    the GPU count only where some candidate spreads the model over several."""
+    return (TRIAL_COLUMNS + (VISION_COLUMNS if any(r.candidate.has_images for r in recs) else ())
+            + (("GPUs",) if _spread(recs) else ()))
+
+
+def _spread(recs: list[TrialRecord]) -> bool:
+    return any(r.candidate.num_gpus != 1 for r in recs)
 
 
 def trial_rows(recs: list[TrialRecord], objective: str, baseline_value: float | None) -> list[tuple[str, list[str]]]:
     """(state, cells) per non-duplicate trial, in trial order; shared by the terminal and markdown views."""
-    vision = len(trial_columns(recs)) > len(TRIAL_COLUMNS)
+    vision = any(r.candidate.has_images for r in recs)
+    spread = _spread(recs)
     rows = []
     for r in sorted(recs, key=lambda r: r.number):
         if r.state == "duplicate":
@@ -103,7 +110,7 @@ def trial_rows(recs: list[TrialRecord], objective: str, baseline_value: float | 
             str(c.images_per_prompt or 0), f"{c.max_pixels:,}" if c.max_pixels else "–", str(c.video_frames or 0),
             _fmt(m and m.visual_tokens_per_request, ",d"), _fmt(m and m.preprocess_s and m.preprocess_s.median * 1000, ",.1f"),
             _fmt(m and m.requests_per_s_with_preprocessing and m.requests_per_s_with_preprocessing.median, ",.2f"),
-        ] if vision else [])))
+        ] if vision else []) + ([str(c.num_gpus)] if spread else [])))
     return rows
 
 

@@ -57,16 +57,18 @@ def make_placement(home: int, gpus: list[int]):
     return GpuPlacement(home=home, pool=sorted(gpus), lock_dir=lock_dir())
 
 
-def spawn_workers(storage_url: str, study_name: str, gpus: list[int], out: Path, trial_timeout_s: float) -> list[tuple[int, subprocess.Popen]]:
-    """One `autotune worker` process per GPU (their own console output goes to a log file)."""
+def spawn_workers(storage_url: str, study_name: str, homes: list[int], pool: list[int], out: Path,
+                  trial_timeout_s: float) -> list[tuple[int, subprocess.Popen]]:
+    """One `autotune worker` process for each GPU of `homes`, all sharing the GPUs of `pool` (a
+    multi-GPU candidate takes the ones after its worker's own); their output goes to log files."""
     log_dir = out / "workers"
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, STORAGE_ENV: storage_url}
     procs = []
-    for gpu in gpus:
+    for gpu in homes:
         log = open(log_dir / f"worker-cuda{gpu}.log", "ab")
         cmd = [sys.executable, "-m", "autotune.cli", "worker", "--study", study_name, "--device", f"cuda:{gpu}",
-               "--gpus", ",".join(map(str, gpus)), "--out", str(out), "--trial-timeout", str(trial_timeout_s)]
+               "--gpus", ",".join(map(str, pool)), "--out", str(out), "--trial-timeout", str(trial_timeout_s)]
         procs.append((gpu, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)))
         log.close()
     return procs

@@ -331,15 +331,7 @@ def join_study(storage_url: str, study_name: str, device: str | None, out: Path,
     host has neither file), on this machine's device, writing its logs under `out`."""
     from autotune.models import relocate
 
-    storage = open_storage(storage_url)
-    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if study_name not in summaries:
-        raise StudyMismatchError(f"study {study_name!r} does not exist in {redact(storage_url)}; start it with "
-                                 f"autotune tune --storage URL --study {study_name}")
-    attrs = summaries[study_name].user_attrs
-    if SPEC_ATTR not in attrs or SPACE_ATTR not in attrs:
-        raise StudyMismatchError(f"study {study_name!r} was created by an older autotune that did not store its spec; "
-                                 "resume it with autotune tune instead of joining workers")
+    attrs = _stored_attrs(open_storage(storage_url), storage_url, study_name)
     stored_model = ModelRef.model_validate_json(attrs["model"])
     here = relocate(stored_model)  # the model on this machine, or a one-line error naming the fix
     update = {"device": device, "out": out, "storage": storage_url, "study": study_name, "gpus": gpus,
@@ -348,6 +340,20 @@ def join_study(storage_url: str, study_name: str, device: str | None, out: Path,
         update["trial_timeout_s"] = trial_timeout_s
     spec = TuneSpec.model_validate({**attrs[SPEC_ATTR], **{k: v for k, v in update.items()}})
     return open_study(spec, SearchSpace.model_validate(attrs[SPACE_ATTR]), join=True)
+
+
+def _stored_attrs(storage, storage_url: str, study_name: str) -> dict:
+    """The user attributes of a study that `autotune tune` created on shared storage, or a one-line error."""
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if study_name not in summaries:
+        names = ", ".join(sorted(summaries)) or "none"
+        raise StudyMismatchError(f"study {study_name!r} does not exist in {redact(storage_url)} (studies there: {names}); "
+                                 f"start it with autotune tune --storage URL --study {study_name}, or pass one of those")
+    attrs = summaries[study_name].user_attrs
+    if SPEC_ATTR not in attrs or SPACE_ATTR not in attrs:
+        raise StudyMismatchError(f"study {study_name!r} was created by an older autotune that did not store its spec; "
+                                 "resume it with autotune tune, and show it from its output directory")
+    return attrs
 
 
 def _fail_interrupted_trials(ctx: StudyContext) -> None:
@@ -627,15 +633,7 @@ def open_stored(storage_url: str, study_name: str, out: Path) -> StudyContext:
     """A study as stored, for writing its outputs on any machine (`autotune show --storage`):
     no device, model or data is needed, only the storage."""
     storage = open_storage(storage_url)
-    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
-    if study_name not in summaries:
-        names = ", ".join(sorted(summaries)) or "none"
-        raise StudyMismatchError(f"study {study_name!r} does not exist in {redact(storage_url)} (studies there: {names}); "
-                                 "pass one of them to --study")
-    attrs = summaries[study_name].user_attrs
-    if SPEC_ATTR not in attrs:
-        raise StudyMismatchError(f"study {study_name!r} was created by an older autotune that did not store its spec; "
-                                 "use autotune show on its output directory")
+    attrs = _stored_attrs(storage, storage_url, study_name)
     spec = TuneSpec.model_validate({**attrs[SPEC_ATTR], "out": out, "storage": storage_url, "study": study_name})
     fp = Fingerprint.model_validate(attrs[FINGERPRINT_ATTR])  # the machine that created the study
     device = DeviceInfo(fp.device, fp.device.split(":")[0], fp.device_name, fp.device_memory_gib, True)
@@ -953,11 +951,18 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
         loaded_key = ensure_reference(ctx, worker) or loaded_key
         while True:
             if ctx.shared:  # other workers add trials, and may have died holding some
-                for number in fail_stale(ctx.study, ctx.storage_info):
-                    progress.note(f"trial #{number} lost its worker: failed, and queued again")
+                _fail_stale(ctx, progress.note)
                 recs, done, counted = _refresh(ctx)
             if counted >= spec.trials:
-                break
+                if ctx.role != "tune" or not ctx.shared:
+                    break
+                # Counted with other workers' trials in flight, some of which may yet turn out to
+                # be duplicates (not counted): the tune process sees the study through.
+                _wait_for_others(ctx, progress.note)
+                recs, done, counted = _refresh(ctx)
+                if counted >= spec.trials:
+                    break
+                continue
             ctx.stopped_reason = _stop_reason(ctx, done, started, duplicates_in_a_row)
             if ctx.stopped_reason:
                 break
@@ -1061,13 +1066,22 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
             f.write(json.dumps(run_log) + "\n")
 
 
+def _fail_stale(ctx: StudyContext, note) -> None:
+    """Fail (and queue again) the trials whose worker is gone, and say which."""
+    for number in fail_stale(ctx.study, ctx.storage_info):
+        trial = ctx.study.get_trials(deepcopy=False)[number]
+        # fail_stale reports trials that stopped running meanwhile; those another worker told are not lost.
+        if trial.state == OptunaState.FAIL and not (trial.user_attrs.keys() & {RECORD_ATTR, INTERRUPTED_ATTR, DEFERRED_ATTR}):
+            note(f"trial #{number} lost its worker: failed, and queued again")
+
+
 def _wait_for_others(ctx: StudyContext, note) -> None:
     """The confirmation and the final best.yaml need every trial: wait for the ones other
     workers still measure (a dead worker's trial turns stale and is failed meanwhile)."""
     deadline = time.monotonic() + ctx.spec.trial_timeout_s + 3 * ctx.spec.heartbeat_s
     noted = False
     while time.monotonic() < deadline:
-        fail_stale(ctx.study, ctx.storage_info)
+        _fail_stale(ctx, note)
         busy = _in_flight_elsewhere(ctx)
         if not busy:
             return

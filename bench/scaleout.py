@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-from autotune.report import read_trials
 
 
 def run(out: Path, workers: int, trials: int, storage: str | None, gpus: bool, tune_args: list[str]) -> dict:
@@ -49,7 +48,7 @@ def run(out: Path, workers: int, trials: int, storage: str | None, gpus: bool, t
                                           env=env, stdout=open(run_dir / f"worker{w}.log", "w"), stderr=subprocess.STDOUT))
     codes = [p.wait() for p in procs]
     wall_s = time.monotonic() - started
-    recs = [r for r in read_trials(run_dir) if r.state != "duplicate"]
+    recs = [r for r in _records(url, name) if r.state != "duplicate"]  # all workers' trials, from the storage
     finished = sorted(dt.datetime.fromisoformat(r.finished_at).timestamp() for r in recs)
     steady_s = finished[-1] - finished[0] if len(finished) > 1 else None
     return {
@@ -59,6 +58,15 @@ def run(out: Path, workers: int, trials: int, storage: str | None, gpus: bool, t
         "steady_trials_per_hour": round((len(recs) - 1) / steady_s * 3600, 1) if steady_s else None,
         "measured": sum(1 for r in recs if r.state == "measured"),
     }
+
+
+def _records(url: str, name: str):
+    import optuna
+
+    from autotune.storage import open_storage
+    from autotune.study import records
+
+    return records(optuna.load_study(study_name=name, storage=open_storage(url)))
 
 
 def _wait_for_study(url: str, name: str, tune: subprocess.Popen) -> None:

@@ -41,11 +41,12 @@ def test_gpu_study_with_budget_quantization_and_unsupported(tmp_path: Path) -> N
 def test_real_cuda_oom_under_budget_is_infeasible(tmp_path: Path) -> None:
     # Qwen3-8B shapes in bf16 need ~16 GiB of weights: under a 4 GiB budget the load itself OOMs.
     # The tiny model at batch 4096 x 2048 tokens needs far more than 1 GiB of activations.
+    # --no-memory-model: its lower bound would answer batch 4096 without running it (no real OOM).
     space = write_space(tmp_path / "space.yaml", dtype=["bf16"], attn_implementation=["eager"], batch_size=[1, 4096],
                         max_length=[2048], new_tokens=4)
     out = tmp_path / "out"
     result = run_cli("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--trials", "2",
-                     "--memory-budget", "1GiB", "--out", str(out), "--device", "cuda:0")
+                     "--memory-budget", "1GiB", "--no-memory-model", "--out", str(out), "--device", "cuda:0")
     assert_ok(result)
     recs = {r.candidate.batch_size: r for r in read_records(out) if r.state != "duplicate"}
     assert recs[4096].state == "infeasible" and recs[4096].outcome.status == "oom"
