@@ -166,7 +166,8 @@ def worker(
         with RichProgress(console, ctx.spec.objective) as progress:
             run_study(ctx, progress)
     except KeyboardInterrupt:
-        err_console.print("interrupted: the trial in flight is failed and will be measured by another worker")
+        err_console.print("interrupted: the trial in flight is failed (the study may propose it again); everything "
+                          "measured is in the study")
         raise typer.Exit(130) from None
     recs, config = write_outputs(ctx, report=False)
     print_results(console, recs, config, ctx.spec.objective, out)

@@ -268,6 +268,11 @@ class BatchBoundary(_Strict):
     exhaustive: bool = False
     elapsed_s: float = 0.0
 
+    def smallest_failure_up_to(self, batch_size: int) -> Probe | None:
+        """The smallest probed batch size, at most `batch_size`, that does not fit: what answers a
+        candidate above the boundary (memory grows with the batch)."""
+        return min((p for p in self.probes if not p.fits and p.batch_size <= batch_size), key=lambda p: p.batch_size, default=None)
+
 
 class TrialOutcome(_Strict):
     """A worker's answer for one candidate: a measurement or a typed failure."""

@@ -493,8 +493,7 @@ def _tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: Tria
             state = "low_quality" if constraints["quality_below_floor"] > 0 else "measured"
     elif outcome.boundary is not None and outcome.status == "oom":
         # Answered by the batch-size bisection: the smallest failing probe at or below this batch.
-        failed = min((p for p in outcome.boundary.probes if not p.fits and p.batch_size <= cand.batch_size),
-                     key=lambda p: p.batch_size)
+        failed = outcome.boundary.smallest_failure_up_to(cand.batch_size)
         if failed.peak_memory_gib is not None and budget is not None:
             constraints["over_budget_gib"] = round(failed.peak_memory_gib - budget, 4)
         else:
@@ -742,8 +741,7 @@ def _above_boundary(cand: Candidate, boundary: BatchBoundary) -> TrialOutcome | 
     largest = boundary.largest_feasible
     if largest is not None and cand.batch_size <= largest:
         return None
-    failed = min((p for p in boundary.probes if not p.fits and p.batch_size <= cand.batch_size),
-                 key=lambda p: p.batch_size, default=None)
+    failed = boundary.smallest_failure_up_to(cand.batch_size)
     if failed is None:  # above the largest probed size that fits, but no failure at or below it
         return None
     found = f"batch {largest} is the largest that fits" if largest is not None else "not even the smallest batch fits"
