@@ -136,23 +136,24 @@ def test_reference_falls_back_to_the_next_precision_that_fits(tmp_path: Path) ->
 
 
 def test_reranker_quality_is_ndcg_and_a_damaged_reranker_scores_worse(tmp_path: Path) -> None:
-    """The embedded model as a yes/no reranker on the bundled rerank set: the fp32 reference ranks
-    well; bf16 with broken weights ranks worse, outside the noise, and a floor of 95% of the
-    reference rejects it."""
-    space = write_space(tmp_path / "space.yaml", dtype=["fp32", "bf16"], attn_implementation=["sdpa"], batch_size=[4],
+    """The embedded model as a yes/no reranker on the bundled rerank set: the fp32 sdpa reference
+    ranks well; the fp32 eager load with broken weights ranks worse, outside the noise, and a
+    floor of 95% of the reference rejects it. (fp32 both: bf16 on an AVX2-only CPU runs ~80x
+    slower than fp32 and took this test past its 10-minute limit.)"""
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa", "eager"], batch_size=[4],
                         max_length=[64], new_tokens=4)
     out = tmp_path / "out"
-    env = cli_env(AUTOTUNE_FAULTS=json.dumps({"perturb_dtype": "bf16", "perturb_scale": 2.0}))
+    env = cli_env(AUTOTUNE_FAULTS=json.dumps({"perturb_attn": "eager", "perturb_scale": 2.0}))
     assert_ok(run_cli("tune", "--kind", "reranker", "--space", str(space), "--trials", "2", "--min-quality", "0.95",
                       "--out", str(out), "--device", "cpu", env=env))
-    recs = {r.candidate.dtype: r for r in read_records(out) if r.state != "duplicate"}
-    good, broken = recs["fp32"].outcome.quality, recs["bf16"].outcome.quality
+    recs = {r.candidate.attn_implementation: r for r in read_records(out) if r.state != "duplicate"}
+    good, broken = recs["sdpa"].outcome.quality, recs["eager"].outcome.quality
     assert good.metric == broken.metric == "ndcg@10" and good.n == broken.n == 61
-    assert good.score > 0.8 and recs["fp32"].state == "measured"
+    assert good.score > 0.8 and recs["sdpa"].state == "measured"
     assert broken.score < good.score and not broken.within_noise and broken.delta_ci_high < 0
     assert broken.kl_mean > 1.0 and broken.answer_agreement < 0.5  # rankings differ from the reference's
-    assert recs["bf16"].state == "low_quality"
-    assert recs["bf16"].outcome.measurement.throughput_unit == "pairs/s"
+    assert recs["eager"].state == "low_quality"
+    assert recs["eager"].outcome.measurement.throughput_unit == "pairs/s"
 
 
 def test_reranker_refuses_a_prompt_set(tmp_path: Path) -> None:

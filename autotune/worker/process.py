@@ -212,6 +212,7 @@ class _Worker:
         if self.loaded_key != cand.load_key:
             self._unload()
             reloaded = True
+            load_failure: TrialOutcome | None = None
             self._cap_spread_devices(cand.num_gpus)
             start = time.perf_counter()
             try:
@@ -223,14 +224,16 @@ class _Worker:
                     prepare_s += ensure_prequantized(self.ref, cand, self.device)
                 start = time.perf_counter()
                 self.model, self.tokenizer = load_model_for_trial(self.ref, cand, self.device)
-                if self.faults.perturb_dtype == cand.dtype:
+                if self.faults.perturb_dtype == cand.dtype or self.faults.perturb_attn == cand.attn_implementation:
                     perturb_weights(self.model, self.faults.perturb_scale)
             except Exception as e:  # noqa: BLE001 — every load failure becomes a typed outcome
                 traceback.print_exc()
-                self._unload()
                 status = "oom" if is_oom(e) else "unsupported" if isinstance(e, _UNSUPPORTED_AT_LOAD) else "error"
-                return TrialOutcome(status=status, reason=_one_line(e), phase="load", reloaded=True,
-                                    load_s=time.perf_counter() - start, prepare_s=prepare_s)
+                load_failure = TrialOutcome(status=status, reason=_one_line(e), phase="load", reloaded=True,
+                                       load_s=time.perf_counter() - start, prepare_s=prepare_s)
+            if load_failure is not None:
+                self._unload()  # after the except block, so the half-loaded weights are no longer referenced
+                return load_failure
             load_s = time.perf_counter() - start
             release_freed_host_memory()  # loading buffers (e.g. fp32 weights before quantizing)
             self.loaded_key = cand.load_key
@@ -274,6 +277,7 @@ class _Worker:
 
                 torch.empty(2**50, dtype=torch.uint8, device=self.device)  # 1 PiB: a real allocation failure
 
+        failure: tuple[str, str] | None = None
         try:
             measurement = self._measure(cand, request.repeats, before_each_run)
         except CandidateShapeError as e:  # the request the candidate claims cannot be built
@@ -281,13 +285,16 @@ class _Worker:
                                 reloaded=reloaded, quality=quality)
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
+            failure = ("oom" if is_oom(e) else "error", _one_line(e))
+        if failure is not None:
+            # Released only here, after the except block: until then the exception's traceback keeps
+            # the failed run's frames, and with them its KV cache and activations, alive.
             gc.collect()
             if self.device.startswith("cuda"):
                 import torch
 
                 torch.cuda.empty_cache()
-            status = "oom" if is_oom(e) else "error"
-            return TrialOutcome(status=status, reason=_one_line(e), phase="measure", load_s=load_s, prepare_s=prepare_s,
+            return TrialOutcome(status=failure[0], reason=failure[1], phase="measure", load_s=load_s, prepare_s=prepare_s,
                                 reloaded=reloaded, quality=quality)
         print(f"[trial {request.trial_number}] {measurement.throughput.median:.1f} {measurement.throughput_unit}, "
               f"peak {measurement.peak_memory_gib:.2f} GiB", flush=True)

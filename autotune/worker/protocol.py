@@ -53,6 +53,9 @@ class Faults(BaseModel):
     hang_on_trial: int | None = None
     exit_on_startup: bool = False  # the worker dies before it can answer (broken install, driver)
     perturb_dtype: str | None = None  # loads in this dtype get real Gaussian noise on their weights: a broken deployment
+    # Same, for loads with this attention kernel: a damaged fp32 load, for CPUs where bf16 has no
+    # native kernels and runs ~80x slower than fp32 (AVX2-only hosts).
+    perturb_attn: str | None = None
     perturb_scale: float = 0.5  # noise std, in units of each weight matrix's own std
 
     @classmethod
