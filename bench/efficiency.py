@@ -12,7 +12,7 @@ on the same space, each through `autotune tune` (same worker, same measurement p
   confirmation). Its best measured throughput is the bar; its wall time is the grid's cost.
 - search: the tuner, then random search (no memory model, no bisection), each given
   FRACTION (default 10%) of the grid's measuring wall time as `--timeout`.
-- side-by-side: the three chosen configs re-measured interleaved in one worker (ROUNDS rounds),
+- side-by-side: the three chosen configs re-measured interleaved (ROUNDS rounds), each measurement in a fresh worker,
   so machine drift hits all alike; the medians decide the final comparison.
 - report: GPU-seconds each run needed to first measure a config within 5% of the grid's best,
   and the side-by-side figures, as JSON (OUT/efficiency.json) and a markdown table.
@@ -104,7 +104,7 @@ def _uniform_draw_hit_chance(grid: list[TrialRecord], draws: int, share: float =
 
 
 def _side_by_side(args, tune_args: list[str]) -> None:
-    """Re-measure the three choices interleaved in one worker, ROUNDS rounds."""
+    """Re-measure the three choices interleaved, ROUNDS rounds, each measurement in a fresh worker."""
     from autotune.models import resolve_model
     from autotune.spec import Measurement, parse_memory
     from autotune.system import detect_device
