@@ -230,7 +230,7 @@ class _Worker:
                 traceback.print_exc()
                 status = "oom" if is_oom(e) else "unsupported" if isinstance(e, _UNSUPPORTED_AT_LOAD) else "error"
                 load_failure = TrialOutcome(status=status, reason=_one_line(e), phase="load", reloaded=True,
-                                       load_s=time.perf_counter() - start, prepare_s=prepare_s)
+                                            load_s=time.perf_counter() - start, prepare_s=prepare_s)
             if load_failure is not None:
                 self._unload()  # after the except block, so the half-loaded weights are no longer referenced
                 return load_failure
