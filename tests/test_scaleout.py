@@ -103,18 +103,29 @@ def test_killed_worker_trial_is_retried_and_nothing_is_lost(pg_database: str, tm
                      "--storage", pg_database, "--study", "killed", "--out", str(tmp_path / "a"), "--confirm-top", "0",
                      "--heartbeat", "1", env=env)
 
+    def claimed_unrecorded(study: optuna.Study) -> list[int]:
+        """Trials a worker has claimed and is measuring: RUNNING, claimed, no record yet (a record is
+        written just before the trial is told, so a RUNNING trial may already hold one)."""
+        recs = recorded(study)
+        return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.user_attrs.get(CLAIM_ATTR) and t.number not in recs]
+
     def measuring_after_one_record():
         if not study_exists(pg_database, "killed"):
             return None
         study = load(pg_database, "killed")
-        running = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.user_attrs.get(CLAIM_ATTR)]
-        return (study, running[0].number) if running and recorded(study) else None
+        return study if claimed_unrecorded(study) and recorded(study) else None
 
-    _, in_flight = wait_for(measuring_after_one_record, 300, "a trial in flight after the first record", poll_s=0.2)
+    wait_for(measuring_after_one_record, 300, "a trial in flight after the first record", poll_s=0.2)
     tune.send_signal(signal.SIGKILL)
     tune.wait(timeout=30)
-    before = recorded(load(pg_database, "killed"))
-    assert in_flight not in before
+    # Which trial the kill caught is read after it: the one seen in flight may have finished in the
+    # moment before the signal landed, and then the next one was in flight.
+    killed = load(pg_database, "killed")
+    before = recorded(killed)
+    lost = claimed_unrecorded(killed)
+    assert lost, "the kill landed between trials"
+    in_flight = lost[0]
 
     # A worker joins later (another host, say): it finds the dead worker's trial stale after the grace
     # period (3 heartbeats), fails it, and measures the queued retry.
