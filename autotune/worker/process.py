@@ -140,6 +140,7 @@ class _Worker:
         self.device = device
         self.budget = memory_budget_gib
         self.faults = Faults.from_env()
+        self._measurements_started = 0  # for the hang_on_measurement fault
         self.model = None
         self.tokenizer = None
         self.loaded_key: tuple | None = None
@@ -268,7 +269,8 @@ class _Worker:
 
         if self.faults.sigkill_on_trial == request.trial_number:
             os.kill(os.getpid(), signal.SIGKILL)
-        if self.faults.hang_on_trial == request.trial_number:
+        self._measurements_started += 1
+        if self.faults.hang_on_trial == request.trial_number or self.faults.hang_on_measurement == self._measurements_started:
             time.sleep(10**6)
 
         def before_each_run() -> None:

@@ -51,6 +51,7 @@ class Faults(BaseModel):
     oom_at_batch_size: int | None = None  # allocate an impossible buffer when batch >= this
     sigkill_on_trial: int | None = None
     hang_on_trial: int | None = None
+    hang_on_measurement: int | None = None  # the Nth measurement this worker starts hangs (a trial surely in flight)
     exit_on_startup: bool = False  # the worker dies before it can answer (broken install, driver)
     perturb_dtype: str | None = None  # loads in this dtype get real Gaussian noise on their weights: a broken deployment
     # Same, for loads with this attention kernel: a damaged fp32 load, for CPUs where bf16 has no
