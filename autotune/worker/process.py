@@ -279,7 +279,7 @@ class _Worker:
 
                 torch.empty(2**50, dtype=torch.uint8, device=self.device)  # 1 PiB: a real allocation failure
 
-        failure: tuple[str, str] | None = None
+        failure: TrialOutcome | None = None
         try:
             measurement = self._measure(cand, request.repeats, before_each_run)
         except CandidateShapeError as e:  # the request the candidate claims cannot be built
@@ -287,7 +287,8 @@ class _Worker:
                                 reloaded=reloaded, quality=quality)
         except Exception as e:  # noqa: BLE001
             traceback.print_exc()
-            failure = ("oom" if is_oom(e) else "error", _one_line(e))
+            failure = TrialOutcome(status="oom" if is_oom(e) else "error", reason=_one_line(e), phase="measure", load_s=load_s,
+                                   prepare_s=prepare_s, reloaded=reloaded, quality=quality)
         if failure is not None:
             # Released only here, after the except block: until then the exception's traceback keeps
             # the failed run's frames, and with them its KV cache and activations, alive.
@@ -296,8 +297,7 @@ class _Worker:
                 import torch
 
                 torch.cuda.empty_cache()
-            return TrialOutcome(status=failure[0], reason=failure[1], phase="measure", load_s=load_s, prepare_s=prepare_s,
-                                reloaded=reloaded, quality=quality)
+            return failure
         print(f"[trial {request.trial_number}] {measurement.throughput.median:.1f} {measurement.throughput_unit}, "
               f"peak {measurement.peak_memory_gib:.2f} GiB", flush=True)
         return TrialOutcome(status="ok", measurement=measurement, load_s=load_s, prepare_s=prepare_s, reloaded=reloaded,
