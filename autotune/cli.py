@@ -293,6 +293,31 @@ def export_command(
         console.print(f"approximate: {note}", markup=False, highlight=False, soft_wrap=True)
 
 
+@app.command()
+def cache(
+    clear: bool = typer.Option(False, "--clear", help="delete them (each is rebuilt when a study needs it again)"),
+) -> None:
+    """List the rebuildable builds autotune keeps (random-weight checkpoints, quantized copies), in
+    RAM (/dev/shm, on GPU hosts) and on disk, with their sizes; --clear deletes them."""
+    import shutil
+
+    from autotune.models import cache_dir, cache_entries, scratch_dir
+
+    entries = cache_entries()
+    for entry in entries:
+        where = "RAM " if entry.in_ram else "disk"
+        action = "deleted" if clear else ""
+        console.print(f"{where} {entry.size_bytes / 1024**3:7.2f} GiB  {entry.path} {action}".rstrip(),
+                      markup=False, highlight=False, soft_wrap=True)
+        if clear:
+            shutil.rmtree(entry.path)
+    total = sum(e.size_bytes for e in entries) / 1024**3
+    ram = scratch_dir()
+    console.print(f"{len(entries)} rebuildable build(s), {total:.2f} GiB{' freed' if clear else ''} "
+                  f"(disk: {cache_dir()}; RAM: {ram if ram is not None else 'not used'})",
+                  markup=False, highlight=False, soft_wrap=True)
+
+
 def main() -> None:
     # Standalone mode lets typer handle usage errors (exit 2 with usage text), --help and Ctrl-C
     # outside a study; what is ours to report is an AutotuneError: one line, no traceback.

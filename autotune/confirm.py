@@ -159,6 +159,7 @@ def confirm(ctx: StudyContext, worker: WorkerClient, top: list[TrialRecord], rep
     dropped: dict[int, str] = {}
     peaks: dict[int, float] = {}
     reloads, rounds_run, stopped = 0, 0, ""
+    measuring_s = loading_s = 0.0
     start = time.monotonic()
     for i, n_repeats in enumerate(plan):
         if i > 0 and deadline is not None and time.monotonic() >= deadline:
@@ -175,7 +176,10 @@ def confirm(ctx: StudyContext, worker: WorkerClient, top: list[TrialRecord], rep
             request = WorkRequest(trial_number=CONFIRM_TRIAL_NUMBER, candidate=r.candidate, repeats=n_repeats)
             outcome, _ = worker.run(request, ctx.spec.trial_timeout_s)
             reloads += int(outcome.reloaded)
+            loading_s += outcome.load_s + outcome.prepare_s
             m = outcome.measurement
+            if m is not None:
+                measuring_s += m.warmup_s + m.measure_s
             if outcome.status != "ok" or m is None:
                 dropped[r.number] = f"round {i + 1}: {outcome.status}: {outcome.reason[:300]}"
             elif budget is not None and m.peak_memory_gib > budget:
@@ -199,7 +203,8 @@ def confirm(ctx: StudyContext, worker: WorkerClient, top: list[TrialRecord], rep
     confirmation = Confirmation(
         objective=objective, top_k=ctx.spec.confirm_top, repeats=repeats, rounds=rounds_run, rounds_planned=len(plan),
         candidates=candidates, winner=winner, search_winner=top[0].number, tie=len(tied) > 1, tied=tied, reason=reason,
-        reloads=reloads, elapsed_s=round(time.monotonic() - start, 3), stopped=stopped,
+        reloads=reloads, elapsed_s=round(time.monotonic() - start, 3), measuring_s=round(measuring_s, 3),
+        loading_s=round(loading_s, 3), stopped=stopped,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     )
     return confirmation, pool_measurements(measured[winner]) if winner is not None else None

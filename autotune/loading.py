@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune.errors import DeploymentFileError
-from autotune.models import ModelRef, atomic_build, cache_dir, materialize
+from autotune.models import ModelRef, atomic_build, materialize, rebuildable_dir
 from autotune.quant import get_method
 from autotune.spec import Candidate
 
@@ -85,7 +85,7 @@ def ensure_prequantized(ref: ModelRef, candidate: Candidate, device: str) -> flo
     import gc
 
     source = materialize(ref, device)
-    cached = prequantized_dir(source, candidate)
+    cached = prequantized_dir(source, candidate, device)
     if cached is None or (cached / "config.json").is_file():
         return 0.0
     start = time.perf_counter()
@@ -99,7 +99,7 @@ def ensure_prequantized(ref: ModelRef, candidate: Candidate, device: str) -> flo
     return time.perf_counter() - start
 
 
-def prequantized_dir(source: str, candidate: Candidate) -> Path | None:
+def prequantized_dir(source: str, candidate: Candidate, device: str = "cpu") -> Path | None:
     """Where the quantized copy of `source` for this candidate lives, or None where there is none
     to keep (no quantization, a method that does not want it, or a source that is not a local
     directory). The name hashes everything that decides the saved bytes."""
@@ -116,13 +116,15 @@ def prequantized_dir(source: str, candidate: Candidate) -> Path | None:
         bnb_version = ""
     identity = json.dumps([str(src.resolve()), files, method.name, candidate.dtype, transformers.__version__, bnb_version])
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
-    return cache_dir() / "prequantized" / f"{src.name}-{method.name}-{candidate.dtype}-{digest}"
+    # At most the source's size: a quantized copy is smaller than the checkpoint it comes from.
+    size_bytes = sum(size for _, size, _ in files)
+    return rebuildable_dir(f"prequantized/{src.name}-{method.name}-{candidate.dtype}-{digest}", device, size_bytes)
 
 
 def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cache: bool):
     auto_class = ref.auto_class()  # AutoModelForCausalLM or AutoModelForImageTextToText
     source = materialize(ref, device)
-    cached = prequantized_dir(source, candidate) if use_prequantized_cache else None
+    cached = prequantized_dir(source, candidate, device) if use_prequantized_cache else None
     if cached is not None and (cached / "config.json").is_file():
         # The quantization config travels in the saved config.json.
         kwargs = {k: v for k, v in from_pretrained_kwargs(candidate, device).items() if k != "quantization_config"}

@@ -475,6 +475,8 @@ class Confirmation(_Strict):
     reason: str
     reloads: int = Field(default=0, description="model loads the interleaving cost")
     elapsed_s: float = 0.0
+    measuring_s: float = Field(default=0.0, description="of elapsed_s: warm-up and timed repeats")
+    loading_s: float = Field(default=0.0, description="of elapsed_s: the model loads the interleaving cost")
     stopped: str = Field(default="", description="why fewer rounds ran than planned (--timeout)")
     created_at: str = ""
 

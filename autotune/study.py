@@ -20,7 +20,7 @@ import optuna
 import yaml
 from optuna.trial import TrialState as OptunaState
 
-from autotune.confirm import confirm_study, confirmed_best
+from autotune.confirm import confirm_study, confirmed_best, stored_confirmation
 from autotune.errors import AutotuneError, OutputDirError, SpaceError, StudyMismatchError
 from autotune.loading import generate_kwargs
 from autotune.memory_model import ModelShape, calibrate, lower_bound_gib, predicted_infeasible_reason
@@ -1049,9 +1049,13 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 _wait_for_others(ctx, progress.note)
             # The noise-aware choice among the best few (autotune/confirm.py): same worker, same --timeout.
             confirm_started = time.monotonic()
-            confirm_study(ctx, worker, records(ctx.study), started, progress.note,
-                          place=lambda cand: _place(ctx, worker, cand, progress.note))
+            earlier = stored_confirmation(ctx.study)
+            confirmation = confirm_study(ctx, worker, records(ctx.study), started, progress.note,
+                                         place=lambda cand: _place(ctx, worker, cand, progress.note))
             run_log["confirmation_s"] = round(time.monotonic() - confirm_started, 3)
+            if confirmation is not None and (earlier is None or earlier[0] != confirmation):  # measured now
+                run_log["confirmation_measuring_s"] = confirmation.measuring_s
+                run_log["confirmation_loading_s"] = confirmation.loading_s
     finally:
         for trial, _ in pending:  # asked but never run (stopped, or interrupted)
             _fail_unrun(ctx, trial)

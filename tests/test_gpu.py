@@ -90,3 +90,24 @@ def test_gpu_vision_study_with_quality_video_and_vision_attention(tmp_path: Path
     reference = [r.outcome.quality for r in recs if r.candidate.quantization == "none" and r.candidate.max_pixels == 50176
                  and r.candidate.vision_attn_implementation == "sdpa"]
     assert not reference or reference[0].top1_agreement == 1.0
+
+
+def test_random_checkpoint_and_int8_copy_built_in_ram_on_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a GPU host the rebuildable builds go to the RAM folder, and a load reads them from there."""
+    from autotune.loading import ensure_prequantized, load_model_for_trial, prequantized_dir
+    from autotune.models import materialize, resolve_model
+    from autotune.spec import Candidate
+
+    monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path / "disk"))
+    monkeypatch.setenv("AUTOTUNE_SCRATCH_DIR", str(tmp_path / "ram"))
+    ref = resolve_model("tiny-qwen2", random_weights=True)
+    source = Path(materialize(ref, "cuda:0"))
+    assert source.parent == tmp_path / "ram" / "random"
+    cand = Candidate(dtype="fp16", quantization="bnb-int8", attn_implementation="sdpa", batch_size=1, max_length=32,
+                     new_tokens=4)
+    assert ensure_prequantized(ref, cand, "cuda:0") > 0
+    copy = prequantized_dir(str(source), cand, "cuda:0")
+    assert copy is not None and copy.parent == tmp_path / "ram" / "prequantized" and (copy / "config.json").is_file()
+    model, _ = load_model_for_trial(ref, cand, "cuda:0")
+    assert model.device.type == "cuda"
+    assert not (tmp_path / "disk" / "random").exists() and not (tmp_path / "disk" / "prequantized").exists()

@@ -49,3 +49,14 @@ def test_methods_without_a_cache_and_non_directory_sources_keep_none(tmp_path):
     assert prequantized_dir(str(tmp_path), _cand("bnb-nf4")) is None
     assert prequantized_dir("Qwen/Qwen2.5-7B-Instruct", _cand("bnb-int8")) is None
     assert prequantized_dir(str(tmp_path), _cand("bnb-int8")) is not None
+
+
+def test_quantized_copy_for_a_gpu_goes_to_ram(tmp_path, monkeypatch):
+    """On a GPU host the int8 copy is written to RAM (tmpfs) when it has room: it can be rebuilt."""
+    monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("AUTOTUNE_SCRATCH_DIR", str(tmp_path / "ram"))
+    source = tmp_path / "ckpt"
+    source.mkdir()
+    (source / "model.safetensors").write_bytes(b"\0" * 4096)
+    assert prequantized_dir(str(source), _cand("bnb-int8"), "cuda:0").parent == tmp_path / "ram" / "prequantized"
+    assert prequantized_dir(str(source), _cand("bnb-int8"), "cpu").parent == tmp_path / "cache" / "prequantized"

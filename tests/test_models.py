@@ -158,3 +158,79 @@ def test_materialized_random_checkpoint_loads(tmp_path: Path, monkeypatch: pytes
     model = AutoModelForCausalLM.from_pretrained(path)
     assert model.config.hidden_size == 64 and model.config.num_hidden_layers == 2
     assert model.get_input_embeddings().weight.shape == (1024, 64)
+
+
+# ------------------------------------------------------------------------------ rebuildable caches in RAM
+
+
+def _scratch(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[Path, Path]:
+    disk, ram = tmp_path / "cache", tmp_path / "ram"
+    monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(disk))
+    monkeypatch.setenv(models.SCRATCH_ENV, str(ram))
+    return disk, ram
+
+
+def test_rebuildable_builds_go_to_ram_only_on_a_gpu_with_room(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    disk, ram = _scratch(monkeypatch, tmp_path)
+    assert models.rebuildable_dir("random/m", "cuda:0", 1024**2) == ram / "random" / "m"
+    # CPU candidates measure host memory themselves: a RAM copy would crowd them.
+    assert models.rebuildable_dir("random/m", "cpu", 1024**2) == disk / "random" / "m"
+    # More than half of the available RAM, or more than the folder's free space: disk.
+    assert models.rebuildable_dir("random/m", "cuda:0", 1024**5) == disk / "random" / "m"
+    # A size nobody could count (an architecture the memory model does not know): disk.
+    assert models.rebuildable_dir("random/m", "cuda:0", None) == disk / "random" / "m"
+    monkeypatch.setenv(models.SCRATCH_ENV, "off")
+    assert models.rebuildable_dir("random/m", "cuda:0", 1024**2) == disk / "random" / "m"
+
+
+def test_rebuildable_build_is_found_where_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A finished build is used wherever it lies, so a CPU load_deployment finds the RAM copy a
+    GPU study made, and a GPU study finds a disk copy from before RAM was used."""
+    disk, ram = _scratch(monkeypatch, tmp_path)
+    (ram / "random" / "in-ram").mkdir(parents=True)
+    (ram / "random" / "in-ram" / "config.json").write_text("{}")
+    (disk / "random" / "on-disk").mkdir(parents=True)
+    (disk / "random" / "on-disk" / "config.json").write_text("{}")
+    assert models.rebuildable_dir("random/in-ram", "cpu", 1024) == ram / "random" / "in-ram"
+    assert models.rebuildable_dir("random/on-disk", "cuda:0", 1024) == disk / "random" / "on-disk"
+    # A half-written build (no marker) is not a build.
+    (ram / "random" / "half").mkdir()
+    assert models.rebuildable_dir("random/half", "cpu", 1024) == disk / "random" / "half"
+
+
+def test_default_scratch_is_named_after_the_disk_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(models.SCRATCH_ENV, raising=False)
+    if not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm on this machine")
+    monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path / "a"))
+    a = models.scratch_dir()
+    monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path / "b"))
+    b = models.scratch_dir()
+    assert a is not None and b is not None and a.parent == Path("/dev/shm") and a != b
+
+
+def test_random_checkpoint_size_is_counted_from_the_config() -> None:
+    ref = resolve_model("qwen2.5-7b-instruct", random_weights=True)
+    # Qwen2.5-7B has 7.6 billion parameters, stored in bf16: 15.2 GB.
+    assert models.random_checkpoint_bytes(ref) == pytest.approx(15.23e9, rel=0.01)
+
+
+def test_cache_command_lists_and_clears_both_places(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.conftest import assert_ok, cli_env, run_cli
+
+    disk, ram = _scratch(monkeypatch, tmp_path)
+    ref = resolve_model("tiny-qwen2", random_weights=True)
+    on_disk = Path(materialize(ref, "cpu"))
+    in_ram = ram / "random" / on_disk.name
+    shutil.copytree(on_disk, in_ram)
+    env = cli_env(AUTOTUNE_CACHE_DIR=str(disk), **{models.SCRATCH_ENV: str(ram)})
+    listed = run_cli("cache", env=env)
+    assert_ok(listed)
+    assert "RAM " in listed.stdout and str(in_ram) in listed.stdout and str(on_disk) in listed.stdout
+    assert "2 rebuildable build(s)" in listed.stdout
+    cleared = run_cli("cache", "--clear", env=env)
+    assert_ok(cleared)
+    assert not in_ram.exists() and not on_disk.exists()
+    assert "0 rebuildable build(s)" in run_cli("cache", env=env).stdout
+    # Rebuilt when needed again.
+    assert (Path(materialize(ref, "cpu")) / "config.json").is_file()
