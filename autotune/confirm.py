@@ -175,6 +175,13 @@ def confirm(ctx: StudyContext, worker: WorkerClient, top: list[TrialRecord], rep
                 continue
             request = WorkRequest(trial_number=CONFIRM_TRIAL_NUMBER, candidate=r.candidate, repeats=n_repeats)
             outcome, _ = worker.run(request, ctx.spec.trial_timeout_s)
+            if outcome.status == "oom":
+                # It fitted in the search: what ran out is memory the other candidates' runs left in
+                # this process (compiled graphs' pools, cached blocks). Once more, in a fresh worker.
+                loading_s += outcome.load_s + outcome.prepare_s
+                reloads += int(outcome.reloaded)
+                worker.close()
+                outcome, _ = worker.run(request, ctx.spec.trial_timeout_s)
             reloads += int(outcome.reloaded)
             loading_s += outcome.load_s + outcome.prepare_s
             m = outcome.measurement

@@ -75,26 +75,22 @@ def cache_dir() -> Path:
 
 SCRATCH_ENV = "AUTOTUNE_SCRATCH_DIR"
 _SCRATCH_OFF = ("", "off", "0", "none", "disk")
-# Builds that can be redone at any time (a random-weight checkpoint, a quantized copy). On a GPU
-# host, writing them to RAM (tmpfs) instead of disk takes a third of the time (BENCHMARKS §1), and
-# a study's first minute is otherwise spent waiting for the disk. RAM is used only when it has room
-# to spare: the study's own loads need host memory too.
+# Builds that can be redone at any time (a random-weight checkpoint, a quantized copy) may be kept
+# in a RAM-backed folder (tmpfs, e.g. /dev/shm) on GPU hosts, by setting AUTOTUNE_SCRATCH_DIR. Not
+# the default: on an H200 host with 125 GiB of RAM, writing the 14 GiB Qwen2.5-7B checkpoint took
+# as long to /dev/shm as to disk (13-14 s both; bench/cache_write.py, BENCHMARKS §1), since the page
+# cache absorbs the write, while the RAM copy stays held until deleted. Used only with room to spare:
+# the study's own loads need host memory too.
 _SCRATCH_MAX_SHARE_OF_AVAILABLE = 0.5
 _SCRATCH_MARGIN_BYTES = 2 * 1024**3
 
 
 def scratch_dir() -> Path | None:
-    """The RAM-backed folder for rebuildable caches, or None where there is none (no /dev/shm,
-    or AUTOTUNE_SCRATCH_DIR=off). The default is named after the disk cache, so a test or user
-    that points AUTOTUNE_CACHE_DIR elsewhere also gets its own RAM folder."""
+    """The RAM-backed folder for rebuildable caches that AUTOTUNE_SCRATCH_DIR names, or None."""
     setting = os.environ.get(SCRATCH_ENV)
-    if setting is not None:
-        return None if setting.strip().lower() in _SCRATCH_OFF else Path(setting)
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or not os.access(shm, os.W_OK):
+    if setting is None or setting.strip().lower() in _SCRATCH_OFF:
         return None
-    tag = hashlib.sha256(str(cache_dir().resolve()).encode()).hexdigest()[:8]
-    return shm / f"autotune-{os.getuid()}-{tag}"
+    return Path(setting)
 
 
 def _available_ram_bytes() -> int | None:
@@ -130,7 +126,7 @@ def rebuildable_dir(relative: str, device: str, size_bytes: float | None, marker
             return place
     if ram is not None and device.startswith("cuda") and size_bytes is not None and scratch_has_room(root, size_bytes):
         print(f"building {relative} in RAM ({ram}, {size_bytes / 1024**3:.1f} GiB): it can be rebuilt at any time; "
-              f"`autotune cache --clear` frees it, {SCRATCH_ENV}=off keeps such builds on disk", flush=True)
+              f"`autotune cache --clear` frees it; unset {SCRATCH_ENV} to keep such builds on disk", flush=True)
         return ram
     return disk
 

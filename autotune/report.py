@@ -58,8 +58,12 @@ def _result_text(r: TrialRecord, objective: str) -> str:
         text = f"{figure}, peak {m.peak_memory_gib:.2f} GiB" + (f", {q.metric} {q.score:.3f}" if q else "")
         if r.state == "infeasible":
             text += f" (over budget by {r.constraints['over_budget_gib']:.2f} GiB)"
-        return f"[{style}]{r.state}[/]: {text}"
-    return f"[{style}]{r.state}[/]: {r.outcome.reason[:140]}"
+        return f"[{style}]{r.state}[/]: {text}{_retry_text(r)}"
+    return f"[{style}]{r.state}[/]: {r.outcome.reason[:140]}{_retry_text(r)}"
+
+
+def _retry_text(r: TrialRecord) -> str:
+    return " (2nd attempt, fresh worker: the 1st ran out of memory where a larger shape had fit)" if r.outcome.first_attempt else ""
 
 
 def _fmt(value: float | None, spec: str = ",.1f") -> str:

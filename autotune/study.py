@@ -695,6 +695,22 @@ def dominating_infeasible(cand: Candidate, done: dict[tuple, TrialRecord]) -> Tr
     return None
 
 
+def fitted_before(cand: Candidate, boundary: BatchBoundary | None, done: dict[tuple, TrialRecord]) -> str | None:
+    """Evidence that this candidate fits, if any: a bisection probe at its load and length that
+    fitted a batch no smaller, or a measured trial with the same load-key and request sizes and a
+    shape no smaller. Returns it in words."""
+    fitted = [p.batch_size for p in boundary.probes if p.fits and p.batch_size >= cand.batch_size] if boundary else []
+    if fitted:
+        return f"the bisection fitted batch {min(fitted)} × {cand.max_length} tokens with the same load"
+    for r in done.values():
+        other = r.candidate
+        if (r.state == "measured" and other.load_key == cand.load_key and other.new_tokens == cand.new_tokens
+                and other.image_size == cand.image_size and other.video_size == cand.video_size
+                and all((getattr(other, k) or 0) >= (getattr(cand, k) or 0) for k in MONOTONE_SHAPE_KNOBS)):
+            return f"trial #{r.number} measured batch {other.batch_size} × {other.max_length} tokens with the same load"
+    return None
+
+
 def _answered_without_measuring(outcome: TrialOutcome) -> bool:
     return outcome.inferred_from is not None or outcome.predicted or (outcome.boundary is not None and outcome.status == "oom")
 
@@ -784,6 +800,21 @@ def _run_candidate(ctx: StudyContext, worker: WorkerClient, number: int, cand: C
         ctx.study.set_user_attr(QUALITY_CACHE_PREFIX + _quality_key_name(cand), outcome.quality.model_dump(mode="json"))
     elif cached is not None and outcome.phase not in ("load", "quality"):
         outcome = outcome.model_copy(update={"quality": QualityReport.model_validate(cached).model_copy(update={"elapsed_s": 0.0})})
+    evidence = fitted_before(cand, boundary, done) if outcome.status == "oom" and outcome.phase == "measure" else None
+    if evidence is not None:
+        # Memory grows with the shape, so an OOM here contradicts the evidence that it fits: what
+        # ran out is memory earlier shapes left in this process (with compile, each shape's CUDA
+        # graphs keep a private pool). A fresh worker starts from what a deployment starts from.
+        worker.close()
+        first = outcome
+        retry = request.model_copy(update={"quality": None}) if first.quality is not None else request
+        outcome, retry_spawn_s = worker.run(retry, spec.trial_timeout_s)
+        spawn_s += retry_spawn_s
+        outcome = outcome.model_copy(update={
+            "first_attempt": f"out of memory although {evidence}: {first.reason}"[:1500],
+            "quality": outcome.quality or first.quality,
+            "load_s": first.load_s + outcome.load_s, "prepare_s": first.prepare_s + outcome.prepare_s, "reloaded": True,
+        })
     update: dict = {"predicted_peak_gib": predicted_gib}
     if prior is not None:  # the bisection loaded the model for this trial
         update.update(boundary=boundary, reloaded=prior.reloaded or outcome.reloaded, load_s=prior.load_s + outcome.load_s,

@@ -202,3 +202,28 @@ def test_study_confirms_the_top_two_and_best_yaml_carries_it(tmp_path: Path) -> 
     assert_ok(late)
     assert "confirmation skipped: --timeout" in late.stdout and "confirmation round" not in late.stdout
     assert DeploymentConfig.model_validate(yaml.safe_load((out / "best.yaml").read_text())).confirmation == confirmation
+
+
+def test_an_oom_in_the_confirmation_is_retried_in_a_fresh_worker(tmp_path: Path) -> None:
+    """Every top candidate fitted in the search, so an OOM while re-measuring it is memory that the
+    other candidates' runs left in the worker (on a GPU: compiled graphs' pools, cached blocks):
+    the candidate is measured again in a fresh worker instead of being dropped."""
+    import json
+
+    from tests.conftest import cli_env
+
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"])  # batch 1 and 2
+    out = tmp_path / "out"
+    # The search measures both candidates (measurements 1 and 2 of the first worker); from the
+    # third measurement on, a worker runs out of memory.
+    env = cli_env(AUTOTUNE_FAULTS=json.dumps({"oom_after_measurements": 2}))
+    result = run_cli("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--trials", "2",
+                     "--out", str(out), "--device", "cpu", "--confirm-top", "2", "--confirm-repeats", "4", env=env)
+    assert_ok(result)
+    assert all(r.state == "measured" for r in read_records(out))
+    confirmation = DeploymentConfig.model_validate(yaml.safe_load((out / "best.yaml").read_text())).confirmation
+    assert confirmation is not None and confirmation.rounds == confirmation.rounds_planned == 2
+    assert all(not c.dropped and c.rounds == 2 for c in confirmation.candidates), confirmation.candidates
+    # One fresh worker per round (the third measurement of each worker ran out), each loading the model.
+    assert confirmation.reloads >= 2 and confirmation.loading_s > 0 and confirmation.measuring_s > 0
+    assert len(list((out / "workers").glob("worker-*.log"))) == 3

@@ -286,3 +286,35 @@ def test_each_load_serves_several_trials(tmp_path: Path) -> None:
             assert len(run) >= min(TRIALS_PER_LOAD, shapes_left[key]), [(r.number, r.candidate.label()) for r in run]
         shapes_left[key] -= len(run)
     assert len(runs) <= 12 // TRIALS_PER_LOAD + 2
+
+
+def test_oom_contradicted_by_the_bisection_is_run_again_in_a_fresh_worker(tmp_path: Path) -> None:
+    """Memory that earlier shapes leave in a worker (compiled graphs' pools on a GPU) can make a
+    candidate run out although the bisection saw a larger batch fit: such an OOM is not an answer,
+    the trial runs again in a fresh worker. Without that evidence an OOM stays an answer."""
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=[1, 2, 4])
+    faults = cli_env(AUTOTUNE_FAULTS=json.dumps({"oom_after_measurements": 1}))
+    out = tmp_path / "out"
+    result = run_cli("tune", "--space", str(space), "--trials", "3", "--memory-budget", "16GiB", "--out", str(out),
+                     "--device", "cpu", "--confirm-top", "0", env=faults)
+    assert_ok(result)
+    recs = [r for r in read_records(out) if r.state != "duplicate"]
+    assert {r.candidate.batch_size for r in recs} == {1, 2, 4}
+    assert recs[0].outcome.boundary is not None and recs[0].outcome.boundary.largest_feasible == 4
+    assert all(r.state == "measured" for r in recs), [(r.number, r.state, r.outcome.reason) for r in recs]
+    retried = [r for r in recs if r.outcome.first_attempt]
+    assert len(retried) == 2  # every measurement after a worker's first ran out, and was re-run fresh
+    for r in retried:
+        assert f"the bisection fitted batch {r.candidate.batch_size} × 32 tokens" in r.outcome.first_attempt
+        assert "allocate" in r.outcome.first_attempt  # the allocator's own message: a real failed allocation
+        assert r.outcome.reloaded and r.outcome.load_s > 0
+    assert len(list((out / "workers").glob("worker-*.log"))) == 3
+
+    # No bisection (no budget on CPU) and nothing larger measured: the OOM is the answer, not retried.
+    out2 = tmp_path / "out2"
+    result = run_cli("tune", "--space", str(write_space(tmp_path / "s2.yaml", dtype=["fp32"], attn_implementation=["sdpa"])),
+                     "--trials", "2", "--out", str(out2), "--device", "cpu", "--confirm-top", "0", env=faults)
+    assert_ok(result)
+    recs = {r.candidate.batch_size: r for r in read_records(out2) if r.state != "duplicate"}
+    assert recs[1].state == "measured" and recs[2].state == "infeasible" and not recs[2].outcome.first_attempt
+    assert len(list((out2 / "workers").glob("worker-*.log"))) == 1

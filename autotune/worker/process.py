@@ -274,7 +274,9 @@ class _Worker:
             time.sleep(10**6)
 
         def before_each_run() -> None:
-            if self.faults.oom_at_batch_size is not None and cand.batch_size >= self.faults.oom_at_batch_size:
+            after = self.faults.oom_after_measurements
+            if (self.faults.oom_at_batch_size is not None and cand.batch_size >= self.faults.oom_at_batch_size) \
+                    or (after is not None and self._measurements_started > after):
                 import torch
 
                 torch.empty(2**50, dtype=torch.uint8, device=self.device)  # 1 PiB: a real allocation failure

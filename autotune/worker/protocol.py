@@ -53,6 +53,9 @@ class Faults(BaseModel):
     hang_on_trial: int | None = None
     hang_on_measurement: int | None = None  # the Nth measurement this worker starts hangs (a trial surely in flight)
     exit_on_startup: bool = False  # the worker dies before it can answer (broken install, driver)
+    # Every measurement after the Nth in one worker process runs out of memory (a real impossible
+    # allocation): memory that earlier shapes left behind, as compiled CUDA graphs' pools do.
+    oom_after_measurements: int | None = None
     perturb_dtype: str | None = None  # loads in this dtype get real Gaussian noise on their weights: a broken deployment
     # Same, for loads with this attention kernel: a damaged fp32 load, for CPUs where bf16 has no
     # native kernels and runs ~80x slower than fp32 (AVX2-only hosts).
