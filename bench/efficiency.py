@@ -19,6 +19,14 @@ on the same space, each through `autotune tune` (same worker, same measurement p
 
 GPU-seconds are wall seconds of the study with the GPU held, one-time preparation (building the
 random checkpoint, the int8 copy) left out so the order of the runs does not matter.
+
+A grid too big for one sitting can be measured in parts, each a grid study of its own over a
+slice of the space (e.g. the compiled half), kept in OUT/grid-PART and counted with OUT/grid as
+one grid (GPU-seconds added, parts in name order); the searches still get the whole space:
+
+    python bench/efficiency.py --out OUT --stage grid --grid-part compiled \
+        --part-space search_spaces/efficiency-7b-24gib-fine-compiled.yaml -- (arguments, whole --space)
+    python bench/efficiency.py --out OUT --stage report -- --space (the whole space)   # says if the parts cover it
 """
 
 from __future__ import annotations
@@ -45,6 +53,8 @@ def _parse() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--stage", choices=["grid", "search", "side-by-side", "report"], required=True)
     parser.add_argument("--fraction", type=float, default=0.10, help="share of the grid's time the searches get")
     parser.add_argument("--rounds", type=int, default=3, help="side-by-side rounds")
+    parser.add_argument("--grid-part", help="grid stage: measure this part of the grid into OUT/grid-PART")
+    parser.add_argument("--part-space", type=Path, help="grid stage with --grid-part: the slice of the space it covers")
     parser.add_argument("tune_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     return args, [a for a in args.tune_args if a != "--"]
@@ -71,9 +81,27 @@ def _best(recs: list[TrialRecord]) -> TrialRecord | None:
     return max(feasible, key=lambda r: r.objective_value, default=None)
 
 
-def _summary(out: Path, bar: float | None) -> dict:
-    timeline = _timeline(out)
-    wall = sum(json.loads(line)["wall_s"] for line in (out / "runs.jsonl").read_text().splitlines() if line.strip())
+def grid_dirs(out: Path) -> list[Path]:
+    """The grid's studies: OUT/grid, then its parts OUT/grid-* in name order."""
+    parts = sorted(p for p in out.glob("grid-*") if p.is_dir())
+    return [d for d in [out / "grid", *parts] if (d / "runs.jsonl").is_file()]
+
+
+def _wall_s(out: Path) -> float:
+    return sum(json.loads(line)["wall_s"] for line in (out / "runs.jsonl").read_text().splitlines() if line.strip())
+
+
+def _summary(out: Path | list[Path], bar: float | None) -> dict:
+    """One run's figures; a list of folders is one grid measured in parts, one after the other."""
+    dirs = out if isinstance(out, list) else [out]
+    timeline: list[tuple[float, TrialRecord]] = []
+    wall = offset = 0.0
+    for d in dirs:
+        part = _timeline(d)
+        timeline += [(offset + t, r) for t, r in part]
+        part_wall = _wall_s(d)
+        wall += part_wall
+        offset += part_wall - sum(r.outcome.prepare_s for _, r in part)
     prepare = sum(r.outcome.prepare_s for _, r in timeline)
     reached = next((t for t, r in timeline if bar is not None and r.state == "measured" and r.objective_value >= WITHIN * bar), None)
     best = _best([r for _, r in timeline])
@@ -118,7 +146,7 @@ def _side_by_side(args, tune_args: list[str]) -> None:
     device = detect_device(arg("--device")).device
     chosen = {}
     for name in ("grid", "tuner", "random"):
-        best = _best(read_trials(args.out / name))
+        best = _best(_grid_records(args.out) if name == "grid" else read_trials(args.out / name))
         if best is not None:
             chosen[name] = best.candidate
     samples: dict[str, list[float]] = {name: [] for name in chosen}
@@ -146,10 +174,34 @@ def _side_by_side(args, tune_args: list[str]) -> None:
     (args.out / "side-by-side.json").write_text(json.dumps(result, indent=2))
 
 
-def _report(args) -> None:
-    grid = _summary(args.out / "grid", None)
+def _grid_records(out: Path) -> list[TrialRecord]:
+    return [r for d in grid_dirs(out) for r in read_trials(d)]
+
+
+def grid_coverage(records: list[TrialRecord], space_path: Path) -> tuple[int, int]:
+    """(candidates of the space the grid's parts measured, candidates in the space)."""
+    import itertools
+
+    from autotune.space import load_space
+
+    space = load_space(space_path)
+    knobs = space.knobs
+    wanted = set(itertools.product(*(getattr(space, k) for k in knobs)))
+    seen = {tuple(getattr(r.candidate, k) for k in knobs) for r in records
+            if r.state != "duplicate" and r.candidate.new_tokens == space.new_tokens}
+    return len(wanted & seen), len(wanted)
+
+
+def _report(args, tune_args: list[str]) -> None:
+    dirs = grid_dirs(args.out)
+    grid = _summary(dirs, None)
     bar = grid["chosen_tok_s_in_run"]
-    summary = {"grid": _summary(args.out / "grid", bar)}
+    summary = {"grid": _summary(dirs, bar)}
+    if "--space" in tune_args:
+        covered, total = grid_coverage(_grid_records(args.out), Path(tune_args[tune_args.index("--space") + 1]))
+        summary["grid"]["covers"] = f"{covered} of {total}"
+        print(f"the grid ({', '.join(d.name for d in dirs)}) measured {covered} of the space's {total} candidates"
+              + ("" if covered == total else ": INCOMPLETE, its best is not the space's optimum"))
     for name in ("tuner", "random"):
         if (args.out / name / "runs.jsonl").is_file():
             summary[name] = _summary(args.out / name, bar)
@@ -160,7 +212,7 @@ def _report(args) -> None:
         row["side_by_side_vs_grid"] = row["side_by_side_tok_s"] / grid_side if grid_side and row["side_by_side_tok_s"] else None
         row["gpu_s_share_of_grid"] = row["gpu_s"] / summary["grid"]["gpu_s"]
     if "random" in summary:
-        summary["random"]["uniform_draw_hit_chance"] = _uniform_draw_hit_chance(read_trials(args.out / "grid"), summary["random"]["trials"])
+        summary["random"]["uniform_draw_hit_chance"] = _uniform_draw_hit_chance(_grid_records(args.out), summary["random"]["trials"])
     (args.out / "efficiency.json").write_text(json.dumps(summary, indent=2))
     print("| run | trials (measured) | GPU-s total | share of grid | GPU-s to within 5% of grid best (in-run figure) "
           "| GPU-s to its final choice | chosen | tok/s in run | side by side | vs grid |")
@@ -184,13 +236,18 @@ def main() -> None:
     if args.stage == "grid":
         from autotune.space import load_space
 
-        space_path = Path(tune_args[tune_args.index("--space") + 1])
-        size = load_space(space_path).size
-        wall, code = run_tune(args.out / "grid", [*tune_args, "--sampler", "grid", "--trials", str(size), "--no-bisect",
-                                                  "--no-memory-model", "--confirm-top", "0"])
-        print(f"grid: {size} candidates, exit {code}, {wall:.0f} s")
+        if (args.grid_part is None) != (args.part_space is None):
+            sys.exit("--grid-part and --part-space go together")
+        at = tune_args.index("--space") + 1
+        if args.part_space is not None:
+            tune_args = [*tune_args[:at], str(args.part_space), *tune_args[at + 1:]]
+        size = load_space(Path(tune_args[at])).size
+        folder = args.out / ("grid" if args.grid_part is None else f"grid-{args.grid_part}")
+        wall, code = run_tune(folder, [*tune_args, "--sampler", "grid", "--trials", str(size), "--no-bisect",
+                                       "--no-memory-model", "--confirm-top", "0"])
+        print(f"{folder.name}: {size} candidates, exit {code}, {wall:.0f} s")
     elif args.stage == "search":
-        grid = _summary(args.out / "grid", None)
+        grid = _summary(grid_dirs(args.out), None)
         seconds = max(30.0, args.fraction * grid["gpu_s"])
         for name, extra in (("tuner", ["--sampler", "tpe"]),
                             ("random", ["--sampler", "random", "--no-bisect", "--no-memory-model", "--confirm-top", "0"])):
@@ -200,7 +257,7 @@ def main() -> None:
     elif args.stage == "side-by-side":
         _side_by_side(args, tune_args)
     else:
-        _report(args)
+        _report(args, tune_args)
 
 
 if __name__ == "__main__":
