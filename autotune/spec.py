@@ -363,7 +363,8 @@ class TuneSpec(_Strict):
     kind: str | None = Field(default=None, description="model kind: causal-lm, image-text-to-text or reranker; default: detected from the config")
     space: Path | None = Field(default=None, description="search-space YAML; default: search_spaces/<device>.yaml")
     trials: int = Field(default=12, ge=1, description="measured trials the study should hold (resuming counts the ones it has)")
-    timeout_s: float | None = Field(default=None, gt=0, description="stop starting new trials after this many seconds")
+    timeout_s: float | None = Field(default=None, gt=0, description="stop starting new trials after this many seconds, or earlier when "
+                                      "the next one would likely not finish by then (judged by this run's trials)")
     trial_timeout_s: float = Field(default=900.0, gt=0, description="kill a worker stuck in one trial after this many seconds")
     memory_budget_gib: float | None = Field(default=None, gt=0, description="usable device memory, e.g. 24GiB; also a constraint")
     objective: Objective = Field(default="throughput", description="throughput: max generated tokens/s; latency: min request latency")

@@ -10,6 +10,7 @@ import datetime as dt
 import json
 import math
 import os
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -918,6 +919,29 @@ def _stop_reason(ctx: StudyContext, done: dict, started: float, duplicates_in_a_
     return ""
 
 
+def expected_trial_s(durations: list[tuple[bool, float]], reload: bool) -> float | None:
+    """How long a trial is likely to take: the median of this run's trials that ran in the worker
+    with the same need to load a model (a load and its bisection cost far more than a trial on the
+    loaded model). None without such a trial yet."""
+    same = [seconds for reloaded, seconds in durations if reloaded == reload]
+    return statistics.median(same) if same else None
+
+
+def _too_late_for(ctx: StudyContext, cand: Candidate, loaded_key: tuple | None, started: float,
+                  durations: list[tuple[bool, float]]) -> str:
+    """Why the next trial should not start: --timeout would pass before it is likely to finish. A
+    trial is never cut once running, so without this a study overran --timeout by a whole trial
+    (a model load, a compile) - 21% over a 78 s budget on the H200 (BENCHMARKS §8)."""
+    if ctx.spec.timeout_s is None:
+        return ""
+    left = ctx.spec.timeout_s - (time.monotonic() - started)
+    expected = expected_trial_s(durations, reload=cand.load_key != loaded_key)
+    if expected is None or expected <= left:
+        return ""
+    return (f"--timeout {ctx.spec.timeout_s:.0f}s: {max(left, 0.0):.0f}s left, and the next trial ({cand.label()}"
+            f"{', a model load' if cand.load_key != loaded_key else ''}) would take about {expected:.0f}s")
+
+
 def _place(ctx: StudyContext, worker: WorkerClient, cand: Candidate, note) -> str | None:
     """Under --gpus: take the GPUs this candidate needs (its home GPU, plus the next ones of the
     pool for a multi-GPU candidate), waiting for the workers that hold them; None when placed,
@@ -969,6 +993,7 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
     pending: list[tuple[optuna.Trial, Candidate]] = []
     follow_ups: set[int] = set()  # trial numbers asked with the loaded model's load-key fixed
     replacements_left = 0  # follow-ups answered without the model (duplicate, inferred) are re-asked
+    durations: list[tuple[bool, float]] = []  # (loaded a model, seconds) of the trials run in the worker
     run_log = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "owner": ctx.owner, "trials": []}
     log_dir = ctx.out / "workers" / ctx.worker_tag if ctx.worker_tag else ctx.out / "workers"
     worker = WorkerClient(ctx.model, ctx.device.device, spec.memory_budget_gib, log_dir)
@@ -1033,6 +1058,10 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 dominating = dominating_infeasible(cand, done) if reason is None else None
                 too_big = _predicted_over_budget(ctx, cand) if reason is None and dominating is None else None
                 if reason is None and dominating is None and too_big is None:
+                    ctx.stopped_reason = _too_late_for(ctx, cand, loaded_key, started, durations)
+                    if ctx.stopped_reason:
+                        _fail_unrun(ctx, trial)
+                        break
                     reason = _place(ctx, worker, cand, progress.note)
                 if reason is not None:
                     outcome = TrialOutcome(status="unsupported", reason=reason)
@@ -1041,7 +1070,9 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 elif too_big is not None:
                     outcome = TrialOutcome(status="oom", predicted=True, reason=too_big)
                 else:
+                    ran_at = time.perf_counter()
                     outcome, spawn_s, holds = _run_candidate(ctx, worker, trial.number, cand, done)
+                    durations.append((cand.load_key != loaded_key, time.perf_counter() - ran_at - outcome.prepare_s))
                     if holds is not None:
                         loaded_key = cand.load_key if holds else None
             except BaseException:

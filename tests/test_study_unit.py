@@ -16,6 +16,8 @@ from autotune.study import (
     best_record,
     counted_trials,
     dominating_infeasible,
+    expected_trial_s,
+    fitted_before,
     speedup,
 )
 
@@ -203,6 +205,56 @@ def test_inferred_answers_are_not_chained() -> None:
     inferred = _record(5, "infeasible", batch=8, length=64)
     inferred = inferred.model_copy(update={"outcome": inferred.outcome.model_copy(update={"inferred_from": 3})})
     assert dominating_infeasible(_cand(batch=16, length=64), _done(inferred)) is None
+
+
+# ------------------------------------------------------------------------------ evidence that a candidate fits
+
+
+def test_fitted_before_needs_a_fit_at_a_shape_no_smaller_with_the_same_load() -> None:
+    from autotune.spec import BatchBoundary, Probe
+
+    boundary = BatchBoundary(batch_sizes=[1, 8, 24, 32, 40], largest_feasible=32, probes=[
+        Probe(batch_size=24, fits=True, peak_memory_gib=19.9), Probe(batch_size=32, fits=True, peak_memory_gib=22.7),
+        Probe(batch_size=40, fits=False, reason="OutOfMemoryError")])
+    assert "fitted batch 24" in fitted_before(_cand(batch=24), boundary, {})  # the H200 compile case
+    assert "fitted batch 32" in fitted_before(_cand(batch=32), boundary, {})
+    assert fitted_before(_cand(batch=40), boundary, {}) is None  # a genuine OOM stays an answer
+    measured = _done(_record(7, tok_s=5.0, batch=8, length=64))
+    assert "#7" in fitted_before(_cand(batch=4, length=64), None, measured)
+    assert "#7" in fitted_before(_cand(batch=8, length=32), None, measured)
+    assert fitted_before(_cand(batch=16, length=64), None, measured) is None  # larger batch: no evidence
+    assert fitted_before(_cand(batch=4, length=128), None, measured) is None  # longer: no evidence
+    assert fitted_before(_cand(batch=4, length=64, attn="eager"), None, measured) is None  # another load
+    assert fitted_before(_cand(batch=4, length=64), None, _done(_record(7, "infeasible", batch=8, length=64))) is None
+
+
+# ------------------------------------------------------------------------------ --timeout
+
+
+def test_expected_trial_time_is_the_median_of_comparable_trials() -> None:
+    durations = [(True, 40.0), (False, 5.0), (False, 7.0), (False, 30.0), (True, 60.0)]
+    assert expected_trial_s(durations, reload=True) == 50.0
+    assert expected_trial_s(durations, reload=False) == 7.0
+    assert expected_trial_s([(False, 5.0)], reload=True) is None  # no load seen yet: nothing to judge by
+    assert expected_trial_s([], reload=False) is None
+
+
+def test_a_trial_that_would_overrun_the_timeout_is_not_started() -> None:
+    import time
+    from types import SimpleNamespace
+
+    from autotune.study import _too_late_for
+
+    ctx = SimpleNamespace(spec=SimpleNamespace(timeout_s=78.0))
+    loaded = _cand().load_key
+    started = time.monotonic() - 60.0  # 18 s left
+    durations = [(True, 46.0), (False, 6.0)]
+    assert _too_late_for(ctx, _cand(batch=2), loaded, started, durations) == ""  # ~6 s on the loaded model
+    reason = _too_late_for(ctx, _cand(attn="eager"), loaded, started, durations)  # a load: ~46 s
+    assert "--timeout 78s" in reason and "a model load" in reason and "about 46s" in reason
+    assert _too_late_for(ctx, _cand(attn="eager"), loaded, started, [(False, 6.0)]) == ""  # no load timed yet
+    assert _too_late_for(SimpleNamespace(spec=SimpleNamespace(timeout_s=None)), _cand(attn="eager"), loaded, started,
+                         durations) == ""
 
 
 def test_default_study_name_keeps_a_reranker_apart_from_the_same_checkpoint() -> None:
