@@ -3,7 +3,9 @@ search space validates names against this registry and the loader asks it for th
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -24,6 +26,30 @@ class QuantizationMethod(ABC):
 
     @abstractmethod
     def build_config(self, compute_dtype: Any) -> Any | None: ...
+
+    def compile_unsupported_reason(self) -> str | None:
+        """Why transformers will not compile generate() with this method, known before loading.
+        It asks the quantizer transformers would build (`is_compileable`), so a newer release that
+        can compile it is believed; the loader checks again on the loaded model."""
+        config = self.build_config(None)
+        if config is None:
+            return None
+        return _compile_verdict(type(config).__name__, json.dumps(config.to_dict(), sort_keys=True, default=str))
+
+
+@functools.lru_cache(maxsize=None)
+def _compile_verdict(config_class: str, config_json: str) -> str | None:
+    import transformers
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    config = getattr(transformers, config_class).from_dict(json.loads(config_json))
+    try:
+        compileable = AutoHfQuantizer.from_config(config).is_compileable
+    except (ImportError, ValueError) as e:  # the package is missing: unavailable_reason says so first
+        return f"cannot ask transformers whether it compiles: {e}"
+    if compileable:
+        return None
+    return f"transformers {transformers.__version__} does not compile generate() with this quantization"
 
 
 QUANTIZATION_METHODS: dict[str, QuantizationMethod] = {}

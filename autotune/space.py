@@ -113,9 +113,15 @@ def unsupported_reason(candidate: Candidate, device: DeviceInfo) -> str | None:
             return reason
     if candidate.compile and device.type != "cuda":
         return "static cache + torch.compile: transformers compiles generate() only on accelerators"
-    reason = get_method(candidate.quantization).unavailable_reason(device.type)
+    method = get_method(candidate.quantization)
+    reason = method.unavailable_reason(device.type)
     if reason:
         return f"{candidate.quantization}: {reason}"
+    if candidate.compile:
+        # Else the model loads (seconds to minutes) only to learn this; the loader checks again.
+        reason = method.compile_unsupported_reason()
+        if reason:
+            return f"{candidate.quantization} with compile: {reason}"
     return None
 
 

@@ -696,6 +696,23 @@ def dominating_infeasible(cand: Candidate, done: dict[tuple, TrialRecord]) -> Tr
     return None
 
 
+def failed_load(cand: Candidate, done: dict[tuple, TrialRecord]) -> TrialRecord | None:
+    """A trial whose model load itself failed as unsupported or out of memory, with this
+    candidate's load-key: the load does not depend on the batch or length, so this candidate
+    cannot load either (a compiled bnb model, weights over the budget). Only a load that really
+    ran is evidence; answers inferred from it are not."""
+    for r in done.values():
+        if (r.candidate.load_key == cand.load_key and r.outcome.phase == "load" and r.outcome.status in ("unsupported", "oom")
+                and not _answered_without_measuring(r.outcome)):
+            return r
+    return None
+
+
+def _failed_load_outcome(source: TrialRecord) -> TrialOutcome:
+    return TrialOutcome(status=source.outcome.status, phase="load", inferred_from=source.number,
+                        reason=f"inferred: trial #{source.number} could not load the same configuration: {source.outcome.reason}"[:1500])
+
+
 def fitted_before(cand: Candidate, boundary: BatchBoundary | None, done: dict[tuple, TrialRecord]) -> str | None:
     """Evidence that this candidate fits, if any: a bisection probe at its load and length that
     fitted a batch no smaller, or a measured trial with the same load-key and request sizes and a
@@ -1055,9 +1072,10 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
             try:
                 reason = unsupported_reason(cand, ctx.device)
                 spawn_s = 0.0
-                dominating = dominating_infeasible(cand, done) if reason is None else None
-                too_big = _predicted_over_budget(ctx, cand) if reason is None and dominating is None else None
-                if reason is None and dominating is None and too_big is None:
+                unloadable = failed_load(cand, done) if reason is None else None
+                dominating = dominating_infeasible(cand, done) if reason is None and unloadable is None else None
+                too_big = _predicted_over_budget(ctx, cand) if reason is None and dominating is None and unloadable is None else None
+                if reason is None and unloadable is None and dominating is None and too_big is None:
                     ctx.stopped_reason = _too_late_for(ctx, cand, loaded_key, started, durations)
                     if ctx.stopped_reason:
                         _fail_unrun(ctx, trial)
@@ -1065,6 +1083,8 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                     reason = _place(ctx, worker, cand, progress.note)
                 if reason is not None:
                     outcome = TrialOutcome(status="unsupported", reason=reason)
+                elif unloadable is not None:
+                    outcome = _failed_load_outcome(unloadable)
                 elif dominating is not None:
                     outcome = _inferred_outcome(cand, dominating)
                 elif too_big is not None:

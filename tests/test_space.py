@@ -251,6 +251,23 @@ def test_supported_candidate_on_cpu(cand: Candidate) -> None:
     assert unsupported_reason(cand, CPU) is None
 
 
+def test_compile_with_a_quantization_transformers_cannot_compile_is_answered_before_loading() -> None:
+    """transformers' own quantizer says whether generate() compiles with it (bnb: no, as of 5.24);
+    the verdict comes from the quantizer object, so a release that can compile it is believed."""
+    from transformers.quantizers.auto import AutoHfQuantizer
+
+    from autotune.quant import get_method
+
+    for quant in ("bnb-nf4", "bnb-int8"):
+        compileable = AutoHfQuantizer.from_config(get_method(quant).build_config(None)).is_compileable
+        reason = unsupported_reason(_cand(quantization=quant, compile=True), GPU)
+        assert (reason is None) == compileable
+        if reason is not None:
+            assert f"{quant} with compile" in reason and "does not compile generate()" in reason
+        assert unsupported_reason(_cand(quantization=quant), GPU) is None  # without compile it loads
+    assert unsupported_reason(_cand(compile=True), GPU) is None  # nothing to ask without quantization
+
+
 def test_bf16_unsupported_on_gpu_without_it() -> None:
     reason = unsupported_reason(_cand(dtype="bf16"), OLD_GPU)
     assert reason == "bf16 is not supported by H100"

@@ -318,3 +318,19 @@ def test_oom_contradicted_by_the_bisection_is_run_again_in_a_fresh_worker(tmp_pa
     recs = {r.candidate.batch_size: r for r in read_records(out2) if r.state != "duplicate"}
     assert recs[1].state == "measured" and recs[2].state == "infeasible" and not recs[2].outcome.first_attempt
     assert len(list((out2 / "workers").glob("worker-*.log"))) == 1
+
+
+def test_a_load_that_failed_answers_the_same_load_at_other_shapes_without_loading(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa", "eager"])  # batch 1, 2
+    out = tmp_path / "out"
+    env = cli_env(AUTOTUNE_FAULTS=json.dumps({"refuse_load_attn": "eager"}))
+    result = run_cli("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--trials", "4",
+                     "--out", str(out), "--device", "cpu", "--confirm-top", "0", env=env)
+    assert_ok(result)
+    eager = sorted((r for r in read_records(out) if r.candidate.attn_implementation == "eager" and r.state != "duplicate"),
+                   key=lambda r: r.number)
+    assert [r.state for r in eager] == ["unsupported", "unsupported"]
+    first, second = eager
+    assert "refused by the refuse_load_attn fault" in first.outcome.reason and first.outcome.inferred_from is None
+    assert second.outcome.inferred_from == first.number and f"trial #{first.number} could not load" in second.outcome.reason
+    assert second.outcome.load_s == 0.0 and second.spawn_s == 0.0  # answered without loading anything

@@ -17,6 +17,7 @@ from autotune.study import (
     counted_trials,
     dominating_infeasible,
     expected_trial_s,
+    failed_load,
     fitted_before,
     speedup,
 )
@@ -205,6 +206,29 @@ def test_inferred_answers_are_not_chained() -> None:
     inferred = _record(5, "infeasible", batch=8, length=64)
     inferred = inferred.model_copy(update={"outcome": inferred.outcome.model_copy(update={"inferred_from": 3})})
     assert dominating_infeasible(_cand(batch=16, length=64), _done(inferred)) is None
+
+
+def _load_failure(number: int, status: str, **cand: Any) -> TrialRecord:
+    rec = _record(number, "unsupported" if status == "unsupported" else "infeasible", **cand)
+    return rec.model_copy(update={"outcome": TrialOutcome(status=status, phase="load", reason="cannot load")})
+
+
+def test_a_failed_load_answers_every_shape_of_the_same_load() -> None:
+    """The load does not depend on batch or length: a load that failed as unsupported or out of
+    memory answers the same load-key at any shape, smaller ones too, and nothing else."""
+    unsupported = _load_failure(3, "unsupported", batch=8, length=64)
+    assert failed_load(_cand(batch=1, length=32), _done(unsupported)) is unsupported
+    oom = _load_failure(4, "oom", dtype="bf16", batch=4)
+    assert failed_load(_cand(dtype="bf16", batch=1), _done(oom)) is oom
+    assert failed_load(_cand(attn="eager"), _done(unsupported)) is None  # another load
+    # A failure while measuring says nothing about loading; an inferred answer is not evidence.
+    measured_oom = _record(5, "infeasible", batch=8)
+    measured_oom = measured_oom.model_copy(update={"outcome": TrialOutcome(status="oom", phase="measure", reason="x")})
+    assert failed_load(_cand(batch=1), _done(measured_oom)) is None
+    inferred = unsupported.model_copy(update={"outcome": unsupported.outcome.model_copy(update={"inferred_from": 1})})
+    assert failed_load(_cand(batch=1), _done(inferred)) is None
+    crashed = _load_failure(6, "unsupported").model_copy(update={"outcome": TrialOutcome(status="error", phase="load")})
+    assert failed_load(_cand(batch=1), _done(crashed)) is None  # an error may be passing: loaded again
 
 
 # ------------------------------------------------------------------------------ evidence that a candidate fits

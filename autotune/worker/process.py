@@ -225,6 +225,8 @@ class _Worker:
                     prepare_s += ensure_prequantized(self.ref, cand, self.device)
                 start = time.perf_counter()
                 self.model, self.tokenizer = load_model_for_trial(self.ref, cand, self.device)
+                if self.faults.refuse_load_attn == cand.attn_implementation:
+                    raise NotImplementedError(f"{cand.attn_implementation} refused by the refuse_load_attn fault, after loading")
                 if self.faults.perturb_dtype == cand.dtype or self.faults.perturb_attn == cand.attn_implementation:
                     perturb_weights(self.model, self.faults.perturb_scale)
             except Exception as e:  # noqa: BLE001 — every load failure becomes a typed outcome

@@ -56,6 +56,8 @@ class Faults(BaseModel):
     # Every measurement after the Nth in one worker process runs out of memory (a real impossible
     # allocation): memory that earlier shapes left behind, as compiled CUDA graphs' pools do.
     oom_after_measurements: int | None = None
+    # Loads with this attention kernel fail as unsupported after loading, as a compiled bnb load does.
+    refuse_load_attn: str | None = None
     perturb_dtype: str | None = None  # loads in this dtype get real Gaussian noise on their weights: a broken deployment
     # Same, for loads with this attention kernel: a damaged fp32 load, for CPUs where bf16 has no
     # native kernels and runs ~80x slower than fp32 (AVX2-only hosts).
