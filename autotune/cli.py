@@ -310,7 +310,7 @@ def cache(
         console.print(f"{where} {entry.size_bytes / 1024**3:7.2f} GiB  {entry.path} {action}".rstrip(),
                       markup=False, highlight=False, soft_wrap=True)
         if clear:
-            shutil.rmtree(entry.path)
+            shutil.rmtree(entry.path, ignore_errors=True)
     total = sum(e.size_bytes for e in entries) / 1024**3
     ram = scratch_dir()
     console.print(f"{len(entries)} rebuildable build(s), {total:.2f} GiB{' freed' if clear else ''} "

@@ -175,20 +175,22 @@ def confirm(ctx: StudyContext, worker: WorkerClient, top: list[TrialRecord], rep
                 continue
             request = WorkRequest(trial_number=CONFIRM_TRIAL_NUMBER, candidate=r.candidate, repeats=n_repeats)
             outcome, _ = worker.run(request, ctx.spec.trial_timeout_s)
+            retried = ""
             if outcome.status == "oom":
                 # It fitted in the search: what ran out is memory the other candidates' runs left in
                 # this process (compiled graphs' pools, cached blocks). Once more, in a fresh worker.
-                loading_s += outcome.load_s + outcome.prepare_s
+                loading_s += outcome.load_s
                 reloads += int(outcome.reloaded)
                 worker.close()
                 outcome, _ = worker.run(request, ctx.spec.trial_timeout_s)
+                retried = " (also in a fresh worker)"
             reloads += int(outcome.reloaded)
-            loading_s += outcome.load_s + outcome.prepare_s
+            loading_s += outcome.load_s
             m = outcome.measurement
             if m is not None:
                 measuring_s += m.warmup_s + m.measure_s
             if outcome.status != "ok" or m is None:
-                dropped[r.number] = f"round {i + 1}: {outcome.status}: {outcome.reason[:300]}"
+                dropped[r.number] = f"round {i + 1}: {outcome.status}{retried}: {outcome.reason[:300]}"
             elif budget is not None and m.peak_memory_gib > budget:
                 dropped[r.number] = f"round {i + 1}: peak {m.peak_memory_gib:.2f} GiB is over the {budget:.2f} GiB budget"
             else:

@@ -151,9 +151,14 @@ def cache_entries() -> list[CacheEntry]:
         for kind in REBUILDABLE_KINDS:
             folder = root / kind
             for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-                if path.is_dir() and (path / "config.json").is_file():
+                # A ".tmp-" folder is a build in progress (atomic_build): not ours to list or delete.
+                if ".tmp-" in path.name or not path.is_dir() or not (path / "config.json").is_file():
+                    continue
+                try:
                     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-                    entries.append(CacheEntry(kind=kind, path=path, size_bytes=size, in_ram=in_ram))
+                except OSError:  # deleted meanwhile
+                    continue
+                entries.append(CacheEntry(kind=kind, path=path, size_bytes=size, in_ram=in_ram))
     return entries
 
 

@@ -697,12 +697,12 @@ def dominating_infeasible(cand: Candidate, done: dict[tuple, TrialRecord]) -> Tr
 
 
 def failed_load(cand: Candidate, done: dict[tuple, TrialRecord]) -> TrialRecord | None:
-    """A trial whose model load itself failed as unsupported or out of memory, with this
-    candidate's load-key: the load does not depend on the batch or length, so this candidate
-    cannot load either (a compiled bnb model, weights over the budget). Only a load that really
-    ran is evidence; answers inferred from it are not."""
+    """A trial whose model load itself failed as unsupported, with this candidate's load-key: the
+    load does not depend on the batch or length, so this candidate cannot load either (e.g. a
+    compiled bnb model). Only a load that really ran is evidence; answers inferred from it are
+    not. An out-of-memory load is not used: it may be memory the worker's earlier model left."""
     for r in done.values():
-        if (r.candidate.load_key == cand.load_key and r.outcome.phase == "load" and r.outcome.status in ("unsupported", "oom")
+        if (r.candidate.load_key == cand.load_key and r.outcome.phase == "load" and r.outcome.status == "unsupported"
                 and not _answered_without_measuring(r.outcome)):
             return r
     return None
@@ -1092,8 +1092,8 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 else:
                     ran_at = time.perf_counter()
                     outcome, spawn_s, holds = _run_candidate(ctx, worker, trial.number, cand, done)
-                    durations.append((cand.load_key != loaded_key, time.perf_counter() - ran_at - outcome.prepare_s))
-                    if holds is not None:
+                    if holds is not None:  # the worker ran it (else a known boundary answered it for free)
+                        durations.append((outcome.reloaded, time.perf_counter() - ran_at - outcome.prepare_s))
                         loaded_key = cand.load_key if holds else None
             except BaseException:
                 # Ctrl-C or a crash of the parent's own code: the trial in flight is lost, nothing else.
@@ -1103,7 +1103,8 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                            inferred_from=dominating if outcome.inferred_from is not None else None)
             if _yield_wanted_gpus(ctx, worker):
                 loaded_key = None
-            if outcome.reloaded and outcome.phase != "load" and shape_points > 1 and loaded_key == cand.load_key:
+            if outcome.reloaded and not outcome.first_attempt and outcome.phase != "load" and shape_points > 1 \
+                    and loaded_key == cand.load_key:
                 # Ask the follow-ups now and run them next, while this model is still loaded; never more
                 # than the candidates neither measured nor pending (the rest could only be duplicates).
                 for _ in range(min(TRIALS_PER_LOAD - 1, ctx.space.size - len(done) - len(pending) - 1)):

@@ -61,18 +61,22 @@ def _parse() -> tuple[argparse.Namespace, list[str]]:
 
 
 def _timeline(out: Path) -> list[tuple[float, TrialRecord]]:
-    """(seconds since the run started, preparation excluded, record) per counted trial, in order."""
-    run = json.loads((out / "runs.jsonl").read_text().splitlines()[0])
-    recs = [r for r in read_trials(out) if r.state != "duplicate"]
-    recs.sort(key=lambda r: r.finished_at)
+    """(GPU-seconds since the study began, preparation excluded, record) per counted trial, in
+    order. A study resumed over several commands counts each run from its own start, after the
+    wall time of the runs before it: the gap between commands is not GPU time."""
     import datetime as dt
 
-    start = dt.datetime.fromisoformat(run["started_at"])
+    runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines() if line.strip()]
+    run_of = {t["number"]: i for i, run in enumerate(runs) for t in run["trials"]}
+    before = [sum(run["wall_s"] for run in runs[:i]) for i in range(len(runs))]
+    recs = [r for r in read_trials(out) if r.state != "duplicate"]
+    recs.sort(key=lambda r: r.finished_at)
     timeline, prepared = [], 0.0
     for r in recs:
         prepared += r.outcome.prepare_s
-        elapsed = (dt.datetime.fromisoformat(r.finished_at) - start).total_seconds() - prepared
-        timeline.append((max(0.0, elapsed), r))
+        i = run_of.get(r.number, 0)
+        since_start = (dt.datetime.fromisoformat(r.finished_at) - dt.datetime.fromisoformat(runs[i]["started_at"])).total_seconds()
+        timeline.append((max(0.0, before[i] + since_start - prepared), r))
     return timeline
 
 
@@ -188,12 +192,14 @@ def grid_coverage(records: list[TrialRecord], space_path: Path) -> tuple[int, in
     knobs = space.knobs
     wanted = set(itertools.product(*(getattr(space, k) for k in knobs)))
     seen = {tuple(getattr(r.candidate, k) for k in knobs) for r in records
-            if r.state != "duplicate" and r.candidate.new_tokens == space.new_tokens}
+            if r.state not in ("duplicate", "failed") and r.candidate.new_tokens == space.new_tokens}
     return len(wanted & seen), len(wanted)
 
 
 def _report(args, tune_args: list[str]) -> None:
     dirs = grid_dirs(args.out)
+    if not dirs:
+        sys.exit(f"no grid in {args.out} (run --stage grid first)")
     grid = _summary(dirs, None)
     bar = grid["chosen_tok_s_in_run"]
     summary = {"grid": _summary(dirs, bar)}
@@ -247,6 +253,8 @@ def main() -> None:
                                        "--no-memory-model", "--confirm-top", "0"])
         print(f"{folder.name}: {size} candidates, exit {code}, {wall:.0f} s")
     elif args.stage == "search":
+        if not grid_dirs(args.out):
+            sys.exit(f"no grid in {args.out} (run --stage grid first): the searches get a share of its time")
         grid = _summary(grid_dirs(args.out), None)
         seconds = max(30.0, args.fraction * grid["gpu_s"])
         for name, extra in (("tuner", ["--sampler", "tpe"]),

@@ -79,7 +79,7 @@ def main() -> None:
                 "loading_s", "spawning_s",
                 "preparing_checkpoint_s", "bookkeeping_s"):
         print(f"  {key:<24} {acc[key]:9.1f} s  {acc[key] / acc['wall_s'] * 100 if acc['wall_s'] else 0:5.1f}%")
-    print(f"  measuring fraction (warm-up + timed + OOM probing) = {acc['measuring_fraction'] * 100:.1f}%"
+    print(f"  measuring fraction (warm-up + timed + OOM probing + confirmation) = {acc['measuring_fraction'] * 100:.1f}%"
           f"; timed repeats alone = {acc['timed_fraction'] * 100:.1f}%")
     (args.out / "overhead-summary.json").write_text(json.dumps(acc, indent=2))
 

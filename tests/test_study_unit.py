@@ -214,12 +214,12 @@ def _load_failure(number: int, status: str, **cand: Any) -> TrialRecord:
 
 
 def test_a_failed_load_answers_every_shape_of_the_same_load() -> None:
-    """The load does not depend on batch or length: a load that failed as unsupported or out of
-    memory answers the same load-key at any shape, smaller ones too, and nothing else."""
+    """The load does not depend on batch or length: a load that failed as unsupported answers the
+    same load-key at any shape, smaller ones too, and nothing else."""
     unsupported = _load_failure(3, "unsupported", batch=8, length=64)
     assert failed_load(_cand(batch=1, length=32), _done(unsupported)) is unsupported
-    oom = _load_failure(4, "oom", dtype="bf16", batch=4)
-    assert failed_load(_cand(dtype="bf16", batch=1), _done(oom)) is oom
+    # An OOM while loading may be what the worker's previous model left behind: not evidence.
+    assert failed_load(_cand(dtype="bf16", batch=1), _done(_load_failure(4, "oom", dtype="bf16", batch=4))) is None
     assert failed_load(_cand(attn="eager"), _done(unsupported)) is None  # another load
     # A failure while measuring says nothing about loading; an inferred answer is not evidence.
     measured_oom = _record(5, "infeasible", batch=8)
