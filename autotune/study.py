@@ -687,13 +687,20 @@ def dominating_infeasible(cand: Candidate, done: dict[tuple, TrialRecord]) -> Tr
     candidate's. Memory grows with each, so this candidate cannot fit either: it is answered
     without loading or running anything."""
     for r in done.values():
-        other = r.candidate
-        if (r.state == "infeasible" and not _answered_without_measuring(r.outcome) and other.load_key == cand.load_key
-                and other.new_tokens == cand.new_tokens and other.image_size == cand.image_size
-                and other.video_size == cand.video_size
-                and all((getattr(other, k) or 0) <= (getattr(cand, k) or 0) for k in MONOTONE_SHAPE_KNOBS)):
+        if (r.state == "infeasible" and not _answered_without_measuring(r.outcome) and _same_load_and_request(r.candidate, cand)
+                and _no_larger(r.candidate, cand)):
             return r
     return None
+
+
+def _same_load_and_request(a: Candidate, b: Candidate) -> bool:
+    """Same model load and request sizes: their memory differs only by the monotone shape knobs."""
+    return a.load_key == b.load_key and a.new_tokens == b.new_tokens and a.image_size == b.image_size and a.video_size == b.video_size
+
+
+def _no_larger(a: Candidate, b: Candidate) -> bool:
+    """Every shape knob of `a` that memory grows with is at most `b`'s."""
+    return all((getattr(a, k) or 0) <= (getattr(b, k) or 0) for k in MONOTONE_SHAPE_KNOBS)
 
 
 def failed_load(cand: Candidate, done: dict[tuple, TrialRecord]) -> TrialRecord | None:
@@ -721,11 +728,8 @@ def fitted_before(cand: Candidate, boundary: BatchBoundary | None, done: dict[tu
     if fitted:
         return f"the bisection fitted batch {min(fitted)} × {cand.max_length} tokens with the same load"
     for r in done.values():
-        other = r.candidate
-        if (r.state == "measured" and other.load_key == cand.load_key and other.new_tokens == cand.new_tokens
-                and other.image_size == cand.image_size and other.video_size == cand.video_size
-                and all((getattr(other, k) or 0) >= (getattr(cand, k) or 0) for k in MONOTONE_SHAPE_KNOBS)):
-            return f"trial #{r.number} measured batch {other.batch_size} × {other.max_length} tokens with the same load"
+        if r.state == "measured" and _same_load_and_request(r.candidate, cand) and _no_larger(cand, r.candidate):
+            return f"trial #{r.number} measured batch {r.candidate.batch_size} × {r.candidate.max_length} tokens with the same load"
     return None
 
 
