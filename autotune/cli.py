@@ -297,8 +297,8 @@ def export_command(
 def cache(
     clear: bool = typer.Option(False, "--clear", help="delete them (each is rebuilt when a study needs it again)"),
 ) -> None:
-    """List the rebuildable builds autotune keeps (random-weight checkpoints, quantized copies), in
-    RAM (/dev/shm, on GPU hosts) and on disk, with their sizes; --clear deletes them."""
+    """List the rebuildable builds autotune keeps (random-weight checkpoints, quantized copies), on
+    disk and in the RAM folder $AUTOTUNE_SCRATCH_DIR names, with their sizes; --clear deletes them."""
     import shutil
 
     from autotune.models import cache_dir, cache_entries, scratch_dir

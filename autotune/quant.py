@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import json
 from abc import ABC, abstractmethod
 from typing import Any
 
@@ -31,20 +30,19 @@ class QuantizationMethod(ABC):
         """Why transformers will not compile generate() with this method, known before loading.
         It asks the quantizer transformers would build (`is_compileable`), so a newer release that
         can compile it is believed; the loader checks again on the loaded model."""
-        config = self.build_config(None)
-        if config is None:
-            return None
-        return _compile_verdict(type(config).__name__, json.dumps(config.to_dict(), sort_keys=True, default=str))
+        return _compile_verdict(self.name)
 
 
 @functools.lru_cache(maxsize=None)
-def _compile_verdict(config_class: str, config_json: str) -> str | None:
+def _compile_verdict(method_name: str) -> str | None:
+    config = QUANTIZATION_METHODS[method_name].build_config(None)
+    if config is None:
+        return None
     import transformers
 
     try:
         from transformers.quantizers.auto import AutoHfQuantizer
 
-        config = getattr(transformers, config_class).from_dict(json.loads(config_json))
         compileable = AutoHfQuantizer.from_config(config).is_compileable
     except Exception:  # noqa: BLE001 — no verdict before loading; the loader checks the loaded model
         return None
