@@ -155,11 +155,16 @@ def cache_entries() -> list[CacheEntry]:
                 if ".tmp-" in path.name or not path.is_dir() or not (path / "config.json").is_file():
                     continue
                 try:
-                    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+                    size = folder_bytes(path)
                 except OSError:  # deleted meanwhile
                     continue
                 entries.append(CacheEntry(kind=kind, path=path, size_bytes=size, in_ram=in_ram))
     return entries
+
+
+def folder_bytes(path: Path) -> int:
+    """The size of every file below `path`."""
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
 def bundled_configs() -> dict[str, Path]:

@@ -20,13 +20,12 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from autotune.loading import from_pretrained_kwargs  # noqa: E402
-from autotune.models import _build_random, cache_dir, resolve_model  # noqa: E402
+from autotune.models import _build_random, cache_dir, folder_bytes, resolve_model  # noqa: E402
 from autotune.spec import Candidate  # noqa: E402
 
 
 def _timed_build(ref, device: str, root: Path) -> tuple[Path, float, float]:
     """Build the random checkpoint under `root`, then its int8 copy; returns (folder, seconds, seconds)."""
-    import torch
     from transformers import AutoModelForCausalLM
 
     root.mkdir(parents=True, exist_ok=True)
@@ -34,17 +33,24 @@ def _timed_build(ref, device: str, root: Path) -> tuple[Path, float, float]:
     start = time.perf_counter()
     _build_random(ref, device, folder / "random")
     random_s = time.perf_counter() - start
-    gc.collect()
-    torch.cuda.empty_cache() if device.startswith("cuda") else None
+    _free(device)
     cand = Candidate(dtype="bf16", quantization="bnb-int8", batch_size=1, max_length=1024, new_tokens=8)
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(folder / "random", **from_pretrained_kwargs(cand, device))
     model.save_pretrained(folder / "int8")
     int8_s = time.perf_counter() - start
     del model
-    gc.collect()
-    torch.cuda.empty_cache() if device.startswith("cuda") else None
+    _free(device)
     return folder, random_s, int8_s
+
+
+def _free(device: str) -> None:
+    """Release the last build's memory, so the next one starts from the same state."""
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -58,7 +64,7 @@ def main() -> None:
     for round_index in range(args.rounds):
         for name in (list(places) if round_index % 2 == 0 else list(reversed(places))):
             folder, random_s, int8_s = _timed_build(ref, args.device, places[name])
-            size_gib = sum(f.stat().st_size for f in (folder / "random").rglob("*") if f.is_file()) / 1024**3
+            size_gib = folder_bytes(folder / "random") / 1024**3
             shutil.rmtree(folder)
             print(json.dumps({"round": round_index + 1, "place": name, "random_checkpoint_s": round(random_s, 2),
                               "random_checkpoint_gib": round(size_gib, 2), "int8_copy_s": round(int8_s, 2)}), flush=True)
