@@ -108,7 +108,7 @@ def scratch_has_room(root: Path, size_bytes: float) -> bool:
     while not probe.exists():
         probe = probe.parent
     available = _available_ram_bytes()
-    if available is None:
+    if available is None or not probe.is_dir() or not os.access(probe, os.W_OK):  # cannot be made: disk it is
         return False
     free = shutil.disk_usage(probe).free
     return size_bytes + _SCRATCH_MARGIN_BYTES <= free and size_bytes <= available * _SCRATCH_MAX_SHARE_OF_AVAILABLE

@@ -181,6 +181,10 @@ def test_rebuildable_builds_go_to_ram_only_on_a_gpu_with_room(tmp_path: Path, mo
     assert models.rebuildable_dir("random/m", "cuda:0", None) == disk / "random" / "m"
     monkeypatch.setenv(models.SCRATCH_ENV, "off")
     assert models.rebuildable_dir("random/m", "cuda:0", 1024**2) == disk / "random" / "m"
+    # A RAM folder that cannot be made (here: below a file, a typo'd path): disk, not a failed build.
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv(models.SCRATCH_ENV, str(tmp_path / "a-file" / "ram"))
+    assert models.rebuildable_dir("random/m", "cuda:0", 1024**2) == disk / "random" / "m"
 
 
 def test_rebuildable_build_is_found_where_it_is(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
