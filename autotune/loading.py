@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from autotune.checkpoint_io import save_checkpoint
 from autotune.errors import DeploymentFileError
 from autotune.models import ModelRef, atomic_build, materialize, rebuildable_dir
 from autotune.quant import get_method
@@ -91,7 +92,7 @@ def ensure_prequantized(ref: ModelRef, candidate: Candidate, device: str) -> flo
     start = time.perf_counter()
     model, _ = _load(ref, candidate, device, use_prequantized_cache=False)
     try:
-        atomic_build(cached, model.save_pretrained)
+        atomic_build(cached, lambda folder: save_checkpoint(model, folder))
     except OSError as e:  # a full disk costs later loads their speed-up, never the trial
         print(f"could not keep a quantized copy in {cached}: {e}", flush=True)
     del model

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from autotune.checkpoint_io import save_checkpoint
 from autotune.errors import MissingDependencyError, ModelNotFoundError
 
 EMBEDDED_NAME = "SmolLM2-135M-Instruct"
@@ -337,7 +338,7 @@ def _build_embedded(tmp: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.save_pretrained(tmp)
+    save_checkpoint(model, tmp)
     tokenizer.save_pretrained(tmp)
     config = json.loads((tmp / "config.json").read_text())
     config.pop("quantization_config", None)  # else bitsandbytes refuses a "pre-quantized" model
@@ -359,7 +360,7 @@ def _build_random(ref: ModelRef, device: str, tmp: Path) -> None:
     torch.manual_seed(0)
     with torch.device(device):
         model = auto_class.from_config(config, dtype=config_dtype)
-    model.save_pretrained(tmp)
+    save_checkpoint(model, tmp)
     del model
 
 

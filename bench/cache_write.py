@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from autotune.checkpoint_io import save_checkpoint  # noqa: E402
 from autotune.loading import from_pretrained_kwargs  # noqa: E402
 from autotune.models import _build_random, cache_dir, folder_bytes, resolve_model  # noqa: E402
 from autotune.spec import Candidate  # noqa: E402
@@ -37,7 +38,7 @@ def _timed_build(ref, device: str, root: Path) -> tuple[Path, float, float]:
     cand = Candidate(dtype="bf16", quantization="bnb-int8", batch_size=1, max_length=1024, new_tokens=8)
     start = time.perf_counter()
     model = AutoModelForCausalLM.from_pretrained(folder / "random", **from_pretrained_kwargs(cand, device))
-    model.save_pretrained(folder / "int8")
+    save_checkpoint(model, folder / "int8")
     int8_s = time.perf_counter() - start
     del model
     _free(device)
