@@ -3,6 +3,7 @@ load through `load_model`, so a deployment loads exactly the way it was measured
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import json
@@ -92,7 +93,7 @@ def ensure_prequantized(ref: ModelRef, candidate: Candidate, device: str) -> flo
     start = time.perf_counter()
     model, _ = _load(ref, candidate, device, use_prequantized_cache=False)
     try:
-        atomic_build(cached, lambda folder: save_checkpoint(model, folder))
+        atomic_build(cached, functools.partial(save_checkpoint, model))
     except OSError as e:  # a full disk costs later loads their speed-up, never the trial
         print(f"could not keep a quantized copy in {cached}: {e}", flush=True)
     del model

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import io
 import json
 import pstats
@@ -81,8 +82,8 @@ def main() -> None:
             return model
 
         model = _profiled("int8_first_load", load, args.out, rows)
-        _profiled("int8_save", lambda: save_checkpoint(model, scratch / "int8"), args.out, rows)
-        _profiled("int8_save_pretrained", lambda: model.save_pretrained(scratch / "int8-plain"), args.out, rows)
+        _profiled("int8_save", functools.partial(save_checkpoint, model, scratch / "int8"), args.out, rows)
+        _profiled("int8_save_pretrained", functools.partial(model.save_pretrained, scratch / "int8-plain"), args.out, rows)
         del model
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -94,7 +95,7 @@ def main() -> None:
         torch.manual_seed(0)
         with torch.device(args.device):
             model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(ref.source), dtype=torch.bfloat16)
-        _profiled("random_save_pretrained", lambda: model.save_pretrained(scratch / "random-plain"), args.out, rows)
+        _profiled("random_save_pretrained", functools.partial(model.save_pretrained, scratch / "random-plain"), args.out, rows)
         del model
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
