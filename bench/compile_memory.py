@@ -5,10 +5,12 @@ compiled grid, bf16 sdpa compile ran out of memory at batch 24 × 1024 after sma
 while a worker with fewer earlier shapes measured batch 32).
 
 For one compiled load, the same sequence of shapes is measured with the worker's protocol
-(`measure_generation`) three ways, each mode in its own fresh process:
+(`measure_generation`) four ways, each mode in its own fresh process(es):
   keep   — one process, shapes one after another, as the worker does today;
+  regraph — one process, the static cache dropped and the CUDA-graph trees reset before each new
+           shape (dynamo's compiled code is kept: graphs are captured again, nothing recompiles);
   reset  — one process, the static cache dropped and `torch._dynamo.reset()` (which also resets
-           the CUDA-graph trees) before each new shape;
+           the CUDA-graph trees) before each new shape: everything compiles again;
   fresh  — a new process per shape (what a deployment starts from; the reference).
 Prints, per mode and shape, the peak reserved GiB (or OOM) and the warm-up seconds.
 
@@ -33,21 +35,27 @@ from autotune.models import materialize, resolve_model  # noqa: E402
 from autotune.spec import Candidate, parse_memory  # noqa: E402
 
 
-def forget_compiled_shapes(model, device: str) -> None:
+def forget_compiled_shapes(model, device: str, recompile: bool) -> None:
     """Drop what earlier compiled shapes left in this process: transformers' cached static KV
-    cache and dynamo's compiled code with its CUDA-graph trees (`torch._dynamo.reset` resets
-    those too); the next generate() compiles and captures again."""
+    cache and the CUDA-graph trees that hold their pools; with `recompile`, also dynamo's compiled
+    code (`torch._dynamo.reset` resets the graph trees too), so the next generate() compiles as a
+    fresh process would."""
     import torch
 
     if hasattr(model, "_cache"):
         del model._cache
-    torch._dynamo.reset()
+    if recompile:
+        torch._dynamo.reset()
+    else:
+        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+        reset_cudagraph_trees()
     gc.collect()
     if device.startswith("cuda"):
         torch.cuda.empty_cache()
 
 
-def _run_shapes(args, shapes: list[tuple[int, int]], reset: bool) -> list[dict]:
+def _run_shapes(args, shapes: list[tuple[int, int]], mode: str) -> list[dict]:
     """Measure `shapes` in this process, one after another; one row per shape."""
     import torch
 
@@ -64,8 +72,8 @@ def _run_shapes(args, shapes: list[tuple[int, int]], reset: bool) -> list[dict]:
     vocab_size = int(model.config.get_text_config().vocab_size)
     rows = []
     for index, (batch, length) in enumerate(shapes):
-        if reset and index > 0:
-            forget_compiled_shapes(model, args.device)
+        if mode != "keep" and index > 0:
+            forget_compiled_shapes(model, args.device, recompile=mode == "reset")
         cand = first.model_copy(update={"batch_size": batch, "max_length": length})
         start = time.perf_counter()
         try:
@@ -91,13 +99,14 @@ def main() -> None:
     parser.add_argument("--max-lengths", type=int, nargs="+", default=[1024])
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--modes", nargs="+", choices=["keep", "reset", "fresh"], default=["keep", "reset", "fresh"])
+    parser.add_argument("--modes", nargs="+", choices=["keep", "regraph", "reset", "fresh"],
+                        default=["keep", "regraph", "reset", "fresh"])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--child", choices=["keep", "reset"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["keep", "regraph", "reset"], help=argparse.SUPPRESS)
     parser.add_argument("--shape", type=int, nargs=2, action="append", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:  # one process of a mode: measure the shapes given, print the rows as JSON
-        print("ROWS " + json.dumps(_run_shapes(args, [tuple(s) for s in args.shape], args.child == "reset")), flush=True)
+        print("ROWS " + json.dumps(_run_shapes(args, [tuple(s) for s in args.shape], args.child)), flush=True)
         return
 
     args.out.mkdir(parents=True, exist_ok=True)
