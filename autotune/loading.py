@@ -7,12 +7,13 @@ import functools
 import hashlib
 import importlib.metadata
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
 
 from autotune.checkpoint_io import save_checkpoint
-from autotune.errors import DeploymentFileError
+from autotune.errors import DeploymentFileError, SettingError
 from autotune.models import ModelRef, atomic_build, materialize, rebuildable_dir
 from autotune.quant import get_method
 from autotune.spec import Candidate
@@ -66,6 +67,48 @@ def generate_kwargs(candidate: Candidate) -> dict[str, Any]:
         # A static cache is what makes transformers compile the forward pass inside generate().
         kwargs["cache_implementation"] = "static"
     return kwargs
+
+
+# What the worker drops when a compiled load moves to another request shape. Always: the static
+# KV cache transformers keeps between generate() calls and the length it remembers (5.2x allocates
+# every later static cache at the longest length seen, older versions reuse a larger `_cache`), so
+# a 1024-token candidate measured after a 4096-token one would carry a 4096-token cache in its peak.
+# Beyond that, AUTOTUNE_COMPILED_SHAPES (CUDA-graph pools of earlier shapes also stay behind):
+#   keep    — nothing more (cheap: dynamo goes dynamic and later shapes cost seconds);
+#   regraph — reset the CUDA-graph trees (graphs are captured again, nothing recompiles);
+#   reset   — reset dynamo (everything compiles again, as in a fresh process).
+# `bench/compile_memory.py` measures the three against a fresh process per shape on a GPU.
+COMPILED_SHAPES_ENV = "AUTOTUNE_COMPILED_SHAPES"
+COMPILED_SHAPES_POLICIES = ("keep", "regraph", "reset")
+_STATIC_CACHE_MEMORY = ("_cache", "_previous_max_cache_length")
+
+
+def compiled_shapes_policy() -> str:
+    policy = os.environ.get(COMPILED_SHAPES_ENV, "keep")
+    if policy not in COMPILED_SHAPES_POLICIES:
+        raise SettingError(f"{COMPILED_SHAPES_ENV}={policy!r} is not one of {', '.join(COMPILED_SHAPES_POLICIES)}; unset it for keep")
+    return policy
+
+
+def forget_compiled_shapes(model, device: str, policy: str) -> None:
+    """Drop what earlier shapes of a compiled load left in this process (see above), so the next
+    generate() allocates and runs as it would for this shape alone."""
+    import gc
+
+    import torch
+
+    for name in _STATIC_CACHE_MEMORY:
+        if name in model.__dict__:
+            delattr(model, name)
+    if policy == "reset":
+        torch._dynamo.reset()  # also resets the CUDA-graph trees
+    elif policy == "regraph":
+        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+        reset_cudagraph_trees()
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
 
 
 def load_model(ref: ModelRef, candidate: Candidate, device: str):

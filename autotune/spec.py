@@ -161,6 +161,13 @@ class Candidate(_Strict):
                 self.num_gpus)
 
     @property
+    def request_shape(self) -> tuple:
+        """Everything that shapes the requests it measures (what a static cache and compiled
+        graphs are specialised on); the load-key is the rest."""
+        return (self.batch_size, self.max_length, self.new_tokens, self.max_pixels, self.images_per_prompt, self.video_frames,
+                self.image_size, self.video_size)
+
+    @property
     def has_images(self) -> bool:
         """Whether the candidate's requests carry any visual input (images or video frames)."""
         return bool(self.images_per_prompt) or bool(self.video_frames)

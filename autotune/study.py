@@ -23,7 +23,7 @@ from optuna.trial import TrialState as OptunaState
 
 from autotune.confirm import confirm_study, confirmed_best, stored_confirmation
 from autotune.errors import AutotuneError, OutputDirError, SpaceError, StudyMismatchError
-from autotune.loading import generate_kwargs
+from autotune.loading import compiled_shapes_policy, generate_kwargs
 from autotune.memory_model import ModelShape, calibrate, lower_bound_gib, predicted_infeasible_reason
 from autotune.models import ModelRef, resolve_model
 from autotune.samplers import create_sampler
@@ -259,6 +259,7 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
     `join`: an `autotune worker` joining a study that exists, with the space it was created with."""
     device = detect_device(spec.device)
     check_budget(device, spec.memory_budget_gib)
+    compiled_shapes_policy()  # read again by every worker; a bad value stops here, before any study file
     space = space or load_space(spec.space or default_space_path(device))
     model = resolve_model(spec.model, spec.random_weights, spec.kind)
     if space.vision_knobs_set and not model.is_vision:

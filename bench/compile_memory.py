@@ -6,11 +6,12 @@ while a worker with fewer earlier shapes measured batch 32).
 
 For one compiled load, the same sequence of shapes is measured with the worker's protocol
 (`measure_generation`) four ways, each mode in its own fresh process(es):
-  keep   — one process, shapes one after another, as the worker does today;
-  regraph — one process, the static cache dropped and the CUDA-graph trees reset before each new
-           shape (dynamo's compiled code is kept: graphs are captured again, nothing recompiles);
-  reset  — one process, the static cache dropped and `torch._dynamo.reset()` (which also resets
-           the CUDA-graph trees) before each new shape: everything compiles again;
+  keep   — one process, shapes one after another, only transformers' static-cache memory
+           dropped between them (the worker's default);
+  regraph — the same, and the CUDA-graph trees reset before each new shape (dynamo's compiled
+           code is kept: graphs are captured again, nothing recompiles);
+  reset  — the same, and `torch._dynamo.reset()` (which also resets the CUDA-graph trees) before
+           each new shape: everything compiles again;
   fresh  — a new process per shape (what a deployment starts from; the reference).
 Prints, per mode and shape, the peak reserved GiB (or OOM) and the warm-up seconds.
 
@@ -30,29 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autotune.loading import load_model_for_trial  # noqa: E402
+from autotune.loading import forget_compiled_shapes, load_model_for_trial  # noqa: E402
 from autotune.models import materialize, resolve_model  # noqa: E402
 from autotune.spec import Candidate, parse_memory  # noqa: E402
-
-
-def forget_compiled_shapes(model, device: str, recompile: bool) -> None:
-    """Drop what earlier compiled shapes left in this process: transformers' cached static KV
-    cache and the CUDA-graph trees that hold their pools; with `recompile`, also dynamo's compiled
-    code (`torch._dynamo.reset` resets the graph trees too), so the next generate() compiles as a
-    fresh process would."""
-    import torch
-
-    if hasattr(model, "_cache"):
-        del model._cache
-    if recompile:
-        torch._dynamo.reset()
-    else:
-        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
-
-        reset_cudagraph_trees()
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
 
 
 def _run_shapes(args, shapes: list[tuple[int, int]], mode: str) -> list[dict]:
@@ -72,8 +53,8 @@ def _run_shapes(args, shapes: list[tuple[int, int]], mode: str) -> list[dict]:
     vocab_size = int(model.config.get_text_config().vocab_size)
     rows = []
     for index, (batch, length) in enumerate(shapes):
-        if mode != "keep" and index > 0:
-            forget_compiled_shapes(model, args.device, recompile=mode == "reset")
+        if index > 0:
+            forget_compiled_shapes(model, args.device, mode)
         cand = first.model_copy(update={"batch_size": batch, "max_length": length})
         start = time.perf_counter()
         try:

@@ -147,10 +147,16 @@ class _Worker:
         self.vocab_size = 32000
         self._gpu_fraction = 1.0  # of the GPU's memory torch may use: the budget, where one is given
         self._processors: dict[int | None, object] = {}  # image processors by max_pixels (they do not depend on the load)
+        self._compiled_shape: tuple | None = None  # the request shape the loaded compiled model last ran
+        self.compiled_shapes_resets = 0  # how often a compiled load's earlier shapes were dropped
 
     def setup(self) -> None:
         import torch
         import transformers  # noqa: F401  (import cost belongs to spawning, not to the first trial)
+
+        from autotune.loading import compiled_shapes_policy
+
+        self._compiled_shapes_policy = compiled_shapes_policy()  # a bad value fails here, before any trial
 
         if self.device == "cpu" and self.budget is not None:
             _cap_host_memory(self.budget)
@@ -195,6 +201,7 @@ class _Worker:
         self.model = None
         self.tokenizer = None
         self.loaded_key = None
+        self._compiled_shape = None
         gc.collect()
         release_freed_host_memory()
         if self.device.startswith("cuda"):
@@ -308,11 +315,25 @@ class _Worker:
                             quality=quality)
 
 
+    def _at_shape(self, cand) -> None:
+        """Called before the loaded model runs `cand`'s requests: for a compiled load that ran
+        another shape before, drop what that shape left behind (`forget_compiled_shapes`)."""
+        from autotune.loading import forget_compiled_shapes
+
+        if not cand.compile:
+            return
+        if self._compiled_shape not in (None, cand.request_shape):
+            forget_compiled_shapes(self.model, self.device, self._compiled_shapes_policy)
+            self.compiled_shapes_resets += 1
+        self._compiled_shape = cand.request_shape
+
     def _probe(self, cand) -> Probe:
         """The candidate's worst case once: does it run, and within the budget?"""
         from autotune.kinds import get_kind
         from autotune.measure.throughput import probe_peak_gib
         from autotune.vision import build_batch, yes_no_ids
+
+        self._at_shape(cand)
 
         vision = build_batch(self._image_processor(cand.max_pixels), self.ref.config(), cand, self.vocab_size, self.device) \
             if cand.has_images else None
@@ -390,6 +411,7 @@ class _Worker:
         from autotune.measure.throughput import measure_generation, measure_scoring
         from autotune.vision import build_batch, yes_no_ids
 
+        self._at_shape(cand)
         vision, preprocess_again = None, None
         if cand.has_images:
             processor = self._image_processor(cand.max_pixels)
