@@ -56,7 +56,9 @@ def streaming_save_file(tensors: dict[str, Any], filename: str | Path, metadata:
         return
     header: dict[str, Any] = {}
     offset = 0
-    ordered = sorted(tensors.items())
+    # Wider elements first, as safetensors orders them: every tensor's offset is then a multiple of
+    # its element size, so a zero-copy load gets aligned data.
+    ordered = sorted(tensors.items(), key=lambda item: (-item[1].element_size(), item[0]))
     for name, tensor in ordered:
         size = tensor.numel() * tensor.element_size()
         header[name] = {"dtype": _dtype_name(tensor), "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
@@ -100,8 +102,11 @@ def _write_bytes(f, tensors: list[Any], chunk_bytes: int) -> None:
         stream = streams.get(tensor.device)
         if stream is None:
             stream = streams[tensor.device] = torch.cuda.Stream(tensor.device)
-            # The weights were written on the default stream; copies must see them finished.
-            stream.wait_stream(torch.cuda.current_stream(tensor.device))
+        # The weights (and the contiguous copy `_byte_view` may have just made) come from the
+        # current stream: the copies must see them finished, and the allocator must not hand the
+        # copy's memory to anyone else while the side stream still reads it.
+        stream.wait_stream(torch.cuda.current_stream(tensor.device))
+        flat.record_stream(stream)
         for start in range(0, flat.numel(), chunk_bytes):
             piece = flat[start:start + chunk_bytes]
             # Buffer i was last written to the file two chunks ago (flush below is synchronous).

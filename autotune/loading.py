@@ -69,18 +69,22 @@ def generate_kwargs(candidate: Candidate) -> dict[str, Any]:
     return kwargs
 
 
-# What the worker drops when a compiled load moves to another request shape. Always: the static
-# KV cache transformers keeps between generate() calls and the length it remembers (5.2x allocates
-# every later static cache at the longest length seen, older versions reuse a larger `_cache`), so
-# a 1024-token candidate measured after a 4096-token one would carry a 4096-token cache in its peak.
-# Beyond that, AUTOTUNE_COMPILED_SHAPES (CUDA-graph pools of earlier shapes also stay behind):
-#   keep    — nothing more (cheap: dynamo goes dynamic and later shapes cost seconds);
+# transformers' generate() remembers the static KV cache of earlier calls (5.2x allocates every
+# later static cache at the longest length seen, `_previous_max_cache_length`; older versions
+# reuse a larger `_cache`), to avoid recompiling. A 1024-token candidate measured after a
+# 4096-token one would carry a 4096-token cache in its memory and its speed, so the worker drops
+# that memory before every measurement and probe (`forget_static_cache`).
+_STATIC_CACHE_MEMORY = ("_cache", "_previous_max_cache_length")
+
+# CUDA-graph pools and compiled code of earlier shapes also stay in the process. What the worker
+# does about them when a compiled load moves to another request shape, or is unloaded
+# (AUTOTUNE_COMPILED_SHAPES):
+#   keep    — nothing (cheap: dynamo goes dynamic and later shapes cost seconds);
 #   regraph — reset the CUDA-graph trees (graphs are captured again, nothing recompiles);
 #   reset   — reset dynamo (everything compiles again, as in a fresh process).
 # `bench/compile_memory.py` measures the three against a fresh process per shape on a GPU.
 COMPILED_SHAPES_ENV = "AUTOTUNE_COMPILED_SHAPES"
 COMPILED_SHAPES_POLICIES = ("keep", "regraph", "reset")
-_STATIC_CACHE_MEMORY = ("_cache", "_previous_max_cache_length")
 
 
 def compiled_shapes_policy() -> str:
@@ -90,19 +94,25 @@ def compiled_shapes_policy() -> str:
     return policy
 
 
-def forget_compiled_shapes(model, device: str, policy: str) -> None:
-    """Drop what earlier shapes of a compiled load left in this process (see above), so the next
-    generate() allocates and runs as it would for this shape alone."""
+def forget_static_cache(model) -> None:
+    """Drop the static cache transformers remembers on the model (see above)."""
+    for name in _STATIC_CACHE_MEMORY:
+        if name in model.__dict__:
+            delattr(model, name)
+
+
+def reset_compiled_state(device: str, policy: str) -> None:
+    """Drop earlier shapes' CUDA-graph trees (`regraph`) or all of dynamo (`reset`, which resets the
+    graph trees too); `keep` does nothing."""
     import gc
 
     import torch
 
-    for name in _STATIC_CACHE_MEMORY:
-        if name in model.__dict__:
-            delattr(model, name)
+    if policy == "keep":
+        return
     if policy == "reset":
-        torch._dynamo.reset()  # also resets the CUDA-graph trees
-    elif policy == "regraph":
+        torch._dynamo.reset()
+    else:
         from torch._inductor.cudagraph_trees import reset_cudagraph_trees
 
         reset_cudagraph_trees()

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autotune.loading import forget_compiled_shapes, load_model_for_trial  # noqa: E402
+from autotune.loading import forget_static_cache, load_model_for_trial, reset_compiled_state  # noqa: E402
 from autotune.models import materialize, resolve_model  # noqa: E402
 from autotune.spec import Candidate, parse_memory  # noqa: E402
 
@@ -53,8 +53,9 @@ def _run_shapes(args, shapes: list[tuple[int, int]], mode: str) -> list[dict]:
     vocab_size = int(model.config.get_text_config().vocab_size)
     rows = []
     for index, (batch, length) in enumerate(shapes):
+        forget_static_cache(model)
         if index > 0:
-            forget_compiled_shapes(model, args.device, mode)
+            reset_compiled_state(args.device, mode)
         cand = first.model_copy(update={"batch_size": batch, "max_length": length})
         start = time.perf_counter()
         try:
@@ -63,9 +64,10 @@ def _run_shapes(args, shapes: list[tuple[int, int]], mode: str) -> list[dict]:
                          "tok_s": round(m.output_tokens_per_s.median, 1), "warmup_s": round(m.warmup_s, 1)})
         except torch.OutOfMemoryError:
             rows.append({"batch": batch, "max_length": length, "oom": True, "seconds": round(time.perf_counter() - start, 1)})
-            gc.collect()
-            if args.device.startswith("cuda"):
-                torch.cuda.empty_cache()
+        # After the except block: until then its traceback keeps the failed run's tensors alive.
+        gc.collect()
+        if args.device.startswith("cuda"):
+            torch.cuda.empty_cache()
     return rows
 
 

@@ -3,6 +3,7 @@ a checkpoint saved through it loads back bit for bit."""
 
 from __future__ import annotations
 
+import json
 import struct
 
 import pytest
@@ -45,10 +46,29 @@ def test_streaming_file_reads_back_like_safetensors_own(tmp_path):
         assert torch.equal(loaded[name], reference[name]), name
     with safe_open(str(ours), "pt") as f:
         assert f.metadata() == {"format": "pt"}
-    # Same payload size as safetensors' file; the header is 8-byte aligned as the format asks.
+    # Same payload size as safetensors' file; the header is 8-byte aligned as the format asks, and
+    # every tensor starts at a multiple of its element size (wider dtypes first, as safetensors does).
     header_len = struct.unpack("<Q", ours.read_bytes()[:8])[0]
     assert header_len % 8 == 0
     assert ours.stat().st_size - 8 - header_len == theirs.stat().st_size - 8 - struct.unpack("<Q", theirs.read_bytes()[:8])[0]
+    header = json.loads(ours.read_bytes()[8:8 + header_len])
+    for name, tensor in tensors.items():
+        assert header[name]["data_offsets"][0] % tensor.element_size() == 0, name
+
+
+def test_transformers_writer_is_restored_when_saving_fails(tmp_path):
+    import transformers.modeling_utils as modeling_utils
+
+    original_writer = modeling_utils.safe_save_file
+
+    class Broken:
+        def save_pretrained(self, directory):
+            assert modeling_utils.safe_save_file is streaming_save_file  # swapped while saving
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(Broken(), tmp_path)
+    assert modeling_utils.safe_save_file is original_writer
 
 
 def test_save_checkpoint_matches_save_pretrained_and_restores_the_writer(tmp_path, monkeypatch):
@@ -86,8 +106,15 @@ def test_gpu_tensors_stream_through_small_chunks(tmp_path):
     tensors = {name: t.cuda() for name, t in _tensors().items()}
     tensors["cpu_in_between"] = torch.arange(10, dtype=torch.int32)
     tensors["large"] = torch.randn(1000, 37, device="cuda").to(torch.bfloat16)
+    # Written last on the default stream behind a 1 s busy kernel, and not contiguous: the writer's
+    # stream must wait for the fill and for its own contiguous copy, or it saves stale bytes.
+    late = torch.zeros(2048, 512, device="cuda")
+    torch.cuda._sleep(2 * 10**9)
+    late.fill_(3.0)
+    tensors["zz_late_transposed"] = late.t()
     path = tmp_path / "gpu.safetensors"
     streaming_save_file(tensors, path, metadata={"format": "pt"}, chunk_bytes=1000)  # chunks split elements
     loaded = safetensors.torch.load_file(str(path))
     for name, tensor in tensors.items():
         assert torch.equal(loaded[name], tensor.cpu()), name
+    assert bool((loaded["zz_late_transposed"] == 3.0).all())

@@ -96,6 +96,31 @@ def test_a_compiled_load_drops_earlier_shapes_once_per_change(monkeypatch, tmp_p
     assert calls == {"keep": [], "regraph": ["graphs"] * 3, "reset": ["dynamo"] * 3}[policy]
 
 
+def test_the_remembered_cache_is_dropped_before_every_measurement(monkeypatch, tmp_path):
+    """Also at the same shape: a quality run (or anything else) may have left a longer one."""
+    worker = _worker(monkeypatch, tmp_path, None)
+    lengths = _record_static_caches(monkeypatch)
+    assert worker.handle(WorkRequest(trial_number=0, candidate=_compiled(2, 24), repeats=1)).status == "ok"
+    own = max(lengths)
+    worker.model._previous_max_cache_length = 200  # what a longer generate() call leaves behind
+    lengths.clear()
+    assert worker.handle(WorkRequest(trial_number=1, candidate=_compiled(2, 24), repeats=1)).status == "ok"
+    assert max(lengths) == own
+
+
+def test_unloading_a_compiled_model_resets_its_graphs(monkeypatch, tmp_path):
+    worker = _worker(monkeypatch, tmp_path, "reset")
+    calls = []
+    real_reset = torch._dynamo.reset
+    monkeypatch.setattr(torch._dynamo, "reset", lambda: (calls.append("dynamo"), real_reset())[1])
+    assert worker.handle(_request(0, 2)).status == "ok"
+    other_load = Candidate(dtype="bf16", compile=True, batch_size=2, max_length=24, new_tokens=4)
+    assert worker.handle(WorkRequest(trial_number=1, candidate=other_load, repeats=1)).status == "ok"
+    assert calls == ["dynamo"] and worker.compiled_shapes_resets == 1  # at the unload, not as a shape change
+    assert worker.handle(_request(2, 2, compile=False)).status == "ok"  # unloading the bf16 compiled load
+    assert calls == ["dynamo", "dynamo"]
+
+
 def test_uncompiled_loads_never_reset(monkeypatch, tmp_path):
     worker = _worker(monkeypatch, tmp_path, "reset")
     for number, batch in enumerate([2, 3, 1]):

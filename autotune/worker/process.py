@@ -148,7 +148,7 @@ class _Worker:
         self._gpu_fraction = 1.0  # of the GPU's memory torch may use: the budget, where one is given
         self._processors: dict[int | None, object] = {}  # image processors by max_pixels (they do not depend on the load)
         self._compiled_shape: tuple | None = None  # the request shape the loaded compiled model last ran
-        self.compiled_shapes_resets = 0  # how often a compiled load's earlier shapes were dropped
+        self.compiled_shapes_resets = 0  # how often a compiled load changed shape or was unloaded
 
     def setup(self) -> None:
         import torch
@@ -198,10 +198,16 @@ class _Worker:
                 torch.cuda.set_per_process_memory_fraction(self._gpu_fraction, self.device)
 
     def _unload(self) -> None:
+        from autotune.loading import reset_compiled_state
+
+        was_compiled = self._compiled_shape is not None
         self.model = None
         self.tokenizer = None
         self.loaded_key = None
         self._compiled_shape = None
+        if was_compiled:  # the graphs and compiled code outlive the model: they are the process's
+            reset_compiled_state(self.device, self._compiled_shapes_policy)
+            self.compiled_shapes_resets += 1
         gc.collect()
         release_freed_host_memory()
         if self.device.startswith("cuda"):
@@ -316,14 +322,16 @@ class _Worker:
 
 
     def _at_shape(self, cand) -> None:
-        """Called before the loaded model runs `cand`'s requests: for a compiled load that ran
-        another shape before, drop what that shape left behind (`forget_compiled_shapes`)."""
-        from autotune.loading import forget_compiled_shapes
+        """Called before the loaded model runs `cand`'s requests: drop the static cache generate()
+        remembers from earlier calls (the quality run's included), and for a compiled load that
+        ran another shape before, what AUTOTUNE_COMPILED_SHAPES says (`loading.py`)."""
+        from autotune.loading import forget_static_cache, reset_compiled_state
 
+        forget_static_cache(self.model)
         if not cand.compile:
             return
         if self._compiled_shape not in (None, cand.request_shape):
-            forget_compiled_shapes(self.model, self.device, self._compiled_shapes_policy)
+            reset_compiled_state(self.device, self._compiled_shapes_policy)
             self.compiled_shapes_resets += 1
         self._compiled_shape = cand.request_shape
 
