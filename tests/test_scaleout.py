@@ -113,11 +113,22 @@ def test_killed_worker_trial_is_retried_and_nothing_is_lost(pg_database: str, tm
         return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                 if t.user_attrs.get(CLAIM_ATTR) and t.number not in recs]
 
+    first_seen: dict[int, float] = {}
+
     def measuring_after_one_record():
+        """The hung measurement: a trial in flight after the first record, still in flight 2 s
+        later (a duplicate or an unsupported candidate is also claimed, but answered in moments)."""
         if not study_exists(pg_database, "killed"):
             return None
         study = load(pg_database, "killed")
-        return study if claimed_unrecorded(study) and recorded(study) else None
+        in_flight = claimed_unrecorded(study) if recorded(study) else []
+        now = time.monotonic()
+        for number in list(first_seen):
+            if number not in in_flight:
+                del first_seen[number]
+        for number in in_flight:
+            first_seen.setdefault(number, now)
+        return study if any(now - since >= 2.0 for since in first_seen.values()) else None
 
     wait_for(measuring_after_one_record, 300, "a trial in flight after the first record", poll_s=0.2)
     tune.send_signal(signal.SIGKILL)
