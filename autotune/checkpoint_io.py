@@ -76,11 +76,7 @@ def streaming_save_file(tensors: dict[str, Any], filename: str | Path, metadata:
 def _write_bytes(f, tensors: list[Any], chunk_bytes: int) -> None:
     import torch
 
-    if not any(t.is_cuda for t in tensors):
-        for tensor in tensors:
-            f.write(memoryview(_byte_view(tensor).numpy()))
-        return
-    staging = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
+    staging: list[torch.Tensor] = []  # pinned on the first GPU tensor (pinning needs CUDA)
     streams: dict[torch.device, torch.cuda.Stream] = {}
     pending: tuple[torch.cuda.Event, torch.Tensor, int] | None = None
     used = 0
@@ -99,6 +95,8 @@ def _write_bytes(f, tensors: list[Any], chunk_bytes: int) -> None:
             flush()
             f.write(memoryview(flat.numpy()))
             continue
+        if not staging:
+            staging = [torch.empty(chunk_bytes, dtype=torch.uint8, pin_memory=True) for _ in range(2)]
         stream = streams.get(tensor.device)
         if stream is None:
             stream = streams[tensor.device] = torch.cuda.Stream(tensor.device)

@@ -57,6 +57,17 @@ def check_budget(device: DeviceInfo, budget_gib: float | None) -> None:
         )
 
 
+def cap_gpu_memory(device: str | int, budget_gib: float) -> float:
+    """Cap what torch may allocate on `device` at the budget and return the fraction set: the
+    allocator raises OutOfMemoryError past it (a 24 GiB card on an 80 GiB one). The CUDA context
+    itself (~0.5 GiB) is outside torch's accounting."""
+    import torch
+
+    fraction = min(1.0, budget_gib / (torch.cuda.get_device_properties(device).total_memory / 2**30))
+    torch.cuda.set_per_process_memory_fraction(fraction, device)
+    return fraction
+
+
 def _cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:

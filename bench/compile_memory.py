@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from autotune.loading import forget_static_cache, load_model_for_trial, reset_compiled_state  # noqa: E402
 from autotune.models import materialize, resolve_model  # noqa: E402
 from autotune.spec import Candidate, parse_memory  # noqa: E402
+from autotune.system import cap_gpu_memory  # noqa: E402
 
 
 def _run_shapes(args, shapes: list[tuple[int, int]], mode: str) -> list[dict]:
@@ -45,8 +46,7 @@ def _run_shapes(args, shapes: list[tuple[int, int]], mode: str) -> list[dict]:
     ref = resolve_model(args.model, random_weights=True)
     materialize(ref, args.device)
     if args.device.startswith("cuda"):
-        total_gib = torch.cuda.get_device_properties(args.device).total_memory / 2**30
-        torch.cuda.set_per_process_memory_fraction(min(1.0, parse_memory(args.memory_budget) / total_gib), args.device)
+        cap_gpu_memory(args.device, parse_memory(args.memory_budget))
     first = Candidate(dtype=args.dtype, attn_implementation=args.attn, compile=True, batch_size=shapes[0][0],
                       max_length=shapes[0][1], new_tokens=args.new_tokens)
     model, _ = load_model_for_trial(ref, first, args.device)

@@ -28,6 +28,7 @@ from autotune.checkpoint_io import save_checkpoint  # noqa: E402
 from autotune.loading import from_pretrained_kwargs  # noqa: E402
 from autotune.models import _build_random, resolve_model  # noqa: E402
 from autotune.spec import Candidate, parse_memory  # noqa: E402
+from autotune.system import cap_gpu_memory  # noqa: E402
 
 
 def _profiled(name: str, fn, out: Path, rows: dict) -> object:
@@ -61,8 +62,7 @@ def main() -> None:
     rows["import_s"] = round(time.perf_counter() - start, 2)
     start = time.perf_counter()
     if args.device.startswith("cuda"):
-        total_gib = torch.cuda.get_device_properties(args.device).total_memory / 2**30
-        torch.cuda.set_per_process_memory_fraction(min(1.0, parse_memory(args.memory_budget) / total_gib), args.device)
+        cap_gpu_memory(args.device, parse_memory(args.memory_budget))
     torch.zeros(1, device=args.device)
     rows["cuda_init_s"] = round(time.perf_counter() - start, 2)
 

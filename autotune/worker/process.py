@@ -18,6 +18,7 @@ import traceback
 from autotune.measure.memory import release_freed_host_memory
 from autotune.models import ModelRef
 from autotune.spec import Probe, TrialOutcome
+from autotune.system import cap_gpu_memory
 from autotune.worker.protocol import Faults, QualityRequest, WorkRequest
 
 _CPU_OOM_MARKERS = ("can't allocate memory", "Cannot allocate memory", "not enough memory", "DefaultCPUAllocator", "out of memory")
@@ -163,21 +164,14 @@ class _Worker:
         if self.device.startswith("cuda"):
             torch.cuda.set_device(self.device)
             if self.budget is not None:
-                total = torch.cuda.get_device_properties(self.device).total_memory / 2**30
-                # The allocator raises OutOfMemoryError past this fraction: a 24 GiB card on an
-                # 80 GiB one. The CUDA context itself (~0.5 GiB) is outside torch's accounting.
-                self._gpu_fraction = min(1.0, self.budget / total)
-                torch.cuda.set_per_process_memory_fraction(self._gpu_fraction, self.device)
+                self._gpu_fraction = cap_gpu_memory(self.device, self.budget)
 
     def _cap_spread_devices(self, num_gpus: int) -> None:
         """The budget is per GPU: a model spread over N GPUs gets it on each of cuda:0..N-1."""
         if num_gpus <= 1 or not self.device.startswith("cuda") or self.budget is None:
             return
-        import torch
-
         for i in range(1, num_gpus):
-            total = torch.cuda.get_device_properties(i).total_memory / 2**30
-            torch.cuda.set_per_process_memory_fraction(min(1.0, self.budget / total), i)
+            cap_gpu_memory(i, self.budget)
 
     @contextlib.contextmanager
     def _memory_cap_lifted(self):
