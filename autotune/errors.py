@@ -48,10 +48,6 @@ class MissingDependencyError(AutotuneError):
     pass
 
 
-class SettingError(AutotuneError):
-    """An environment variable autotune reads holds a value it does not know."""
-
-
 class ExportError(AutotuneError):
     """A best.yaml setting a serving target cannot take, or a bad export option."""
 

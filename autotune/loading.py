@@ -7,13 +7,12 @@ import functools
 import hashlib
 import importlib.metadata
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from autotune.checkpoint_io import save_checkpoint
-from autotune.errors import DeploymentFileError, SettingError
+from autotune.errors import DeploymentFileError
 from autotune.models import ModelRef, atomic_build, materialize, rebuildable_dir
 from autotune.quant import get_method
 from autotune.spec import Candidate
@@ -76,49 +75,11 @@ def generate_kwargs(candidate: Candidate) -> dict[str, Any]:
 # that memory before every measurement and probe (`forget_static_cache`).
 _STATIC_CACHE_MEMORY = ("_cache", "_previous_max_cache_length")
 
-# CUDA-graph pools and compiled code of earlier shapes also stay in the process. What the worker
-# does about them when a compiled load moves to another request shape, or is unloaded
-# (AUTOTUNE_COMPILED_SHAPES):
-#   keep    — nothing (cheap: dynamo goes dynamic and later shapes cost seconds);
-#   regraph — reset the CUDA-graph trees (graphs are captured again, nothing recompiles);
-#   reset   — reset dynamo (everything compiles again, as in a fresh process).
-# `bench/compile_memory.py` measures the three against a fresh process per shape on a GPU.
-COMPILED_SHAPES_ENV = "AUTOTUNE_COMPILED_SHAPES"
-COMPILED_SHAPES_POLICIES = ("keep", "regraph", "reset")
-
-
-def compiled_shapes_policy() -> str:
-    policy = os.environ.get(COMPILED_SHAPES_ENV, "keep")
-    if policy not in COMPILED_SHAPES_POLICIES:
-        raise SettingError(f"{COMPILED_SHAPES_ENV}={policy!r} is not one of {', '.join(COMPILED_SHAPES_POLICIES)}; unset it for keep")
-    return policy
-
-
 def forget_static_cache(model) -> None:
     """Drop the static cache transformers remembers on the model (see above)."""
     for name in _STATIC_CACHE_MEMORY:
         if name in model.__dict__:
             delattr(model, name)
-
-
-def reset_compiled_state(device: str, policy: str) -> None:
-    """Drop earlier shapes' CUDA-graph trees (`regraph`) or all of dynamo (`reset`, which resets the
-    graph trees too); `keep` does nothing."""
-    import gc
-
-    import torch
-
-    if policy == "keep":
-        return
-    if policy == "reset":
-        torch._dynamo.reset()
-    else:
-        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
-
-        reset_cudagraph_trees()
-    gc.collect()
-    if device.startswith("cuda"):
-        torch.cuda.empty_cache()
 
 
 def load_model(ref: ModelRef, candidate: Candidate, device: str):

@@ -23,7 +23,7 @@ from optuna.trial import TrialState as OptunaState
 
 from autotune.confirm import confirm_study, confirmed_best, stored_confirmation
 from autotune.errors import AutotuneError, OutputDirError, SpaceError, StudyMismatchError
-from autotune.loading import compiled_shapes_policy, generate_kwargs
+from autotune.loading import generate_kwargs
 from autotune.memory_model import ModelShape, calibrate, lower_bound_gib, predicted_infeasible_reason
 from autotune.models import ModelRef, resolve_model
 from autotune.samplers import create_sampler
@@ -259,7 +259,6 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
     `join`: an `autotune worker` joining a study that exists, with the space it was created with."""
     device = detect_device(spec.device)
     check_budget(device, spec.memory_budget_gib)
-    compiled_shapes_policy()  # read again by every worker; a bad value stops here, before any study file
     space = space or load_space(spec.space or default_space_path(device))
     model = resolve_model(spec.model, spec.random_weights, spec.kind)
     if space.vision_knobs_set and not model.is_vision:
@@ -520,6 +519,8 @@ def _tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: Tria
         state = "failed"
     if duplicate_of is not None:
         state = "duplicate"
+        if duplicate_of.state == "failed":  # failed MAX_ATTEMPTS times: not deployable as far as we know
+            constraints["unsupported"] = 1.0
     record = TrialRecord(
         number=trial.number,
         state=state,
@@ -664,11 +665,22 @@ def write_outputs(ctx: StudyContext, report: bool = True) -> tuple[list[TrialRec
 # ------------------------------------------------------------------------------ the loop
 
 
+# A candidate that failed this many times is not run again: a later proposal is answered from its
+# last failure. Once is worth repeating (a crash can be a fluke); endlessly is not: a grid sampler
+# proposes a failed point until it completes (H200, 2026-11-30: 98 failed trials of 19 points).
+MAX_ATTEMPTS = 2
+
+
 def _finished_by_params(recs: list[TrialRecord]) -> dict[tuple, TrialRecord]:
-    done = {}
+    done, failures = {}, {}
     for r in recs:
         if r.state in ("measured", "infeasible", "low_quality", "unsupported"):
             done.setdefault(_key(r.candidate), r)
+        elif r.state == "failed":
+            failures.setdefault(_key(r.candidate), []).append(r)
+    for key, failed in failures.items():
+        if key not in done and len(failed) >= MAX_ATTEMPTS:
+            done[key] = failed[-1]
     return done
 
 
@@ -824,17 +836,23 @@ def _run_candidate(ctx: StudyContext, worker: WorkerClient, number: int, cand: C
     elif cached is not None and outcome.phase not in ("load", "quality"):
         outcome = outcome.model_copy(update={"quality": QualityReport.model_validate(cached).model_copy(update={"elapsed_s": 0.0})})
     evidence = fitted_before(cand, boundary, done) if outcome.status == "oom" and outcome.phase == "measure" else None
+    if evidence is None and outcome.status == "error" and outcome.phase == "measure" and run_spawn_s == 0.0:
+        evidence = "the worker had run other candidates before"
     if evidence is not None:
         # Memory grows with the shape, so an OOM here contradicts the evidence that it fits: what
         # ran out is memory earlier shapes left in this process (with compile, each shape's CUDA
-        # graphs keep a private pool). A fresh worker starts from what a deployment starts from.
+        # graphs keep a private pool). An error in a worker that ran other candidates may come from
+        # state they left (H200, 2026-11-30: after a compiled load ran out of memory, every later
+        # compiled run in that process failed with a bare AssertionError). A fresh worker starts
+        # from what a deployment starts from.
         worker.close()
         first = outcome
         retry = request.model_copy(update={"quality": None}) if first.quality is not None else request
         outcome, retry_spawn_s = worker.run(retry, spec.trial_timeout_s)
         spawn_s += retry_spawn_s
+        what = "out of memory" if first.status == "oom" else "failed"
         outcome = outcome.model_copy(update={
-            "first_attempt": f"out of memory although {evidence}: {first.reason}"[:1500],
+            "first_attempt": f"{what} although {evidence}: {first.reason}"[:1500],
             "quality": outcome.quality or first.quality,
             "load_s": first.load_s + outcome.load_s, "prepare_s": first.prepare_s + outcome.prepare_s, "reloaded": True,
         })
@@ -843,6 +861,11 @@ def _run_candidate(ctx: StudyContext, worker: WorkerClient, number: int, cand: C
         update.update(boundary=boundary, reloaded=prior.reloaded or outcome.reloaded, load_s=prior.load_s + outcome.load_s,
                       prepare_s=prior.prepare_s + outcome.prepare_s, probe_s=boundary.elapsed_s)
     outcome = outcome.model_copy(update=update)
+    if cand.compile and outcome.status in ("oom", "error"):
+        # A compiled run that raised can leave dynamo's and the CUDA-graph trees' state half-built;
+        # the next candidate starts in a fresh worker rather than inherit it (see above).
+        worker.close()
+        return outcome, spawn_s, False
     # The worker keeps the model unless the load itself failed or the worker died.
     return outcome, spawn_s, outcome.phase != "load" and outcome.status in ("ok", "oom", "error")
 
@@ -1127,8 +1150,11 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 pending.insert(0, _ask_at_boundary(ctx, cand, largest, follow_ups))
             counted += 1
             ctx.new_trials.append(record.number)
+            recs.append(record)
             if record.state != "failed":
                 done[_key(cand)] = record
+            else:  # a candidate failed MAX_ATTEMPTS times joins `done`
+                done = _finished_by_params(recs)
             run_log["trials"].append({"number": record.number, "total_s": record.total_s})
             write_outputs(ctx, report=False)
             progress.trial_finished(record, counted, spec.trials)

@@ -7,7 +7,7 @@ while a worker with fewer earlier shapes measured batch 32).
 For one compiled load, the same sequence of shapes is measured with the worker's protocol
 (`measure_generation`) four ways, each mode in its own fresh process(es):
   keep   — one process, shapes one after another, only transformers' static-cache memory
-           dropped between them (the worker's default);
+           dropped between them (what the worker does);
   regraph — the same, and the CUDA-graph trees reset before each new shape (dynamo's compiled
            code is kept: graphs are captured again, nothing recompiles);
   reset  — the same, and `torch._dynamo.reset()` (which also resets the CUDA-graph trees) before
@@ -31,10 +31,24 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from autotune.loading import forget_static_cache, load_model_for_trial, reset_compiled_state  # noqa: E402
+from autotune.loading import forget_static_cache, load_model_for_trial  # noqa: E402
 from autotune.models import materialize, resolve_model  # noqa: E402
 from autotune.spec import Candidate, parse_memory  # noqa: E402
 from autotune.system import cap_gpu_memory  # noqa: E402
+
+
+def _reset(mode: str) -> None:
+    """Between shapes: `regraph` resets the CUDA-graph trees, `reset` all of dynamo, `keep` nothing.
+    Both resets crash when a shape measured before comes back ("Running CUDAGraph after shutdown",
+    H200, Session 7), so the worker does neither; this bench keeps them to show what they free."""
+    import torch
+
+    if mode == "reset":
+        torch._dynamo.reset()
+    elif mode == "regraph":
+        from torch._inductor.cudagraph_trees import reset_cudagraph_trees
+
+        reset_cudagraph_trees()
 
 
 def _run_shapes(args, shapes: list[tuple[int, int]], mode: str) -> list[dict]:
@@ -55,7 +69,7 @@ def _run_shapes(args, shapes: list[tuple[int, int]], mode: str) -> list[dict]:
     for index, (batch, length) in enumerate(shapes):
         forget_static_cache(model)
         if index > 0:
-            reset_compiled_state(args.device, mode)
+            _reset(mode)
         cand = first.model_copy(update={"batch_size": batch, "max_length": length})
         start = time.perf_counter()
         try:

@@ -55,15 +55,18 @@ def _parse() -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--rounds", type=int, default=3, help="side-by-side rounds")
     parser.add_argument("--grid-part", help="grid stage: measure this part of the grid into OUT/grid-PART")
     parser.add_argument("--part-space", type=Path, help="grid stage with --grid-part: the slice of the space it covers")
+    parser.add_argument("--runs", nargs="+", choices=["tuner", "random"], default=["tuner", "random"],
+                        help="search stage: which searches to run (two processes with different --device can run one each at once)")
     parser.add_argument("tune_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     return args, [a for a in args.tune_args if a != "--"]
 
 
-def _timeline(out: Path) -> list[tuple[float, TrialRecord]]:
+def _timeline(out: Path, skip_failed: bool = False) -> list[tuple[float, TrialRecord]]:
     """(GPU-seconds since the study began, preparation excluded, record) per counted trial, in
     order. A study resumed over several commands counts each run from its own start, after the
-    wall time of the runs before it: the gap between commands is not GPU time."""
+    wall time of the runs before it: the gap between commands is not GPU time. `skip_failed`
+    leaves failed trials out, their seconds too (see `_summary`)."""
     import datetime as dt
 
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines() if line.strip()]
@@ -74,10 +77,17 @@ def _timeline(out: Path) -> list[tuple[float, TrialRecord]]:
     timeline, prepared = [], 0.0
     for r in recs:
         prepared += r.outcome.prepare_s
+        if skip_failed and r.state == "failed":
+            prepared += r.total_s
+            continue
         i = run_of.get(r.number, 0)
         since_start = (dt.datetime.fromisoformat(r.finished_at) - dt.datetime.fromisoformat(runs[i]["started_at"])).total_seconds()
         timeline.append((max(0.0, before[i] + since_start - prepared), r))
     return timeline
+
+
+def _failed_s(out: Path) -> float:
+    return sum(r.total_s for r in read_trials(out) if r.state == "failed")
 
 
 def _best(recs: list[TrialRecord]) -> TrialRecord | None:
@@ -96,14 +106,20 @@ def _wall_s(out: Path) -> float:
 
 
 def _summary(out: Path | list[Path], bar: float | None) -> dict:
-    """One run's figures; a list of folders is one grid measured in parts, one after the other."""
+    """One run's figures; a list of folders is one grid measured in parts, one after the other.
+    The grid's failed trials and their seconds are left out: a grid sweep that works pays for no
+    failures, and counting them would make the searches' share of the grid look smaller
+    (Session 7: a fault since fixed failed 98 trials of the part grid-compiled2)."""
     dirs = out if isinstance(out, list) else [out]
+    grid = isinstance(out, list)
     timeline: list[tuple[float, TrialRecord]] = []
-    wall = offset = 0.0
+    wall = offset = excluded = 0.0
     for d in dirs:
-        part = _timeline(d)
+        part = _timeline(d, skip_failed=grid)
         timeline += [(offset + t, r) for t, r in part]
-        part_wall = _wall_s(d)
+        part_excluded = _failed_s(d) if grid else 0.0
+        part_wall = _wall_s(d) - part_excluded
+        excluded += part_excluded
         wall += part_wall
         offset += part_wall - sum(r.outcome.prepare_s for _, r in part)
     prepare = sum(r.outcome.prepare_s for _, r in timeline)
@@ -111,7 +127,7 @@ def _summary(out: Path | list[Path], bar: float | None) -> dict:
     best = _best([r for _, r in timeline])
     return {
         "trials": len(timeline), "measured": sum(r.state == "measured" for _, r in timeline),
-        "gpu_s": wall - prepare, "prepare_s": prepare,
+        "gpu_s": wall - prepare, "prepare_s": prepare, "failed_s_left_out": excluded,
         "gpu_s_to_within_5pct": reached,
         "chosen": best.candidate.label() if best else None, "chosen_trial": best.number if best else None,
         "chosen_tok_s_in_run": best.objective_value if best else None,
@@ -125,7 +141,15 @@ def _uniform_draw_hit_chance(grid: list[TrialRecord], draws: int, share: float =
     """Exact chance that `draws` distinct candidates drawn uniformly from the grid include one within
     `share` of the grid's best measured throughput (hypergeometric: 1 - C(N-m, k) / C(N, k)). A single
     seeded random-search run is one draw of this; the chance says how lucky it was."""
-    counted = [r for r in grid if r.state != "duplicate"]
+    # One record per candidate: parts of a grid can overlap (candidates answered in two parts).
+    by_candidate: dict = {}
+    for r in grid:
+        if r.state not in ("duplicate", "failed"):
+            key = r.candidate.model_dump_json()
+            kept = by_candidate.setdefault(key, r)
+            if r.state == "measured" and kept.state != "measured":
+                by_candidate[key] = r
+    counted = list(by_candidate.values())
     best = _best(counted)
     if best is None or draws <= 0:
         return {"candidates": len(counted), "good": 0, "draws": draws, "chance": None}
@@ -208,6 +232,8 @@ def _report(args, tune_args: list[str]) -> None:
         summary["grid"]["covers"] = f"{covered} of {total}"
         print(f"the grid ({', '.join(d.name for d in dirs)}) measured {covered} of the space's {total} candidates"
               + ("" if covered == total else ": INCOMPLETE, its best is not the space's optimum"))
+    if summary["grid"]["failed_s_left_out"]:
+        print(f"left out of the grid's GPU-seconds: {summary['grid']['failed_s_left_out']:.0f} s of failed trials")
     for name in ("tuner", "random"):
         if (args.out / name / "runs.jsonl").is_file():
             summary[name] = _summary(args.out / name, bar)
@@ -257,8 +283,9 @@ def main() -> None:
             sys.exit(f"no grid in {args.out} (run --stage grid first): the searches get a share of its time")
         grid = _summary(grid_dirs(args.out), None)
         seconds = max(30.0, args.fraction * grid["gpu_s"])
-        for name, extra in (("tuner", ["--sampler", "tpe"]),
-                            ("random", ["--sampler", "random", "--no-bisect", "--no-memory-model", "--confirm-top", "0"])):
+        searches = {"tuner": ["--sampler", "tpe"],
+                    "random": ["--sampler", "random", "--no-bisect", "--no-memory-model", "--confirm-top", "0"]}
+        for name, extra in ((name, searches[name]) for name in args.runs):
             started = time.perf_counter()
             _, code = run_tune(args.out / name, [*tune_args, *extra, "--trials", "1000", "--timeout", f"{seconds:.0f}"])
             print(f"{name}: exit {code}, {time.perf_counter() - started:.0f} s (timeout {seconds:.0f} s)")

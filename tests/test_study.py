@@ -320,6 +320,77 @@ def test_oom_contradicted_by_the_bisection_is_run_again_in_a_fresh_worker(tmp_pa
     assert len(list((out2 / "workers").glob("worker-*.log"))) == 1
 
 
+def test_an_error_after_other_candidates_is_run_again_in_a_fresh_worker(tmp_path: Path) -> None:
+    """A run that fails in a worker that ran other candidates may have failed on state they left
+    (H200: after a compiled OOM, every later compiled run in the process raised): it runs once
+    more in a fresh worker, and the first answer is kept. An error in a fresh worker stays."""
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=[1, 2, 3])
+    faults = cli_env(AUTOTUNE_FAULTS=json.dumps({"error_after_measurements": 1}))
+    out = tmp_path / "out"
+    result = run_cli("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--trials", "3",
+                     "--out", str(out), "--device", "cpu", "--confirm-top", "0", env=faults)
+    assert_ok(result)
+    recs = sorted((r for r in read_records(out) if r.state != "duplicate"), key=lambda r: r.number)
+    assert [r.state for r in recs] == ["measured"] * 3, [(r.number, r.state, r.outcome.reason) for r in recs]
+    retried = [r for r in recs if r.outcome.first_attempt]
+    assert len(retried) == 2
+    for r in retried:
+        assert r.outcome.first_attempt.startswith("failed although the worker had run other candidates before")
+        assert "planted by the error fault" in r.outcome.first_attempt and r.outcome.reloaded
+    assert len(list((out / "workers").glob("worker-*.log"))) == 3
+
+
+def test_a_candidate_that_failed_twice_is_not_run_again(tmp_path: Path) -> None:
+    """The grid sampler proposes a failed point until it completes: without a limit one broken
+    candidate filled a grid with failures (H200: 98 failed trials of 19 points)."""
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=[1, 2])
+    faults = cli_env(AUTOTUNE_FAULTS=json.dumps({"error_at_batch_size": 2}))
+    out = tmp_path / "out"
+    result = run_cli("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--trials", "8",
+                     "--sampler", "grid", "--out", str(out), "--device", "cpu", "--confirm-top", "0", env=faults)
+    assert_ok(result)
+    recs = read_records(out)
+    failed = [r for r in recs if r.state == "failed"]
+    assert len(failed) == 2 and all(r.candidate.batch_size == 2 for r in failed)
+    assert all("planted by the error fault" in r.outcome.reason for r in failed)
+    answered = [r for r in recs if r.state == "duplicate" and r.candidate.batch_size == 2]
+    assert all(r.duplicate_of in {f.number for f in failed} and r.total_s == 0.0 for r in answered)
+    assert [r.state for r in recs if r.candidate.batch_size == 1] == ["measured"]
+    # Optuna sees the answered proposals as infeasible, so no sampler counts them as good results.
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{out / 'study.db'}")
+    for t in study.trials:
+        record = t.user_attrs.get(RECORD_ATTR)
+        if record and record["state"] == "duplicate" and record["candidate"]["batch_size"] == 2:
+            assert max(t.system_attrs["constraints"]) > 0
+
+
+def test_a_compiled_run_that_fails_leaves_the_next_trial_a_fresh_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a compiled candidate runs out of memory the worker is not reused (its compiled state
+    may be broken); uncompiled loads keep their worker through an OOM. The study refuses compile
+    on CPU, where transformers runs a static cache uncompiled: that refusal is lifted here so the
+    worker runs the compiled candidates' static-cache path for real."""
+    import autotune.study as study_module
+    from autotune.spec import TuneSpec
+
+    real_reason = study_module.unsupported_reason
+    monkeypatch.setattr(study_module, "unsupported_reason",
+                        lambda cand, device: None if cand.compile else real_reason(cand, device))
+    monkeypatch.setenv("AUTOTUNE_FAULTS", json.dumps({"oom_at_batch_size": 2}))
+    logs = {}
+    for compile in (True, False):
+        space = write_space(tmp_path / f"space-{compile}.yaml", dtype=["fp32"], attn_implementation=["sdpa", "eager"],
+                            compile=[compile], batch_size=[2])
+        out = tmp_path / f"out-{compile}"
+        ctx = study_module.open_study(TuneSpec(model="tiny-qwen2", random_weights=True, space=space, trials=2, out=out,
+                                               device="cpu", confirm_top=0))
+        study_module.run_study(ctx)
+        recs = [r for r in study_module.records(ctx.study) if r.state != "duplicate"]
+        assert [r.state for r in recs] == ["infeasible", "infeasible"], [(r.state, r.outcome.reason) for r in recs]
+        assert all(r.outcome.inferred_from is None and r.candidate.compile is compile for r in recs)
+        logs[compile] = len(list((out / "workers").glob("worker-*.log")))
+    assert logs == {True: 2, False: 1}
+
+
 def test_a_load_that_failed_answers_the_same_load_at_other_shapes_without_loading(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa", "eager"])  # batch 1, 2
     out = tmp_path / "out"

@@ -148,16 +148,10 @@ class _Worker:
         self.vocab_size = 32000
         self._gpu_fraction = 1.0  # of the GPU's memory torch may use: the budget, where one is given
         self._processors: dict[int | None, object] = {}  # image processors by max_pixels (they do not depend on the load)
-        self._compiled_shape: tuple | None = None  # the request shape the loaded compiled model last ran
-        self.compiled_shapes_resets = 0  # how often a compiled load changed shape or was unloaded
 
     def setup(self) -> None:
         import torch
         import transformers  # noqa: F401  (import cost belongs to spawning, not to the first trial)
-
-        from autotune.loading import compiled_shapes_policy
-
-        self._compiled_shapes_policy = compiled_shapes_policy()  # a bad value fails here, before any trial
 
         if self.device == "cpu" and self.budget is not None:
             _cap_host_memory(self.budget)
@@ -192,16 +186,9 @@ class _Worker:
                 torch.cuda.set_per_process_memory_fraction(self._gpu_fraction, self.device)
 
     def _unload(self) -> None:
-        from autotune.loading import reset_compiled_state
-
-        was_compiled = self._compiled_shape is not None
         self.model = None
         self.tokenizer = None
         self.loaded_key = None
-        self._compiled_shape = None
-        if was_compiled:  # the graphs and compiled code outlive the model: they are the process's
-            reset_compiled_state(self.device, self._compiled_shapes_policy)
-            self.compiled_shapes_resets += 1
         gc.collect()
         release_freed_host_memory()
         if self.device.startswith("cuda"):
@@ -283,6 +270,10 @@ class _Worker:
             time.sleep(10**6)
 
         def before_each_run() -> None:
+            faults = self.faults
+            if (faults.error_after_measurements is not None and self._measurements_started > faults.error_after_measurements) \
+                    or (faults.error_at_batch_size is not None and cand.batch_size >= faults.error_at_batch_size):
+                raise AssertionError("planted by the error fault")
             after = self.faults.oom_after_measurements
             if (self.faults.oom_at_batch_size is not None and cand.batch_size >= self.faults.oom_at_batch_size) \
                     or (after is not None and self._measurements_started > after):
@@ -317,17 +308,13 @@ class _Worker:
 
     def _at_shape(self, cand) -> None:
         """Called before the loaded model runs `cand`'s requests: drop the static cache generate()
-        remembers from earlier calls (the quality run's included), and for a compiled load that
-        ran another shape before, what AUTOTUNE_COMPILED_SHAPES says (`loading.py`)."""
-        from autotune.loading import forget_static_cache, reset_compiled_state
+        remembers from earlier calls, the quality run's included (`loading.forget_static_cache`).
+        Compiled code and CUDA graphs of earlier shapes stay: resetting them between shapes was
+        tried and crashes when a shape comes back ("Running CUDAGraph after shutdown", H200,
+        Session 7), and `bench/compile_memory.py` measured the same peak without it (BENCHMARKS §8)."""
+        from autotune.loading import forget_static_cache
 
         forget_static_cache(self.model)
-        if not cand.compile:
-            return
-        if self._compiled_shape not in (None, cand.request_shape):
-            reset_compiled_state(self.device, self._compiled_shapes_policy)
-            self.compiled_shapes_resets += 1
-        self._compiled_shape = cand.request_shape
 
     def _probe(self, cand) -> Probe:
         """The candidate's worst case once: does it run, and within the budget?"""

@@ -56,6 +56,10 @@ class Faults(BaseModel):
     # Every measurement after the Nth in one worker process runs out of memory (a real impossible
     # allocation): memory that earlier shapes left behind, as compiled CUDA graphs' pools do.
     oom_after_measurements: int | None = None
+    # Every measurement after the Nth in one worker process raises, as compiled runs did on an H200
+    # once an earlier compiled run had failed in that process (a bare AssertionError, Session 7).
+    error_after_measurements: int | None = None
+    error_at_batch_size: int | None = None  # measurements at batch >= this raise, in every worker
     # Loads with this attention kernel fail as unsupported after loading, as a compiled bnb load does.
     refuse_load_attn: str | None = None
     perturb_dtype: str | None = None  # loads in this dtype get real Gaussian noise on their weights: a broken deployment
