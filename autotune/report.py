@@ -63,7 +63,11 @@ def _result_text(r: TrialRecord, objective: str) -> str:
 
 
 def _retry_text(r: TrialRecord) -> str:
-    return " (2nd attempt, fresh worker: the 1st ran out of memory where a larger shape had fit)" if r.outcome.first_attempt else ""
+    first = r.outcome.first_attempt
+    if not first:
+        return ""
+    why = "ran out of memory where a larger shape had fit" if first.startswith("out of memory") else "failed after other candidates"
+    return f" (2nd attempt, fresh worker: the 1st {why})"
 
 
 def _fmt(value: float | None, spec: str = ",.1f") -> str:

@@ -300,8 +300,9 @@ class TrialOutcome(_Strict):
     predicted_peak_gib: float | None = Field(default=None, description="the memory model's prediction, made before the trial ran")
     boundary: BatchBoundary | None = Field(default=None, description="the batch-size bisection this trial ran or was answered by")
     probe_s: float = Field(default=0.0, description="seconds this trial spent probing batch sizes in the worker (the bisection it ran)")
-    first_attempt: str = Field(default="", description="an out-of-memory answer that evidence of fitting contradicted, so the "
-                                                       "trial ran again in a fresh worker; this is the first attempt's reason")
+    first_attempt: str = Field(default="", description="an out-of-memory answer that evidence of fitting contradicted, or a "
+                                                       "failure in a worker that had run other candidates, so the trial ran "
+                                                       "again in a fresh worker; this is the first attempt's reason")
 
 
 # ------------------------------------------------------------------------------ system

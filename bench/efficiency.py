@@ -25,7 +25,7 @@ slice of the space (e.g. the compiled half), kept in OUT/grid-PART and counted w
 one grid (GPU-seconds added, parts in name order); the searches still get the whole space:
 
     python bench/efficiency.py --out OUT --stage grid --grid-part compiled \
-        --part-space search_spaces/efficiency-7b-24gib-fine-compiled.yaml -- (arguments, whole --space)
+        --part-space bench/spaces/efficiency-7b-24gib-fine-compiled.yaml -- (arguments, whole --space)
     python bench/efficiency.py --out OUT --stage report -- --space (the whole space)   # says if the parts cover it
 """
 
@@ -179,6 +179,7 @@ def _side_by_side(args, tune_args: list[str]) -> None:
             chosen[name] = best.candidate
     samples: dict[str, list[float]] = {name: [] for name in chosen}
     failures: dict[str, list[str]] = {name: [] for name in chosen}
+    runs = {name: 0 for name in chosen}
     for round_index in range(args.rounds):
         order = list(chosen) if round_index % 2 == 0 else list(reversed(chosen))
         for name in order:
@@ -190,6 +191,7 @@ def _side_by_side(args, tune_args: list[str]) -> None:
                 outcome, _ = worker.run(WorkRequest(trial_number=1000 + round_index, candidate=chosen[name], repeats=3), 600)
             finally:
                 worker.close()
+            runs[name] += 1
             if outcome.status == "ok":
                 m: Measurement = outcome.measurement
                 samples[name] += m.output_tokens_per_s.samples
@@ -197,9 +199,12 @@ def _side_by_side(args, tune_args: list[str]) -> None:
                 failures[name].append(f"{outcome.status}: {outcome.reason}")
             print(f"round {round_index + 1} {name}: {outcome.status} "
                   f"{outcome.measurement.output_tokens_per_s.median if outcome.measurement else outcome.reason}", flush=True)
-    result = {name: {"candidate": chosen[name].label(), "samples": s, "failures": failures[name],
-                     "median": statistics.median(s) if s else None} for name, s in samples.items()}
-    (args.out / "side-by-side.json").write_text(json.dumps(result, indent=2))
+            # Written after every measurement: a run cut short (Session 7 lost its last one to the
+            # device-time limit) keeps what it measured; `measurements` says how far it got.
+            result = {name: {"candidate": chosen[name].label(), "samples": s, "failures": failures[name],
+                             "measurements": runs[name],
+                             "median": statistics.median(s) if s else None} for name, s in samples.items()}
+            (args.out / "side-by-side.json").write_text(json.dumps(result, indent=2))
 
 
 def _grid_records(out: Path) -> list[TrialRecord]:

@@ -5,6 +5,9 @@ measured peak, and counts the OOM trials whose lower bound alone was over the bu
 study with the memory model answers without loading).
 
     python bench/memory_model.py bench/results/h100-qwen25-7b-24gib-v3 bench/results/h100-qwen3-vl-8b-24gib ...
+
+A study measured in parts (a grid in several folders) is replayed as one: join the folders with
+`+` (`DIR/grid+DIR/grid-compiled2+...`), parts in that order, one calibration over all of them.
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ from autotune.models import relocate  # noqa: E402
 from autotune.report import read_trials  # noqa: E402
 
 
-def replay(out: Path) -> dict:
-    config = read_deployment(out / "best.yaml")
+def replay(outs: list[Path]) -> dict:
+    config = read_deployment(outs[0] / "best.yaml")
     shape = ModelShape.from_config(relocate(config.model).config())
     if shape is None:
-        raise SystemExit(f"{out}: the memory model has no formula for {config.model.name}'s config")
+        raise SystemExit(f"{outs[0]}: the memory model has no formula for {config.model.name}'s config")
     device_type = "cuda" if config.device.startswith("cuda") else "cpu"
-    recs = sorted((r for r in read_trials(out) if r.state != "duplicate"), key=lambda r: r.number)
+    recs = [r for out in outs for r in sorted((r for r in read_trials(out) if r.state != "duplicate"), key=lambda r: r.number)]
     measured = [(r.candidate, r.outcome.measurement.peak_memory_gib) for r in recs if r.outcome.status == "ok" and r.outcome.measurement]
     pairs = [(calibrate(shape, measured[:i], device_type).predict_gib(shape, c), peak) for i, (c, peak) in enumerate(measured)]
     error = prediction_error(pairs)
@@ -34,7 +37,7 @@ def replay(out: Path) -> dict:
     budget = config.memory_budget_gib
     ooms = [r for r in recs if r.state == "infeasible" and r.outcome.inferred_from is None and r.outcome.measurement is None]
     answerable = [r.number for r in ooms if budget is not None and predicted_infeasible_reason(shape, r.candidate, budget)]
-    return {"study": out.name, "measured": len(measured), "median_error_pct": error.median_abs_pct if error else None,
+    return {"study": "+".join(out.name for out in outs), "measured": len(measured), "median_error_pct": error.median_abs_pct if error else None,
             "worst_error_pct": error.worst_abs_pct if error else None, "lower_bound_violations": over_bound,
             "oom_trials": len(ooms), "answerable_by_lower_bound": len(answerable)}
 
@@ -43,7 +46,7 @@ def main() -> None:
     print("| study | measured trials | median error | worst error | lower bound > measured | OOM trials | of them over budget by the lower bound |")
     print("|---|--:|--:|--:|--:|--:|--:|")
     for path in sys.argv[1:]:
-        r = replay(Path(path))
+        r = replay([Path(part) for part in path.split("+")])
         print(f"| {r['study']} | {r['measured']} | {r['median_error_pct']:.1f}% | {r['worst_error_pct']:.1f}% | "
               f"{len(r['lower_bound_violations'])} | {r['oom_trials']} | {r['answerable_by_lower_bound']} |")
 
