@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING
 import optuna
 
 from autotune.spec import Candidate, Confirmation, ConfirmedCandidate, Measurement, Stat, TrialRecord
+from autotune.worker.client import worker_state_suspect
 from autotune.worker.protocol import WorkRequest
 
 if TYPE_CHECKING:
@@ -176,14 +177,17 @@ def confirm(ctx: StudyContext, worker: WorkerClient, top: list[TrialRecord], rep
             request = WorkRequest(trial_number=CONFIRM_TRIAL_NUMBER, candidate=r.candidate, repeats=n_repeats)
             outcome, _ = worker.run(request, ctx.spec.trial_timeout_s)
             retried = ""
-            if outcome.status == "oom":
-                # It fitted in the search: what ran out is memory the other candidates' runs left in
-                # this process (compiled graphs' pools, cached blocks). Once more, in a fresh worker.
+            if outcome.status in ("oom", "error") and outcome.phase != "load":
+                # It fitted and ran in the search: what ran out is memory the other candidates' runs
+                # left in this process (compiled graphs' pools, cached blocks), or what raised is state
+                # they left (worker_state_suspect). Once more, in a fresh worker.
                 loading_s += outcome.load_s
                 reloads += int(outcome.reloaded)
                 worker.close()
                 outcome, _ = worker.run(request, ctx.spec.trial_timeout_s)
                 retried = " (also in a fresh worker)"
+            if worker_state_suspect(r.candidate, outcome):
+                worker.close()
             reloads += int(outcome.reloaded)
             loading_s += outcome.load_s
             m = outcome.measurement

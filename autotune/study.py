@@ -53,6 +53,7 @@ from autotune.spec import (
 )
 from autotune.system import DeviceInfo, check_budget, detect_device, fingerprint
 from autotune.worker import WorkerClient, WorkRequest
+from autotune.worker.client import worker_state_suspect
 from autotune.worker.protocol import QualityRequest
 
 RECORD_ATTR = "autotune.record"
@@ -816,7 +817,7 @@ def _run_candidate(ctx: StudyContext, worker: WorkerClient, number: int, cand: C
                               boundary_batch_sizes=list(ctx.space.batch_size))
         prior, spawn_s = worker.run(request, spec.trial_timeout_s)
         if prior.status != "ok":  # the load failed or the worker died: that is this trial's answer
-            return prior, spawn_s, prior.phase != "load" and prior.status in ("oom", "error")
+            return prior, spawn_s, _keep_worker(worker, cand, prior)
         boundary = prior.boundary
         ctx.study.set_user_attr(_boundary_key(cand), boundary.model_dump(mode="json"))
     answered = _above_boundary(cand, boundary) if boundary is not None else None
@@ -837,7 +838,7 @@ def _run_candidate(ctx: StudyContext, worker: WorkerClient, number: int, cand: C
         outcome = outcome.model_copy(update={"quality": QualityReport.model_validate(cached).model_copy(update={"elapsed_s": 0.0})})
     evidence = fitted_before(cand, boundary, done) if outcome.status == "oom" and outcome.phase == "measure" else None
     if evidence is None and outcome.status == "error" and outcome.phase == "measure" and run_spawn_s == 0.0:
-        evidence = "the worker had run other candidates before"
+        evidence = "the worker had run before (other candidates, or this trial's bisection)"
     if evidence is not None:
         # Memory grows with the shape, so an OOM here contradicts the evidence that it fits: what
         # ran out is memory earlier shapes left in this process (with compile, each shape's CUDA
@@ -861,13 +862,17 @@ def _run_candidate(ctx: StudyContext, worker: WorkerClient, number: int, cand: C
         update.update(boundary=boundary, reloaded=prior.reloaded or outcome.reloaded, load_s=prior.load_s + outcome.load_s,
                       prepare_s=prior.prepare_s + outcome.prepare_s, probe_s=boundary.elapsed_s)
     outcome = outcome.model_copy(update=update)
-    if cand.compile and outcome.status in ("oom", "error"):
-        # A compiled run that raised can leave dynamo's and the CUDA-graph trees' state half-built;
-        # the next candidate starts in a fresh worker rather than inherit it (see above).
+    return outcome, spawn_s, _keep_worker(worker, cand, outcome)
+
+
+def _keep_worker(worker: WorkerClient, cand: Candidate, outcome: TrialOutcome) -> bool:
+    """Whether the worker now holds this candidate's model. It keeps it unless the load itself
+    failed or the worker died; a worker whose state is suspect is closed, so the next trial
+    starts a fresh one."""
+    if worker_state_suspect(cand, outcome):
         worker.close()
-        return outcome, spawn_s, False
-    # The worker keeps the model unless the load itself failed or the worker died.
-    return outcome, spawn_s, outcome.phase != "load" and outcome.status in ("ok", "oom", "error")
+        return False
+    return outcome.phase != "load" and outcome.status in ("ok", "oom", "error")
 
 
 def _inferred_outcome(cand: Candidate, source: TrialRecord) -> TrialOutcome:
@@ -956,7 +961,7 @@ def _in_flight_elsewhere(ctx: StudyContext) -> int:
 
 def _stop_reason(ctx: StudyContext, done: dict, started: float, duplicates_in_a_row: int) -> str:
     if len(done) >= ctx.space.size:
-        return f"all {ctx.space.size} candidates of the space are measured"
+        return f"all {ctx.space.size} candidates of the space are answered"
     if ctx.spec.timeout_s is not None and time.monotonic() - started > ctx.spec.timeout_s:
         return f"--timeout {ctx.spec.timeout_s:.0f}s reached"
     if duplicates_in_a_row >= MAX_CONSECUTIVE_DUPLICATES:

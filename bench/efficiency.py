@@ -76,10 +76,10 @@ def _timeline(out: Path, skip_failed: bool = False) -> list[tuple[float, TrialRe
     recs.sort(key=lambda r: r.finished_at)
     timeline, prepared = [], 0.0
     for r in recs:
-        prepared += r.outcome.prepare_s
         if skip_failed and r.state == "failed":
-            prepared += r.total_s
+            prepared += r.total_s  # its preparation included
             continue
+        prepared += r.outcome.prepare_s
         i = run_of.get(r.number, 0)
         since_start = (dt.datetime.fromisoformat(r.finished_at) - dt.datetime.fromisoformat(runs[i]["started_at"])).total_seconds()
         timeline.append((max(0.0, before[i] + since_start - prepared), r))
@@ -141,10 +141,11 @@ def _uniform_draw_hit_chance(grid: list[TrialRecord], draws: int, share: float =
     """Exact chance that `draws` distinct candidates drawn uniformly from the grid include one within
     `share` of the grid's best measured throughput (hypergeometric: 1 - C(N-m, k) / C(N, k)). A single
     seeded random-search run is one draw of this; the chance says how lucky it was."""
-    # One record per candidate: parts of a grid can overlap (candidates answered in two parts).
+    # One record per candidate: parts of a grid can overlap (candidates answered in two parts). A
+    # candidate that only failed stays in as a miss: random search draws from the whole space.
     by_candidate: dict = {}
     for r in grid:
-        if r.state not in ("duplicate", "failed"):
+        if r.state != "duplicate":
             key = r.candidate.model_dump_json()
             kept = by_candidate.setdefault(key, r)
             if r.state == "measured" and kept.state != "measured":

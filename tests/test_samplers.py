@@ -107,7 +107,7 @@ def test_grid_measures_every_candidate_once_and_stops(tmp_path: Path) -> None:
     result = run_cli("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--trials", "20",
                      "--sampler", "grid", "--confirm-top", "0", "--out", str(out), "--device", "cpu")
     assert_ok(result)
-    assert "stopped: all 8 candidates of the space are measured" in result.stdout
+    assert "stopped: all 8 candidates of the space are answered" in result.stdout
     recs = read_records(out)
     assert [r.state for r in recs].count("duplicate") == 0, [(r.number, r.candidate.label()) for r in recs]
     assert len(recs) == 8 and len({r.candidate for r in recs}) == 8

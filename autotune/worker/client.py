@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from autotune.models import ModelRef
-from autotune.spec import TrialOutcome
+from autotune.spec import Candidate, TrialOutcome
 from autotune.worker.protocol import WorkRequest
 
 _STARTUP_TIMEOUT_S = 300.0
@@ -167,3 +167,11 @@ class WorkerClient:
             except (OSError, BrokenPipeError):
                 pass
         self._discard()
+
+
+def worker_state_suspect(cand: Candidate, outcome: TrialOutcome) -> bool:
+    """After this outcome, is the worker process's state suspect? After an unexpected error, and
+    after a compiled run out of memory: an exception inside a compiled run can leave dynamo's and
+    the CUDA-graph trees' state half-built (H200, Session 7: after a compiled OOM every later
+    compiled run in that process raised). An uncompiled OOM is routine: the allocator recovers."""
+    return outcome.phase != "load" and (outcome.status == "error" or (cand.compile and outcome.status == "oom"))
