@@ -66,7 +66,7 @@ def _retry_text(r: TrialRecord) -> str:
     first = r.outcome.first_attempt
     if not first:
         return ""
-    why = "ran out of memory where a larger shape had fit" if first.startswith("out of memory") else "failed after other candidates"
+    why = "ran out of memory where a larger shape had fit" if first.startswith("out of memory") else "failed in a worker that had run before"
     return f" (2nd attempt, fresh worker: the 1st {why})"
 
 

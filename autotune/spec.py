@@ -301,7 +301,7 @@ class TrialOutcome(_Strict):
     boundary: BatchBoundary | None = Field(default=None, description="the batch-size bisection this trial ran or was answered by")
     probe_s: float = Field(default=0.0, description="seconds this trial spent probing batch sizes in the worker (the bisection it ran)")
     first_attempt: str = Field(default="", description="an out-of-memory answer that evidence of fitting contradicted, or a "
-                                                       "failure in a worker that had run other candidates, so the trial ran "
+                                                       "failure in a worker that had run before, so the trial ran "
                                                        "again in a fresh worker; this is the first attempt's reason")
 
 

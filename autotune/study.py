@@ -869,10 +869,10 @@ def _keep_worker(worker: WorkerClient, cand: Candidate, outcome: TrialOutcome) -
     """Whether the worker now holds this candidate's model. It keeps it unless the load itself
     failed or the worker died; a worker whose state is suspect is closed, so the next trial
     starts a fresh one."""
-    if worker_state_suspect(cand, outcome):
+    if worker_state_suspect(cand, outcome):  # every error, and a compiled OOM
         worker.close()
         return False
-    return outcome.phase != "load" and outcome.status in ("ok", "oom", "error")
+    return outcome.phase != "load" and outcome.status in ("ok", "oom")
 
 
 def _inferred_outcome(cand: Candidate, source: TrialRecord) -> TrialOutcome:

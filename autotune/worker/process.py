@@ -274,8 +274,8 @@ class _Worker:
             if (faults.error_after_measurements is not None and self._measurements_started > faults.error_after_measurements) \
                     or (faults.error_at_batch_size is not None and cand.batch_size >= faults.error_at_batch_size):
                 raise AssertionError("planted by the error fault")
-            after = self.faults.oom_after_measurements
-            if (self.faults.oom_at_batch_size is not None and cand.batch_size >= self.faults.oom_at_batch_size) \
+            after = faults.oom_after_measurements
+            if (faults.oom_at_batch_size is not None and cand.batch_size >= faults.oom_at_batch_size) \
                     or (after is not None and self._measurements_started > after):
                 import torch
 
