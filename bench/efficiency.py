@@ -146,10 +146,9 @@ def _uniform_draw_hit_chance(grid: list[TrialRecord], draws: int, share: float =
     by_candidate: dict = {}
     for r in grid:
         if r.state != "duplicate":
-            key = r.candidate.model_dump_json()
-            kept = by_candidate.setdefault(key, r)
+            kept = by_candidate.setdefault(r.candidate, r)  # Candidate is frozen: hashable
             if r.state == "measured" and kept.state != "measured":
-                by_candidate[key] = r
+                by_candidate[r.candidate] = r
     counted = list(by_candidate.values())
     best = _best(counted)
     if best is None or draws <= 0:
