@@ -12,6 +12,7 @@ import optuna
 from optuna.trial import TrialState as OptunaState
 
 from autotune.spec import Stat, TrialRecord
+from autotune.study.context import RECORD_ATTR  # the study owns how records are stored on trials
 
 # PED-ANOVA (Optuna's default evaluator) needs trials to compare; with one trial it returns equal
 # shares for every knob, which reads like a finding and is not one.
@@ -77,8 +78,6 @@ def importances(study: optuna.Study | None, objective: str) -> Importances:
     (0 tok/s or infinite latency), not a measurement. Duplicates are left out: they would count
     one measurement twice. Knobs with one value in these trials cannot explain anything and are
     not ranked."""
-    from autotune.study import RECORD_ATTR  # the study module owns how records are stored on trials
-
     if study is None:
         return Importances({}, 0, "no study storage to read (study.db is missing or cannot be opened)")
     trials = []

@@ -44,7 +44,7 @@ from autotune.worker.client import worker_state_suspect
 from autotune.worker.protocol import WorkRequest
 
 if TYPE_CHECKING:
-    from autotune.study import StudyContext
+    from autotune.study.context import StudyContext
     from autotune.worker import WorkerClient
 
 CONFIRMATION_ATTR = "autotune.confirmation"

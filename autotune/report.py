@@ -11,7 +11,7 @@ from rich.table import Table
 
 from autotune.analysis import Importances, objective_stat, pareto_front, quality_on_front
 from autotune.spec import Candidate, DeploymentConfig, TrialRecord
-from autotune.study import baseline_record, best_record
+from autotune.study.results import baseline_record, best_record
 
 _STATE_STYLE = {"measured": "green", "infeasible": "yellow", "low_quality": "magenta", "unsupported": "dim", "failed": "red",
                 "duplicate": "dim"}

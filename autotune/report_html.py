@@ -272,7 +272,7 @@ def _front_table(records: list[TrialRecord], objective: str) -> str:
 
 def _trial_table(records: list[TrialRecord], objective: str) -> str:
     from autotune.report import _LEFT_ALIGNED, trial_columns, trial_rows
-    from autotune.study import baseline_record
+    from autotune.study.results import baseline_record
 
     base = baseline_record(records)
     columns = trial_columns(records)

@@ -21,7 +21,9 @@ from optuna.trial import TrialState
 
 from autotune.spec import Candidate, TuneSpec
 from autotune.storage import OWNER_ATTR, describe, open_storage, reap_dead_owners
-from autotune.study import CLAIM_ATTR, RECORD_ATTR, _key, _rival, open_study
+from autotune.study import CLAIM_ATTR, RECORD_ATTR, open_study
+from autotune.study.claims import _rival
+from autotune.study.results import _key
 from autotune.spec import TrialRecord
 from tests.conftest import assert_ok, cli_env, run_cli, write_space
 

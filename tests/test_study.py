@@ -343,8 +343,11 @@ def test_an_error_after_other_candidates_is_run_again_in_a_fresh_worker(tmp_path
 def test_a_candidate_that_failed_twice_is_not_run_again(tmp_path: Path) -> None:
     """The grid sampler proposes a failed point until it completes: without a limit one broken
     candidate filled a grid with failures (H200: 98 failed trials of 19 points)."""
-    import autotune.study as study_module
     from autotune.spec import TuneSpec
+    from autotune.study import open_study
+    from autotune.study.results import _key
+    from autotune.study.shortcuts import _finished_by_params
+    from autotune.study.tell import tell
 
     space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=[1, 2])
     faults = cli_env(AUTOTUNE_FAULTS=json.dumps({"error_at_batch_size": 2}))
@@ -361,13 +364,13 @@ def test_a_candidate_that_failed_twice_is_not_run_again(tmp_path: Path) -> None:
 
     # A later proposal of it is answered from its last failure, and Optuna sees that answer as
     # infeasible (the constraint), so no sampler takes it for a good result.
-    done = study_module._finished_by_params(recs)
-    previous = done[study_module._key(failed[-1].candidate)]
+    done = _finished_by_params(recs)
+    previous = done[_key(failed[-1].candidate)]
     assert previous.number == max(r.number for r in failed)
-    ctx = study_module.open_study(TuneSpec(model="tiny-qwen2", random_weights=True, space=space, trials=8, out=out,
-                                           device="cpu", sampler="grid", confirm_top=0))
+    ctx = open_study(TuneSpec(model="tiny-qwen2", random_weights=True, space=space, trials=8, out=out,
+                              device="cpu", sampler="grid", confirm_top=0))
     trial = ctx.study.ask()
-    record = study_module._tell(ctx, trial, previous.candidate, previous.outcome, spawn_s=0.0, total_s=0.0, duplicate_of=previous)
+    record = tell(ctx, trial, previous.candidate, previous.outcome, spawn_s=0.0, total_s=0.0, duplicate_of=previous)
     assert record.state == "duplicate" and record.duplicate_of == previous.number and not record.feasible
     told = ctx.study.trials[trial.number]
     assert told.state == optuna.trial.TrialState.COMPLETE and told.constraints["unsupported"] > 0
@@ -378,11 +381,12 @@ def test_a_compiled_run_that_fails_leaves_the_next_trial_a_fresh_worker(tmp_path
     may be broken); uncompiled loads keep their worker through an OOM. The study refuses compile
     on CPU, where transformers runs a static cache uncompiled: that refusal is lifted here so the
     worker runs the compiled candidates' static-cache path for real."""
-    import autotune.study as study_module
+    import autotune.study.loop as study_loop
     from autotune.spec import TuneSpec
+    from autotune.study import open_study, records, run_study
 
-    real_reason = study_module.unsupported_reason
-    monkeypatch.setattr(study_module, "unsupported_reason",
+    real_reason = study_loop.unsupported_reason  # looked up by the loop (the reference candidates run uncompiled)
+    monkeypatch.setattr(study_loop, "unsupported_reason",
                         lambda cand, device: None if cand.compile else real_reason(cand, device))
     monkeypatch.setenv("AUTOTUNE_FAULTS", json.dumps({"oom_at_batch_size": 2}))
     logs = {}
@@ -390,10 +394,10 @@ def test_a_compiled_run_that_fails_leaves_the_next_trial_a_fresh_worker(tmp_path
         space = write_space(tmp_path / f"space-{compile}.yaml", dtype=["fp32"], attn_implementation=["sdpa", "eager"],
                             compile=[compile], batch_size=[2])
         out = tmp_path / f"out-{compile}"
-        ctx = study_module.open_study(TuneSpec(model="tiny-qwen2", random_weights=True, space=space, trials=2, out=out,
-                                               device="cpu", confirm_top=0))
-        study_module.run_study(ctx)
-        recs = [r for r in study_module.records(ctx.study) if r.state != "duplicate"]
+        ctx = open_study(TuneSpec(model="tiny-qwen2", random_weights=True, space=space, trials=2, out=out,
+                                  device="cpu", confirm_top=0))
+        run_study(ctx)
+        recs = [r for r in records(ctx.study) if r.state != "duplicate"]
         assert [r.state for r in recs] == ["infeasible", "infeasible"], [(r.state, r.outcome.reason) for r in recs]
         assert all(r.outcome.inferred_from is None and r.candidate.compile is compile for r in recs)
         logs[compile] = len(list((out / "workers").glob("worker-*.log")))

@@ -9,9 +9,6 @@ import pytest
 
 from autotune.spec import Candidate, Measurement, Stat, TrialOutcome, TrialRecord
 from autotune.study import (
-    _inferred_outcome,
-    _key,
-    _order_for_loaded_model,
     baseline_record,
     best_record,
     counted_trials,
@@ -21,6 +18,9 @@ from autotune.study import (
     fitted_before,
     speedup,
 )
+from autotune.study.loop import _order_for_loaded_model
+from autotune.study.results import _key
+from autotune.study.shortcuts import _inferred_outcome
 
 # ------------------------------------------------------------------------------ helpers
 
@@ -267,7 +267,7 @@ def test_a_trial_that_would_overrun_the_timeout_is_not_started() -> None:
     import time
     from types import SimpleNamespace
 
-    from autotune.study import _too_late_for
+    from autotune.study.budget import _too_late_for
 
     ctx = SimpleNamespace(spec=SimpleNamespace(timeout_s=78.0))
     loaded = _cand().load_key

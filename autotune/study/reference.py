@@ -1,0 +1,94 @@
+"""The quality reference: which load of the space is the bar the others are compared with
+(highest precision that runs here and fits), measuring it once per study, the quality floor it
+sets, and the names quality and boundaries are cached under per load.
+"""
+
+from __future__ import annotations
+
+from autotune.errors import AutotuneError
+from autotune.space import unsupported_reason
+from autotune.spec import Candidate, QualityReport
+from autotune.study.context import QUALITY_CACHE_PREFIX, REFERENCE_QUALITY_ATTR, StudyContext
+from autotune.worker import WorkerClient, WorkRequest
+
+PRECISION_ORDER = ("none", "bnb-int8", "bnb-nf4", "bnb-fp4")  # most to least faithful weights
+
+
+def reference_quality(ctx: StudyContext) -> QualityReport | None:
+    raw = ctx.study.user_attrs.get(REFERENCE_QUALITY_ATTR)
+    return QualityReport.model_validate(raw) if raw else None
+
+
+def quality_floor(ctx: StudyContext) -> float | None:
+    if ctx.quality is None or ctx.quality.floor_mode is None:
+        return None
+    if ctx.quality.floor_mode == "absolute":
+        return ctx.quality.floor_value
+    reference = reference_quality(ctx)
+    return ctx.quality.floor_value * reference.score if reference else None
+
+
+def reference_candidates(ctx: StudyContext) -> list[Candidate]:
+    """Loads of the space that run here, highest precision first: quality is relative to the
+    first of them that fits the budget."""
+    space = ctx.space
+    supported = []
+    for dtype in ("fp32", "bf16", "fp16"):
+        for quant in sorted(space.quantization, key=lambda q: PRECISION_ORDER.index(q) if q in PRECISION_ORDER else len(PRECISION_ORDER)):
+            if dtype not in space.dtype:
+                continue
+            # One attention kernel per precision: the reference's numbers do not depend on it, and
+            # a load that does not fit with sdpa will not fit with eager either.
+            for attn in sorted(space.attn_implementation, key=lambda a: a != "sdpa"):
+                # Vision: the highest input resolution and most frames of the space, the most
+                # faithful inputs, as the bar the lower resolutions are compared with.
+                cand = Candidate(dtype=dtype, quantization=quant, attn_implementation=attn, compile=False,
+                                 batch_size=min(space.batch_size), max_length=min(space.max_length),
+                                 new_tokens=space.new_tokens,
+                                 max_pixels=max(space.max_pixels) if space.max_pixels else None,
+                                 video_frames=max(space.video_frames) if space.video_frames else None,
+                                 vision_attn_implementation=min(space.vision_attn_implementation, key=lambda a: a != "sdpa")
+                                 if space.vision_attn_implementation else None)
+                if unsupported_reason(cand, ctx.device) is None:
+                    supported.append(cand)
+                    break
+    if not supported:
+        raise AutotuneError("no candidate of the space can run here to serve as the quality reference; widen the space")
+    return supported
+
+
+def ensure_reference(ctx: StudyContext, worker: WorkerClient) -> tuple | None:
+    """Measure the reference's quality once per study (before any trial), keeping reference.pt.
+    A reference that does not fit the budget gives way to the next-highest precision."""
+    if ctx.quality is None or (reference_quality(ctx) and ctx.quality.reference_path.is_file()):
+        return None
+    tried = []
+    for cand in reference_candidates(ctx):
+        request = WorkRequest(trial_number=-1, candidate=cand, repeats=ctx.space.repeats,
+                              quality=ctx.quality.request(cand, is_reference=True), measure=False)
+        outcome, _ = worker.run(request, ctx.spec.trial_timeout_s)
+        if outcome.status == "oom":
+            tried.append(cand.label())
+            continue
+        if outcome.status != "ok" or outcome.quality is None:
+            raise AutotuneError(f"the quality reference ({cand.label()}) could not be evaluated: {outcome.status}: "
+                                f"{outcome.reason[:300]}; see {outcome.worker_log}")
+        ctx.study.set_user_attr(REFERENCE_QUALITY_ATTR, outcome.quality.model_dump(mode="json"))
+        ctx.study.set_user_attr("autotune.reference_candidate", cand.model_dump(mode="json"))
+        ctx.study.set_user_attr(QUALITY_CACHE_PREFIX + _quality_key_name(cand), outcome.quality.model_dump(mode="json"))
+        return cand.load_key
+    raise AutotuneError(f"no quality reference fits the memory budget (tried {', '.join(tried)}); raise --memory-budget")
+
+
+def _load_key_name(cand: Candidate) -> str:
+    # One GPU leaves the name as it was before multi-GPU candidates existed: resumed studies keep
+    # their cached quality and boundaries.
+    parts = cand.load_key if cand.num_gpus != 1 else cand.load_key[:-1]
+    return "|".join(str(part) for part in parts)
+
+
+def _quality_key_name(cand: Candidate) -> str:
+    """What quality depends on: the load, and for vision models the input resolution and frames
+    (fewer visual tokens can change the answer); never the batch size or max length."""
+    vision = [str(v) for v in (cand.max_pixels, cand.video_frames) if v is not None]
+    return "|".join([_load_key_name(cand), *vision]) if vision else _load_key_name(cand)
