@@ -23,7 +23,7 @@ from autotune.measure.quality import (
 from autotune.measure.prompting import Prompter
 from autotune.models import resolve_model
 from autotune.spec import Candidate
-from autotune.worker.process import perturb_weights
+from autotune.worker.faults import perturb_weights
 
 BUNDLED = Path(__file__).resolve().parent.parent / "autotune" / "data" / "bundled"
 

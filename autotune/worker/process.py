@@ -19,7 +19,8 @@ from autotune.measure.memory import release_freed_host_memory
 from autotune.models import ModelRef
 from autotune.spec import Probe, TrialOutcome
 from autotune.system import cap_gpu_memory
-from autotune.worker.protocol import Faults, QualityRequest, WorkRequest
+from autotune.worker.faults import Faults
+from autotune.worker.protocol import QualityRequest, WorkRequest
 
 _CPU_OOM_MARKERS = ("can't allocate memory", "Cannot allocate memory", "not enough memory", "DefaultCPUAllocator", "out of memory")
 # Exceptions transformers/bitsandbytes raise when a combination is not supported (an attention
@@ -67,18 +68,6 @@ def _cap_host_memory(budget_gib: float) -> None:
     if limit > in_use:
         _, hard = resource.getrlimit(resource.RLIMIT_DATA)
         resource.setrlimit(resource.RLIMIT_DATA, (limit, hard))
-
-
-def perturb_weights(model, scale: float) -> None:
-    """Fault injection: real Gaussian noise on every weight matrix (embeddings spared)."""
-    import torch
-
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2 and "embed" not in name and param.is_floating_point():
-                noise = torch.randn(param.shape, generator=generator).to(param.device, param.dtype)
-                param.add_(noise * param.float().std().to(param.dtype) * scale)
 
 
 def measure_quality(model, prompter, request: QualityRequest, device: str):
@@ -141,7 +130,6 @@ class _Worker:
         self.device = device
         self.budget = memory_budget_gib
         self.faults = Faults.from_env()
-        self._measurements_started = 0  # for the hang_on_measurement fault
         self.model = None
         self.tokenizer = None
         self.loaded_key: tuple | None = None
@@ -219,10 +207,7 @@ class _Worker:
                     prepare_s += ensure_prequantized(self.ref, cand, self.device)
                 start = time.perf_counter()
                 self.model, self.tokenizer = load_model_for_trial(self.ref, cand, self.device)
-                if self.faults.refuse_load_attn == cand.attn_implementation:
-                    raise NotImplementedError(f"{cand.attn_implementation} refused by the refuse_load_attn fault, after loading")
-                if self.faults.perturb_dtype == cand.dtype or self.faults.perturb_attn == cand.attn_implementation:
-                    perturb_weights(self.model, self.faults.perturb_scale)
+                self.faults.after_load(self.model, cand)
             except Exception as e:  # noqa: BLE001 — every load failure becomes a typed outcome
                 traceback.print_exc()
                 status = "oom" if is_oom(e) else "unsupported" if isinstance(e, _UNSUPPORTED_AT_LOAD) else "error"
@@ -263,23 +248,10 @@ class _Worker:
                                     reloaded=reloaded)
             return TrialOutcome(status="ok", boundary=boundary, load_s=load_s, prepare_s=prepare_s, reloaded=reloaded)
 
-        if self.faults.sigkill_on_trial == request.trial_number:
-            os.kill(os.getpid(), signal.SIGKILL)
-        self._measurements_started += 1
-        if self.faults.hang_on_trial == request.trial_number or self.faults.hang_on_measurement == self._measurements_started:
-            time.sleep(10**6)
+        self.faults.measurement_starting(request.trial_number)
 
         def before_each_run() -> None:
-            faults = self.faults
-            if (faults.error_after_measurements is not None and self._measurements_started > faults.error_after_measurements) \
-                    or (faults.error_at_batch_size is not None and cand.batch_size >= faults.error_at_batch_size):
-                raise AssertionError("planted by the error fault")
-            after = faults.oom_after_measurements
-            if (faults.oom_at_batch_size is not None and cand.batch_size >= faults.oom_at_batch_size) \
-                    or (after is not None and self._measurements_started > after):
-                import torch
-
-                torch.empty(2**50, dtype=torch.uint8, device=self.device)  # 1 PiB: a real allocation failure
+            self.faults.before_each_run(cand, self.device)
 
         failure: TrialOutcome | None = None
         try:
@@ -431,9 +403,7 @@ def worker_main(conn, model_ref_json: str, device: str, memory_budget_gib: float
     _die_with_parent()
     _redirect_output(log_path)
     worker = _Worker(ModelRef.model_validate_json(model_ref_json), device, memory_budget_gib)
-    if worker.faults.exit_on_startup:
-        print("injected fault: exiting before the worker is ready", flush=True)
-        os._exit(3)
+    worker.faults.on_startup()
     worker.setup()
     conn.send({"ready": True, "pid": os.getpid()})
     while True:
