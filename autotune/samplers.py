@@ -2,7 +2,7 @@
 against random search and the full grid swaps; the study code around it stays the same.
 
 Constraints: the study records OOM, unsupported, over-budget and low quality with
-`trial.set_constraint` (study.py `_tell`). In Optuna 5, TPE, GP and NSGA-II read them from
+`trial.set_constraint` (autotune/study/tell.py). In Optuna 5, TPE, GP and NSGA-II read them from
 `trial.constraints` themselves; their `constraints_func` argument is deprecated, and passing one as
 well would store every constraint a second time (by index next to by name). Random search and the
 grid learn nothing, so they ignore constraints; the study still never picks an infeasible best.

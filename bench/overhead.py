@@ -54,7 +54,7 @@ def account(out: Path) -> dict[str, float]:
 
 
 def _run_logs(out: Path) -> list[dict]:
-    """One line per `autotune tune` run of the study (autotune/study.py writes runs.jsonl)."""
+    """One line per `autotune tune` run of the study (autotune/study/loop.py writes runs.jsonl)."""
     path = out / "runs.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 

@@ -1,6 +1,6 @@
 """Several workers, one study: real PostgreSQL (tests/pg_server.py) and journal-file storages, real
 worker processes, a real SIGKILL. Mirrors autotune/storage.py, autotune/scaleout.py and the
-shared-storage parts of autotune/study.py."""
+shared-storage parts of the study (autotune/study/claims.py, setup.py, loop.py)."""
 
 from __future__ import annotations
 
