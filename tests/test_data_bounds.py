@@ -6,7 +6,6 @@ prompt (against the space's max_length at read time, in tokens where the worker 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from autotune.data.schema import (
     Example,
     check_prompt_lengths,
 )
-from tests import conftest
 from tests.test_cli_errors import VALID_SPACE, assert_one_line_error, run_cli, write
 
 
@@ -223,4 +221,3 @@ def test_prompts_over_the_token_limit_are_truncated_with_a_note(capsys: pytest.C
     assert "line 7" in note and "51 tokens" in note and "10" in note and note.count("\n") == 1
     assert len(prompter.example(Example(prompt="short one")).ids) == 2
     assert len(prompter.rerank("q", " ".join(["d"] * 40)).ids) == 10
-    assert os.environ.get("AUTOTUNE_FAULTS") is None  # nothing planted: a real tokenizer path
