@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
@@ -268,15 +267,53 @@ def memory_model_error(recs: list[TrialRecord]):
     return prediction_error(pairs)
 
 
+REWRITE_HINT = ("restore the file, or rewrite it from the study it is derived from: `autotune show {out} --storage "
+                "sqlite:///{out}/study.db --study NAME` (or the run's own --storage)")
+
+
+def _reason(e: Exception) -> str:
+    """A pydantic error in a few words, without the input (which may be long or hold control characters)."""
+    from pydantic import ValidationError
+
+    if isinstance(e, ValidationError):
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        more = f" and {e.error_count() - 1} more" if e.error_count() > 1 else ""
+        return f"{where + ': ' if where else ''}{err['msg'].removeprefix('Value error, ')}{more}"
+    return type(e).__name__
+
+
 def read_trials(out: Path) -> list[TrialRecord]:
-    """The records of trials.jsonl in an output directory; none if the study has not started."""
+    """The records of trials.jsonl in an output directory; none if the study has not started. A
+    line that is not a trial record (a truncated write, an edit) is one error naming the line."""
+    from pydantic import ValidationError
+
+    from autotune.errors import OutputDirError
+
     path = out / "trials.jsonl"
     if not path.is_file():
         return []
-    return [TrialRecord.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise OutputDirError(f"cannot read {path} ({why}); {REWRITE_HINT.format(out=out)}") from e
+    records = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(TrialRecord.model_validate_json(line))
+        except ValidationError as e:
+            raise OutputDirError(f"{path} line {number} is not a valid trial record ({_reason(e)}); "
+                                 f"{REWRITE_HINT.format(out=out)}") from e
+    return records
 
 
 def load_results(out: Path) -> tuple[list[TrialRecord], DeploymentConfig | None]:
+    """trials.jsonl and best.yaml (read as export and verify read it) of an output directory; a
+    damaged file is one error naming it (and the line)."""
+    from autotune.deploy import read_deployment
     from autotune.errors import DeploymentFileError
 
     trials_path = out / "trials.jsonl"
@@ -284,5 +321,5 @@ def load_results(out: Path) -> tuple[list[TrialRecord], DeploymentConfig | None]
         raise DeploymentFileError(f"{out} holds no trials.jsonl; pass the --out directory of an `autotune tune` run")
     recs = read_trials(out)
     best_path = out / "best.yaml"
-    config = DeploymentConfig.model_validate(yaml.safe_load(best_path.read_text())) if best_path.is_file() else None
+    config = read_deployment(best_path) if best_path.is_file() else None
     return recs, config

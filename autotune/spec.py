@@ -398,6 +398,8 @@ class TuneSpec(_Strict):
     min_quality: str | None = Field(default=None, description="quality floor: 0.98 = 98% of the reference config's score; abs:0.6 = absolute")
     quality_metric: str | None = Field(default=None, description="contains, exact_match, token_f1 or top1_agreement (label-free); default: contains if labelled")
     quality_examples: int | None = Field(default=None, ge=1, description="use only the first N examples of the validation set")
+    allow_data_outside: bool = Field(default=False, description="let image/video paths of the validation set be absolute or "
+                                     "lead out of its folder (by default they must stay inside it)")
 
     @field_validator("sampler")
     @classmethod

@@ -59,10 +59,12 @@ def export(
     line) for an unknown target, an unexportable setting without `allow_approximate`, or a model
     no checkpoint is known for. `tensor_parallel_size` None: the GPUs best.yaml was measured on
     (settings.num_gpus)."""
-    exporter = get_exporter(target)
-    if not isinstance(config, DeploymentConfig):
-        from autotune.deploy import read_deployment
+    from autotune.deploy import check_deployment, read_deployment
 
+    exporter = get_exporter(target)
+    if isinstance(config, DeploymentConfig):
+        check_deployment(config, "the DeploymentConfig")  # what read_deployment checks of a file
+    else:
         config = read_deployment(config)
     options = ExportOptions(allow_approximate=allow_approximate, tensor_parallel_size=tensor_parallel_size,
                             headroom=headroom, gpu_memory_gib=gpu_memory_gib, model=model)

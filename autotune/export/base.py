@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -227,7 +228,7 @@ class Draft:
             lines.append("")
             lines += [f"# {c}" for comment in entry.comments for c in wrap(comment)]
             if entry.key:
-                lines.append(f"{names[entry.key]}={cli_value(entry.value)}")
+                lines.append(f"{names[entry.key]}={env_value(names[entry.key], cli_value(entry.value))}")
         return "\n".join(lines) + "\n"
 
     def command(self, program: list[str], positional: str | None = None, skip: tuple[str, ...] = ()) -> str:
@@ -245,6 +246,25 @@ class Draft:
             else:
                 parts.append(f"--{entry.key} {shlex.quote(cli_value(entry.value))}")
         return " \\\n    ".join(parts)
+
+
+# A value an env file carries the same way to every reader: docker's --env-file takes the rest of
+# the line literally (no quotes, no expansion), while `set -a; . FILE` and systemd's
+# EnvironmentFile unquote and (the shell) expand it. Only words a shell reads literally mean the
+# same to both; anything else (quotes, $, `, ;, spaces, backslashes) is refused.
+ENV_SAFE_VALUE = re.compile(r"[\w@%+=:,./-]*")
+
+
+def env_value(name: str, value: str) -> str:
+    refuse_control_characters(value, f"the env file's {name}", "pass a value without it")
+    if not ENV_SAFE_VALUE.fullmatch(value):
+        bad = next(c for c in value if not ENV_SAFE_VALUE.fullmatch(c))
+        where = "--model or model.source" if name == "MODEL_ID" else name
+        raise ExportError(
+            f"the env file's {name}={value!r} ({where}) holds {bad!r}, which docker --env-file reads literally but a shell "
+            f"or systemd unquotes or expands; pass --model with a hub id or path of letters, digits and @%+=:,./-_ only"
+        )
+    return value
 
 
 def cli_value(value: Any) -> str:
@@ -379,9 +399,54 @@ def tensor_parallel(d: Draft, config: DeploymentConfig) -> tuple[int, list[str]]
     return size, comments
 
 
+# Characters no exported file may carry: the C0 controls (newline, carriage return, NUL, escape,
+# tab...), DEL, the C1 controls (U+0085 is a line break to YAML) and the Unicode line and paragraph
+# separators (line breaks to YAML and to str.splitlines). Any of them in a value or a comment could
+# start a new line, key, variable or statement of the exported file, or rewrite a terminal.
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# The parts of a DeploymentConfig an exporter writes (as values or in comments).
+EXPORTED_FIELDS = ("model", "device", "settings", "generate_kwargs", "objective", "min_quality", "fingerprint", "study_name",
+                   "storage", "created_at")
+
+
+def refuse_control_characters(value: str, field: str, fix: str) -> None:
+    """An ExportError naming `field` when `value` holds a control character (see CONTROL_CHARACTERS)."""
+    found = CONTROL_CHARACTERS.search(value)
+    if found:
+        raise ExportError(
+            f"{field} holds a control character (U+{ord(found.group()):04X} at position {found.start()}), which would "
+            f"start a new line or key in the exported files; {fix}"
+        )
+
+
+def check_strings(config: DeploymentConfig, options: ExportOptions) -> None:
+    """Refuse a control character in any string an exporter writes: every field of best.yaml that
+    reaches the files, and --model. Everything else is quoted where it is written (YAML through
+    yaml.safe_dump, shell words through shlex.quote, Python through a literal that reads back)."""
+    if options.model is not None:
+        refuse_control_characters(options.model, "--model", "pass the checkpoint's hub id or path without it")
+
+    def walk(value: object, where: str) -> None:
+        if isinstance(value, str):
+            refuse_control_characters(value, f"best.yaml field {where}", "remove it from the file (autotune never writes one)")
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                walk(key, f"{where} (a key)")
+                walk(item, f"{where}.{key}")
+        elif isinstance(value, (list, tuple)):
+            for i, item in enumerate(value):
+                walk(item, f"{where}[{i}]")
+
+    data = config.model_dump(mode="python", include=set(EXPORTED_FIELDS))
+    for name in EXPORTED_FIELDS:
+        walk(data.get(name), name)
+
+
 def start(d: Draft, config: DeploymentConfig, options: ExportOptions) -> str:
-    """What every exporter does first: refuse what the target cannot serve at all, write the header
-    (where the figures come from, which checkpoint is served, a CPU tuning) and return the model."""
+    """What every exporter does first: refuse a control character in anything it would write and
+    what the target cannot serve at all, write the header (where the figures come from, which
+    checkpoint is served, a CPU tuning) and return the model."""
+    check_strings(config, options)
     kind_rule = d.check(f"model_kind={config.model.model_kind}", f"model kind {config.model.model_kind}")
     d.raise_errors()
     model, model_note = served_model(config, options)

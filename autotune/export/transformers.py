@@ -9,7 +9,9 @@ cache that makes generate() compile, the processor's pixel bound (`size.longest_
 
 from __future__ import annotations
 
+import ast
 import json
+import re
 
 import yaml
 
@@ -130,7 +132,7 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
         imports.append("BitsAndBytesConfig")
 
     lines = ['"""transformers: load the model as autotune measured it (written by autotune export).', ""]
-    lines += [c for line in d.header for c in wrap(line)]
+    lines += [_docstring_text(c) for line in d.header for c in wrap(line)]
     lines += ["", "With autotune installed, the same load in one line, from the kwargs file written next to this one:",
               "    from autotune import load_deployment",
               f'    model, tokenizer, generate_kwargs = load_deployment("<this file\'s name>{KWARGS_SUFFIX}")',
@@ -204,12 +206,22 @@ def _vision_constants(d: Draft, config: DeploymentConfig) -> list[str]:
 
 
 def _py(value: object) -> str:
-    """A Python literal with double-quoted strings (the snippet's style)."""
+    """A Python literal with double-quoted strings (the snippet's style) that reads back as exactly
+    `value` (JSON's escapes are Python's, except a character outside the BMP, which JSON writes as a
+    surrogate pair: repr then)."""
     if isinstance(value, str):
-        return json.dumps(value)
+        text = json.dumps(value)
+        return text if ast.literal_eval(text) == value else repr(value)
     if isinstance(value, dict):
         return "{" + ", ".join(f"{_py(k)}: {_py(v)}" for k, v in value.items()) + "}"
     return repr(value)
+
+
+def _docstring_text(line: str) -> str:
+    """A line of text inside the snippet's triple-quoted docstring: backslashes doubled and every
+    quote that another follows escaped, so that no header text (a device name, a study name, a path)
+    can end the docstring or form an escape sequence (a Windows path's \\N would not compile)."""
+    return re.sub(r'"(?=")', r'\\"', line.replace("\\", "\\\\"))
 
 
 def _kwargs_file(config: DeploymentConfig, options: ExportOptions, model: str) -> str:

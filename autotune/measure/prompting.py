@@ -81,11 +81,14 @@ class Prompter:
     """Builds Prompts for one model at one input resolution.
 
     `image_processor` is None for text-only models; `data_dir` is where an example's image paths
-    are relative to (the validation set's folder).
+    are relative to (the validation set's folder). `max_prompt_tokens`: a text prompt longer than
+    this keeps only its last tokens (the question and the generation prompt), with a note printed
+    (to the worker's log); the study passes its space's largest max_length minus new_tokens, one
+    limit for every load so that each is scored on the same prompts.
     """
 
     def __init__(self, tokenizer, config: dict | None = None, image_processor=None, max_pixels: int | None = None,
-                 video_frames: int | None = None, data_dir: Path | None = None) -> None:
+                 video_frames: int | None = None, data_dir: Path | None = None, max_prompt_tokens: int | None = None) -> None:
         self.tokenizer = tokenizer
         self.config = config or {}
         self.image_processor = image_processor
@@ -93,6 +96,16 @@ class Prompter:
         self.video_frames = video_frames
         self.data_dir = Path(data_dir) if data_dir is not None else Path(".")
         self.source = str(self.data_dir)
+        self.max_prompt_tokens = max_prompt_tokens
+
+    def _fit(self, ids: list[int], line: int) -> list[int]:
+        """A text prompt cut to its last max_prompt_tokens tokens, with a one-line note."""
+        limit = self.max_prompt_tokens
+        if limit is None or len(ids) <= limit:
+            return ids
+        print(f"note: validation set line {line}: the prompt has {len(ids)} tokens, more than the {limit} the space's "
+              f"max_length leaves for it; truncated to its last {limit} tokens", flush=True)
+        return ids[-limit:]
 
     # -------------------------------------------------------------------------- text
 
@@ -115,7 +128,7 @@ class Prompter:
         images = [self._image(p, example.line) for p in example.images]
         video = self._video(example.video, example.line) if example.video else None
         if not images and video is None:
-            return Prompt(self.chat_ids(messages))
+            return Prompt(self._fit(self.chat_ids(messages), example.line))
         last_user = max(i for i, m in enumerate(messages) if m["role"] == "user")
         messages[last_user] = {**messages[last_user], "content": self._placeholders(len(images), video is not None)
                                + str(messages[last_user]["content"])}
@@ -126,7 +139,7 @@ class Prompter:
         image itself in the <Document> slot."""
         head = f"<Instruct>: {RERANK_INSTRUCT}\n<Query>: {query}\n<Document>: "
         if document_type != "image":
-            return Prompt(self.chat_ids([{"role": "user", "content": head + document}], system=RERANK_SYSTEM))
+            return Prompt(self._fit(self.chat_ids([{"role": "user", "content": head + document}], system=RERANK_SYSTEM), line))
         image = self._image(document, line)
         ids = self.chat_ids([{"role": "user", "content": head + self._placeholders(1, False)}], system=RERANK_SYSTEM)
         return self._expanded(ids, [image], None)

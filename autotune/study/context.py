@@ -61,12 +61,15 @@ class QualitySetup:
     floor_value: float | None
     reference_path: Path
     max_examples: int | None
+    allow_data_outside: bool = False
+    max_prompt_tokens: int | None = None
 
     def request(self, candidate: Candidate, is_reference: bool = False) -> QualityRequest:
         """Quality at the candidate's load and input resolution (the batch size does not change it)."""
         return QualityRequest(data_path=str(self.data_path), metric=self.metric, reference_path=str(self.reference_path),
                               is_reference=is_reference, max_examples=self.max_examples,
-                              max_pixels=candidate.max_pixels, video_frames=candidate.video_frames)
+                              max_pixels=candidate.max_pixels, video_frames=candidate.video_frames,
+                              allow_data_outside=self.allow_data_outside, max_prompt_tokens=self.max_prompt_tokens)
 
 
 @dataclass

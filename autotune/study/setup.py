@@ -92,14 +92,17 @@ def default_validation_set(model: ModelRef, space: SearchSpace | None) -> Path:
 def setup_quality(spec: TuneSpec, model: ModelRef, out: Path, space: SearchSpace | None = None) -> QualitySetup | None:
     """Validate the validation set and the metric before any study file is touched."""
     from autotune.data import load_validation_set
-    from autotune.data.schema import check_images_per_request, check_video_frames
+    from autotune.data.schema import check_images_per_request, check_prompt_lengths, check_video_frames
     from autotune.measure.metrics import get_metric
 
     if not spec.quality_enabled:
         return None
     reranker = model.model_kind == "reranker"
     data_path = spec.data or default_validation_set(model, space)
-    examples = load_validation_set(data_path)[: spec.quality_examples]  # the data's own errors come first
+    # The data's own errors come first (file and line; paths outside its folder; prompts no max_length fits).
+    examples = load_validation_set(data_path, allow_outside=spec.allow_data_outside)[: spec.quality_examples]
+    if space is not None:
+        check_prompt_lengths(Path(data_path), examples, max(space.max_length))
     if not model.is_vision and any(e.images or e.video or e.document_type == "image" for e in examples):
         raise AutotuneError(f"{data_path} has images or video, which {model.name} (a text-only model) cannot read; "
                             "use a text validation set or a vision-language model")
@@ -132,7 +135,9 @@ def setup_quality(spec: TuneSpec, model: ModelRef, out: Path, space: SearchSpace
         raise AutotuneError(f"--quality-metric {metric.name} needs labels, but {missing} of {len(examples)} examples in "
                             f"{data_path} have no 'answer'/'answers'; add them or use --quality-metric top1_agreement")
     mode, value = parse_min_quality(spec.min_quality) if spec.min_quality else (None, None)
-    return QualitySetup(Path(data_path), metric.name, mode, value, out / "reference.pt", spec.quality_examples)
+    max_prompt_tokens = max(space.max_length) - space.new_tokens if space is not None else None
+    return QualitySetup(Path(data_path), metric.name, mode, value, out / "reference.pt", spec.quality_examples,
+                        spec.allow_data_outside, max_prompt_tokens)
 
 
 def _check_reranker_vocabulary(model: ModelRef) -> None:

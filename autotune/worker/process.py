@@ -90,7 +90,7 @@ def measure_quality(model, prompter, request: QualityRequest, device: str):
     from autotune.spec import QualityReport
 
     start = time.perf_counter()
-    examples = load_validation_set(request.data_path)[: request.max_examples]
+    examples = load_validation_set(request.data_path, allow_outside=request.allow_data_outside)[: request.max_examples]
     label_free = request.metric == "top1_agreement"
     scores, texts = task_scores(model, prompter, examples, "contains" if label_free else request.metric, device)
     if request.is_reference:
@@ -363,7 +363,7 @@ class _Worker:
 
         processor = self._image_processor(request.max_pixels) if self.ref.is_vision else None
         return Prompter(self.tokenizer, self.ref.config(), processor, request.max_pixels, request.video_frames,
-                        Path(request.data_path).parent)
+                        Path(request.data_path).parent, request.max_prompt_tokens)
 
     def _measure(self, cand, repeats: int, before_each_run):
         """Build the candidate's worst-case requests (text, or images + text) and time them:

@@ -21,6 +21,8 @@ class QualityRequest(BaseModel):
     # The input resolution quality is measured at (vision models): the candidate's own.
     max_pixels: int | None = None
     video_frames: int | None = None
+    allow_data_outside: bool = False  # image/video paths may leave the data file's folder (--allow-data-outside)
+    max_prompt_tokens: int | None = None  # text prompts are cut to their last this many tokens (the space's max_length)
 
 
 class WorkRequest(BaseModel):
