@@ -35,7 +35,7 @@ from autotune.space import (
     suggest,
     unsupported_reason,
 )
-from autotune.storage import OWNER_ATTR, Heartbeat, StorageInfo, describe, fail_stale, open_storage, owner, redact
+from autotune.storage import OWNER_ATTR, Heartbeat, StorageInfo, check_url, describe, fail_stale, open_storage, owner, redact
 from autotune.spec import (
     LOAD_KEY_KNOBS,
     BaselineSummary,
@@ -240,8 +240,10 @@ def setup_quality(spec: TuneSpec, model: ModelRef, out: Path, space: SearchSpace
         missing = sum(1 for e in examples if not e.labelled)
         raise AutotuneError(f"--quality-metric {metric.name} needs labels, but {missing} of {len(examples)} examples in "
                             f"{data_path} have no 'answer'/'answers'; add them or use --quality-metric top1_agreement")
+    from autotune.measure.quality import REFERENCE_FILE
+
     mode, value = parse_min_quality(spec.min_quality) if spec.min_quality else (None, None)
-    return QualitySetup(Path(data_path), metric.name, mode, value, out / "reference.pt", spec.quality_examples)
+    return QualitySetup(Path(data_path), metric.name, mode, value, out / REFERENCE_FILE, spec.quality_examples)
 
 
 def _check_reranker_vocabulary(model: ModelRef) -> None:
@@ -270,6 +272,7 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
     if model.model_kind == "reranker":
         _check_reranker_vocabulary(model)
     quality = setup_quality(spec, model, spec.out, space)
+    check_url(spec.storage)  # issue 17: a bad scheme or a missing driver creates no output directory
     prepare_out_dir(spec.out)
     storage_url = spec.storage or f"sqlite:///{(spec.out / 'study.db').resolve()}"
     info = describe(storage_url, spec.heartbeat_s)
@@ -298,7 +301,10 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
         for key, value in identity.items():
             study.set_user_attr(key, value)
         # Everything a worker on another host needs to join: the spec with absolute paths, the space itself.
-        stored = spec.model_copy(update={"data": spec.data.resolve() if spec.data else None, "space": None})
+        # Never the storage password: every worker and anyone with the database reads this (workers
+        # take the URL from their own command line or $AUTOTUNE_STORAGE).
+        stored = spec.model_copy(update={"data": spec.data.resolve() if spec.data else None, "space": None,
+                                         "storage": redact(spec.storage) if spec.storage else None})
         study.set_user_attr(SPEC_ATTR, stored.model_dump(mode="json"))
         study.set_user_attr(SPACE_ATTR, space.model_dump(mode="json"))
         study.set_user_attr(FINGERPRINT_ATTR, fingerprint(device).model_dump(mode="json"))
@@ -441,9 +447,12 @@ def reference_candidates(ctx: StudyContext) -> list[Candidate]:
 
 
 def ensure_reference(ctx: StudyContext, worker: WorkerClient) -> tuple | None:
-    """Measure the reference's quality once per study (before any trial), keeping reference.pt.
-    A reference that does not fit the budget gives way to the next-highest precision."""
-    if ctx.quality is None or (reference_quality(ctx) and ctx.quality.reference_path.is_file()):
+    """Measure the reference's quality once per study (before any trial), keeping reference.safetensors.
+    A reference that does not fit the budget gives way to the next-highest precision. A reference
+    file that does not parse (tampered, truncated, an old pickled reference.pt) counts as missing."""
+    from autotune.measure.quality import reference_readable
+
+    if ctx.quality is None or (reference_quality(ctx) and reference_readable(ctx.quality.reference_path)):
         return None
     tried = []
     for cand in reference_candidates(ctx):

@@ -57,7 +57,7 @@ def test_redact_keeps_what_helps_and_hides_the_password(url: str, expected: str)
         f"postgresql://host/db?user=u&password={SECRET}&{TAIL}=1",
         f"postgresql://u:{SECRET}:{TAIL}@host/db",  # ":" in the password
         f"postgresql://u:{SECRET}@",
-        f"postgresql://:{SECRET}@{TAIL}",
+        f"postgresql://:{SECRET}@{TAIL}@",
         f"postgresql://u:{SECRET}\n{TAIL}@host/db",
     ],
 )
@@ -129,25 +129,25 @@ def test_unescaped_at_in_the_password_connects(postgres, pg_database: str, tmp_p
     from autotune.storage import open_storage
 
     role, password = "hostile_pw", f"{SECRET}@{TAIL}"
-    conn = postgres.connect()
+    database = pg_database.rsplit("/", 1)[1]
+    ident = sql.Identifier(role)
+    conn, db = postgres.connect(), postgres.connect(database)
     try:
         with conn.cursor() as cur:
-            cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
-            cur.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
-            cur.execute(sql.SQL("GRANT ALL ON DATABASE {} TO {}").format(sql.Identifier(pg_database.rsplit("/", 1)[1]),
-                                                                       sql.Identifier(role)))
-        database = pg_database.rsplit("/", 1)[1]
-        with postgres.connect(database) as db, db.cursor() as cur:
-            cur.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(sql.Identifier(role)))
+            cur.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(ident, sql.Literal(password)))
+        with db.cursor() as cur:
+            cur.execute(sql.SQL("GRANT ALL ON SCHEMA public TO {}").format(ident))
         url = f"postgresql://{role}:{password}@{postgres.host}:{postgres.port}/{database}"
         storage = open_storage(url, heartbeat_s=None)
         optuna.create_study(storage=storage, study_name="at-sign")
         assert "at-sign" in [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
         storage.engine.dispose()
     finally:
+        with db.cursor() as cur:
+            cur.execute(sql.SQL("DROP OWNED BY {}").format(ident))  # the role's tables and grants in this database
+        db.close()
         with conn.cursor() as cur:
-            cur.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
-            cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+            cur.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(ident))
         conn.close()
 
 
