@@ -309,6 +309,8 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
         study.set_user_attr(SPACE_ATTR, space.model_dump(mode="json"))
         study.set_user_attr(FINGERPRINT_ATTR, fingerprint(device).model_dump(mode="json"))
         study.enqueue_trial(baseline_params(space, device, model_default_dtype(model)), user_attrs={BASELINE_ATTR: True})
+    elif (old := existing[study_name].user_attrs.get(SPEC_ATTR)) and old.get("storage") and redact(old["storage"]) != old["storage"]:
+        study.set_user_attr(SPEC_ATTR, {**old, "storage": redact(old["storage"])})  # stored by an autotune before issue 17
     # Taken once per run: best.yaml is rewritten after every trial and the machine does not change.
     ctx = StudyContext(spec, device, space, model, study, redact(storage_url), study_name, spec.out, fingerprint(device), quality,
                        shape=ModelShape.from_config(model.config()), storage_info=info)

@@ -4,13 +4,12 @@ parse as that (tampered, truncated, an old pickle) is treated as missing and re-
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import assert_ok, cli_env, read_records, run_cli, write_space
+from tests.conftest import assert_ok, read_records, run_cli, write_space
 
 
 class _Evil:

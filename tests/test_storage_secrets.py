@@ -176,3 +176,16 @@ def test_study_from_the_environment_leaves_the_password_nowhere(postgres, pg_dat
     assert any(p.parent.name == "workers" or "workers" in p.parts for p in files), names
     leaking = [str(p) for p in files if password.encode() in p.read_bytes()]
     assert not leaking, f"the storage password is in {leaking}"
+
+
+def test_resuming_removes_a_password_an_older_autotune_stored(postgres, pg_database: str, tmp_path: Path) -> None:
+    from autotune.spec import TuneSpec
+    from autotune.study import SPEC_ATTR, open_study
+
+    spec = TuneSpec(space=write_space(tmp_path / "space.yaml"), device="cpu", storage=pg_database, study="old",
+                    out=tmp_path / "out")
+    ctx = open_study(spec)
+    ctx.study.set_user_attr(SPEC_ATTR, {**ctx.study.user_attrs[SPEC_ATTR], "storage": pg_database})  # as stored before
+    assert postgres.password in _everything_stored(pg_database, "old")
+    open_study(spec)  # resume
+    assert postgres.password not in _everything_stored(pg_database, "old")
