@@ -39,7 +39,9 @@ def tune(
     objective: str = typer.Option("throughput", "--objective", help=_help("objective")),
     device: Optional[str] = typer.Option(None, "--device", help=_help("device")),
     study: Optional[str] = typer.Option(None, "--study", help=_help("study")),
-    storage: Optional[str] = typer.Option(None, "--storage", help=_help("storage")),
+    storage: Optional[str] = typer.Option(None, "--storage", envvar="AUTOTUNE_STORAGE",
+                                          help=_help("storage") + " (also read from $AUTOTUNE_STORAGE, which keeps "
+                                          "the password out of `ps`)"),
     out: Path = typer.Option(TuneSpec.model_fields["out"].default, "--out", help=_help("out")),
     gpus: Optional[str] = typer.Option(None, "--gpus", help=_help("gpus")),
     heartbeat: int = typer.Option(TuneSpec.model_fields["heartbeat_s"].default, "--heartbeat", help=_help("heartbeat_s")),
@@ -71,6 +73,10 @@ def tune(
     except ValidationError as e:
         raise _flag_error(e) from e
     procs: list = []
+    if spec.storage is not None:
+        from autotune.storage import check_url
+
+        check_url(spec.storage)  # scheme and driver, before the model is resolved or any file created
     if spec.gpus:
         from autotune.scaleout import check_gpus, make_placement, require_shared_storage
 
@@ -120,7 +126,8 @@ def tune(
 def _flag_error(e: ValidationError) -> AutotuneError:
     err = e.errors()[0]
     flag = "--" + str(err["loc"][0]).replace("_gib", "").replace("_s", "").replace("_", "-") if err["loc"] else "option"
-    return AutotuneError(f"{flag}: {err['msg'].removeprefix('Value error, ')}")
+    message = err["msg"].removeprefix("Value error, ")
+    return AutotuneError(message if message.startswith(flag + " ") else f"{flag}: {message}")
 
 
 @app.command()
@@ -140,9 +147,10 @@ def worker(
     from autotune.report import RichProgress, print_results
     from autotune.scaleout import make_placement, require_shared_storage
     from autotune.spec import TuneSpec
-    from autotune.storage import owner
+    from autotune.storage import check_url, owner
     from autotune.study import join_study, prepare_out_dir, run_study, write_outputs
 
+    check_url(storage)  # before the output directory is created
     require_shared_storage(storage, "autotune worker")
     try:
         pool = TuneSpec.model_validate({"gpus": gpus}).gpus if gpus else None

@@ -7,6 +7,7 @@ TuneSpec holds what the user asked for; the CLI's help texts come from its field
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from pathlib import Path
@@ -445,14 +446,22 @@ class TuneSpec(_Strict):
 
 
 def parse_min_quality(text: str) -> tuple[Literal["relative", "absolute"], float]:
-    """'0.98' -> relative to the reference; 'abs:0.6' -> absolute score."""
+    """'0.98' -> relative to the reference; 'abs:0.6' -> absolute score. Both are fractions in
+    (0, 1]: a floor above 1 no candidate can meet (a study would run for nothing), and 98 is
+    almost surely 98%, so the error says 0.98."""
     mode: Literal["relative", "absolute"] = "absolute" if text.startswith("abs:") else "relative"
     try:
         value = float(text.removeprefix("abs:"))
     except ValueError:
         raise ValueError(f"cannot read {text!r}; write e.g. 0.98 (98% of the reference) or abs:0.6") from None
-    if not 0 < value <= (1.5 if mode == "relative" else 1.0):
+    if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{text!r} is out of range; a relative floor is a fraction like 0.98, an absolute one in (0, 1]")
+    if value > 1:
+        prefix = "abs:" if mode == "absolute" else ""
+        what = "an absolute score in (0, 1]" if mode == "absolute" else "a fraction of the reference's score"
+        fix = f"did you mean {prefix}{round(value / 100, 6):g}?" if value <= 100 else "it must be ≤ 1"
+        raise ValueError(f"--min-quality {text} is out of range: {what}; {fix}" if mode == "absolute"
+                         else f"--min-quality {text} is {what}; {fix}")
     return mode, value
 
 

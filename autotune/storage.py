@@ -13,10 +13,12 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote
 
 import warnings
 
@@ -67,6 +69,7 @@ def owner() -> dict:
 
 def open_storage(url: str, heartbeat_s: int | None = DEFAULT_HEARTBEAT_S) -> optuna.storages.BaseStorage:
     """Open (creating tables where needed) or raise a one-line StorageError naming the fix."""
+    check_url(url)
     try:
         if url.startswith(JOURNAL_PREFIX):
             from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -77,7 +80,7 @@ def open_storage(url: str, heartbeat_s: int | None = DEFAULT_HEARTBEAT_S) -> opt
         if url.startswith("sqlite:"):
             return optuna.storages.get_storage(url)
         return optuna.storages.RDBStorage(
-            url,
+            connect_url(url),
             # A worker whose heartbeat is older than the grace period is gone: its trial fails and is retried.
             heartbeat_interval=heartbeat_s,
             grace_period=3 * heartbeat_s if heartbeat_s else None,
@@ -86,19 +89,125 @@ def open_storage(url: str, heartbeat_s: int | None = DEFAULT_HEARTBEAT_S) -> opt
             engine_kwargs={"pool_pre_ping": True},
         )
     except Exception as e:  # SQLAlchemy, the driver and the file backend raise many types
-        raise StorageError(f"cannot open --storage {redact(url)}: {explain(e)}") from e
+        raise StorageError(f"cannot open --storage {redact(url)}: {scrub(explain(e), url)}") from e
+
+
+URL_FORMS = "write postgresql://USER:PASSWORD@HOST[:PORT]/DB, journal:///PATH or sqlite:///PATH"
+
+
+def check_url(url: str | None) -> None:
+    """A storage URL's scheme, syntax and database driver, checked before anything is created (an
+    output directory, a journal file) or connected to; a one-line StorageError otherwise."""
+    if url is None or url.startswith(JOURNAL_PREFIX):
+        return
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(connect_url(url))
+    except Exception as e:  # ArgumentError, or ValueError for a port that is not a number
+        raise StorageError(f"cannot open --storage {redact(url)}: not a storage URL; {URL_FORMS} "
+                           "(percent-encode '/', '?' and '#' in the password)") from e
+    try:
+        dialect = parsed.get_dialect()
+        (dialect.import_dbapi if hasattr(dialect, "import_dbapi") else dialect.dbapi)()
+    except Exception as e:  # NoSuchModuleError (unknown scheme or driver), ImportError (driver not installed)
+        raise StorageError(f"cannot open --storage {redact(url)}: {scrub(explain(e), url)}") from e
+
+
+# What redaction keeps of a URL: scheme, user, host, port, database, query parameters but secret ones.
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://(.*)\Z", re.S)
+_SCHEME_ONLY_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)[:/]")
+# A secret query parameter (?password=..., &sslpassword=...): its value is hidden up to the end of
+# the URL, since a password may hold '&' or '@' unescaped.
+_SECRET_PARAM_RE = re.compile(r"([?&;][^=&;?#]*(?:pass|pwd|secret|token)[^=&;?#]*=)(.*)\Z", re.S | re.I)
+_SAFE_USER_RE = re.compile(r"[A-Za-z0-9._~%+\-]*\Z")
+
+
+def _split_userinfo(rest: str) -> tuple[str | None, str]:
+    """(USER:PASSWORD, what follows the '@') of the part after '://', or (None, rest) without an '@'.
+
+    The userinfo ends at the LAST '@' before the host, so `u:p@ss@host` is user u with password
+    p@ss (people write passwords unescaped; SQLAlchemy alone would read host 'ss@host'). An '@'
+    after the first '/', '?' or '#' is ambiguous (such a character in the password, or an '@' in
+    the query): then everything up to the last '@' of the URL counts as userinfo, which hides too
+    much rather than too little."""
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if "@" in tail:
+        userinfo, _, after = rest.rpartition("@")
+        return userinfo, after
+    if "@" in authority:
+        userinfo, _, host = authority.rpartition("@")
+        return userinfo, host + tail
+    return None, rest
 
 
 def redact(url: str) -> str:
-    """The URL without its password (it ends up in logs and error messages)."""
-    try:
-        from sqlalchemy.engine import make_url
+    """The URL without its password, for logs, error messages and output files. Never returns a
+    password, whatever the URL looks like: one that cannot be read becomes `SCHEME://***`.
+    File storages (sqlite:, journal://) are paths and are returned as they are."""
+    if url.startswith("sqlite:") or url.startswith(JOURNAL_PREFIX):
+        return url
+    match = _SCHEME_RE.match(url)
+    if match is None:
+        scheme = _SCHEME_ONLY_RE.match(url)
+        return f"{scheme.group(1)}://***" if scheme else "***"
+    scheme, rest = match.groups()
+    rest = _SECRET_PARAM_RE.sub(lambda m: m.group(1) + "***", rest)
+    userinfo, after = _split_userinfo(rest)
+    if userinfo is None:
+        return f"{scheme}://{rest}"
+    user, colon, _ = userinfo.partition(":")
+    if not _SAFE_USER_RE.match(user):  # not a plain user name: a password, or a part of one
+        user = "***"
+    return f"{scheme}://{user}{':***' if colon else ''}@{after}"
 
-        if "://" in url and not url.startswith(JOURNAL_PREFIX):
-            return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        pass
-    return url
+
+def _secrets(url: str) -> set[str]:
+    """Every string of a URL that may be its password (or a part of one), under every reading."""
+    if not url or url.startswith("sqlite:") or url.startswith(JOURNAL_PREFIX):
+        return set()
+    match = _SCHEME_RE.match(url)
+    rest = match.group(2) if match else url
+    found = set()
+    readings = [_split_userinfo(rest)[0], rest.rpartition("@")[0], rest.partition("@")[0] if "@" in rest else None]
+    for userinfo in readings:
+        if userinfo and ":" in userinfo:
+            found.add(userinfo.partition(":")[2])
+    for m in _SECRET_PARAM_RE.finditer(rest):
+        found |= {m.group(2), m.group(2).split("&")[0]}
+    for secret in list(found):
+        found |= {unquote(secret), *secret.split("@"), *unquote(secret).split("@")}
+    return {s for s in found if len(s) >= 3}  # shorter pieces would garble the message, not hide anything
+
+
+def scrub(text: str, url: str | None) -> str:
+    """A driver's message with the URL redacted and any reading of its password replaced by ***
+    (SQLAlchemy quotes an unparseable URL whole; a driver may echo a host that holds part of it)."""
+    if not url:
+        return text
+    text = text.replace(url, redact(url))
+    for secret in sorted(_secrets(url), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def connect_url(url: str) -> str:
+    """The URL to connect with: an unescaped '@' in the user name or password (`u:p@ss@host`) is
+    percent-encoded, as SQLAlchemy needs it. Only where that reading is unambiguous (no '@' after
+    the host); everything else is passed on as given."""
+    if url.startswith("sqlite:") or url.startswith(JOURNAL_PREFIX):
+        return url
+    match = _SCHEME_RE.match(url)
+    if match is None:
+        return url
+    scheme, rest = match.groups()
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, tail = rest[:end], rest[end:]
+    if authority.count("@") < 2 or "@" in tail:
+        return url
+    userinfo, _, host = authority.rpartition("@")
+    return f"{scheme}://{userinfo.replace('@', '%40')}@{host}{tail}"
 
 
 def explain(e: BaseException) -> str:

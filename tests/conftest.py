@@ -32,6 +32,7 @@ def write_space(path: Path, **overrides) -> Path:
 def cli_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
     env.pop("AUTOTUNE_FAULTS", None)
+    env.pop("AUTOTUNE_STORAGE", None)  # `tune` reads it too: a developer's shell must not move the tests' studies
     env.update(extra)
     return env
 

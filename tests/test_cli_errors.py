@@ -307,3 +307,74 @@ def test_reranker_without_yes_no_tokens(tmp_path: Path) -> None:
 def test_unknown_kind_names_the_allowed_ones(tmp_path: Path) -> None:
     result = run_cli(["tune", "--kind", "embedder", "--out", "out"], tmp_path)
     assert_one_line_error(result, "unknown kind 'embedder'", "causal-lm", "reranker")
+
+
+# ------------------------------------------------------------------------------ issue 17: bad input before any file
+
+
+@pytest.mark.parametrize(
+    ("floor", "needle"),
+    [
+        pytest.param("98", "--min-quality 98 is a fraction of the reference's score; did you mean 0.98?", id="percent"),
+        pytest.param("1.5", "--min-quality 1.5 is a fraction of the reference's score; did you mean 0.015?", id="above-one"),
+        pytest.param("250", "--min-quality 250 is a fraction of the reference's score; it must be ≤ 1", id="above-100"),
+        pytest.param("abs:60", "did you mean abs:0.6?", id="absolute-percent"),
+    ],
+)
+def test_relative_floor_above_one_is_refused_before_any_file(tmp_path: Path, valid_space: Path, floor: str,
+                                                             needle: str) -> None:
+    """A floor no candidate can meet (a relative floor > 1, the likely typo 98 for 98%) is refused at
+    once: nothing is resolved, no output directory is created."""
+    out = tmp_path / "out"
+    result = run_cli(tune_args(valid_space, out, "--min-quality", floor), tmp_path)
+    line = assert_one_line_error(result, needle)
+    assert "--min-quality: --min-quality" not in line
+    assert not out.exists(), "a refused --min-quality created the output directory"
+
+
+def test_relative_floor_above_one_keeps_an_existing_study(existing_study: Path, tmp_path: Path) -> None:
+    before = snapshot(existing_study)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in existing_study.iterdir()}
+    result = run_cli(tune_args(write(tmp_path / "space.yaml", VALID_SPACE), existing_study, "--min-quality", "98"), tmp_path)
+    assert_one_line_error(result, "did you mean 0.98?")
+    assert snapshot(existing_study) == before
+    assert {p.name: p.stat().st_mtime_ns for p in existing_study.iterdir()} == mtimes
+
+
+def test_relative_floor_bounds_in_the_spec() -> None:
+    from pydantic import ValidationError
+
+    from autotune.spec import TuneSpec, parse_min_quality
+
+    assert parse_min_quality("1") == ("relative", 1.0)  # "no worse than the reference" stays allowed
+    assert parse_min_quality("0.98") == ("relative", 0.98)
+    assert parse_min_quality("abs:1") == ("absolute", 1.0)
+    for bad in ("1.5", "1.0001", "98", "abs:1.5"):
+        with pytest.raises(ValidationError):
+            TuneSpec(min_quality=bad)
+
+
+@pytest.mark.parametrize(
+    ("url", "needles"),
+    [
+        pytest.param("bogus://x", ("cannot open --storage", "bogus://x", "unknown storage scheme"), id="unknown-scheme"),
+        pytest.param("postgresql+pg8000://u:s3cr3t@127.0.0.1/db", ("cannot open --storage", "driver is missing"),
+                     id="missing-driver"),
+        pytest.param("postgresql//u:s3cr3t@127.0.0.1/db", ("cannot open --storage",), id="no-scheme-separator"),
+        # A well-formed URL whose server is not there (port 1): refused only when connecting.
+        pytest.param("postgresql://u:s3cr3t@127.0.0.1:1/db", ("cannot open --storage",), id="no-server"),
+    ],
+)
+def test_bad_storage_url_creates_no_output_dir(tmp_path: Path, valid_space: Path, url: str, needles: tuple[str, ...]) -> None:
+    out = tmp_path / "out"
+    result = run_cli(tune_args(valid_space, out, "--storage", url), tmp_path)
+    line = assert_one_line_error(result, *needles)
+    assert "s3cr3t" not in result.stderr + result.stdout, line
+    assert not out.exists(), "a refused --storage left an (empty) output directory behind"
+
+
+def test_bad_storage_url_for_a_worker_creates_no_output_dir(tmp_path: Path) -> None:
+    out = tmp_path / "worker-out"
+    result = run_cli(["worker", "--storage", "bogus://x", "--study", "s", "--device", "cpu", "--out", str(out)], tmp_path)
+    assert_one_line_error(result, "cannot open --storage", "unknown storage scheme")
+    assert not out.exists()

@@ -267,3 +267,111 @@ def fidelity(model, reference: ReferenceTopK, sequences: Sequence[Prompt | list[
         top1_agreement=float(torch.cat(agree).mean()),
         per_sequence_top1=per_sequence,
     )
+
+
+# ------------------------------------------------------------------------------ the reference file
+
+REFERENCE_FILE = "reference.safetensors"  # in the output directory
+_REFERENCE_FORMAT = "autotune.quality-reference/1"
+_META_KEY = "autotune"
+
+
+@dataclass(frozen=True)
+class SavedReference:
+    """What the reference load leaves for the others: its top-k predictions on the fixed sequences,
+    the sequences (items), and its per-example scores and answers."""
+
+    reference: ReferenceTopK
+    items: list[FidelityItem]
+    scores: list[float]
+    texts: list[str]
+
+
+def save_reference(path, reference: ReferenceTopK, items: Sequence[FidelityItem], scores: Sequence[float],
+                   texts: Sequence[str]) -> None:
+    """Safetensors: the top-k tensors as tensors, everything else as JSON in the header's metadata.
+    Reading it back parses data and never unpickles, so a tampered file in an output directory
+    cannot run code. Written to a temporary file and renamed: a reader sees a whole file or none."""
+    import json
+    import os
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {}
+    for i, (ids, logprobs) in enumerate(zip(reference.top_ids, reference.top_logprobs, strict=True)):
+        tensors[f"top_ids.{i}"] = ids.detach().cpu().contiguous()
+        tensors[f"top_logprobs.{i}"] = logprobs.detach().cpu().contiguous()
+    meta = {
+        "format": _REFERENCE_FORMAT,
+        "sequences": len(reference.top_ids),
+        "tails": list(reference.tails),
+        "items": [{"example": it.example, "continuation": list(it.continuation), "document": it.document, "tail": it.tail}
+                  for it in items],
+        "scores": [float(s) for s in scores],
+        "texts": list(texts),
+    }
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _int_or_none(value, minimum: int = 0) -> bool:
+    return value is None or (type(value) is int and value >= minimum)
+
+
+def load_reference(path) -> SavedReference:
+    """The reference file, checked whole; ValueError when it is not one that save_reference wrote
+    (tampered, truncated, an old pickled reference.pt) or does not hang together."""
+    import json
+
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta_text = (f.metadata() or {}).get(_META_KEY)
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        meta = json.loads(meta_text) if meta_text is not None else None
+    except Exception as e:  # SafetensorError, OSError, JSONDecodeError: not a reference we wrote
+        raise ValueError(f"{path} is not a quality reference ({type(e).__name__}: {str(e)[:200]})") from e
+
+    def check(ok: bool, what: str) -> None:
+        if not ok:
+            raise ValueError(f"{path} is not a consistent quality reference: {what}")
+
+    check(isinstance(meta, dict) and meta.get("format") == _REFERENCE_FORMAT, "no autotune reference metadata")
+    n = meta.get("sequences")
+    check(type(n) is int and n >= 0, "sequence count")
+    check(set(tensors) == {f"{kind}.{i}" for kind in ("top_ids", "top_logprobs") for i in range(n)}, "tensor names")
+    tails, raw_items, scores, texts = meta.get("tails"), meta.get("items"), meta.get("scores"), meta.get("texts")
+    check(isinstance(tails, list) and len(tails) == n and all(_int_or_none(t, 1) for t in tails), "tails")
+    check(isinstance(raw_items, list) and len(raw_items) == n, "items")
+    items = []
+    for raw, tail in zip(raw_items, tails):
+        check(isinstance(raw, dict) and set(raw) == {"example", "continuation", "document", "tail"}, "item fields")
+        check(type(raw["example"]) is int and raw["example"] >= 0 and _int_or_none(raw["document"])
+              and raw["tail"] == tail and isinstance(raw["continuation"], list)
+              and all(type(t) is int and t >= 0 for t in raw["continuation"]), "item values")
+        items.append(FidelityItem(raw["example"], tuple(raw["continuation"]), raw["document"], raw["tail"]))
+    check(isinstance(scores, list) and all(type(s) in (int, float) and math.isfinite(s) for s in scores), "scores")
+    check(isinstance(texts, list) and len(texts) == len(scores) and all(isinstance(t, str) for t in texts), "texts")
+    top_ids = [tensors[f"top_ids.{i}"] for i in range(n)]
+    top_logprobs = [tensors[f"top_logprobs.{i}"] for i in range(n)]
+    for ids, logprobs in zip(top_ids, top_logprobs):
+        check(ids.dtype == torch.int64 and ids.dim() == 2 and logprobs.is_floating_point() and logprobs.shape == ids.shape,
+              "tensor shapes or types")
+    return SavedReference(ReferenceTopK(list(tails), top_ids, top_logprobs), items, [float(s) for s in scores], list(texts))
+
+
+def reference_readable(path) -> bool:
+    """Whether the reference file exists and is whole; one that is not is measured again."""
+    try:
+        load_reference(path)
+    except (ValueError, OSError):
+        return False
+    return True

@@ -58,9 +58,12 @@ def reference_candidates(ctx: StudyContext) -> list[Candidate]:
 
 
 def ensure_reference(ctx: StudyContext, worker: WorkerClient) -> tuple | None:
-    """Measure the reference's quality once per study (before any trial), keeping reference.pt.
-    A reference that does not fit the budget gives way to the next-highest precision."""
-    if ctx.quality is None or (reference_quality(ctx) and ctx.quality.reference_path.is_file()):
+    """Measure the reference's quality once per study (before any trial), keeping reference.safetensors.
+    A reference that does not fit the budget gives way to the next-highest precision. A reference
+    file that does not parse (tampered, truncated, an old pickled reference.pt) counts as missing."""
+    from autotune.measure.quality import reference_readable
+
+    if ctx.quality is None or (reference_quality(ctx) and reference_readable(ctx.quality.reference_path)):
         return None
     tried = []
     for cand in reference_candidates(ctx):

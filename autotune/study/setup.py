@@ -18,7 +18,7 @@ from autotune.models import ModelRef, resolve_model
 from autotune.samplers import create_sampler
 from autotune.space import baseline_params, default_space_path, load_space, space_digest
 from autotune.spec import Fingerprint, SearchSpace, TuneSpec, parse_min_quality
-from autotune.storage import describe, open_storage, redact
+from autotune.storage import check_url, describe, open_storage, redact
 from autotune.study.context import (
     BASELINE_ATTR,
     FINGERPRINT_ATTR,
@@ -134,9 +134,11 @@ def setup_quality(spec: TuneSpec, model: ModelRef, out: Path, space: SearchSpace
         missing = sum(1 for e in examples if not e.labelled)
         raise AutotuneError(f"--quality-metric {metric.name} needs labels, but {missing} of {len(examples)} examples in "
                             f"{data_path} have no 'answer'/'answers'; add them or use --quality-metric top1_agreement")
+    from autotune.measure.quality import REFERENCE_FILE
+
     mode, value = parse_min_quality(spec.min_quality) if spec.min_quality else (None, None)
     max_prompt_tokens = max(space.max_length) - space.new_tokens if space is not None else None
-    return QualitySetup(Path(data_path), metric.name, mode, value, out / "reference.pt", spec.quality_examples,
+    return QualitySetup(Path(data_path), metric.name, mode, value, out / REFERENCE_FILE, spec.quality_examples,
                         spec.allow_data_outside, max_prompt_tokens)
 
 
@@ -149,6 +151,13 @@ def _check_reranker_vocabulary(model: ModelRef) -> None:
     tokenizer = load_tokenizer(model, materialize(model)) if model.kind != "random" else None
     text_config = model.config().get("text_config") or model.config()
     yes_no_ids(tokenizer, int(text_config.get("vocab_size") or 0) if model.kind == "random" else 1 << 30)
+
+
+def _remove_if_empty(directory: Path) -> None:
+    try:
+        directory.rmdir()
+    except OSError:
+        pass
 
 
 def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = False) -> StudyContext:
@@ -166,6 +175,8 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
     if model.model_kind == "reranker":
         _check_reranker_vocabulary(model)
     quality = setup_quality(spec, model, spec.out, space)
+    check_url(spec.storage)  # a bad scheme or a missing driver creates no output directory
+    out_existed = spec.out.exists()
     prepare_out_dir(spec.out)
     storage_url = spec.storage or f"sqlite:///{(spec.out / 'study.db').resolve()}"
     info = describe(storage_url, spec.heartbeat_s)
@@ -173,8 +184,15 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
     direction = "maximize" if spec.objective == "throughput" else "minimize"
     identity = _identity(model, space, spec, device, quality)
 
-    storage = open_storage(storage_url, spec.heartbeat_s)
-    existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    try:
+        storage = open_storage(storage_url, spec.heartbeat_s)
+        existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    except BaseException:
+        # No server, a wrong password: the directory this run made for the study stays behind only
+        # if something was written into it.
+        if not out_existed:
+            _remove_if_empty(spec.out)
+        raise
     if join and study_name not in existing:
         raise StudyMismatchError(f"study {study_name!r} does not exist in {redact(storage_url)}; start it with "
                                  f"autotune tune --storage URL --study {study_name}")
@@ -194,11 +212,16 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
         for key, value in identity.items():
             study.set_user_attr(key, value)
         # Everything a worker on another host needs to join: the spec with absolute paths, the space itself.
-        stored = spec.model_copy(update={"data": spec.data.resolve() if spec.data else None, "space": None})
+        # Never the storage password: every worker and anyone with the database reads this (workers
+        # take the URL from their own command line or $AUTOTUNE_STORAGE).
+        stored = spec.model_copy(update={"data": spec.data.resolve() if spec.data else None, "space": None,
+                                         "storage": redact(spec.storage) if spec.storage else None})
         study.set_user_attr(SPEC_ATTR, stored.model_dump(mode="json"))
         study.set_user_attr(SPACE_ATTR, space.model_dump(mode="json"))
         study.set_user_attr(FINGERPRINT_ATTR, fingerprint(device).model_dump(mode="json"))
         study.enqueue_trial(baseline_params(space, device, model_default_dtype(model)), user_attrs={BASELINE_ATTR: True})
+    elif (old := existing[study_name].user_attrs.get(SPEC_ATTR)) and old.get("storage") and redact(old["storage"]) != old["storage"]:
+        study.set_user_attr(SPEC_ATTR, {**old, "storage": redact(old["storage"])})  # stored by an autotune before issue 17
     # Taken once per run: best.yaml is rewritten after every trial and the machine does not change.
     ctx = StudyContext(spec, device, space, model, study, redact(storage_url), study_name, spec.out, fingerprint(device), quality,
                        shape=ModelShape.from_config(model.config()), storage_info=info)

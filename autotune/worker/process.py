@@ -72,19 +72,17 @@ def _cap_host_memory(budget_gib: float) -> None:
 
 def measure_quality(model, prompter, request: QualityRequest, device: str):
     """Task score (or label-free agreement) and fidelity to the reference, with intervals."""
-    import torch
-
     from autotune.data import load_validation_set
     from autotune.measure.quality import (
-        FidelityItem,
-        ReferenceTopK,
         answer_agreement,
         bootstrap_ci,
         capture_reference,
         fidelity,
         fidelity_items,
         fidelity_prompts,
+        load_reference,
         paired_difference,
+        save_reference,
         task_scores,
     )
     from autotune.spec import QualityReport
@@ -98,19 +96,18 @@ def measure_quality(model, prompter, request: QualityRequest, device: str):
         items = fidelity_items(examples, answers)
         reference = capture_reference(model, fidelity_prompts(prompter, examples, items), device,
                                       tails=[item.tail for item in items])
-        torch.save({"reference": reference.__dict__, "items": [item.__dict__ for item in items], "scores": scores,
-                    "texts": texts}, request.reference_path)
+        save_reference(request.reference_path, reference, items, scores, texts)
         if label_free:
             scores = [1.0] * len(items)
         low, high = bootstrap_ci(scores)
         return QualityReport(metric=request.metric, score=sum(scores) / len(scores), ci_low=low, ci_high=high, n=len(scores),
                              per_example=scores, kl_mean=0.0, kl_p95=0.0, top1_agreement=1.0, answer_agreement=1.0,
                              elapsed_s=time.perf_counter() - start)
-    saved = torch.load(request.reference_path, weights_only=False)
-    items = [FidelityItem(**item) for item in saved["items"]]
-    fid = fidelity(model, ReferenceTopK(**saved["reference"]), fidelity_prompts(prompter, examples, items), device)
-    reference_scores = saved["scores"]
-    agreement = answer_agreement(texts, saved["texts"])
+    saved = load_reference(request.reference_path)  # data only, never unpickled: the file may have been tampered with
+    items = saved.items
+    fid = fidelity(model, saved.reference, fidelity_prompts(prompter, examples, items), device)
+    reference_scores = saved.scores
+    agreement = answer_agreement(texts, saved.texts)
     if label_free:
         scores, reference_scores = fid.per_sequence_top1, [1.0] * len(fid.per_sequence_top1)
     low, high = bootstrap_ci(scores)
