@@ -27,6 +27,8 @@ from autotune.loading import generate_kwargs
 from autotune.memory_model import ModelShape, calibrate, lower_bound_gib, predicted_infeasible_reason
 from autotune.models import ModelRef, resolve_model
 from autotune.samplers import create_sampler
+from autotune.dtypes import dtype_from_torch_name
+from autotune.knobs import MONOTONE_SHAPE_KNOBS, boundary_shape, load_key_name, no_larger, same_load_and_request  # noqa: F401
 from autotune.space import (
     baseline_params,
     default_space_path,
@@ -35,6 +37,7 @@ from autotune.space import (
     suggest,
     unsupported_reason,
 )
+from autotune.space import reference_candidates as space_reference_candidates
 from autotune.storage import OWNER_ATTR, Heartbeat, StorageInfo, describe, fail_stale, open_storage, owner, redact
 from autotune.spec import (
     LOAD_KEY_KNOBS,
@@ -69,7 +72,6 @@ CLAIM_ATTR = "autotune.claim"  # the candidate a RUNNING trial measures now (sha
 DEFERRED_ATTR = "autotune.deferred"
 IDENTITY_ATTRS = ("model", "space_digest", "objective", "device_name", "quality")
 CONSTRAINT_KEYS = ("oom", "unsupported", "over_budget_gib", "quality_below_floor")
-PRECISION_ORDER = ("none", "bnb-int8", "bnb-nf4", "bnb-fp4")  # most to least faithful weights
 BUNDLED_TEXT_SET = Path(__file__).parent / "data" / "bundled" / "text.jsonl"
 BUNDLED_RERANK_SET = Path(__file__).parent / "data" / "bundled" / "rerank.jsonl"
 MAX_CONSECUTIVE_DUPLICATES = 200
@@ -169,7 +171,7 @@ def model_default_dtype(model: ModelRef) -> str | None:
         return None
     text = data.get("text_config") or {}  # Qwen3-VL keeps its dtype only there
     name = str(data.get("dtype") or data.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype") or "")
-    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(name)
+    return dtype_from_torch_name(name)
 
 
 def _identity(model: ModelRef, space: SearchSpace, spec: TuneSpec, device: DeviceInfo, quality: QualitySetup | None) -> dict[str, str]:
@@ -413,28 +415,8 @@ def quality_floor(ctx: StudyContext) -> float | None:
 
 def reference_candidates(ctx: StudyContext) -> list[Candidate]:
     """Loads of the space that run here, highest precision first: quality is relative to the
-    first of them that fits the budget."""
-    space = ctx.space
-    supported = []
-    for dtype in ("fp32", "bf16", "fp16"):
-        for quant in sorted(space.quantization, key=lambda q: PRECISION_ORDER.index(q) if q in PRECISION_ORDER else len(PRECISION_ORDER)):
-            if dtype not in space.dtype:
-                continue
-            # One attention kernel per precision: the reference's numbers do not depend on it, and
-            # a load that does not fit with sdpa will not fit with eager either.
-            for attn in sorted(space.attn_implementation, key=lambda a: a != "sdpa"):
-                # Vision: the highest input resolution and most frames of the space, the most
-                # faithful inputs, as the bar the lower resolutions are compared with.
-                cand = Candidate(dtype=dtype, quantization=quant, attn_implementation=attn, compile=False,
-                                 batch_size=min(space.batch_size), max_length=min(space.max_length),
-                                 new_tokens=space.new_tokens,
-                                 max_pixels=max(space.max_pixels) if space.max_pixels else None,
-                                 video_frames=max(space.video_frames) if space.video_frames else None,
-                                 vision_attn_implementation=min(space.vision_attn_implementation, key=lambda a: a != "sdpa")
-                                 if space.vision_attn_implementation else None)
-                if unsupported_reason(cand, ctx.device) is None:
-                    supported.append(cand)
-                    break
+    first of them that fits the budget (picked as the knob table says, space.reference_candidates)."""
+    supported = space_reference_candidates(ctx.space, ctx.device)
     if not supported:
         raise AutotuneError("no candidate of the space can run here to serve as the quality reference; widen the space")
     return supported
@@ -465,9 +447,8 @@ def ensure_reference(ctx: StudyContext, worker: WorkerClient) -> tuple | None:
 
 def _load_key_name(cand: Candidate) -> str:
     # One GPU leaves the name as it was before multi-GPU candidates existed: resumed studies keep
-    # their cached quality and boundaries.
-    parts = cand.load_key if cand.num_gpus != 1 else cand.load_key[:-1]
-    return "|".join(str(part) for part in parts)
+    # their cached quality and boundaries (knobs added later are left out at their default).
+    return load_key_name(cand)
 
 
 def _quality_key_name(cand: Candidate) -> str:
@@ -689,10 +670,7 @@ def _key(cand: Candidate) -> tuple:
     return tuple(sorted(cand.model_dump().items()))
 
 
-# Request-shape knobs memory grows with: a candidate at least as large in every one of them as an
-# infeasible trial with the same load cannot fit either. Visual inputs count apart from max_length:
-# at the same length, more pixels or frames cost more vision-encoder activations.
-MONOTONE_SHAPE_KNOBS = ("batch_size", "max_length", "max_pixels", "images_per_prompt", "video_frames")
+# MONOTONE_SHAPE_KNOBS (imported from autotune/knobs.py): the rows whose larger values need more memory.
 
 
 def dominating_infeasible(cand: Candidate, done: dict[tuple, TrialRecord]) -> TrialRecord | None:
@@ -709,12 +687,12 @@ def dominating_infeasible(cand: Candidate, done: dict[tuple, TrialRecord]) -> Tr
 
 def _same_load_and_request(a: Candidate, b: Candidate) -> bool:
     """Same model load and request sizes: their memory differs only by the monotone shape knobs."""
-    return a.load_key == b.load_key and a.new_tokens == b.new_tokens and a.image_size == b.image_size and a.video_size == b.video_size
+    return same_load_and_request(a, b)
 
 
 def _no_larger(a: Candidate, b: Candidate) -> bool:
     """Every shape knob of `a` that memory grows with is at most `b`'s."""
-    return all((getattr(a, k) or 0) <= (getattr(b, k) or 0) for k in MONOTONE_SHAPE_KNOBS)
+    return no_larger(a, b)
 
 
 def failed_load(cand: Candidate, done: dict[tuple, TrialRecord]) -> TrialRecord | None:
@@ -771,9 +749,7 @@ def _predicted_peak(ctx: StudyContext, cand: Candidate, done: dict[tuple, TrialR
 
 def _boundary_key(cand: Candidate) -> str:
     """Everything but the batch size: the boundary found for one holds for all batch sizes of it."""
-    shape = (cand.max_length, cand.new_tokens, cand.max_pixels, cand.images_per_prompt, cand.video_frames, cand.image_size,
-             cand.video_size)
-    return BOUNDARY_PREFIX + "|".join(str(part) for part in (_load_key_name(cand), *shape))
+    return BOUNDARY_PREFIX + "|".join(str(part) for part in (_load_key_name(cand), *boundary_shape(cand)))
 
 
 def _bisection_applies(ctx: StudyContext) -> bool:

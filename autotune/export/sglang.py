@@ -39,6 +39,7 @@ from autotune.export.base import (
     tensor_parallel,
     unexportable,
 )
+from autotune.dtypes import DTYPES
 from autotune.spec import DeploymentConfig
 
 NAME = "sglang"
@@ -97,7 +98,6 @@ RULES: dict[str, Rule] = {
         "SGLang serves rerankers through model-specific scoring setups that autotune does not generate; export --to transformers", None),
 }
 
-SGLANG_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 SGLANG_ATTENTION = {"flash_attention_2": "fa3"}
 SGLANG_VISION_ATTENTION = {"sdpa": "sdpa", "flash_attention_2": "fa3", "eager": "sdpa"}
 
@@ -108,7 +108,7 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     model = start(d, config, options)
 
     d.set("model-path", model)
-    d.set("dtype", SGLANG_DTYPES[s.dtype], d.comment(f"dtype={s.dtype}", f"dtype {s.dtype}"))
+    d.set("dtype", DTYPES[s.dtype].torch_name, d.comment(f"dtype={s.dtype}", f"dtype {s.dtype}"))
     quant_key = f"quantization={s.quantization}"
     quant_comment = d.comment(quant_key, f"quantization {s.quantization}")
     if s.quantization in ("bnb-nf4", "bnb-fp4"):

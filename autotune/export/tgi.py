@@ -34,6 +34,7 @@ from autotune.export.base import (
     tensor_parallel,
     unexportable,
 )
+from autotune.dtypes import DTYPES
 from autotune.spec import DeploymentConfig
 
 NAME = "tgi"
@@ -92,7 +93,7 @@ RULES: dict[str, Rule] = {
     "model_kind=reranker": unexportable("TGI does not serve rerankers (Hugging Face's text-embeddings-inference does); export --to transformers", None),
 }
 
-TGI_DTYPES = {"fp32": "bfloat16", "fp16": "float16", "bf16": "bfloat16"}
+TGI_DTYPES = ("float16", "bfloat16")  # what --dtype takes; another dtype is written as its rule's alternative, bfloat16
 TGI_QUANTIZE = {"bnb-int8": "bitsandbytes", "bnb-nf4": "bitsandbytes-nf4", "bnb-fp4": "bitsandbytes-fp4"}
 ENV_NAMES = {
     "model-id": "MODEL_ID", "dtype": "DTYPE", "quantize": "QUANTIZE", "max-input-tokens": "MAX_INPUT_TOKENS",
@@ -113,7 +114,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     d.set("model-id", model)
     quant_comment = d.comment(f"quantization={s.quantization}", f"quantization {s.quantization}")
     if s.quantization == "none":
-        d.set("dtype", TGI_DTYPES[s.dtype], d.comment(f"dtype={s.dtype}", f"dtype {s.dtype}"))
+        torch_name = DTYPES[s.dtype].torch_name
+        d.set("dtype", torch_name if torch_name in TGI_DTYPES else "bfloat16", d.comment(f"dtype={s.dtype}", f"dtype {s.dtype}"))
     else:  # TGI refuses --dtype with --quantize: the measured dtype cannot be asked for
         d.set("quantize", TGI_QUANTIZE[s.quantization], quant_comment, d.comment("quantized_dtype", "dtype with quantization"),
               f"measured with {s.dtype} weights/compute and {s.quantization}")

@@ -37,6 +37,7 @@ from autotune.export.base import (
     tensor_parallel,
     unexportable,
 )
+from autotune.dtypes import DTYPES
 from autotune.spec import DeploymentConfig
 
 NAME = "vllm"
@@ -99,7 +100,6 @@ RULES: dict[str, Rule] = {
         "export --to transformers", None),
 }
 
-VLLM_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 VLLM_ATTENTION = {"flash_attention_2": "FLASH_ATTN"}
 VLLM_VISION_ATTENTION = {"sdpa": "TORCH_SDPA", "flash_attention_2": "FLASH_ATTN", "eager": "TORCH_SDPA"}
 
@@ -109,7 +109,7 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     d = Draft(NAME, RULES, options)
     model = start(d, config, options)
     d.set("model", model)
-    d.set("dtype", VLLM_DTYPES[s.dtype], d.comment(f"dtype={s.dtype}", f"dtype {s.dtype}"))
+    d.set("dtype", DTYPES[s.dtype].torch_name, d.comment(f"dtype={s.dtype}", f"dtype {s.dtype}"))
     quant_rule = d.rule(f"quantization={s.quantization}")
     quant_comment = d.comment(f"quantization={s.quantization}", f"quantization {s.quantization}")
     if quant_rule.kind == "unexportable":
