@@ -32,6 +32,7 @@ from autotune.export.base import (
     ExportResult,
     Rule,
     approximate,
+    check_request_sizes,
     exact,
     is_vision,
     memory_plan,
@@ -78,6 +79,12 @@ RULES: dict[str, Rule] = {
     "new_tokens": approximate("generation length is per request in SGLang (max_new_tokens); the figures were measured with greedy decoding"),
     "images_per_prompt": exact(),
     "max_pixels": exact(),
+    "image_size": exact(
+        "not a SGLang setting: the size of the images the figures were measured with, written in the comment on the images "
+        "per request; SGLang takes any size and bounds each image by max_pixels"),
+    "video_size": exact(
+        "not a SGLang setting: the frame size of the videos the figures were measured with; SGLang resizes frames itself "
+        "(see video_frames)"),
     "video_frames": approximate(
         "SGLang samples video frames itself (nframes) and bounds each by max_pixels, close to but not the same code path autotune measured"),
     "device=cpu": approximate(
@@ -150,6 +157,7 @@ def _vision(d: Draft, config: DeploymentConfig) -> None:
     s = config.settings
     images = s.images_per_prompt or 0
     videos = 1 if s.video_frames else 0
+    check_request_sizes(d, s)
     d.set("enable-multimodal", True)
     d.set("limit-mm-data-per-request", _json({"image": images, "video": videos}),
           d.comment("images_per_prompt", f"images_per_prompt {images}"),

@@ -27,6 +27,7 @@ from autotune.export.base import (
     ExportResult,
     Rule,
     approximate,
+    check_request_sizes,
     exact,
     is_vision,
     memory_plan,
@@ -75,6 +76,12 @@ RULES: dict[str, Rule] = {
         "tokens count in max-input-tokens"),
     "max_pixels": approximate(
         "TGI has no launcher setting for image resolution: clients should resize images to at most max_pixels pixels, as measured"),
+    "image_size": exact(
+        "not a TGI setting: the size of the images the figures were measured with, written in the comment on the images "
+        "per request; TGI takes any size and bounds each image by max_pixels"),
+    "video_size": exact(
+        "not a TGI setting: the frame size of the videos the figures were measured with; TGI resizes frames itself "
+        "(see video_frames)"),
     "video_frames": unexportable(
         "TGI has no launcher setting for video input", "no video setting (requests without video), or export --to vllm or sglang"),
     "device=cpu": approximate(
@@ -136,6 +143,7 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
            d.comment(f"compile={str(s.compile).lower()}", f"compile {s.compile}"),
            d.comment("new_tokens", f"new_tokens {s.new_tokens}"))
     if is_vision(config):
+        check_request_sizes(d, s)
         d.note(d.comment("images_per_prompt", f"images_per_prompt {s.images_per_prompt}"),
                d.comment("max_pixels", f"max_pixels {s.max_pixels}") if s.max_pixels is not None else "",
                f"measured: {s.images_per_prompt or 0} image(s) of {s.image_size or 'default size'} per request at max_pixels "

@@ -21,6 +21,7 @@ from autotune.export.base import (
     ExportResult,
     Rule,
     approximate,
+    check_request_sizes,
     exact,
     is_vision,
     start,
@@ -62,6 +63,8 @@ RULES: dict[str, Rule] = {
     "new_tokens": exact(),
     "images_per_prompt": approximate("images per request are up to your code: the measured worst case is MAX_IMAGES_PER_PROMPT"),
     "max_pixels": exact(),
+    "image_size": exact("the size of the images the figures were measured with, written next to MAX_IMAGES_PER_PROMPT"),
+    "video_size": exact("the frame size of the videos the figures were measured with, written next to VIDEO_FRAMES"),
     "video_frames": approximate("video frames are sampled by your code: the measured worst case is VIDEO_FRAMES frames"),
     "device=cpu": exact(),
     "tensor_parallel_size>1": approximate(
@@ -188,6 +191,7 @@ def _vision_constants(d: Draft, config: DeploymentConfig) -> list[str]:
 
     s = config.settings
     lines = []
+    check_request_sizes(d, s)
     if s.max_pixels is not None:
         d.check("max_pixels", "max_pixels")
         size = {"shortest_edge": min(DEFAULT_MIN_PIXELS, s.max_pixels), "longest_edge": s.max_pixels}

@@ -30,6 +30,7 @@ from autotune.export.base import (
     ExportResult,
     Rule,
     approximate,
+    check_request_sizes,
     exact,
     is_vision,
     memory_plan,
@@ -78,6 +79,12 @@ RULES: dict[str, Rule] = {
     "new_tokens": approximate("generation length is per request in vLLM (max_tokens); the figures were measured with greedy decoding"),
     "images_per_prompt": exact(),
     "max_pixels": exact(),
+    "image_size": exact(
+        "not a vLLM setting: the size of the images the figures were measured with, written in the comment on the images "
+        "per request; vLLM takes any size and bounds each image by max_pixels"),
+    "video_size": exact(
+        "not a vLLM setting: the frame size of the videos the figures were measured with; vLLM resizes frames itself "
+        "(see video_frames)"),
     "video_frames": approximate(
         "video frames are sampled by vLLM's video loader (num_frames) and resized by the model's video processor, whose pixel "
         "bound may differ from the image bound autotune measured frames with"),
@@ -145,6 +152,7 @@ def _vision(d: Draft, config: DeploymentConfig) -> None:
     s = config.settings
     images = s.images_per_prompt or 0
     videos = 1 if s.video_frames else 0
+    check_request_sizes(d, s)
     d.set("limit-mm-per-prompt", _json({"image": images, "video": videos}),
           d.comment("images_per_prompt", f"images_per_prompt {images}"),
           f"at most {images} image(s) and {videos} video(s) per request, the measured worst case "
