@@ -22,13 +22,14 @@ import yaml
 from optuna.trial import TrialState as OptunaState
 
 from autotune.confirm import confirm_study, confirmed_best, stored_confirmation
+from autotune.dtypes import dtype_from_torch_name
 from autotune.errors import AutotuneError, OutputDirError, SpaceError, StudyMismatchError
+# MONOTONE_SHAPE_KNOBS stays importable from here (the shortcut's knobs, a view of the knob table).
+from autotune.knobs import MONOTONE_SHAPE_KNOBS, boundary_shape, load_key_name, no_larger, same_load_and_request  # noqa: F401
 from autotune.loading import generate_kwargs
 from autotune.memory_model import ModelShape, calibrate, lower_bound_gib, predicted_infeasible_reason
 from autotune.models import ModelRef, resolve_model
 from autotune.samplers import create_sampler
-from autotune.dtypes import dtype_from_torch_name
-from autotune.knobs import MONOTONE_SHAPE_KNOBS, boundary_shape, load_key_name, no_larger, same_load_and_request  # noqa: F401
 from autotune.space import (
     baseline_params,
     default_space_path,
@@ -668,9 +669,6 @@ def _finished_by_params(recs: list[TrialRecord]) -> dict[tuple, TrialRecord]:
 
 def _key(cand: Candidate) -> tuple:
     return tuple(sorted(cand.model_dump().items()))
-
-
-# MONOTONE_SHAPE_KNOBS (imported from autotune/knobs.py): the rows whose larger values need more memory.
 
 
 def dominating_infeasible(cand: Candidate, done: dict[tuple, TrialRecord]) -> TrialRecord | None:
