@@ -198,6 +198,14 @@ def test_a_new_knob_fails_the_coverage_test_until_every_exporter_has_a_rule(monk
     monkeypatch.setattr(knobs, "KNOB_TABLE", KNOB_TABLE)
     monkeypatch.setitem(QUANTIZATION_METHODS, "awq", QUANTIZATION_METHODS["bnb-nf4"])
     assert all(uncovered_rules(RULES[t]) == ["quantization=awq"] for t in EXPORTERS)
+    # With a rule but no flag value for it, writing it fails loudly (test_every_exporter_writes_or_refuses_every_value
+    # runs over every registered method), never a config that silently drops the quantization.
+    base = read_deployment(EXPORT_INPUTS / "text-h100.yaml")
+    config = base.model_copy(update={"settings": base.settings.model_copy(update={"quantization": "awq"})})
+    for target in ("vllm", "sglang", "tgi"):
+        monkeypatch.setitem(RULES[target], "quantization=awq", RULES[target]["quantization=none"])
+        with pytest.raises(KeyError, match="awq"):
+            export(config, target)
 
 
 def _exportable_values() -> list[tuple[str, str, object]]:

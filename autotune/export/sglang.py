@@ -105,6 +105,9 @@ RULES: dict[str, Rule] = {
         "SGLang serves rerankers through model-specific scoring setups that autotune does not generate; export --to transformers", None),
 }
 
+# quantization method -> (--quantization, --load-format) as written, the nearest for the unexportable ones (see RULES)
+SGLANG_QUANTIZATION = {"bnb-nf4": ("bitsandbytes", "bitsandbytes"), "bnb-fp4": ("bitsandbytes", "bitsandbytes"),
+                       "bnb-int8": ("fp8", None)}
 SGLANG_ATTENTION = {"flash_attention_2": "fa3"}
 SGLANG_VISION_ATTENTION = {"sdpa": "sdpa", "flash_attention_2": "fa3", "eager": "sdpa"}
 
@@ -118,11 +121,11 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     d.set("dtype", DTYPES[s.dtype].torch_name, d.comment(f"dtype={s.dtype}", f"dtype {s.dtype}"))
     quant_key = f"quantization={s.quantization}"
     quant_comment = d.comment(quant_key, f"quantization {s.quantization}")
-    if s.quantization in ("bnb-nf4", "bnb-fp4"):
-        d.set("quantization", "bitsandbytes", quant_comment)
-        d.set("load-format", "bitsandbytes")
-    elif s.quantization == "bnb-int8":
-        d.set("quantization", "fp8", quant_comment)
+    if s.quantization != "none":
+        quantization, load_format = SGLANG_QUANTIZATION[s.quantization]
+        d.set("quantization", quantization, quant_comment)
+        if load_format is not None:
+            d.set("load-format", load_format)
     d.set("context-length", s.max_length, d.comment("max_length", f"max_length {s.max_length}"))
     d.set("max-running-requests", s.batch_size, d.comment("batch_size", f"batch_size {s.batch_size}"))
     plan = memory_plan(config, options, "mem-fraction-static")

@@ -107,6 +107,7 @@ RULES: dict[str, Rule] = {
         "export --to transformers", None),
 }
 
+VLLM_QUANTIZATION: dict[str, str] = {}  # methods with an exact or approximate rule -> vLLM's --quantization name
 VLLM_ATTENTION = {"flash_attention_2": "FLASH_ATTN"}
 VLLM_VISION_ATTENTION = {"sdpa": "TORCH_SDPA", "flash_attention_2": "FLASH_ATTN", "eager": "TORCH_SDPA"}
 
@@ -121,6 +122,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     quant_comment = d.comment(f"quantization={s.quantization}", f"quantization {s.quantization}")
     if quant_rule.kind == "unexportable":
         d.set("quantization", "fp8_per_tensor", quant_comment)
+    elif s.quantization != "none":  # a method vLLM serves: its own name for it (a missing one is a KeyError the tests catch)
+        d.set("quantization", VLLM_QUANTIZATION[s.quantization], quant_comment)
     d.set("max-model-len", s.max_length, d.comment("max_length", f"max_length {s.max_length}"))
     d.set("max-num-seqs", s.batch_size, d.comment("batch_size", f"batch_size {s.batch_size}"))
     plan = memory_plan(config, options, "gpu-memory-utilization")
