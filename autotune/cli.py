@@ -11,7 +11,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
-from autotune.errors import AutotuneError
+from autotune.errors import AutotuneError, pydantic_message
 from autotune.export.base import DEFAULT_HEADROOM
 from autotune.spec import TuneSpec
 from autotune.verify import DEFAULT_TOLERANCE_PCT
@@ -126,7 +126,7 @@ def tune(
 def _flag_error(e: ValidationError) -> AutotuneError:
     err = e.errors()[0]
     flag = "--" + str(err["loc"][0]).replace("_gib", "").replace("_s", "").replace("_", "-") if err["loc"] else "option"
-    message = err["msg"].removeprefix("Value error, ")
+    message = pydantic_message(err)
     return AutotuneError(message if message.startswith(flag + " ") else f"{flag}: {message}")
 
 

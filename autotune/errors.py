@@ -58,3 +58,16 @@ def unknown_name_message(kind: str, name: str, allowed: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, allowed, n=1)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     return f"unknown {kind} {name!r}{hint}; allowed: {', '.join(allowed)}"
+
+
+def pydantic_message(err: dict) -> str:
+    """One pydantic error as the one line users read: a bound says the bound and the fix."""
+    bounds = err.get("ctx") or {}
+    value = err.get("input")
+    if err.get("type") == "less_than_equal" and "le" in bounds:
+        return f"{value} is above the upper bound {bounds['le']:,}; use at most {bounds['le']:,}"
+    if err.get("type") == "greater_than_equal" and "ge" in bounds:
+        return f"{value} is below the lower bound {bounds['ge']:,}; use at least {bounds['ge']:,}"
+    if err.get("type") == "greater_than" and "gt" in bounds:
+        return f"{value} must be above {bounds['gt']:,}"
+    return str(err["msg"]).removeprefix("Value error, ")

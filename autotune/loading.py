@@ -5,25 +5,22 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from autotune.checkpoint_io import save_checkpoint
+from autotune.dtypes import DTYPES
 from autotune.errors import DeploymentFileError
 from autotune.models import ModelRef, atomic_build, materialize, rebuildable_dir
 from autotune.quant import get_method
 from autotune.spec import Candidate
 
-TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-
-
 def torch_dtype(name: str):
     import torch
 
-    return getattr(torch, TORCH_DTYPES[name])
+    return getattr(torch, DTYPES[name].torch_name)
 
 
 def from_pretrained_kwargs(candidate: Candidate, device: str) -> dict[str, Any]:
@@ -126,11 +123,8 @@ def prequantized_dir(source: str, candidate: Candidate, device: str = "cpu") -> 
     if not method.cache_prequantized or not src.is_dir():
         return None
     files = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in src.iterdir() if p.is_file())
-    try:
-        bnb_version = importlib.metadata.version("bitsandbytes")
-    except importlib.metadata.PackageNotFoundError:
-        bnb_version = ""
-    identity = json.dumps([str(src.resolve()), files, method.name, candidate.dtype, transformers.__version__, bnb_version])
+    identity = json.dumps([str(src.resolve()), files, method.name, candidate.dtype, transformers.__version__,
+                           method.cache_identity()])
     digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
     # At most the source's size: a quantized copy is smaller than the checkpoint it comes from.
     size_bytes = sum(size for _, size, _ in files)

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from autotune.dtypes import DTYPES
+from autotune.quant import QUANTIZATION_METHODS
 from autotune.spec import Candidate
 
 GIB = 2**30
-DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
-# Bytes per weight of quantized linear layers, lower bounds (nf4/fp4: 4 bits, the per-64-weight
-# absmax constants left out; int8: one byte, the per-row scales left out).
-QUANTIZED_BYTES = {"bnb-int8": 1.0, "bnb-nf4": 0.5, "bnb-fp4": 0.5}
+# Bytes per element of each dtype, and per weight of quantized linear layers (lower bounds, see
+# each method's `bytes_per_weight`): the registries own them.
 # "Cannot fit" needs the lower bound this far over the budget: the bound is exact for the weights
 # and the KV cache only up to small tensors (norms, biases, rounding).
 CLEAR_MARGIN = 0.05
@@ -88,19 +88,19 @@ def _vision_linear_params(vision: dict) -> int:
 
 
 def weight_bytes(shape: ModelShape, cand: Candidate) -> float:
-    dtype = DTYPE_BYTES[cand.dtype]
-    linear = QUANTIZED_BYTES.get(cand.quantization, dtype)
+    dtype = DTYPES[cand.dtype].bytes_per_element
+    linear = QUANTIZATION_METHODS[cand.quantization].bytes_per_weight or dtype
     return shape.linear_params * linear + shape.other_params * dtype
 
 
 def kv_cache_bytes(shape: ModelShape, cand: Candidate) -> float:
-    per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * DTYPE_BYTES[cand.dtype]
+    per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * DTYPES[cand.dtype].bytes_per_element
     return per_token * cand.batch_size * cand.max_length
 
 
 def activation_bytes(shape: ModelShape, cand: Candidate) -> float:
     """The prefill's largest transient tensors for one layer (they are freed layer by layer)."""
-    dtype = DTYPE_BYTES[cand.dtype]
+    dtype = DTYPES[cand.dtype].bytes_per_element
     tokens = cand.batch_size * cand.prompt_tokens
     mlp = tokens * (2 * shape.intermediate + 2 * shape.hidden) * dtype  # gate and up outputs, residual
     scores = cand.batch_size * shape.heads * cand.prompt_tokens**2 * dtype * 2 if cand.attn_implementation == "eager" else 0

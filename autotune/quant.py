@@ -1,5 +1,8 @@
 """Registry of weight-quantization methods. Add a method by subclassing and registering it; the
-search space validates names against this registry and the loader asks it for the config."""
+search space validates names against this registry, the loader asks it for the config, the
+memory model for its bytes per weight, the quality reference for its precision rank, the
+prequantized cache for what identifies a saved copy, and the transformers export for the config
+it writes. What each serving system makes of it is that exporter's rule (autotune/export/)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,11 @@ class QuantizationMethod(ABC):
     ``build_config`` returns what ``from_pretrained(quantization_config=...)`` takes, or None."""
 
     name: str
-    bits_per_weight: float
+    # Bytes per weight of the quantized linear layers, a lower bound (the memory model's): the
+    # quantization constants are left out. None: not quantized, the dtype's bytes.
+    bytes_per_weight: float | None
+    # 0 = most faithful weights: the quality reference tries methods in this order.
+    precision_rank: int
     # Keep a quantized copy of the checkpoint after the first load and load later candidates from
     # it. Worth it where quantizing while loading is slow next to saving (bench/load_times.py).
     cache_prequantized: bool = False
@@ -25,6 +32,18 @@ class QuantizationMethod(ABC):
 
     @abstractmethod
     def build_config(self, compute_dtype: Any) -> Any | None: ...
+
+    def cache_identity(self) -> str:
+        """What, besides the checkpoint, the dtype and transformers' version, decides the bytes of
+        a saved quantized copy (the quantizing library's version): part of its cache name."""
+        return ""
+
+    def config_source(self, compute_dtype: str) -> str | None:
+        """The Python expression of `build_config(compute_dtype)` for the transformers export
+        (`compute_dtype` is itself an expression such as 'torch.bfloat16'); None: no config."""
+        return None
+
+    config_imports: tuple[str, ...] = ()  # names `config_source` needs from transformers
 
     def compile_unsupported_reason(self) -> str | None:
         """Why transformers will not compile generate() with this method, known before loading.
@@ -70,7 +89,8 @@ def get_method(name: str) -> QuantizationMethod:
 
 class NoQuantization(QuantizationMethod):
     name = "none"
-    bits_per_weight = 16.0  # of the chosen dtype really; the memory model refines it
+    bytes_per_weight = None
+    precision_rank = 0
 
     def unavailable_reason(self, device_type: str) -> str | None:
         return None
@@ -80,15 +100,26 @@ class NoQuantization(QuantizationMethod):
 
 
 class _Bitsandbytes(QuantizationMethod):
+    config_imports = ("BitsAndBytesConfig",)
+
     def unavailable_reason(self, device_type: str) -> str | None:
         if importlib.util.find_spec("bitsandbytes") is None:
             return "bitsandbytes is not installed (pip install bitsandbytes)"
         return None
 
+    def cache_identity(self) -> str:
+        import importlib.metadata
+
+        try:
+            return importlib.metadata.version("bitsandbytes")
+        except importlib.metadata.PackageNotFoundError:
+            return ""
+
 
 class BnbInt8(_Bitsandbytes):
     name = "bnb-int8"
-    bits_per_weight = 8.0
+    bytes_per_weight = 1.0  # one byte; the per-row scales left out
+    precision_rank = 1
     # H100, Qwen2.5-7B: 6-18 s to quantize while loading (the slow end under a memory cap), 1.6 s
     # from a saved int8 copy, 10 s to save it once. 4-bit methods load in ~2.5 s either way.
     cache_prequantized = True
@@ -98,13 +129,17 @@ class BnbInt8(_Bitsandbytes):
 
         return BitsAndBytesConfig(load_in_8bit=True)
 
+    def config_source(self, compute_dtype: str) -> str:
+        return "BitsAndBytesConfig(load_in_8bit=True)"
+
 
 class BnbFourBit(_Bitsandbytes):
-    bits_per_weight = 4.5  # 4-bit blocks plus one absmax per 64 weights
+    bytes_per_weight = 0.5  # 4 bits; the absmax constant per 64 weights left out
 
-    def __init__(self, quant_type: str) -> None:
+    def __init__(self, quant_type: str, precision_rank: int) -> None:
         self.quant_type = quant_type
         self.name = f"bnb-{quant_type}"
+        self.precision_rank = precision_rank
 
     def build_config(self, compute_dtype: Any) -> Any:
         from transformers import BitsAndBytesConfig
@@ -113,8 +148,11 @@ class BnbFourBit(_Bitsandbytes):
             load_in_4bit=True, bnb_4bit_quant_type=self.quant_type, bnb_4bit_compute_dtype=compute_dtype
         )
 
+    def config_source(self, compute_dtype: str) -> str:
+        return f'BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="{self.quant_type}", bnb_4bit_compute_dtype={compute_dtype})'
+
 
 register(NoQuantization())
 register(BnbInt8())
-register(BnbFourBit("nf4"))
-register(BnbFourBit("fp4"))
+register(BnbFourBit("nf4", precision_rank=2))  # normal-float levels fit weights better than fp4's
+register(BnbFourBit("fp4", precision_rank=3))

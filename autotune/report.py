@@ -9,6 +9,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from autotune.analysis import Importances, objective_stat, pareto_front, quality_on_front
+from autotune.knobs import cells as knob_cells
+from autotune.knobs import column_groups
 from autotune.spec import Candidate, DeploymentConfig, TrialRecord
 from autotune.study.results import baseline_record, best_record
 
@@ -73,23 +75,28 @@ def _fmt(value: float | None, spec: str = ",.1f") -> str:
     return "–" if value is None else format(value, spec)
 
 
-TRIAL_COLUMNS = ("#", "dtype", "quant", "attn", "compile", "batch", "max len", "state", "throughput", "spread",
+# The knobs' columns come from their rows in autotune/knobs.py (title, order, how a value reads).
+_KNOB_COLUMNS = column_groups()
+TRIAL_COLUMNS = ("#", *(k.column.title for k in _KNOB_COLUMNS["text"]), "state", "throughput", "spread",
                  "decode tok/s", "TTFT ms", "TPOT ms", "peak GiB", "× base", "quality", "KL")
-_LEFT_ALIGNED = {"dtype", "quant", "attn", "state"}
+_LEFT_ALIGNED = {"state", *(k.column.title for group in _KNOB_COLUMNS.values() for k in group if k.column.left)}
+_STATE_INDEX = TRIAL_COLUMNS.index("state")
 
 
-VISION_COLUMNS = ("img", "max px", "frames", "vis tok", "prep ms", "req/s +prep")
+VISION_COLUMNS = (*(k.column.title for k in _KNOB_COLUMNS["vision"]), "vis tok", "prep ms", "req/s +prep")
+PLACEMENT_COLUMNS = tuple(k.column.title for k in _KNOB_COLUMNS["placement"])
 
 
 def trial_columns(recs: list[TrialRecord]) -> tuple[str, ...]:
     """The trial table's columns; the vision ones only where some candidate sends images or video,
     the GPU count only where some candidate spreads the model over several."""
     return (TRIAL_COLUMNS + (VISION_COLUMNS if any(r.candidate.has_images for r in recs) else ())
-            + (("GPUs",) if _spread(recs) else ()))
+            + (PLACEMENT_COLUMNS if _spread(recs) else ()))
 
 
 def _spread(recs: list[TrialRecord]) -> bool:
-    return any(r.candidate.num_gpus != 1 for r in recs)
+    """Some candidate is placed other than by default (num_gpus != 1)."""
+    return any(getattr(r.candidate, k.name) != k.default for r in recs for k in _KNOB_COLUMNS["placement"])
 
 
 def trial_rows(recs: list[TrialRecord], objective: str, baseline_value: float | None) -> list[tuple[str, list[str]]]:
@@ -105,8 +112,7 @@ def trial_rows(recs: list[TrialRecord], objective: str, baseline_value: float | 
         if m is not None and baseline_value and r.objective_value:
             ratio = r.objective_value / baseline_value if objective == "throughput" else baseline_value / r.objective_value
         rows.append((r.state, [
-            f"{r.number}{'*' if r.is_baseline else ''}", c.dtype, c.quantization, c.attn_implementation,
-            "yes" if c.compile else "no", str(c.batch_size), str(c.max_length),
+            f"{r.number}{'*' if r.is_baseline else ''}", *knob_cells(c, _KNOB_COLUMNS["text"]),
             r.state + (f" (from #{r.outcome.inferred_from})" if r.outcome.inferred_from is not None
                        else " (predicted)" if r.outcome.predicted else ""),
             _fmt(m and m.throughput.median), _fmt(m and m.throughput.spread_pct, ".0f") + ("%" if m else ""),
@@ -114,10 +120,10 @@ def trial_rows(recs: list[TrialRecord], objective: str, baseline_value: float | 
             _fmt(m and m.tpot_s and m.tpot_s.median * 1000, ",.1f"), _fmt(m and m.peak_memory_gib, ".2f"), _fmt(ratio, ".2f"),
             _fmt(q and q.score, ".3f") + ("~" if q and q.within_noise else ""), _fmt(q and q.kl_mean, ".3f"),
         ] + ([
-            str(c.images_per_prompt or 0), f"{c.max_pixels:,}" if c.max_pixels else "–", str(c.video_frames or 0),
+            *knob_cells(c, _KNOB_COLUMNS["vision"]),
             _fmt(m and m.visual_tokens_per_request, ",d"), _fmt(m and m.preprocess_s and m.preprocess_s.median * 1000, ",.1f"),
             _fmt(m and m.requests_per_s_with_preprocessing and m.requests_per_s_with_preprocessing.median, ",.2f"),
-        ] if vision else []) + ([str(c.num_gpus)] if spread else [])))
+        ] if vision else []) + (knob_cells(c, _KNOB_COLUMNS["placement"]) if spread else [])))
     return rows
 
 
@@ -127,7 +133,7 @@ def trials_table(recs: list[TrialRecord], objective: str, baseline_value: float 
         table.add_column(name, justify="left" if name in _LEFT_ALIGNED else "right")
     for state, cells in trial_rows(recs, objective, baseline_value):
         style = _STATE_STYLE.get(state, "")
-        table.add_row(*cells[:7], f"[{style}]{cells[7]}[/]", *cells[8:])
+        table.add_row(*cells[:_STATE_INDEX], f"[{style}]{cells[_STATE_INDEX]}[/]", *cells[_STATE_INDEX + 1:])
     table.caption = ("* = untuned baseline (plain default load, batch 1); quality~ = difference to the reference is within "
                      "its bootstrap noise; infeasible (from #N) = not run: trial N ran out of memory with the same load at a shape "
                      "no larger; infeasible (predicted) = not run: its weights and KV cache alone exceed the budget. Unsupported/failed "

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import importlib.util
+import itertools
 import json
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import optuna
 import yaml
 from pydantic import ValidationError
 
-from autotune.errors import SpaceError
+from autotune.errors import SpaceError, pydantic_message
+from autotune.knobs import KNOB_TABLE, knob, ordered, pick
 from autotune.quant import get_method
 from autotune.spec import Candidate, SearchSpace
 from autotune.system import DeviceInfo
@@ -53,7 +55,7 @@ def load_space(path: Path) -> SearchSpace:
     except ValidationError as e:
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = pydantic_message(err)
         if err["type"] == "extra_forbidden":
             msg = f"unknown key; allowed keys: {', '.join(SearchSpace.model_fields)}"
         raise SpaceError(f"search space {path}: key {key!r}: {msg}") from e
@@ -62,43 +64,61 @@ def load_space(path: Path) -> SearchSpace:
 def space_digest(space: SearchSpace) -> str:
     """Identity of a space: a study resumed with a different space is refused, not mixed."""
     # Knobs added after a study was created are left out while unset, so existing studies resume.
-    unset_new = {k for k in ("num_gpus",) if getattr(space, k) is None}
+    unset_new = {k.name for k in KNOB_TABLE if k.added_later and getattr(space, k.name) is None}
     return hashlib.sha256(json.dumps(space.model_dump(mode="json", exclude=unset_new), sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _carried(space: SearchSpace) -> dict:
+    """The space's one-value settings every candidate carries (new_tokens), or carries while the
+    knob they belong to is set (image_size with images_per_prompt)."""
+    return {k.name: (getattr(space, k.name) if k.carried_with is None or getattr(space, k.carried_with) is not None else None)
+            for k in KNOB_TABLE if not k.sampled}
+
+
 def suggest(trial: optuna.Trial, space: SearchSpace) -> Candidate:
-    values = {knob: trial.suggest_categorical(knob, getattr(space, knob)) for knob in space.knobs}
-    image_size = space.image_size if space.images_per_prompt is not None else None
-    video_size = space.video_size if space.video_frames is not None else None
-    return Candidate(**values, new_tokens=space.new_tokens, image_size=image_size, video_size=video_size)
+    values = {name: trial.suggest_categorical(name, getattr(space, name)) for name in space.knobs}
+    return Candidate(**values, **_carried(space))
 
 
 def baseline_params(space: SearchSpace, device: DeviceInfo, model_dtype: str | None) -> dict:
     """The untuned default load: the checkpoint's own dtype where it runs here (fp32 on CPU, as
     from_pretrained gives), no quantization, transformers' default attention (sdpa), no compile,
-    batch 1, at the smallest max_length of the space."""
-
-    def pick(knob: str, preferred):
-        choices = getattr(space, knob)
-        return preferred if preferred in choices else choices[0]
-
+    batch 1, at the smallest max_length of the space. Each knob is picked as its row in
+    autotune/knobs.py says (the `baseline` pick)."""
     dtype = "fp32" if device.type == "cpu" else (model_dtype or "bf16")
     if dtype == "bf16" and not device.bf16_supported:  # pre-Ampere GPUs load half precision as fp16
         dtype = "fp16"
-    return {
-        "dtype": pick("dtype", dtype),
-        "quantization": pick("quantization", "none"),
-        "attn_implementation": pick("attn_implementation", "sdpa"),
-        "compile": pick("compile", False),
-        "batch_size": min(space.batch_size),
-        "max_length": min(space.max_length),
-        # Vision: the processor's own bound is large (Qwen2-VL: 12.8 Mpx), so the largest choice.
-        **({"max_pixels": max(space.max_pixels)} if space.max_pixels else {}),
-        **({"images_per_prompt": min(space.images_per_prompt)} if space.images_per_prompt else {}),
-        **({"video_frames": min(space.video_frames)} if space.video_frames else {}),
-        **({"vision_attn_implementation": pick("vision_attn_implementation", "sdpa")} if space.vision_attn_implementation else {}),
-        **({"num_gpus": min(space.num_gpus)} if space.num_gpus else {}),  # a plain load is on one device
-    }
+    return {name: pick(knob(name), knob(name).baseline, getattr(space, name), dtype if name == "dtype" else None)
+            for name in space.knobs}
+
+
+def reference_candidates(space: SearchSpace, device: DeviceInfo) -> list[Candidate]:
+    """Loads of the space that run here, highest precision first (the quality reference is the
+    first that fits the budget). Each knob is picked as its row's `reference` says: every
+    most-faithful combination in precision order (dtype, then quantization), each with the first
+    of the `first_supported` choices that runs here (one attention kernel per precision), the
+    other knobs at one value (vision: the highest resolution and most frames of the space, the
+    most faithful inputs, as the bar the lower resolutions are compared with)."""
+    fixed, faithful, fallback = {}, [], []
+    for k in KNOB_TABLE:
+        choices = getattr(space, k.name)
+        if k.reference == "most_faithful":
+            faithful.append((k.name, ordered(k, k.reference, choices)))
+        elif k.reference == "first_supported":
+            fallback.append((k.name, ordered(k, k.reference, choices)))
+        elif k.reference == "space":
+            fixed[k.name] = choices
+        elif k.reference in ("min", "max", "prefer"):
+            fixed[k.name] = pick(k, k.reference, choices) if choices is not None else None
+    supported = []
+    for combo in itertools.product(*(values for _, values in faithful)):
+        for alternative in itertools.product(*(values for _, values in fallback)):
+            cand = Candidate(**fixed, **dict(zip((n for n, _ in faithful), combo)),
+                             **dict(zip((n for n, _ in fallback), alternative)))
+            if unsupported_reason(cand, device) is None:
+                supported.append(cand)
+                break
+    return supported
 
 
 def unsupported_reason(candidate: Candidate, device: DeviceInfo) -> str | None:

@@ -15,9 +15,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from autotune import knobs as knobs_table
+from autotune.knobs import BASE_KNOBS, KNOB_TABLE, LOAD_KEY_KNOBS, PLACEMENT_KNOBS, VISION_KNOBS, knob  # noqa: F401 (re-exported)
 from autotune.models import ModelRef
 
-DType = Literal["fp32", "fp16", "bf16"]
+DType = Literal["fp32", "fp16", "bf16"]  # the names of autotune/dtypes.py's registry (a test keeps them equal)
 Objective = Literal["throughput", "latency"]
 SCHEMA_VERSION = 1
 
@@ -32,60 +34,47 @@ class _Strict(BaseModel):
 
 
 class SearchSpace(_Strict):
-    """A YAML file in search_spaces/. Every list is the set of choices for one knob."""
+    """A YAML file in search_spaces/. Every list is the set of choices for one knob.
 
-    dtype: list[DType] = Field(min_length=1, description="weight/compute dtypes to try")
-    quantization: list[str] = Field(default=["none"], min_length=1, description="names from the quantization registry")
-    attn_implementation: list[str] = Field(default=["sdpa"], min_length=1, description="attention kernels to try")
-    compile: list[bool] = Field(default=[False], min_length=1, description="static KV cache + torch.compile on/off")
-    batch_size: list[int] = Field(min_length=1, description="concurrent sequences per generate call")
-    max_length: list[int] = Field(min_length=1, description="prompt + new tokens per sequence (the claimed worst case)")
-    new_tokens: int = Field(default=64, ge=2, description="tokens generated per request in the measurement")
-    repeats: int = Field(default=3, ge=3, description="timed repeats per candidate (median and spread reported)")
+    The knobs' facts (allowed values, bounds, defaults, how the baseline and the reference pick
+    them) are rows of autotune/knobs.py; the fields here are their typed form (tests/test_knobs.py
+    keeps the two equal)."""
+
+    dtype: list[DType] = Field(min_length=1, description=knob("dtype").help)
+    quantization: list[str] = Field(default=["none"], min_length=1, description=knob("quantization").help)
+    attn_implementation: list[str] = Field(default=["sdpa"], min_length=1, description=knob("attn_implementation").help)
+    compile: list[bool] = Field(default=[False], min_length=1, description=knob("compile").help)
+    batch_size: list[int] = Field(min_length=1, description=knob("batch_size").help)
+    max_length: list[int] = Field(min_length=1, description=knob("max_length").help)
+    new_tokens: int = Field(default=knob("new_tokens").space_default, ge=2, description=knob("new_tokens").help)
+    # 10^12 repeats ran until the trial timeout; a spread needs 3, and past 100 the median is settled.
+    repeats: int = Field(default=3, ge=3, le=100, description="timed repeats per candidate (median and spread reported)")
     # Vision knobs (image-text-to-text and image rerankers only). They change the inputs, not the
     # loaded model, except the vision tower's attention kernel.
-    max_pixels: list[int] | None = Field(default=None, description="processor pixel bound per image (size.longest_edge): decides visual tokens")
-    images_per_prompt: list[int] | None = Field(default=None, description="images each request carries (the claimed worst case; 0 = none)")
-    video_frames: list[int] | None = Field(default=None, description="frames sampled from the one video each request carries (0 = no video)")
-    video_size: str = Field(default="640x360", pattern=r"^\d+x\d+$", description="WIDTHxHEIGHT of the videos' frames")
-    vision_attn_implementation: list[str] | None = Field(default=None, description="attention kernel of the vision tower")
-    image_size: str = Field(default="1280x720", pattern=r"^\d+x\d+$", description="WIDTHxHEIGHT of the images requests send (measured with synthetic images of this size)")
-    # Multi-GPU: the model spread over N GPUs (transformers' device_map across them, each capped at
-    # the memory budget); exporters turn N into tensor-parallel-size / tp-size / num-shard.
-    num_gpus: list[int] | None = Field(default=None, description="GPUs one candidate spreads the model over (device_map); needs --gpus")
+    max_pixels: list[int] | None = Field(default=None, description=knob("max_pixels").help)
+    images_per_prompt: list[int] | None = Field(default=None, description=knob("images_per_prompt").help)
+    video_frames: list[int] | None = Field(default=None, description=knob("video_frames").help)
+    video_size: str = Field(default=knob("video_size").space_default, pattern=r"^\d+x\d+$", description=knob("video_size").help)
+    vision_attn_implementation: list[str] | None = Field(default=None, description=knob("vision_attn_implementation").help)
+    image_size: str = Field(default=knob("image_size").space_default, pattern=r"^\d+x\d+$", description=knob("image_size").help)
+    num_gpus: list[int] | None = Field(default=None, description=knob("num_gpus").help)
 
-    @field_validator("quantization", "attn_implementation", "vision_attn_implementation")
+    @field_validator(*(k.name for k in KNOB_TABLE))
     @classmethod
-    def _known_names(cls, names: list[str] | None, info) -> list[str] | None:
-        from autotune.errors import unknown_name_message
-        from autotune.quant import QUANTIZATION_METHODS
-
-        allowed = QUANTIZATION_METHODS if info.field_name == "quantization" else ATTENTION_IMPLEMENTATIONS
-        for name in names or []:
-            if name not in allowed:
-                raise ValueError(unknown_name_message(info.field_name, name, allowed))
-        return names
-
-    @field_validator("images_per_prompt", "video_frames")
-    @classmethod
-    def _not_negative(cls, values: list[int] | None) -> list[int] | None:
-        if values is not None and any(v < 0 for v in values):
-            raise ValueError("every value must be 0 or a positive integer")
-        return values
-
-    @field_validator("batch_size", "max_length", "max_pixels", "num_gpus")
-    @classmethod
-    def _positive(cls, values: list[int] | None) -> list[int] | None:
-        if values is not None and any(v < 1 for v in values):
-            raise ValueError("every value must be a positive integer")
-        return values
-
-    @field_validator("dtype", "quantization", "attn_implementation", "compile", "batch_size", "max_length", "max_pixels",
-                     "images_per_prompt", "video_frames", "vision_attn_implementation", "num_gpus")
-    @classmethod
-    def _unique(cls, values: list | None) -> list | None:
-        if values is not None and len(set(values)) != len(values):
-            raise ValueError(f"values must be unique, got {values}")
+    def _allowed_by_the_table(cls, values, info):
+        """Names from the knob's registry, numbers within its bounds (knobs.py)."""
+        row = knob(info.field_name)
+        if values is None:
+            return values
+        if isinstance(values, list):
+            if not values:
+                raise ValueError("list at least one value, or leave the key out")
+            for value in values:
+                row.check(value)
+            if len(set(values)) != len(values):
+                raise ValueError(f"values must be unique, got {values}")
+        else:
+            row.check(values)
         return values
 
     @model_validator(mode="after")
@@ -105,8 +94,9 @@ class SearchSpace(_Strict):
 
     @property
     def knobs(self) -> tuple[str, ...]:
-        """The knobs this space samples: the text knobs, plus the vision knobs it sets."""
-        return KNOBS + tuple(k for k in (*VISION_KNOBS, *PLACEMENT_KNOBS) if getattr(self, k) is not None)
+        """The knobs this space samples (Optuna parameters, in table order): the base knobs, plus
+        the vision and placement knobs it sets."""
+        return tuple(k.name for k in KNOB_TABLE if k.sampled and (not k.optional or getattr(self, k.name) is not None))
 
     @property
     def vision_knobs_set(self) -> list[str]:
@@ -115,16 +105,14 @@ class SearchSpace(_Strict):
     @property
     def size(self) -> int:
         n = 1
-        for knob in self.knobs:
-            n *= len(getattr(self, knob))
+        for name in self.knobs:
+            n *= len(getattr(self, name))
         return n
 
 
-# The knobs Optuna samples, in a fixed order (their names are Optuna parameter names).
-KNOBS = ("dtype", "quantization", "attn_implementation", "compile", "batch_size", "max_length")
-VISION_KNOBS = ("max_pixels", "images_per_prompt", "video_frames", "vision_attn_implementation")
-PLACEMENT_KNOBS = ("num_gpus",)
-LOAD_KEY_KNOBS = ("dtype", "quantization", "attn_implementation", "compile", "vision_attn_implementation", "num_gpus")
+# The knobs Optuna samples, in a fixed order (their names are Optuna parameter names): views of
+# the table in autotune/knobs.py, kept here for the modules that import them from spec.
+KNOBS = BASE_KNOBS
 
 
 # ------------------------------------------------------------------------------ candidate
@@ -136,9 +124,9 @@ class Candidate(_Strict):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     dtype: DType
-    quantization: str = "none"
-    attn_implementation: str = "sdpa"
-    compile: bool = False
+    quantization: str = knob("quantization").default
+    attn_implementation: str = knob("attn_implementation").default
+    compile: bool = knob("compile").default
     batch_size: int = Field(ge=1)
     max_length: int = Field(ge=2)
     new_tokens: int = Field(ge=2)
@@ -150,7 +138,7 @@ class Candidate(_Strict):
     vision_attn_implementation: str | None = None
     image_size: str | None = None
     video_size: str | None = None
-    num_gpus: int = Field(default=1, ge=1, description="GPUs the model is spread over (device_map); 1 = one device")
+    num_gpus: int = Field(default=knob("num_gpus").default, ge=1, description="GPUs the model is spread over (device_map); 1 = one device")
 
     @property
     def prompt_tokens(self) -> int:
@@ -158,15 +146,14 @@ class Candidate(_Strict):
 
     @property
     def load_key(self) -> tuple:
-        return (self.dtype, self.quantization, self.attn_implementation, self.compile, self.vision_attn_implementation,
-                self.num_gpus)
+        """The knobs whose change reloads the model (LOAD_KEY_KNOBS, in table order)."""
+        return knobs_table.load_key(self)
 
     @property
     def request_shape(self) -> tuple:
         """Everything that shapes the requests it measures (what a static cache and compiled
         graphs are specialised on); the load-key is the rest."""
-        return (self.batch_size, self.max_length, self.new_tokens, self.max_pixels, self.images_per_prompt, self.video_frames,
-                self.image_size, self.video_size)
+        return knobs_table.request_shape(self)
 
     @property
     def has_images(self) -> bool:
@@ -174,13 +161,7 @@ class Candidate(_Strict):
         return bool(self.images_per_prompt) or bool(self.video_frames)
 
     def label(self) -> str:
-        quant = "" if self.quantization == "none" else f" {self.quantization}"
-        compiled = " compile" if self.compile else ""
-        vision = f" vit={self.vision_attn_implementation}" if self.vision_attn_implementation else ""
-        images = f" img={self.images_per_prompt}x{self.max_pixels}px" if self.images_per_prompt else ""
-        video = f" video={self.video_frames}f" if self.video_frames else ""
-        gpus = f" gpus={self.num_gpus}" if self.num_gpus != 1 else ""
-        return f"{self.dtype}{quant} {self.attn_implementation}{vision}{compiled}{gpus} b={self.batch_size} len={self.max_length}{images}{video}"
+        return knobs_table.label(self)
 
 
 # ------------------------------------------------------------------------------ measurement
@@ -364,6 +345,13 @@ def parse_memory(text: str | float | int) -> float:
     return value * factor
 
 
+# Upper bounds of the budget's numbers: past them a value is a typo, not a plan (a study of more
+# than 30 days, a trial allowed a week; numpy seeds are 32-bit; the confirmation re-measures each
+# of its top K in every round, and 100 repeats settle any median).
+MAX_STUDY_S = 30 * 24 * 3600
+MAX_TRIAL_S = 7 * 24 * 3600
+
+
 class TuneSpec(_Strict):
     """What the user asked `autotune tune` for. Precedence: CLI flag > space file > defaults."""
 
@@ -371,10 +359,10 @@ class TuneSpec(_Strict):
     random_weights: bool = Field(default=False, description="build a shape-only model with random weights from the config (capacity planning)")
     kind: str | None = Field(default=None, description="model kind: causal-lm, image-text-to-text or reranker; default: detected from the config")
     space: Path | None = Field(default=None, description="search-space YAML; default: search_spaces/<device>.yaml")
-    trials: int = Field(default=12, ge=1, description="measured trials the study should hold (resuming counts the ones it has)")
-    timeout_s: float | None = Field(default=None, gt=0, description="stop starting new trials after this many seconds, or earlier when "
+    trials: int = Field(default=12, ge=1, le=100_000, description="measured trials the study should hold (resuming counts the ones it has)")
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_STUDY_S, description="stop starting new trials after this many seconds, or earlier when "
                                       "the next one would likely not finish by then (judged by this run's trials)")
-    trial_timeout_s: float = Field(default=900.0, gt=0, description="kill a worker stuck in one trial after this many seconds")
+    trial_timeout_s: float = Field(default=900.0, gt=0, le=MAX_TRIAL_S, description="kill a worker stuck in one trial after this many seconds")
     memory_budget_gib: float | None = Field(default=None, gt=0, description="usable device memory, e.g. 24GiB; also a constraint")
     objective: Objective = Field(default="throughput", description="throughput: max generated tokens/s; latency: min request latency")
     device: str | None = Field(default=None, description="cuda:N or cpu; default: cuda:0 if present, else cpu")
@@ -383,22 +371,22 @@ class TuneSpec(_Strict):
     out: Path = Field(default=Path("outputs/default"), description="output directory")
     gpus: list[int] | None = Field(default=None, description="one worker per GPU on this host sharing the study, e.g. 0,1,2,3 "
                                    "(needs --storage postgresql://… or journal:///PATH: SQLite cannot be shared)")
-    heartbeat_s: int = Field(default=10, ge=1, description="shared storage: seconds between a worker's heartbeats; a trial "
+    heartbeat_s: int = Field(default=10, ge=1, le=3600, description="shared storage: seconds between a worker's heartbeats; a trial "
                              "without one for 3x this long is failed and retried by another worker")
-    seed: int = Field(default=0, description="sampler seed")
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="sampler seed")
     memory_model: bool = Field(default=True, description="answer candidates whose weights and KV cache alone exceed the "
                                "--memory-budget as infeasible (predicted) without loading them")
     bisect: bool = Field(default=True, description="find the largest batch that fits per load and length by bisection in the "
                          "loaded worker (with a memory budget or on a GPU; 3+ batch sizes), and answer larger ones from it")
     sampler: str = Field(default="tpe", description="search strategy: tpe (default), gp, nsga2, random or grid (every candidate once)")
-    confirm_top: int = Field(default=3, ge=0, description="re-measure the best K candidates interleaved after the search and pick the "
+    confirm_top: int = Field(default=3, ge=0, le=50, description="re-measure the best K candidates interleaved after the search and pick the "
                              "winner by median; a difference inside the spreads is a tie, broken by lower memory (0 = off)")
-    confirm_repeats: int = Field(default=6, ge=3, description="timed repeats per candidate in the confirmation, taken 2 per round, "
+    confirm_repeats: int = Field(default=6, ge=3, le=100, description="timed repeats per candidate in the confirmation, taken 2 per round, "
                                  "round-robin over the candidates")
     data: Path | None = Field(default=None, description="validation set (JSON lines) for quality; default with --min-quality: the bundled text set")
     min_quality: str | None = Field(default=None, description="quality floor: 0.98 = 98% of the reference config's score; abs:0.6 = absolute")
     quality_metric: str | None = Field(default=None, description="contains, exact_match, token_f1 or top1_agreement (label-free); default: contains if labelled")
-    quality_examples: int | None = Field(default=None, ge=1, description="use only the first N examples of the validation set")
+    quality_examples: int | None = Field(default=None, ge=1, le=1_000_000, description="use only the first N examples of the validation set")
     allow_data_outside: bool = Field(default=False, description="let image/video paths of the validation set be absolute or "
                                      "lead out of its folder (by default they must stay inside it)")
 

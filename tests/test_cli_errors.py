@@ -124,6 +124,10 @@ def test_unreadable_model_config(tmp_path: Path, valid_space: Path, config_text:
             ("'flash'", "allowed:", "sdpa", "eager"),
             id="unknown-attention",
         ),
+        pytest.param(VALID_SPACE.replace("repeats: 3", "repeats: 1000000000000"),
+                     ("key 'repeats'", "upper bound 100", "use at most 100"), id="absurd-repeats"),
+        pytest.param(VALID_SPACE.replace("batch_size: [1]", "batch_size: [1, 100000]"),
+                     ("key 'batch_size'", "upper bound 65,536", "use at most 65,536"), id="absurd-batch-size"),
     ],
 )
 def test_malformed_space(tmp_path: Path, space_text: str, needles: tuple[str, ...]) -> None:
@@ -131,7 +135,26 @@ def test_malformed_space(tmp_path: Path, space_text: str, needles: tuple[str, ..
     out = tmp_path / "out"
     result = run_cli(tune_args(space, out), tmp_path)
     assert_one_line_error(result, "bad-space.yaml", *needles)
+    assert result.returncode == 2
     assert not out.exists(), "a rejected command created the output directory"
+
+
+@pytest.mark.parametrize(("flags", "needles"), [
+    (("--trials", "1000000000"), ("--trials", "upper bound 100,000", "use at most 100,000")),
+    (("--confirm-repeats", "100000"), ("--confirm-repeats", "upper bound 100", "use at most 100")),
+])
+def test_absurd_numbers_are_refused_when_read(tmp_path: Path, valid_space: Path, flags: tuple[str, ...],
+                                              needles: tuple[str, ...]) -> None:
+    """Issue 17: an absurd value of a numeric setting is one `error:` line, exit 2, before anything runs."""
+    out = tmp_path / "out"
+    args = tune_args(valid_space, out)
+    at = args.index(flags[0]) if flags[0] in args else None
+    if at is not None:
+        del args[at:at + 2]
+    result = run_cli([*args, *flags], tmp_path)
+    assert_one_line_error(result, *needles)
+    assert result.returncode == 2
+    assert not out.exists()
 
 
 # ------------------------------------------------------------------------------ device and budget

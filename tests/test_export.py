@@ -28,10 +28,9 @@ from autotune.export import sglang as sglang_exporter
 from autotune.export import tgi as tgi_exporter
 from autotune.export import transformers as transformers_exporter
 from autotune.export import vllm as vllm_exporter
-from autotune.export.base import ExportOptions, memory_plan
+from autotune.export.base import ExportOptions, memory_plan, uncovered_rules
 from autotune.kinds import MODEL_KINDS
-from autotune.quant import QUANTIZATION_METHODS
-from autotune.spec import ATTENTION_IMPLEMENTATIONS, DeploymentConfig
+from autotune.spec import DeploymentConfig
 from tests import conftest
 from tests.test_cli_errors import assert_one_line_error
 
@@ -103,16 +102,12 @@ def test_golden_cases_cover_text_vision_quantized_multi_gpu_and_errors() -> None
 
 @pytest.mark.parametrize("target", sorted(EXPORTERS))
 def test_every_setting_value_has_a_rule(target: str) -> None:
-    """A new quantization method, attention kernel or model kind must get a rule in every exporter."""
+    """A new knob or value (the knob table: quantization method, attention kernel, dtype, ...) or a
+    new model kind must get a rule in every exporter (tests/test_knobs.py checks the knobs too)."""
     rules = RULES[target]
-    needed = {f"quantization={q}" for q in QUANTIZATION_METHODS}
-    needed |= {f"attn_implementation={a}" for a in ATTENTION_IMPLEMENTATIONS}
-    needed |= {f"vision_attn_implementation={a}" for a in ATTENTION_IMPLEMENTATIONS}
-    needed |= {f"dtype={d}" for d in ("fp32", "fp16", "bf16")} | {"compile=true", "compile=false"}
-    needed |= {f"model_kind={k}" for k in MODEL_KINDS}
-    needed |= {"batch_size", "max_length", "new_tokens", "images_per_prompt", "max_pixels", "video_frames",
-                "device=cpu", "tensor_parallel_size>1", "num_gpus>1", "tensor_parallel_size>num_gpus",
-                "tensor_parallel_size<num_gpus"}
+    assert not uncovered_rules(rules), f"{target} lacks rules for knobs/values {uncovered_rules(rules)}"
+    needed = {f"model_kind={k}" for k in MODEL_KINDS}
+    needed |= {"device=cpu", "tensor_parallel_size>1", "tensor_parallel_size>num_gpus", "tensor_parallel_size<num_gpus"}
     assert needed <= set(rules), f"{target} lacks rules for {sorted(needed - set(rules))}"
     for key, rule in rules.items():
         assert rule.kind in ("exact", "approximate", "unexportable"), key

@@ -442,6 +442,23 @@ def check_strings(config: DeploymentConfig, options: ExportOptions) -> None:
         walk(data.get(name), name)
 
 
+def check_request_sizes(d: Draft, settings) -> None:
+    """The image and video sizes are properties of the measured requests, not server settings:
+    each exporter's rules say how it writes them (and a rule that turns approximate is noted)."""
+    for name in ("image_size", "video_size"):
+        if getattr(settings, name) is not None:
+            d.check(name, f"{name} {getattr(settings, name)}")
+
+
+def uncovered_rules(rules: dict[str, Rule]) -> list[str]:
+    """The rule keys the knob table asks of every exporter (autotune/knobs.py: one per value of an
+    enumerated knob, the bare name otherwise) that `rules` lacks: each a knob or value the
+    exporter would not know how to write."""
+    from autotune import knobs
+
+    return [key for row in knobs.KNOB_TABLE for key in row.export_rule_keys() if key not in rules]
+
+
 def start(d: Draft, config: DeploymentConfig, options: ExportOptions) -> str:
     """What every exporter does first: refuse a control character in anything it would write and
     what the target cannot serve at all, write the header (where the figures come from, which

@@ -32,6 +32,7 @@ from autotune.export.base import (
     ExportResult,
     Rule,
     approximate,
+    check_request_sizes,
     exact,
     is_vision,
     memory_plan,
@@ -39,6 +40,7 @@ from autotune.export.base import (
     tensor_parallel,
     unexportable,
 )
+from autotune.dtypes import DTYPES
 from autotune.spec import DeploymentConfig
 
 NAME = "sglang"
@@ -77,6 +79,12 @@ RULES: dict[str, Rule] = {
     "new_tokens": approximate("generation length is per request in SGLang (max_new_tokens); the figures were measured with greedy decoding"),
     "images_per_prompt": exact(),
     "max_pixels": exact(),
+    "image_size": exact(
+        "not a SGLang setting: the size of the images the figures were measured with, written in the comment on the images "
+        "per request; SGLang takes any size and bounds each image by max_pixels"),
+    "video_size": exact(
+        "not a SGLang setting: the frame size of the videos the figures were measured with; SGLang resizes frames itself "
+        "(see video_frames)"),
     "video_frames": approximate(
         "SGLang samples video frames itself (nframes) and bounds each by max_pixels, close to but not the same code path autotune measured"),
     "device=cpu": approximate(
@@ -97,7 +105,9 @@ RULES: dict[str, Rule] = {
         "SGLang serves rerankers through model-specific scoring setups that autotune does not generate; export --to transformers", None),
 }
 
-SGLANG_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# quantization method -> (--quantization, --load-format) as written, the nearest for the unexportable ones (see RULES)
+SGLANG_QUANTIZATION = {"bnb-nf4": ("bitsandbytes", "bitsandbytes"), "bnb-fp4": ("bitsandbytes", "bitsandbytes"),
+                       "bnb-int8": ("fp8", None)}
 SGLANG_ATTENTION = {"flash_attention_2": "fa3"}
 SGLANG_VISION_ATTENTION = {"sdpa": "sdpa", "flash_attention_2": "fa3", "eager": "sdpa"}
 
@@ -108,14 +118,14 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     model = start(d, config, options)
 
     d.set("model-path", model)
-    d.set("dtype", SGLANG_DTYPES[s.dtype], d.comment(f"dtype={s.dtype}", f"dtype {s.dtype}"))
+    d.set("dtype", DTYPES[s.dtype].torch_name, d.comment(f"dtype={s.dtype}", f"dtype {s.dtype}"))
     quant_key = f"quantization={s.quantization}"
     quant_comment = d.comment(quant_key, f"quantization {s.quantization}")
-    if s.quantization in ("bnb-nf4", "bnb-fp4"):
-        d.set("quantization", "bitsandbytes", quant_comment)
-        d.set("load-format", "bitsandbytes")
-    elif s.quantization == "bnb-int8":
-        d.set("quantization", "fp8", quant_comment)
+    if s.quantization != "none":
+        quantization, load_format = SGLANG_QUANTIZATION[s.quantization]
+        d.set("quantization", quantization, quant_comment)
+        if load_format is not None:
+            d.set("load-format", load_format)
     d.set("context-length", s.max_length, d.comment("max_length", f"max_length {s.max_length}"))
     d.set("max-running-requests", s.batch_size, d.comment("batch_size", f"batch_size {s.batch_size}"))
     plan = memory_plan(config, options, "mem-fraction-static")
@@ -150,6 +160,7 @@ def _vision(d: Draft, config: DeploymentConfig) -> None:
     s = config.settings
     images = s.images_per_prompt or 0
     videos = 1 if s.video_frames else 0
+    check_request_sizes(d, s)
     d.set("enable-multimodal", True)
     d.set("limit-mm-data-per-request", _json({"image": images, "video": videos}),
           d.comment("images_per_prompt", f"images_per_prompt {images}"),

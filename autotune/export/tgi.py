@@ -27,6 +27,7 @@ from autotune.export.base import (
     ExportResult,
     Rule,
     approximate,
+    check_request_sizes,
     exact,
     is_vision,
     memory_plan,
@@ -34,6 +35,7 @@ from autotune.export.base import (
     tensor_parallel,
     unexportable,
 )
+from autotune.dtypes import DTYPES
 from autotune.spec import DeploymentConfig
 
 NAME = "tgi"
@@ -74,6 +76,12 @@ RULES: dict[str, Rule] = {
         "tokens count in max-input-tokens"),
     "max_pixels": approximate(
         "TGI has no launcher setting for image resolution: clients should resize images to at most max_pixels pixels, as measured"),
+    "image_size": exact(
+        "not a TGI setting: the size of the images the figures were measured with, written in the comment on the images "
+        "per request; TGI takes any size and bounds each image by max_pixels"),
+    "video_size": exact(
+        "not a TGI setting: the frame size of the videos the figures were measured with; TGI resizes frames itself "
+        "(see video_frames)"),
     "video_frames": unexportable(
         "TGI has no launcher setting for video input", "no video setting (requests without video), or export --to vllm or sglang"),
     "device=cpu": approximate(
@@ -92,7 +100,7 @@ RULES: dict[str, Rule] = {
     "model_kind=reranker": unexportable("TGI does not serve rerankers (Hugging Face's text-embeddings-inference does); export --to transformers", None),
 }
 
-TGI_DTYPES = {"fp32": "bfloat16", "fp16": "float16", "bf16": "bfloat16"}
+TGI_DTYPES = ("float16", "bfloat16")  # what --dtype takes; another dtype is written as its rule's alternative, bfloat16
 TGI_QUANTIZE = {"bnb-int8": "bitsandbytes", "bnb-nf4": "bitsandbytes-nf4", "bnb-fp4": "bitsandbytes-fp4"}
 ENV_NAMES = {
     "model-id": "MODEL_ID", "dtype": "DTYPE", "quantize": "QUANTIZE", "max-input-tokens": "MAX_INPUT_TOKENS",
@@ -113,7 +121,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     d.set("model-id", model)
     quant_comment = d.comment(f"quantization={s.quantization}", f"quantization {s.quantization}")
     if s.quantization == "none":
-        d.set("dtype", TGI_DTYPES[s.dtype], d.comment(f"dtype={s.dtype}", f"dtype {s.dtype}"))
+        torch_name = DTYPES[s.dtype].torch_name
+        d.set("dtype", torch_name if torch_name in TGI_DTYPES else "bfloat16", d.comment(f"dtype={s.dtype}", f"dtype {s.dtype}"))
     else:  # TGI refuses --dtype with --quantize: the measured dtype cannot be asked for
         d.set("quantize", TGI_QUANTIZE[s.quantization], quant_comment, d.comment("quantized_dtype", "dtype with quantization"),
               f"measured with {s.dtype} weights/compute and {s.quantization}")
@@ -134,6 +143,7 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
            d.comment(f"compile={str(s.compile).lower()}", f"compile {s.compile}"),
            d.comment("new_tokens", f"new_tokens {s.new_tokens}"))
     if is_vision(config):
+        check_request_sizes(d, s)
         d.note(d.comment("images_per_prompt", f"images_per_prompt {s.images_per_prompt}"),
                d.comment("max_pixels", f"max_pixels {s.max_pixels}") if s.max_pixels is not None else "",
                f"measured: {s.images_per_prompt or 0} image(s) of {s.image_size or 'default size'} per request at max_pixels "

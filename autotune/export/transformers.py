@@ -23,6 +23,7 @@ from autotune.export.base import (
     ExportResult,
     Rule,
     approximate,
+    check_request_sizes,
     exact,
     is_vision,
     start,
@@ -30,8 +31,10 @@ from autotune.export.base import (
     unexportable,
     wrap,
 )
-from autotune.loading import TORCH_DTYPES, generate_kwargs
+from autotune.dtypes import DTYPES
+from autotune.loading import generate_kwargs
 from autotune.models import ModelRef
+from autotune.quant import get_method
 from autotune.spec import DeploymentConfig
 
 NAME = "transformers"
@@ -62,6 +65,8 @@ RULES: dict[str, Rule] = {
     "new_tokens": exact(),
     "images_per_prompt": approximate("images per request are up to your code: the measured worst case is MAX_IMAGES_PER_PROMPT"),
     "max_pixels": exact(),
+    "image_size": exact("the size of the images the figures were measured with, written next to MAX_IMAGES_PER_PROMPT"),
+    "video_size": exact("the frame size of the videos the figures were measured with, written next to VIDEO_FRAMES"),
     "video_frames": approximate("video frames are sampled by your code: the measured worst case is VIDEO_FRAMES frames"),
     "device=cpu": exact(),
     "tensor_parallel_size>1": approximate(
@@ -84,11 +89,6 @@ RULES: dict[str, Rule] = {
         "a reranker is scored by P('yes') against P('no') for the next token; the snippet loads it, the scoring is up to your code"),
 }
 
-BNB_CONFIGS = {
-    "bnb-int8": "BitsAndBytesConfig(load_in_8bit=True)",
-    "bnb-nf4": 'BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype={dtype})',
-    "bnb-fp4": 'BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_compute_dtype={dtype})',
-}
 
 
 def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
@@ -96,7 +96,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     d = Draft(NAME, RULES, options)
     model = start(d, config, options)
     vision = is_vision(config)
-    torch_dtype = f"torch.{TORCH_DTYPES[s.dtype]}"
+    torch_dtype = f"torch.{DTYPES[s.dtype].torch_name}"
+    method = get_method(s.quantization)  # owns the config it writes (quant.py)
 
     for key, setting in ((f"dtype={s.dtype}", "dtype"), (f"quantization={s.quantization}", "quantization"),
                          (f"attn_implementation={s.attn_implementation}", "attn_implementation"),
@@ -120,16 +121,16 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
         d.check(f"vision_attn_implementation={s.vision_attn_implementation}", "vision_attn_implementation")
         attn = _py({"": s.attn_implementation, "text_config": s.attn_implementation, "vision_config": s.vision_attn_implementation})
     kwargs = [f"dtype={torch_dtype},", f"attn_implementation={attn},"]
-    if s.quantization != "none":
-        kwargs.append("quantization_config=" + BNB_CONFIGS[s.quantization].format(dtype=torch_dtype) + ",")
+    quant_config = method.config_source(torch_dtype)
+    if quant_config is not None:
+        kwargs.append("quantization_config=" + quant_config + ",")
     kwargs += [f"# {c}" for comment in device_comments if comment for c in wrap(comment, 90)]
     kwargs.append(f"device_map={_py(device_map)},")
     if max_memory is not None:
         kwargs.append(f"max_memory={_py(max_memory)},")
     auto_model = "AutoModelForImageTextToText" if vision else "AutoModelForCausalLM"
     imports = ["AutoProcessor" if vision else "AutoTokenizer", auto_model]
-    if s.quantization != "none":
-        imports.append("BitsAndBytesConfig")
+    imports += method.config_imports
 
     lines = ['"""transformers: load the model as autotune measured it (written by autotune export).', ""]
     lines += [_docstring_text(c) for line in d.header for c in wrap(line)]
@@ -192,6 +193,7 @@ def _vision_constants(d: Draft, config: DeploymentConfig) -> list[str]:
 
     s = config.settings
     lines = []
+    check_request_sizes(d, s)
     if s.max_pixels is not None:
         d.check("max_pixels", "max_pixels")
         size = {"shortest_edge": min(DEFAULT_MIN_PIXELS, s.max_pixels), "longest_edge": s.max_pixels}

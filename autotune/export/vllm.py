@@ -30,6 +30,7 @@ from autotune.export.base import (
     ExportResult,
     Rule,
     approximate,
+    check_request_sizes,
     exact,
     is_vision,
     memory_plan,
@@ -37,6 +38,7 @@ from autotune.export.base import (
     tensor_parallel,
     unexportable,
 )
+from autotune.dtypes import DTYPES
 from autotune.spec import DeploymentConfig
 
 NAME = "vllm"
@@ -77,6 +79,12 @@ RULES: dict[str, Rule] = {
     "new_tokens": approximate("generation length is per request in vLLM (max_tokens); the figures were measured with greedy decoding"),
     "images_per_prompt": exact(),
     "max_pixels": exact(),
+    "image_size": exact(
+        "not a vLLM setting: the size of the images the figures were measured with, written in the comment on the images "
+        "per request; vLLM takes any size and bounds each image by max_pixels"),
+    "video_size": exact(
+        "not a vLLM setting: the frame size of the videos the figures were measured with; vLLM resizes frames itself "
+        "(see video_frames)"),
     "video_frames": approximate(
         "video frames are sampled by vLLM's video loader (num_frames) and resized by the model's video processor, whose pixel "
         "bound may differ from the image bound autotune measured frames with"),
@@ -99,7 +107,7 @@ RULES: dict[str, Rule] = {
         "export --to transformers", None),
 }
 
-VLLM_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+VLLM_QUANTIZATION: dict[str, str] = {}  # methods with an exact or approximate rule -> vLLM's --quantization name
 VLLM_ATTENTION = {"flash_attention_2": "FLASH_ATTN"}
 VLLM_VISION_ATTENTION = {"sdpa": "TORCH_SDPA", "flash_attention_2": "FLASH_ATTN", "eager": "TORCH_SDPA"}
 
@@ -109,11 +117,13 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     d = Draft(NAME, RULES, options)
     model = start(d, config, options)
     d.set("model", model)
-    d.set("dtype", VLLM_DTYPES[s.dtype], d.comment(f"dtype={s.dtype}", f"dtype {s.dtype}"))
+    d.set("dtype", DTYPES[s.dtype].torch_name, d.comment(f"dtype={s.dtype}", f"dtype {s.dtype}"))
     quant_rule = d.rule(f"quantization={s.quantization}")
     quant_comment = d.comment(f"quantization={s.quantization}", f"quantization {s.quantization}")
     if quant_rule.kind == "unexportable":
         d.set("quantization", "fp8_per_tensor", quant_comment)
+    elif s.quantization != "none":  # a method vLLM serves: its own name for it (a missing one is a KeyError the tests catch)
+        d.set("quantization", VLLM_QUANTIZATION[s.quantization], quant_comment)
     d.set("max-model-len", s.max_length, d.comment("max_length", f"max_length {s.max_length}"))
     d.set("max-num-seqs", s.batch_size, d.comment("batch_size", f"batch_size {s.batch_size}"))
     plan = memory_plan(config, options, "gpu-memory-utilization")
@@ -145,6 +155,7 @@ def _vision(d: Draft, config: DeploymentConfig) -> None:
     s = config.settings
     images = s.images_per_prompt or 0
     videos = 1 if s.video_frames else 0
+    check_request_sizes(d, s)
     d.set("limit-mm-per-prompt", _json({"image": images, "video": videos}),
           d.comment("images_per_prompt", f"images_per_prompt {images}"),
           f"at most {images} image(s) and {videos} video(s) per request, the measured worst case "

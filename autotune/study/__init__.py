@@ -46,7 +46,7 @@ _EXPORTS = {
     "MAX_ATTEMPTS": "shortcuts", "MONOTONE_SHAPE_KNOBS": "shortcuts", "dominating_infeasible": "shortcuts",
     "failed_load": "shortcuts", "fitted_before": "shortcuts",
     # reference.py
-    "PRECISION_ORDER": "reference", "reference_quality": "reference", "quality_floor": "reference",
+    "reference_quality": "reference", "quality_floor": "reference",
     "reference_candidates": "reference", "ensure_reference": "reference",
     # budget.py
     "MAX_CONSECUTIVE_DUPLICATES": "budget", "expected_trial_s": "budget",

@@ -6,13 +6,11 @@ sets, and the names quality and boundaries are cached under per load.
 from __future__ import annotations
 
 from autotune.errors import AutotuneError
-from autotune.space import unsupported_reason
+from autotune.knobs import load_key_name
+from autotune.space import reference_candidates as space_reference_candidates
 from autotune.spec import Candidate, QualityReport
 from autotune.study.context import QUALITY_CACHE_PREFIX, REFERENCE_QUALITY_ATTR, StudyContext
 from autotune.worker import WorkerClient, WorkRequest
-
-PRECISION_ORDER = ("none", "bnb-int8", "bnb-nf4", "bnb-fp4")  # most to least faithful weights
-
 
 def reference_quality(ctx: StudyContext) -> QualityReport | None:
     raw = ctx.study.user_attrs.get(REFERENCE_QUALITY_ATTR)
@@ -30,28 +28,8 @@ def quality_floor(ctx: StudyContext) -> float | None:
 
 def reference_candidates(ctx: StudyContext) -> list[Candidate]:
     """Loads of the space that run here, highest precision first: quality is relative to the
-    first of them that fits the budget."""
-    space = ctx.space
-    supported = []
-    for dtype in ("fp32", "bf16", "fp16"):
-        for quant in sorted(space.quantization, key=lambda q: PRECISION_ORDER.index(q) if q in PRECISION_ORDER else len(PRECISION_ORDER)):
-            if dtype not in space.dtype:
-                continue
-            # One attention kernel per precision: the reference's numbers do not depend on it, and
-            # a load that does not fit with sdpa will not fit with eager either.
-            for attn in sorted(space.attn_implementation, key=lambda a: a != "sdpa"):
-                # Vision: the highest input resolution and most frames of the space, the most
-                # faithful inputs, as the bar the lower resolutions are compared with.
-                cand = Candidate(dtype=dtype, quantization=quant, attn_implementation=attn, compile=False,
-                                 batch_size=min(space.batch_size), max_length=min(space.max_length),
-                                 new_tokens=space.new_tokens,
-                                 max_pixels=max(space.max_pixels) if space.max_pixels else None,
-                                 video_frames=max(space.video_frames) if space.video_frames else None,
-                                 vision_attn_implementation=min(space.vision_attn_implementation, key=lambda a: a != "sdpa")
-                                 if space.vision_attn_implementation else None)
-                if unsupported_reason(cand, ctx.device) is None:
-                    supported.append(cand)
-                    break
+    first of them that fits the budget (the knob table's `reference` picks, autotune/space.py)."""
+    supported = space_reference_candidates(ctx.space, ctx.device)
     if not supported:
         raise AutotuneError("no candidate of the space can run here to serve as the quality reference; widen the space")
     return supported
@@ -84,10 +62,7 @@ def ensure_reference(ctx: StudyContext, worker: WorkerClient) -> tuple | None:
 
 
 def _load_key_name(cand: Candidate) -> str:
-    # One GPU leaves the name as it was before multi-GPU candidates existed: resumed studies keep
-    # their cached quality and boundaries.
-    parts = cand.load_key if cand.num_gpus != 1 else cand.load_key[:-1]
-    return "|".join(str(part) for part in parts)
+    return load_key_name(cand)
 
 
 def _quality_key_name(cand: Candidate) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState as OptunaState
 
+from autotune.dtypes import dtype_from_torch_name
 from autotune.errors import AutotuneError, OutputDirError, SpaceError, StudyMismatchError
 from autotune.memory_model import ModelShape
 from autotune.models import ModelRef, resolve_model
@@ -60,7 +61,7 @@ def model_default_dtype(model: ModelRef) -> str | None:
         return None
     text = data.get("text_config") or {}  # Qwen3-VL keeps its dtype only there
     name = str(data.get("dtype") or data.get("torch_dtype") or text.get("dtype") or text.get("torch_dtype") or "")
-    return {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}.get(name)
+    return dtype_from_torch_name(name)
 
 
 def _identity(model: ModelRef, space: SearchSpace, spec: TuneSpec, device: DeviceInfo, quality: QualitySetup | None) -> dict[str, str]:

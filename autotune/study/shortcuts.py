@@ -6,6 +6,7 @@ evidence that a candidate fits (fitted_before), which makes an OOM suspect.
 
 from __future__ import annotations
 
+from autotune.knobs import MONOTONE_SHAPE_KNOBS, boundary_shape, no_larger, same_load_and_request  # noqa: F401 (MONOTONE_SHAPE_KNOBS re-exported)
 from autotune.memory_model import calibrate, predicted_infeasible_reason
 from autotune.spec import BatchBoundary, Candidate, TrialOutcome, TrialRecord
 from autotune.study.context import BOUNDARY_PREFIX, StudyContext
@@ -31,12 +32,6 @@ def _finished_by_params(recs: list[TrialRecord]) -> dict[tuple, TrialRecord]:
     return done
 
 
-# Request-shape knobs memory grows with: a candidate at least as large in every one of them as an
-# infeasible trial with the same load cannot fit either. Visual inputs count apart from max_length:
-# at the same length, more pixels or frames cost more vision-encoder activations.
-MONOTONE_SHAPE_KNOBS = ("batch_size", "max_length", "max_pixels", "images_per_prompt", "video_frames")
-
-
 def dominating_infeasible(cand: Candidate, done: dict[tuple, TrialRecord]) -> TrialRecord | None:
     """A measured infeasible trial with the same load-key, new tokens and request sizes whose
     batch size, max length, pixel bound, images and frames are all no larger than this
@@ -51,12 +46,12 @@ def dominating_infeasible(cand: Candidate, done: dict[tuple, TrialRecord]) -> Tr
 
 def _same_load_and_request(a: Candidate, b: Candidate) -> bool:
     """Same model load and request sizes: their memory differs only by the monotone shape knobs."""
-    return a.load_key == b.load_key and a.new_tokens == b.new_tokens and a.image_size == b.image_size and a.video_size == b.video_size
+    return same_load_and_request(a, b)
 
 
 def _no_larger(a: Candidate, b: Candidate) -> bool:
     """Every shape knob of `a` that memory grows with is at most `b`'s."""
-    return all((getattr(a, k) or 0) <= (getattr(b, k) or 0) for k in MONOTONE_SHAPE_KNOBS)
+    return no_larger(a, b)
 
 
 def failed_load(cand: Candidate, done: dict[tuple, TrialRecord]) -> TrialRecord | None:
@@ -113,9 +108,7 @@ def _predicted_peak(ctx: StudyContext, cand: Candidate, done: dict[tuple, TrialR
 
 def _boundary_key(cand: Candidate) -> str:
     """Everything but the batch size: the boundary found for one holds for all batch sizes of it."""
-    shape = (cand.max_length, cand.new_tokens, cand.max_pixels, cand.images_per_prompt, cand.video_frames, cand.image_size,
-             cand.video_size)
-    return BOUNDARY_PREFIX + "|".join(str(part) for part in (_load_key_name(cand), *shape))
+    return BOUNDARY_PREFIX + "|".join(str(part) for part in (_load_key_name(cand), *boundary_shape(cand)))
 
 
 def _bisection_applies(ctx: StudyContext) -> bool:
