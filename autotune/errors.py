@@ -48,6 +48,10 @@ class MissingDependencyError(AutotuneError):
     pass
 
 
+class DataError(AutotuneError):
+    """A validation set (or an image or video it names) that cannot be read or does not fit."""
+
+
 class ExportError(AutotuneError):
     """A best.yaml setting a serving target cannot take, or a bad export option."""
 

@@ -39,6 +39,7 @@ Group = Literal["load", "request", "vision", "placement"]
 Pick = Literal["prefer", "min", "max", "space", "default", "most_faithful", "first_supported", "none"]
 
 MAX_SIDE = 16384  # pixels per side of an image or video frame
+ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")  # the attention kernels' names (the registry of attn_implementation)
 
 
 @dataclass(frozen=True)
@@ -167,8 +168,6 @@ def _quantization_rank(name: str) -> int:
 
 
 def _attention() -> tuple:
-    from autotune.spec import ATTENTION_IMPLEMENTATIONS
-
     return ATTENTION_IMPLEMENTATIONS
 
 

@@ -23,10 +23,13 @@ Each trial stores the prediction made *before* it ran, so the study's prediction
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from autotune.dtypes import DTYPES
 from autotune.quant import QUANTIZATION_METHODS
-from autotune.spec import Candidate
+
+if TYPE_CHECKING:  # annotations only: spec imports models, whose random_checkpoint_bytes imports this module
+    from autotune.spec import Candidate
 
 GIB = 2**30
 # Bytes per element of each dtype, and per weight of quantized linear layers (lower bounds, see

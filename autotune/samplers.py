@@ -15,13 +15,17 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from autotune.errors import AutotuneError, unknown_name_message
-from autotune.spec import LOAD_KEY_KNOBS, SearchSpace
+from autotune.knobs import LOAD_KEY_KNOBS
+
+if TYPE_CHECKING:  # annotations only: spec's sampler validator imports this module
+    from autotune.spec import SearchSpace
 
 DEFAULT_SAMPLER = "tpe"
 GRID_POINT_ATTR = "autotune.grid_point"  # trial system attr: the index of the grid point it measures
@@ -85,7 +89,7 @@ def _grid(seed: int, space: SearchSpace) -> optuna.samplers.BaseSampler:
     return SpaceGridSampler(space)  # deterministic order: the seed does not apply
 
 
-SamplerFactory = Callable[[int, SearchSpace], optuna.samplers.BaseSampler]
+SamplerFactory = Callable[[int, "SearchSpace"], optuna.samplers.BaseSampler]
 SAMPLERS: dict[str, SamplerFactory] = {"tpe": _tpe, "gp": _gp, "nsga2": _nsga2, "random": _random, "grid": _grid}
 
 

@@ -1,6 +1,7 @@
 """Vision inputs for image-text-to-text models and rerankers: the image processor (the checkpoint's
 own, or one built locally from the config for shape-only models), synthetic request images, and
-the token layout of a request (text, then per image <vision_start> <image_pad>×k <vision_end>).
+the token layout of a request (text, then per image <vision_start> <image_pad>×k <vision_end>, and
+a video's tokens, with Qwen3-VL's per-group timestamps).
 
 The number of visual tokens is what the processor makes of an image under `max_pixels`
 (`size.longest_edge` in transformers 5): grid t×h×w patches merged merge_size² to one token.
@@ -22,6 +23,9 @@ DEFAULT_MIN_PIXELS = 56 * 56
 QWEN_YES_NO_IDS = (9693, 2152)
 # Tokens of a Qwen3-VL video timestamp such as "<1.5 seconds>" in Qwen's vocabulary.
 TIMESTAMP_TOKENS = 6
+# The frame rate a frame directory is taken to have: Qwen3-VL's timestamps need one, and the
+# bundled clips are sampled at 2 frames per second.
+DEFAULT_VIDEO_FPS = 2.0
 
 
 class CandidateShapeError(AutotuneError):
@@ -172,8 +176,6 @@ def build_batch(processor, config: dict, candidate: Candidate, vocab_size: int, 
         vw, vh = (int(v) for v in (candidate.video_size or "640x360").split("x"))
         videos = [synthetic_images(n_frames, vw, vh, seed=1)] * candidate.batch_size
     inputs, _ = _timed_inputs(processor, images, videos, candidate.max_pixels)  # timed per repeat later
-    from autotune.measure.prompting import video_token_layout
-
     merge = processor.merge_size
     generator = torch.Generator().manual_seed(seed)
     start_id, end_id = config["vision_start_token_id"], config["vision_end_token_id"]
@@ -227,3 +229,29 @@ def yes_no_ids(tokenizer, vocab_size: int) -> tuple[int, int]:
             )
         ids.append(pieces[0])
     return ids[0], ids[1]
+
+
+def qwen3_video_timestamps(indices: list[int], fps: float, temporal_patch_size: int) -> list[float]:
+    """Seconds of each temporal group of frames, as Qwen3-VL's processor computes them: frame
+    indices padded to a multiple of the temporal patch, then the mean of each group's first and
+    last frame time."""
+    indices = list(indices)
+    while len(indices) % temporal_patch_size:
+        indices.append(indices[-1])
+    seconds = [i / fps for i in indices]
+    return [(seconds[i] + seconds[i + temporal_patch_size - 1]) / 2 for i in range(0, len(seconds), temporal_patch_size)]
+
+
+def video_token_layout(config: dict, grid_thw: list[int], merge_size: int, start: int, end: int, video_id: int,
+                       timestamp_ids, frame_indices: list[int], temporal_patch_size: int,
+                       fps: float = DEFAULT_VIDEO_FPS) -> list[int]:
+    """The tokens one video becomes. Qwen2-VL / Qwen2.5-VL: <start> video×(t·h·w/merge²) <end>.
+    Qwen3-VL: per temporal group, the text "<t seconds>" then <start> video×(h·w/merge²) <end>."""
+    t, h, w = grid_thw
+    per_group = h * w // merge_size**2
+    if config.get("model_type") != "qwen3_vl":
+        return [start] + [video_id] * (t * per_group) + [end]
+    ids: list[int] = []
+    for seconds in qwen3_video_timestamps(frame_indices, fps, temporal_patch_size)[:t]:
+        ids += timestamp_ids(f"<{seconds:.1f} seconds>") + [start] + [video_id] * per_group + [end]
+    return ids

@@ -2,9 +2,10 @@
 grows back into a 1,200-line one.
 
 The graph is read from the source (ast), not from what happened to be imported: every
-`import autotune...` / `from autotune... import ...` statement counts, at module level, inside
-functions and under `if TYPE_CHECKING:` alike, since each of them is a dependency that a cycle
-can run through (a lazy one only hides it until the function runs). Edges follow what Python
+`import autotune...` / `from autotune... import ...` statement counts, at module level and inside
+functions alike, since each of them is a dependency that a cycle can run through (a lazy one only
+hides it until the function runs). Imports under `if TYPE_CHECKING:` are not edges: they never run,
+and a dependency for annotations only is not an import cycle. Edges follow what Python
 does: importing `a.b.c` runs the packages `a` and `a.b` first; `from a.b import name` imports
 the submodule `a.b.name` when there is one. A package whose `__init__` re-exports names lazily
 (a `_EXPORTS` table of name -> submodule, PEP 562) imports the submodule only for the names asked.
@@ -21,17 +22,6 @@ import autotune
 
 ROOT = Path(autotune.__file__).parent
 MAX_MODULE_LINES = 600  # the guard against a new study.py (1,212 lines before it was split)
-# Cycles older than this test, each through one function-level import, outside the study and the
-# modules that read it; the test fails when one of them grows, when a new one appears, and when
-# one is fixed (then remove it here). Each is named by the lazy import that closes it.
-KNOWN_CYCLES = {
-    # spec.TuneSpec's sampler validator imports samplers; models.random_checkpoint_bytes imports memory_model
-    frozenset({"autotune.spec", "autotune.samplers", "autotune.models", "autotune.memory_model"}),
-    # data.schema's media loading imports synthetic_images, which imports schema's DataError
-    frozenset({"autotune.data.schema", "autotune.data.synthetic_images"}),
-    # vision's video layout imports measure.prompting, whose preprocessing imports vision
-    frozenset({"autotune.vision", "autotune.measure.prompting"}),
-}
 
 
 def _modules() -> dict[str, Path]:
@@ -90,13 +80,34 @@ def _targets(importer: str, node: ast.Import | ast.ImportFrom) -> set[str]:
     return out - {importer}
 
 
+def _is_type_checking(test: ast.expr) -> bool:
+    """`if TYPE_CHECKING:` / `if typing.TYPE_CHECKING:`."""
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
+    """Every import statement that can run: all of them except those in an `if TYPE_CHECKING:`
+    body (its `else:` branch does run)."""
+    found: list[ast.Import | ast.ImportFrom] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            found.append(node)
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            stack.extend(node.orelse)
+        else:
+            stack.extend(ast.iter_child_nodes(node))
+    return found
+
+
 def import_graph() -> dict[str, set[str]]:
     graph = {}
     for name, path in MODULES.items():
         edges: set[str] = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                edges |= _targets(name, node)
+        for node in _imports(ast.parse(path.read_text(), str(path))):
+            edges |= _targets(name, node)
         graph[name] = edges
     return graph
 
@@ -166,14 +177,28 @@ def test_the_import_graph_has_no_cycle() -> None:
     assert graph["autotune.report"] >= {"autotune.study", "autotune.study.results"}  # the graph sees real edges
     assert "autotune.study.loop" in graph["autotune.cli"]  # through the lazy re-export of run_study
     components = cycles(graph)
-    new = [c for c in components if frozenset(c) not in KNOWN_CYCLES]
-    messages = ["import cycle: " + " -> ".join(find_cycle({m: graph[m] & c for m in c})) for c in new]
-    assert not new, "\n".join(messages)
-    fixed = KNOWN_CYCLES - {frozenset(c) for c in components}
-    assert not fixed, f"fixed, remove from KNOWN_CYCLES: {sorted(sorted(c) for c in fixed)}"
-    study_side = {m for m in graph if m.startswith("autotune.study")} | {
-        "autotune.confirm", "autotune.analysis", "autotune.report", "autotune.report_html", "autotune.cli"}
-    assert not [c for c in components if c & study_side]
+    messages = ["import cycle: " + " -> ".join(find_cycle({m: graph[m] & c for m in c})) for c in components]
+    assert not components, "\n".join(messages)
+
+
+def test_type_checking_imports_are_not_edges_and_lazy_ones_are() -> None:
+    source = """
+from typing import TYPE_CHECKING
+import typing
+if TYPE_CHECKING:
+    import autotune.spec
+if typing.TYPE_CHECKING:
+    import autotune.models
+else:
+    import autotune.knobs
+def f():
+    import autotune.samplers
+"""
+    assert sorted(alias.name for node in _imports(ast.parse(source)) for alias in node.names) == [
+        "TYPE_CHECKING", "autotune.knobs", "autotune.samplers", "typing"]
+    graph = import_graph()
+    assert "autotune.spec" not in graph["autotune.knobs"]  # knobs names Candidate for annotations only
+    assert "autotune.samplers" in graph["autotune.spec"]  # TuneSpec's sampler validator, at call time
 
 
 def test_find_cycle_reports_the_path() -> None:

@@ -22,12 +22,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from autotune.errors import AutotuneError
-
-
-class DataError(AutotuneError):
-    pass
-
+from autotune.errors import DataError  # defined in errors (synthetic_images raises it too); still importable from here
 
 MAX_DATA_FILE_BYTES = 256 * 2**20  # a validation set is read whole, and by every worker
 MAX_LINE_BYTES = 2**20  # one example: a line of JSON, or a table row's prompt text

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont, ImageSequence
 
-from autotune.data.schema import DataError
+from autotune.errors import DataError
 
 SIZE = 448
 VIDEO_SIZE = 224

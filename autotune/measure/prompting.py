@@ -20,13 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from autotune.data.schema import Example
+# The video token layout lives with the rest of the request layout in vision; DEFAULT_VIDEO_FPS and
+# qwen3_video_timestamps stay importable from here.
+from autotune.vision import (  # noqa: F401
+    DEFAULT_VIDEO_FPS,
+    preprocess,
+    preprocess_video,
+    qwen3_video_timestamps,
+    video_token_layout,
+    visual_tokens,
+)
 
 RERANK_SYSTEM = ('Judge whether the Document meets the requirements based on the Query and the Instruct provided. '
                  'Note that the answer can only be "yes" or "no".')
 RERANK_INSTRUCT = "Given a query, retrieve relevant passages that answer the query"
-# The frame rate a frame directory is taken to have: Qwen3-VL's timestamps need one, and the
-# bundled clips are sampled at 2 frames per second.
-DEFAULT_VIDEO_FPS = 2.0
 
 
 @dataclass
@@ -64,17 +71,6 @@ def sample_frames(frames: list, wanted: int | None) -> tuple[list, list[int]]:
         return frames, list(range(len(frames)))
     indices = [round(i * (len(frames) - 1) / (wanted - 1)) for i in range(wanted)] if wanted > 1 else [0]
     return [frames[i] for i in indices], indices
-
-
-def qwen3_video_timestamps(indices: list[int], fps: float, temporal_patch_size: int) -> list[float]:
-    """Seconds of each temporal group of frames, as Qwen3-VL's processor computes them: frame
-    indices padded to a multiple of the temporal patch, then the mean of each group's first and
-    last frame time."""
-    indices = list(indices)
-    while len(indices) % temporal_patch_size:
-        indices.append(indices[-1])
-    seconds = [i / fps for i in indices]
-    return [(seconds[i] + seconds[i + temporal_patch_size - 1]) / 2 for i in range(0, len(seconds), temporal_patch_size)]
 
 
 class Prompter:
@@ -178,8 +174,6 @@ class Prompter:
         tokens of it (Qwen3-VL video: one timestamped group per temporal patch)."""
         import torch
 
-        from autotune.vision import preprocess, preprocess_video, visual_tokens
-
         if self.image_processor is None:
             raise ValueError("this example has images, but the model has no image processor (a text-only model)")
         processor = self.image_processor
@@ -222,18 +216,3 @@ class Prompter:
         return video_token_layout(self.config, grid_thw, self.image_processor.merge_size, start, end, video_id,
                                   timestamp_ids=lambda text: self.text_ids(text), frame_indices=indices,
                                   temporal_patch_size=self.image_processor.temporal_patch_size)
-
-
-def video_token_layout(config: dict, grid_thw: list[int], merge_size: int, start: int, end: int, video_id: int,
-                       timestamp_ids, frame_indices: list[int], temporal_patch_size: int,
-                       fps: float = DEFAULT_VIDEO_FPS) -> list[int]:
-    """The tokens one video becomes. Qwen2-VL / Qwen2.5-VL: <start> video×(t·h·w/merge²) <end>.
-    Qwen3-VL: per temporal group, the text "<t seconds>" then <start> video×(h·w/merge²) <end>."""
-    t, h, w = grid_thw
-    per_group = h * w // merge_size**2
-    if config.get("model_type") != "qwen3_vl":
-        return [start] + [video_id] * (t * per_group) + [end]
-    ids: list[int] = []
-    for seconds in qwen3_video_timestamps(frame_indices, fps, temporal_patch_size)[:t]:
-        ids += timestamp_ids(f"<{seconds:.1f} seconds>") + [start] + [video_id] * per_group + [end]
-    return ids
