@@ -195,9 +195,10 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
             if not out_existed:
                 _remove_if_empty(spec.out)
             raise
+    if not join:
         from autotune.atomic import remove_stale_temp_files
 
-        remove_stale_temp_files(spec.out)  # left by a run killed while it wrote a file
+        remove_stale_temp_files(spec.out)  # left by a run killed while it wrote a file (a live process's stay)
 
     try:
         storage = open_storage(storage_url, spec.heartbeat_s)
@@ -206,7 +207,7 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
         # No server, a wrong password: the directory this run made for the study stays behind only
         # if something was written into it.
         if not out_existed:
-            if lock is not None and lock.parent == spec.out.absolute():
+            if lock is not None and lock.parent == spec.out.resolve():
                 ownership.release(lock)
                 lock.unlink(missing_ok=True)  # made by this run a moment ago, in a directory it made
             _remove_if_empty(spec.out)
