@@ -109,6 +109,12 @@ def tune(
         write_outputs(ctx)
         err_console.print(f"interrupted: completed trials are saved in {spec.out}; re-run the same command to resume")
         raise typer.Exit(130) from None
+    except AutotuneError:  # a study that cannot succeed, a full disk: the workers here stop too
+        if procs:
+            from autotune.scaleout import stop_workers
+
+            stop_workers(procs)
+        raise
     if procs:
         from autotune.scaleout import wait_workers
 

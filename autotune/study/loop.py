@@ -13,12 +13,14 @@ import time
 import optuna
 
 from autotune.confirm import confirm_study, stored_confirmation
+from autotune.errors import AutotuneError
 from autotune.space import suggest, unsupported_reason
 from autotune.spec import LOAD_KEY_KNOBS, Candidate, TrialOutcome, TrialRecord
 from autotune.storage import OWNER_ATTR, Heartbeat
 from autotune.study.budget import _stop_reason, _too_late_for
 from autotune.study.claims import _fail_stale, _fail_unrun, _in_flight_elsewhere, _rival, _wait_for_others
 from autotune.study.context import CLAIM_ATTR, DEFERRED_ATTR, ProgressSink, StudyContext, _Silent
+from autotune.study.health import SYSTEMATIC_FAILURES, SystematicFailureError, out_of_space_error, systematic_failure
 from autotune.study.outputs import write_outputs
 from autotune.study.placement import _place, _yield_wanted_gpus
 from autotune.study.reference import ensure_reference
@@ -52,7 +54,10 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
     """Run trials until the study holds `spec.trials` counted trials, the space is exhausted, or
     the timeout passes. Trials are asked `ask_batch` at a time (TPE's constant liar keeps them
     apart) and ordered to reuse the loaded model. Ctrl-C marks the trial in flight failed.
-    On shared storage every worker runs this same loop; the study is the only coordination."""
+    On shared storage every worker runs this same loop; the study is the only coordination.
+    Stops with a one-line error when the first trials run in the worker all fail the same way
+    (SystematicFailureError) or when what was measured cannot be saved (OutOfSpaceError); the
+    worker is closed whatever happens."""
     progress = progress or _Silent()
     spec = ctx.spec
     recs, done, counted = _refresh(ctx)
@@ -64,6 +69,8 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
     follow_ups: set[int] = set()  # trial numbers asked with the loaded model's load-key fixed
     replacements_left = 0  # follow-ups answered without the model (duplicate, inferred) are re-asked
     durations: list[tuple[bool, float]] = []  # (loaded a model, seconds) of the trials run in the worker
+    ran_in_worker: list[TrialRecord] = []  # this run's trials the worker was asked to run, for `systematic_failure`
+    body_failed = False
     run_log = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "owner": ctx.owner, "trials": []}
     log_dir = ctx.out / "workers" / ctx.worker_tag if ctx.worker_tag else ctx.out / "workers"
     worker = WorkerClient(ctx.model, ctx.device.device, spec.memory_budget_gib, log_dir)
@@ -96,6 +103,7 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 pending = _order_for_loaded_model([(t, suggest(t, ctx.space)) for t in asked], loaded_key)
             trial, cand = pending.pop(0)
             trial_start = time.perf_counter()
+            holds = None
             rival = None
             if ctx.shared:  # claim, then look: finished by another worker, or measured by one now
                 try:
@@ -181,8 +189,12 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
             else:  # a candidate failed MAX_ATTEMPTS times joins `done`
                 done = _finished_by_params(recs)
             run_log["trials"].append({"number": record.number, "total_s": record.total_s})
-            write_outputs(ctx, report=False)
+            write_outputs(ctx, report=False)  # after `tell`: a failed write loses nothing the study holds
             progress.trial_finished(record, counted, spec.trials)
+            if holds is not None:
+                ran_in_worker.append(record)
+                if len(ran_in_worker) <= SYSTEMATIC_FAILURES and (stop := systematic_failure(ran_in_worker)):
+                    raise SystematicFailureError(stop)
         if ctx.role == "tune":
             if ctx.shared:
                 _wait_for_others(ctx, progress.note)
@@ -195,16 +207,57 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
             if confirmation is not None and (earlier is None or earlier[0] != confirmation):  # measured now
                 run_log["confirmation_measuring_s"] = confirmation.measuring_s
                 run_log["confirmation_loading_s"] = confirmation.loading_s
+    except BaseException as e:
+        body_failed = True
+        disk = _disk_error(ctx, e)
+        if disk is not None:
+            raise disk from e
+        raise
     finally:
-        for trial, _ in pending:  # asked but never run (stopped, or interrupted)
-            _fail_unrun(ctx, trial)
-        worker.close()
-        ctx.heartbeat.stop()
-        if ctx.placement is not None:
-            ctx.placement.release_all()
-        run_log["wall_s"] = time.monotonic() - started
-        with open(ctx.out / "runs.jsonl", "a") as f:
-            f.write(json.dumps(run_log) + "\n")
+        # Every step runs even if one before it raises (a full disk fails the storage writes and
+        # runs.jsonl alike), the worker first: a live worker child would keep this process from
+        # ever exiting (multiprocessing joins its children at exit).
+        def log_run() -> None:
+            run_log["wall_s"] = time.monotonic() - started
+            with open(ctx.out / "runs.jsonl", "a") as f:
+                f.write(json.dumps(run_log) + "\n")
+
+        cleanup = [worker.close, *[(lambda t=trial: _fail_unrun(ctx, t)) for trial, _ in pending],  # asked, never run
+                   ctx.heartbeat.stop, *([ctx.placement.release_all] if ctx.placement is not None else []), log_run]
+        try:
+            _run_all(cleanup)
+        except Exception as e:
+            if not body_failed:  # else the body's error is the one to report; this one follows from it
+                disk = _disk_error(ctx, e)
+                if disk is not None:
+                    raise disk from e
+                raise
+
+
+def _run_all(steps) -> None:
+    """Run every step, even when one raises; then raise the first error."""
+    first: BaseException | None = None
+    for step in steps:
+        try:
+            step()
+        except BaseException as e:  # noqa: PERF203 - each step must run
+            if first is None:
+                first = e
+    if first is not None:
+        raise first
+
+
+def _disk_error(ctx: StudyContext, e: BaseException) -> AutotuneError | None:
+    """A full disk (or quota, or read-only file system) while saving, as one line that says what
+    the study holds; None for any other error."""
+    if isinstance(e, AutotuneError):
+        return None
+    try:
+        saved = len(records(ctx.study))
+    except Exception:  # the storage itself may be what failed
+        saved = None
+    where = ctx.storage_url.removeprefix("sqlite:///").removeprefix("journal://")
+    return out_of_space_error(e, where, saved)
 
 
 def _order_for_loaded_model(batch: list[tuple[optuna.Trial, Candidate]], loaded_key: tuple | None):

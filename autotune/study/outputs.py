@@ -1,26 +1,28 @@
 """The study's files: trials.jsonl and best.yaml, rewritten atomically after every trial (an
-interruption loses at most the trial in flight), and report.html at the end.
+interruption loses at most the trial in flight), and report.html at the end. They are views of
+the study: each trial is told to the study first, so a write that fails (a full disk) loses
+nothing, and the next run writes them again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 from pathlib import Path
 
 import yaml
 
+from autotune import atomic
 from autotune.confirm import confirmed_best
 from autotune.loading import generate_kwargs
 from autotune.spec import BaselineSummary, Confirmation, DeploymentConfig, Fingerprint, TrialRecord
 from autotune.storage import OWNER_ATTR
 from autotune.study.context import FINGERPRINT_ATTR, StudyContext
+from autotune.study.health import out_of_space_error
 from autotune.study.results import baseline_record, best_record, records, speedup
 
+
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic.atomic_write_text(path, text)
 
 
 def write_trials_jsonl(out: Path, recs: list[TrialRecord]) -> Path:
@@ -66,13 +68,19 @@ def write_outputs(ctx: StudyContext, report: bool = True) -> tuple[list[TrialRec
     """trials.jsonl and best.yaml (after every trial: an interruption loses nothing), and
     report.html when `report` (at the end: it costs 0.1-0.2 s, which per trial is study time)."""
     recs = records(ctx.study)
-    write_trials_jsonl(ctx.out, recs)
     best = best_record(recs, ctx.spec.objective)
     config = None
-    if best is not None:
-        best, confirmation = confirmed_best(ctx, recs, best)  # the confirmation's winner, if it covers today's top k
-        config = build_deployment(ctx, best, baseline_record(recs), confirmation)
-        _atomic_write(ctx.out / "best.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    try:
+        write_trials_jsonl(ctx.out, recs)
+        if best is not None:
+            best, confirmation = confirmed_best(ctx, recs, best)  # the confirmation's winner, if it covers today's top k
+            config = build_deployment(ctx, best, baseline_record(recs), confirmation)
+            _atomic_write(ctx.out / "best.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    except OSError as e:  # a full disk: one line that says the study holds every trial
+        disk = out_of_space_error(e, str(ctx.out), len(recs))
+        if disk is None:
+            raise
+        raise disk from e
     if report:
         from autotune.report_html import write_report_or_warn  # lazy: plotly loads only when a report is written
 

@@ -15,7 +15,7 @@ from optuna.trial import TrialState as OptunaState
 from autotune.dtypes import dtype_from_torch_name
 from autotune.errors import AutotuneError, OutputDirError, SpaceError, StudyMismatchError
 from autotune.memory_model import ModelShape
-from autotune.models import ModelRef, resolve_model
+from autotune.models import ModelRef, check_available, resolve_model
 from autotune.samplers import create_sampler
 from autotune.space import baseline_params, default_space_path, load_space, space_digest
 from autotune.spec import Fingerprint, SearchSpace, TuneSpec, parse_min_quality
@@ -30,6 +30,7 @@ from autotune.study.context import (
     QualitySetup,
     StudyContext,
 )
+from autotune.study import ownership
 from autotune.system import DeviceInfo, check_budget, detect_device, fingerprint
 
 BUNDLED_TEXT_SET = Path(__file__).parent.parent / "data" / "bundled" / "text.jsonl"
@@ -173,6 +174,7 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
             f"search space sets vision knobs ({', '.join(space.vision_knobs_set)}) but {model.name} is a text-only model "
             "(no vision_config); remove them or pass a vision model"
         )
+    check_available(model)  # a package every candidate needs (the embedded model's): refused now, not in every trial
     if model.model_kind == "reranker":
         _check_reranker_vocabulary(model)
     quality = setup_quality(spec, model, spec.out, space)
@@ -184,6 +186,20 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
     study_name = spec.study or default_study_name(model, device)
     direction = "maximize" if spec.objective == "throughput" else "minimize"
     identity = _identity(model, space, spec, device, quality)
+    # The `tune` process owns a study kept in a file, before it reads or changes anything in it
+    # (a second run would fail this one's trials in flight as interrupted); workers share it.
+    lock = None if join else ownership.lock_path(storage_url)
+    if lock is not None:
+        try:
+            ownership.acquire(lock, str(spec.out) if spec.storage is None else str(lock.with_name(lock.name[:-len(".lock")])))
+        except BaseException:
+            if not out_existed:
+                _remove_if_empty(spec.out)
+            raise
+    if not join:
+        from autotune.atomic import remove_stale_temp_files
+
+        remove_stale_temp_files(spec.out)  # left by a run killed while it wrote a file (a live process's stay)
 
     try:
         storage = open_storage(storage_url, spec.heartbeat_s)
@@ -192,6 +208,9 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
         # No server, a wrong password: the directory this run made for the study stays behind only
         # if something was written into it.
         if not out_existed:
+            if lock is not None and lock.parent == spec.out.resolve():
+                ownership.release(lock)
+                lock.unlink(missing_ok=True)  # made by this run a moment ago, in a directory it made
             _remove_if_empty(spec.out)
         raise
     if join and study_name not in existing:
@@ -228,8 +247,8 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
                        shape=ModelShape.from_config(model.config()), storage_info=info)
     if info.shared:  # best.yaml names the machine that measured the best trial, whichever it was
         study.set_user_attr(FINGERPRINT_ATTR + ":" + ctx.owner["host"], ctx.fingerprint.model_dump(mode="json"))
-    if spec.storage is None:
-        _fail_interrupted_trials(ctx)
+    if not info.shared and lock is not None and ownership.held(lock):
+        _fail_interrupted_trials(ctx)  # only the owner: a RUNNING trial is then surely a killed run's
     return ctx
 
 
@@ -279,8 +298,8 @@ def _stored_attrs(storage, storage_url: str, study_name: str) -> dict:
 
 
 def _fail_interrupted_trials(ctx: StudyContext) -> None:
-    """A RUNNING trial in our own SQLite file belongs to a run that was killed: nothing else can
-    be measuring it. Mark it failed so resuming measures it again (it was never recorded)."""
+    """A RUNNING trial in a SQLite file whose owner lock we hold belongs to a run that was killed:
+    nothing else can be measuring it (a live run would hold the lock). Mark it failed so resuming measures it again (it was never recorded)."""
     storage = ctx.study._storage
     for trial in ctx.study.get_trials(deepcopy=False, states=(OptunaState.RUNNING,)):
         storage.set_trial_user_attr(trial._trial_id, INTERRUPTED_ATTR, True)

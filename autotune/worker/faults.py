@@ -28,6 +28,7 @@ class Faults(BaseModel):
     sigkill_on_trial: int | None = None
     hang_on_trial: int | None = None
     hang_on_measurement: int | None = None  # the Nth measurement this worker starts hangs (a trial surely in flight)
+    sleep_before_measurement_s: float | None = None  # every measurement starts this much later (a slow study)
     exit_on_startup: bool = False  # the worker dies before it can answer (broken install, driver)
     # Every measurement after the Nth in one worker process runs out of memory (a real impossible
     # allocation): memory that earlier shapes left behind, as compiled CUDA graphs' pools do.
@@ -68,6 +69,8 @@ class Faults(BaseModel):
         if self.sigkill_on_trial == trial_number:
             os.kill(os.getpid(), signal.SIGKILL)
         self._measurements_started += 1
+        if self.sleep_before_measurement_s:
+            time.sleep(self.sleep_before_measurement_s)
         if self.hang_on_trial == trial_number or self.hang_on_measurement == self._measurements_started:
             time.sleep(10**6)
 
