@@ -272,3 +272,60 @@ def test_load_deployment_reproduces_torchao_int8(torchao_study: Path, tmp_path: 
     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
     out = model.generate(**inputs, **{**generate_kwargs, "max_new_tokens": 8})
     assert "Paris" in tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+# ------------------------------------------------------------------------------ GPU (pytest -m gpu)
+
+
+@needs_torchao
+@pytest.mark.gpu
+@pytest.mark.parametrize("name, tensor", [("torchao-int8wo", "Int8Tensor"), ("torchao-fp8", "Float8Tensor"),
+                                          ("torchao-int4wo", "Int4TilePackedTo4dTensor")])
+def test_each_method_loads_on_cuda_and_generate_compiles(name: str, tensor: str) -> None:
+    """A tiny random Qwen2 quantized while loading onto cuda:0 (bf16), then generate() with the
+    static cache the compile knob sets: transformers compiles it (torchao's quantizer is
+    compileable) and the compiled tokens equal the eager ones."""
+    import torch
+
+    from autotune.loading import generate_kwargs, load_model
+    from autotune.models import resolve_model
+    from autotune.system import detect_device
+
+    cand = _cand(quantization=name, compile=True, new_tokens=8)
+    reason = unsupported_reason(cand, detect_device("cuda:0"))
+    if reason is not None:
+        pytest.skip(reason)  # e.g. fp8 on a GPU older than SM 8.9
+    model, _ = load_model(resolve_model("tiny-qwen2", random_weights=True), cand, "cuda:0")
+    assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == tensor
+    assert model.hf_quantizer.is_compileable
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), device="cuda:0")
+    kwargs = {**generate_kwargs(cand), "min_new_tokens": 8}
+    assert kwargs["cache_implementation"] == "static"
+    compiled = [model.generate(ids, **kwargs) for _ in range(2)]  # the second call runs the compiled graph
+    eager = model.generate(ids, **kwargs, disable_compile=True)
+    assert compiled[0].shape == (2, 24) and torch.equal(compiled[0], compiled[1])
+    assert (compiled[1] == eager).float().mean() > 0.9  # compiled kernels may round differently on a rare token
+
+
+@needs_torchao
+@pytest.mark.gpu
+def test_gpu_study_with_torchao_and_compile(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", dtype=["bf16"], quantization=["none", *TORCHAO], attn_implementation=["sdpa"],
+                        compile=[False, True], batch_size=[1, 8], max_length=[64])
+    out = tmp_path / "out"
+    assert_ok(run_cli("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--trials", "16",
+                      "--memory-budget", "8GiB", "--out", str(out), "--device", "cuda:0", "--sampler", "grid"))
+    recs = [r for r in read_records(out) if r.state != "duplicate"]
+    by_load = {(r.candidate.quantization, r.candidate.compile): r for r in recs}
+    import torch
+
+    fp8_runs = torch.cuda.get_device_capability(0) >= (8, 9)
+    for name in TORCHAO:
+        for compiled in (False, True):
+            r = by_load.get((name, compiled))
+            if r is None:
+                continue
+            if name == "torchao-fp8" and not fp8_runs:
+                assert r.state == "unsupported" and ">= 8.9" in r.outcome.reason
+            else:
+                assert r.state == "measured", (name, compiled, r.outcome.reason)
