@@ -3,9 +3,12 @@ load through `load_model`, so a deployment loads exactly the way it was measured
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
+import logging
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,14 @@ from autotune.errors import DeploymentFileError
 from autotune.models import ModelRef, atomic_build, materialize, rebuildable_dir
 from autotune.quant import get_method
 from autotune.spec import Candidate
+
+
+class QuantizationLoadError(NotImplementedError):
+    """A quantizing load whose weights the quantizer could not convert (torchao on a device or
+    dtype its kernels refuse, a missing kernel package). transformers logs the quantizer's error in
+    its load report and raises a generic RuntimeError; this carries the real cause. A
+    NotImplementedError, so the worker records the candidate as unsupported."""
+
 
 def torch_dtype(name: str):
     import torch
@@ -135,12 +146,13 @@ def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cac
     auto_class = ref.auto_class()  # AutoModelForCausalLM or AutoModelForImageTextToText
     source = materialize(ref, device)
     cached = prequantized_dir(source, candidate, device) if use_prequantized_cache else None
-    if cached is not None and (cached / "config.json").is_file():
-        # The quantization config travels in the saved config.json.
-        kwargs = {k: v for k, v in from_pretrained_kwargs(candidate, device).items() if k != "quantization_config"}
-        model = auto_class.from_pretrained(cached, **kwargs)
-    else:
-        model = auto_class.from_pretrained(source, **from_pretrained_kwargs(candidate, device))
+    with _conversion_failures(candidate):
+        if cached is not None and (cached / "config.json").is_file():
+            # The quantization config travels in the saved config.json.
+            kwargs = {k: v for k, v in from_pretrained_kwargs(candidate, device).items() if k != "quantization_config"}
+            model = auto_class.from_pretrained(cached, **kwargs)
+        else:
+            model = auto_class.from_pretrained(source, **from_pretrained_kwargs(candidate, device))
     model.eval()
     if device == "cpu":
         _copy_out_of_checkpoint_mmap(model)
@@ -151,6 +163,65 @@ def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cac
                 f"{candidate.quantization} is not compileable in transformers; generate() would silently run eagerly"
             )
     return model, load_tokenizer(ref, source)
+
+
+_CONVERSION_FAILED = "issues during automatic conversion of the weights"
+# The exception line of a traceback in transformers' load report ("AssertionError: Torch not
+# compiled with CUDA enabled"); the report's own "Error: <op> on tensors destined for ..." is not one.
+_EXCEPTION_LINE = re.compile(r"^\s*((?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception)): (.+)$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _Reports(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 — a record that cannot be formatted says nothing about the cause
+            return
+        if "CONVERSION" in message:
+            self.messages.append(message)
+
+
+def conversion_cause(reports: list[str]) -> str | None:
+    """The first quantizer error in transformers' load reports, as 'Type: message', or None."""
+    for report in reports:
+        for line in _ANSI.sub("", report).splitlines():
+            m = _EXCEPTION_LINE.match(line)
+            if m and m.group(1) != "Error":
+                return f"{m.group(1)}: {m.group(2).strip()}"
+    return None
+
+
+@contextlib.contextmanager
+def _conversion_failures(candidate: Candidate):
+    """A quantizing load that fails to convert its weights raises QuantizationLoadError with the
+    quantizer's own error (or torch.OutOfMemoryError, when that was the cause) instead of
+    transformers' generic RuntimeError. Other loads and other errors pass through unchanged."""
+    if candidate.quantization == "none":
+        yield
+        return
+    handler = _Reports()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(handler)
+    try:
+        yield
+    except RuntimeError as e:
+        if _CONVERSION_FAILED not in str(e):
+            raise
+        cause = conversion_cause(handler.messages)
+        if cause is not None and ("OutOfMemoryError" in cause.split(":")[0] or "out of memory" in cause):
+            import torch
+
+            raise torch.OutOfMemoryError(f"{candidate.quantization} while converting the weights: {cause}") from e
+        raise QuantizationLoadError(
+            f"{candidate.quantization}: the weights could not be quantized here: "
+            f"{cause or 'the cause is in the CONVERSION entries of the load report in the worker log'}") from e
+    finally:
+        logger.removeHandler(handler)
 
 
 def _copy_out_of_checkpoint_mmap(model) -> None:

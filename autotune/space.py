@@ -134,7 +134,7 @@ def unsupported_reason(candidate: Candidate, device: DeviceInfo) -> str | None:
     if candidate.compile and device.type != "cuda":
         return "static cache + torch.compile: transformers compiles generate() only on accelerators"
     method = get_method(candidate.quantization)
-    reason = method.unavailable_reason(device.type)
+    reason = method.unavailable_reason(device.type, device.capability, candidate.dtype)
     if reason:
         return f"{candidate.quantization}: {reason}"
     if candidate.compile:

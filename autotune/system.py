@@ -23,6 +23,7 @@ class DeviceInfo:
     name: str
     memory_gib: float
     bf16_supported: bool
+    capability: tuple[int, int] | None = None  # a CUDA GPU's compute capability (8, 9); None: CPU or unknown
 
     @property
     def index(self) -> int:
@@ -46,7 +47,8 @@ def detect_device(requested: str | None) -> DeviceInfo:
     if index >= torch.cuda.device_count():
         raise DeviceError(f"--device {requested} but only {torch.cuda.device_count()} GPU(s) are visible; pick cuda:0..cuda:{torch.cuda.device_count() - 1}")
     props = torch.cuda.get_device_properties(index)
-    return DeviceInfo(requested, "cuda", props.name, props.total_memory / GIB, torch.cuda.is_bf16_supported())
+    return DeviceInfo(requested, "cuda", props.name, props.total_memory / GIB, torch.cuda.is_bf16_supported(),
+                      (props.major, props.minor))
 
 
 def check_budget(device: DeviceInfo, budget_gib: float | None) -> None:

@@ -127,7 +127,10 @@ def test_load_key_request_shape_and_label_are_as_before_the_table() -> None:
 @pytest.mark.parametrize("name, digest", [("cpu", "5895c66d84148b02"), ("vl-7b-24gib", "c6be374e924914be"),
                                           ("scaleout-7b-12gib", "433e087f80053068"), ("llm-7b-24gib", "b3c8a4378c719c36")])
 def test_space_digests_are_as_before_the_table(name: str, digest: str) -> None:
-    assert space_digest(load_space(ROOT / "search_spaces" / f"{name}.yaml")) == digest
+    space = load_space(ROOT / "search_spaces" / f"{name}.yaml")
+    # The files as they were before issue 19 added the torchao methods to the GPU spaces.
+    space = space.model_copy(update={"quantization": [q for q in space.quantization if not q.startswith("torchao-")]})
+    assert space_digest(space) == digest
 
 
 def test_optuna_parameters_are_in_table_order() -> None:

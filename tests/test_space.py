@@ -25,7 +25,7 @@ from autotune.spec import KNOBS, Candidate, SearchSpace
 from autotune.system import DeviceInfo
 
 REPO = Path(__file__).resolve().parent.parent
-BUNDLED = ("cpu", "cuda", "llm-7b-24gib", "cpu-quant")
+BUNDLED = ("cpu", "cuda", "llm-7b-24gib", "cpu-quant", "cpu-torchao", "vl-7b-24gib")
 
 CPU = DeviceInfo("cpu", "cpu", "x", 16.0, True)
 OLD_GPU = DeviceInfo("cuda:0", "cuda", "H100", 80.0, False)  # a fake GPU that says it lacks bf16

@@ -58,6 +58,16 @@ RULES: dict[str, Rule] = {
     "quantization=bnb-int8": unexportable(
         "SGLang loads bitsandbytes 8-bit only from pre-quantized checkpoints, it does not quantize to int8 while loading",
         "quantization: fp8 (8-bit weights quantized at load, about the same weight memory as int8; Ada/Hopper or newer)"),
+    # torchao: SGLang 0.5.23 has no torchao (--torchao-config was removed; --quantization lists no torchao).
+    "quantization=torchao-int8wo": unexportable(
+        "SGLang has no torchao quantization (its --torchao-config was removed)",
+        "quantization: fp8 (8-bit weights quantized at load, about the same weight memory as int8; Ada/Hopper or newer)"),
+    "quantization=torchao-int4wo": unexportable(
+        "SGLang has no torchao quantization (its --torchao-config was removed)",
+        "quantization: bitsandbytes (nf4 quantized while loading, the same weight memory as int4)"),
+    "quantization=torchao-fp8": approximate(
+        "another fp8 recipe: SGLang's fp8 quantizes the weights to fp8 at load with dynamically quantized fp8 activations, "
+        "as torchao's Float8DynamicActivationFloat8WeightConfig does, in SGLang's own kernels"),
     "attn_implementation=flash_attention_2": approximate(
         "transformers' FlashAttention-2 is written as fa3, SGLang's FlashAttention backend (Hopper; use flashinfer on older GPUs)"),
     "attn_implementation=sdpa": approximate(
@@ -107,7 +117,8 @@ RULES: dict[str, Rule] = {
 
 # quantization method -> (--quantization, --load-format) as written, the nearest for the unexportable ones (see RULES)
 SGLANG_QUANTIZATION = {"bnb-nf4": ("bitsandbytes", "bitsandbytes"), "bnb-fp4": ("bitsandbytes", "bitsandbytes"),
-                       "bnb-int8": ("fp8", None)}
+                       "bnb-int8": ("fp8", None), "torchao-int8wo": ("fp8", None),
+                       "torchao-int4wo": ("bitsandbytes", "bitsandbytes"), "torchao-fp8": ("fp8", None)}
 SGLANG_ATTENTION = {"flash_attention_2": "fa3"}
 SGLANG_VISION_ATTENTION = {"sdpa": "sdpa", "flash_attention_2": "fa3", "eager": "sdpa"}
 

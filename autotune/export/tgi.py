@@ -54,6 +54,14 @@ RULES: dict[str, Rule] = {
     "quantization=bnb-int8": exact("TGI's bitsandbytes is LLM.int8(), quantized while loading"),
     "quantization=bnb-nf4": exact(),
     "quantization=bnb-fp4": exact(),
+    # TGI has no torchao; its in-flight methods are bitsandbytes (three), eetq (int8) and fp8.
+    "quantization=torchao-int8wo": unexportable(
+        "TGI has no torchao quantization", "quantize: bitsandbytes (LLM.int8() while loading, the same weight memory)"),
+    "quantization=torchao-int4wo": unexportable(
+        "TGI has no torchao quantization", "quantize: bitsandbytes-nf4 (nf4 while loading, the same weight memory)"),
+    "quantization=torchao-fp8": approximate(
+        "another fp8 recipe: TGI's --quantize fp8 quantizes the weights to fp8 while loading, in TGI's own kernels "
+        "(not torchao's dynamic activation + weight fp8)"),
     "quantized_dtype": approximate(
         "TGI refuses --dtype together with --quantize and picks the compute dtype itself; autotune measured this "
         "quantization with the dtype in the header"),
@@ -101,7 +109,8 @@ RULES: dict[str, Rule] = {
 }
 
 TGI_DTYPES = ("float16", "bfloat16")  # what --dtype takes; another dtype is written as its rule's alternative, bfloat16
-TGI_QUANTIZE = {"bnb-int8": "bitsandbytes", "bnb-nf4": "bitsandbytes-nf4", "bnb-fp4": "bitsandbytes-fp4"}
+TGI_QUANTIZE = {"bnb-int8": "bitsandbytes", "bnb-nf4": "bitsandbytes-nf4", "bnb-fp4": "bitsandbytes-fp4",
+                "torchao-int8wo": "bitsandbytes", "torchao-int4wo": "bitsandbytes-nf4", "torchao-fp8": "fp8"}
 ENV_NAMES = {
     "model-id": "MODEL_ID", "dtype": "DTYPE", "quantize": "QUANTIZE", "max-input-tokens": "MAX_INPUT_TOKENS",
     "max-total-tokens": "MAX_TOTAL_TOKENS", "max-batch-prefill-tokens": "MAX_BATCH_PREFILL_TOKENS",

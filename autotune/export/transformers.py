@@ -50,6 +50,9 @@ RULES: dict[str, Rule] = {
     "quantization=bnb-int8": exact(),
     "quantization=bnb-nf4": exact(),
     "quantization=bnb-fp4": exact(),
+    "quantization=torchao-int8wo": exact("TorchAoConfig with torchao's config object, quantized while loading, as measured"),
+    "quantization=torchao-int4wo": exact("TorchAoConfig with torchao's config object, quantized while loading, as measured"),
+    "quantization=torchao-fp8": exact("TorchAoConfig with torchao's config object, quantized while loading, as measured"),
     "attn_implementation=sdpa": exact(),
     "attn_implementation=eager": exact(),
     "attn_implementation=flash_attention_2": exact(),
@@ -137,7 +140,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     lines += ["", "With autotune installed, the same load in one line, from the kwargs file written next to this one:",
               "    from autotune import load_deployment",
               f'    model, tokenizer, generate_kwargs = load_deployment("<this file\'s name>{KWARGS_SUFFIX}")',
-              '"""', "", "import torch", f"from transformers import {', '.join(sorted(imports))}", "",
+              '"""', "", "import torch", f"from transformers import {', '.join(sorted(imports))}",
+              *method.config_import_lines, "",
               f"MODEL = {_py(model)}", ""]
     lines += [f"# {c}" for c in wrap(length_comment)]
     lines += [f"MAX_LENGTH = {s.max_length}  # prompt + new tokens per request, the measured worst case",

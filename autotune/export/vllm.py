@@ -45,6 +45,8 @@ NAME = "vllm"
 FILENAME = "vllm.yaml"
 
 _NO_BNB = "vLLM 0.32 and 0.33 have no bitsandbytes (no in-flight bnb quantization, no bnb loader)"
+_NO_TORCHAO_ONLINE = ("vLLM serves torchao only from a checkpoint saved quantized (quantization: torchao) or with "
+                      "torchao's serialized config in --hf-overrides, which autotune does not write")
 _FP8 = "quantization: fp8_per_tensor (8-bit weights quantized at load; FP8 GEMMs on Ada/Hopper or newer, weight-only Marlin on Turing/Ampere)"
 
 # The compatibility rules: ONE place. Keys are `setting=value` or a bare setting name.
@@ -58,6 +60,17 @@ RULES: dict[str, Rule] = {
     "quantization=bnb-fp4": unexportable(
         _NO_BNB, _FP8 + "; it holds about twice the weight memory of fp4, or pass --model with a pre-quantized 4-bit AWQ/GPTQ checkpoint"),
     "quantization=bnb-int8": unexportable(_NO_BNB, _FP8 + "; about the same weight memory as int8"),
+    # torchao: `--quantization torchao` serves a checkpoint saved with TorchAoConfig (save_pretrained), but quantizes a
+    # 16-bit checkpoint only through --hf-overrides with torchao's serialized config, which autotune does not write.
+    "quantization=torchao-int8wo": unexportable(
+        _NO_TORCHAO_ONLINE, _FP8 + "; about the same weight memory as int8, or pass --model with the checkpoint saved with "
+        "TorchAoConfig (vLLM serves it with quantization: torchao)"),
+    "quantization=torchao-int4wo": unexportable(
+        _NO_TORCHAO_ONLINE, _FP8 + "; it holds about twice the weight memory of int4, or pass --model with the checkpoint "
+        "saved with TorchAoConfig (vLLM serves it with quantization: torchao)"),
+    "quantization=torchao-fp8": approximate(
+        "another fp8 recipe: vLLM's fp8_per_tensor quantizes the weights to fp8 at load with dynamically quantized fp8 "
+        "activations, as torchao's Float8DynamicActivationFloat8WeightConfig does, in vLLM's own kernels"),
     "attn_implementation=flash_attention_2": exact("attention-backend FLASH_ATTN is vLLM's FlashAttention backend"),
     "attn_implementation=sdpa": approximate(
         "transformers' sdpa kernel has no vLLM counterpart (vLLM runs its own paged-attention kernels): attention-backend is "
@@ -107,7 +120,7 @@ RULES: dict[str, Rule] = {
         "export --to transformers", None),
 }
 
-VLLM_QUANTIZATION: dict[str, str] = {}  # methods with an exact or approximate rule -> vLLM's --quantization name
+VLLM_QUANTIZATION: dict[str, str] = {"torchao-fp8": "fp8_per_tensor"}  # methods with an exact or approximate rule -> vLLM's --quantization name
 VLLM_ATTENTION = {"flash_attention_2": "FLASH_ATTN"}
 VLLM_VISION_ATTENTION = {"sdpa": "TORCH_SDPA", "flash_attention_2": "FLASH_ATTN", "eager": "TORCH_SDPA"}
 

@@ -1,0 +1,331 @@
+"""torchao weight quantization (torchao-int8wo, torchao-fp8, torchao-int4wo): what each method says
+about this machine before loading (faked versions and GPUs), the loader's error when the weights
+cannot be converted, the exports, and (slow) a CPU study of the embedded model through the real
+worker with the int8 quality against the reference. Tests that load need torchao (skipped without)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import yaml
+
+from autotune import quant
+from autotune.errors import ExportError
+from autotune.export import export
+from autotune.quant import QUANTIZATION_METHODS, get_method
+from autotune.space import unsupported_reason
+from autotune.spec import Candidate
+from autotune.system import DeviceInfo
+from tests.conftest import assert_ok, read_records, run_cli, write_space
+
+TORCHAO = ("torchao-int8wo", "torchao-fp8", "torchao-int4wo")
+HAS_TORCHAO = quant.torchao_reason() is None
+needs_torchao = pytest.mark.skipif(not HAS_TORCHAO, reason=f"torchao unusable here: {quant.torchao_reason()}")
+
+CPU = DeviceInfo("cpu", "cpu", "x", 16.0, True)
+A100 = DeviceInfo("cuda:0", "cuda", "A100", 80.0, True, (8, 0))
+T4 = DeviceInfo("cuda:0", "cuda", "T4", 16.0, False, (7, 5))
+H200 = DeviceInfo("cuda:0", "cuda", "H200", 141.0, True, (9, 0))
+UNKNOWN_GPU = DeviceInfo("cuda:0", "cuda", "?", 80.0, True)  # e.g. a study reopened from its fingerprint
+
+
+def _cand(**kw) -> Candidate:
+    return Candidate(**{"dtype": "bf16", "batch_size": 1, "max_length": 32, "new_tokens": 4, **kw})
+
+
+@pytest.fixture
+def versions(monkeypatch: pytest.MonkeyPatch):
+    """Fake the installed torchao and torch versions (None: not installed)."""
+    def set_versions(torchao: str | None, torch: str = "2.13.0+cpu") -> None:
+        installed = {"torchao": torchao, "torch": torch}
+        monkeypatch.setattr(quant, "_installed", lambda package: installed.get(package))
+        real = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a, **k: (object() if torchao else None) if name == "torchao" else real(name, *a, **k))
+    return set_versions
+
+
+# ------------------------------------------------------------------------------ registry facts
+
+
+def test_registry_facts() -> None:
+    ranks = sorted(QUANTIZATION_METHODS, key=lambda name: QUANTIZATION_METHODS[name].precision_rank)
+    assert ranks == ["none", "torchao-int8wo", "bnb-int8", "torchao-fp8", "bnb-nf4", "torchao-int4wo", "bnb-fp4"]
+    assert [get_method(n).bytes_per_weight for n in TORCHAO] == [1.0, 1.0, 0.5]
+    assert not any(get_method(n).cache_prequantized for n in TORCHAO)
+    assert get_method("torchao-int4wo").config_source("torch.bfloat16") == (
+        'TorchAoConfig(Int4WeightOnlyConfig(group_size=128, int4_packing_format="tile_packed_to_4d", set_inductor_config=False))')
+    assert get_method("torchao-fp8").config_import_lines == (
+        "from torchao.quantization import Float8DynamicActivationFloat8WeightConfig",)
+
+
+def test_memory_model_uses_the_registrys_bytes_per_weight() -> None:
+    from autotune.memory_model import ModelShape, weight_bytes
+
+    shape = ModelShape(linear_params=1000, other_params=10, layers=2, heads=2, kv_heads=2, head_dim=64, hidden=128,
+                       intermediate=256, vocab=100)
+    for quantization, linear in (("torchao-int8wo", 1.0), ("torchao-fp8", 1.0), ("torchao-int4wo", 0.5)):
+        assert weight_bytes(shape, _cand(quantization=quantization)) == 1000 * linear + 10 * 2
+
+
+# ------------------------------------------------------------------------------ unavailable_reason (faked)
+
+
+def test_torchao_missing_too_old_or_too_new_for_torch(versions) -> None:
+    versions(None)
+    for name in TORCHAO:
+        assert get_method(name).unavailable_reason("cpu") == "torchao is not installed (pip install torchao)"
+    assert unsupported_reason(_cand(quantization="torchao-int8wo"), CPU) == (
+        "torchao-int8wo: torchao is not installed (pip install torchao)")
+    versions("0.14.1")
+    assert "older than transformers accepts (>= 0.15" in get_method("torchao-int8wo").unavailable_reason("cpu")
+    versions("0.18.0", torch="2.10.0+cu128")
+    reason = get_method("torchao-int8wo").unavailable_reason("cuda", (9, 0), "bf16")
+    assert reason.startswith("torchao 0.18.0 needs torch >= 2.11 (this is torch 2.10.0+cu128)") and "0.16 for torch 2.10" in reason
+    versions("0.16.0", torch="2.10.0")
+    assert get_method("torchao-int8wo").unavailable_reason("cpu") is None
+    versions("0.18.0", torch="2.11.0+cu130")
+    assert get_method("torchao-int8wo").unavailable_reason("cuda", (9, 0), "bf16") is None
+
+
+def test_device_rules(versions) -> None:
+    versions("0.18.0")
+    int8, fp8, int4 = (get_method(n) for n in TORCHAO)
+    assert int8.unavailable_reason("cpu") is None and int8.unavailable_reason("cuda", (7, 5), "fp16") is None
+    assert int4.unavailable_reason("cpu", None, "bf16") == (
+        "int4 weight-only (tinygemm, tile_packed_to_4d) runs on CUDA GPUs only (compute capability >= 8.0, Ampere or newer)")
+    assert int4.unavailable_reason("cuda", (7, 5), "bf16").endswith("needs compute capability >= 8.0 (Ampere or newer); this GPU has 7.5")
+    assert int4.unavailable_reason("cuda", (8, 0), "bf16") is None
+    assert int4.unavailable_reason("cuda", (9, 0), "fp16") == "int4 weight-only (tinygemm) computes in bf16 only, not fp16"
+    assert "runs on CUDA GPUs only (compute capability >= 8.9" in fp8.unavailable_reason("cpu")
+    assert fp8.unavailable_reason("cuda", (8, 6), "bf16").endswith(">= 8.9 (Ada/Hopper or newer); this GPU has 8.6")
+    assert fp8.unavailable_reason("cuda", (8, 9), "bf16") is None and fp8.unavailable_reason("cuda", (9, 0), "fp16") is None
+    # Through the space's rules, with the device's capability and the candidate's dtype:
+    assert "this GPU has 8.0" in unsupported_reason(_cand(quantization="torchao-fp8"), A100)
+    assert "this GPU has 7.5" in unsupported_reason(_cand(dtype="fp16", quantization="torchao-int4wo"), T4)
+    assert unsupported_reason(_cand(quantization="torchao-int4wo"), A100) is None
+    assert unsupported_reason(_cand(quantization="torchao-int4wo", dtype="fp32"), A100).startswith("torchao-int4wo: ")
+    assert unsupported_reason(_cand(quantization="torchao-fp8"), UNKNOWN_GPU) is None  # unknown: the load decides
+    assert unsupported_reason(_cand(quantization="torchao-int4wo"), CPU).startswith("torchao-int4wo: int4 weight-only")
+
+
+@needs_torchao
+def test_torchao_compiles_so_compile_is_a_real_combination() -> None:
+    for name in TORCHAO:
+        assert get_method(name).compile_unsupported_reason() is None
+        assert unsupported_reason(_cand(quantization=name, compile=True), H200) is None
+
+
+def test_detected_gpu_carries_its_capability() -> None:
+    import torch
+
+    from autotune.system import detect_device
+
+    if not torch.cuda.is_available():
+        assert detect_device("cpu").capability is None
+    else:
+        assert detect_device("cuda:0").capability == torch.cuda.get_device_capability(0)
+
+
+# ------------------------------------------------------------------------------ load errors
+
+
+REPORT = """\x1b[1mQwen2ForCausalLM LOAD REPORT\x1b[0m from: /tmp/tiny
+Key                                      | Status     |
+model.layers.{0, 1}.mlp.down_proj.weight | CONVERSION |
+
+Traceback (most recent call last):
+  File "/x/torch/cuda/__init__.py", line 522, in _lazy_init
+    raise AssertionError("Torch not compiled with CUDA enabled")
+AssertionError: Torch not compiled with CUDA enabled
+Torch not compiled with CUDA enabled
+Error: TorchAoQuantize on tensors destined for model.layers.1.mlp.down_proj.weight. Ckpt contains: 1
+"""
+
+
+def test_conversion_cause_is_read_from_transformers_load_report() -> None:
+    from autotune.loading import conversion_cause
+
+    assert conversion_cause([REPORT]) == "AssertionError: Torch not compiled with CUDA enabled"
+    assert conversion_cause(["Error: TorchAoQuantize on tensors destined for x"]) is None
+    assert conversion_cause(["ImportError: Requires mslk >= 1.0.0"]) == "ImportError: Requires mslk >= 1.0.0"
+
+
+@needs_torchao
+@pytest.mark.parametrize("name, cause", [("torchao-int4wo", "AssertionError: Torch not compiled with CUDA enabled"),
+                                         ("torchao-fp8", "Float8 dynamic quantization requires CUDA compute capability")])
+def test_a_load_the_quantizer_refuses_is_unsupported_with_its_cause(name: str, cause: str) -> None:
+    """Past the space's rules (a study reopened without the device's facts): transformers hides
+    torchao's error behind a generic RuntimeError; the loader raises it as unsupported with the cause."""
+    import torch
+
+    from autotune.loading import QuantizationLoadError, load_model
+    from autotune.models import resolve_model
+    from autotune.worker.process import _UNSUPPORTED_AT_LOAD
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU refusal is what this checks")
+    with pytest.raises(QuantizationLoadError) as e:
+        load_model(resolve_model("tiny-qwen2", random_weights=True), _cand(quantization=name), "cpu")
+    assert str(e.value).startswith(f"{name}: the weights could not be quantized here: ") and cause in str(e.value)
+    assert isinstance(e.value, _UNSUPPORTED_AT_LOAD)
+
+
+@needs_torchao
+def test_int8_weight_only_loads_on_cpu_with_int8_weights() -> None:
+    from autotune.loading import load_model
+    from autotune.models import resolve_model
+
+    model, _ = load_model(resolve_model("tiny-qwen2", random_weights=True), _cand(dtype="fp32", quantization="torchao-int8wo"), "cpu")
+    assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == "Int8Tensor"
+    assert type(model.lm_head.weight).__name__ != "Int8Tensor"  # embeddings and lm_head stay (TorchAoConfig's default)
+
+
+# ------------------------------------------------------------------------------ exports
+
+
+def _config(quantization: str):
+    from autotune import read_deployment
+
+    config = read_deployment(Path(__file__).parent / "golden" / "export" / "inputs" / "text-int8.yaml")
+    return config.model_copy(update={"settings": config.settings.model_copy(update={"quantization": quantization})})
+
+
+@pytest.mark.parametrize("name", TORCHAO)
+def test_transformers_export_writes_the_torchao_config(name: str) -> None:
+    result = export(_config(name), "transformers")
+    method = get_method(name)
+    assert f"quantization_config={method.config_source('torch.bfloat16')}," in result.text
+    assert f"from torchao.quantization import {method.ao_class}\n" in result.text and "TorchAoConfig" in result.text
+    compile(result.text, "transformers_deploy.py", "exec")
+    assert not [n for n in result.notes if "approximate" in n and name in n]
+
+
+@pytest.mark.parametrize("target, text", [("vllm", "quantization: fp8_per_tensor"), ("sglang", "quantization: fp8"),
+                                          ("tgi", "QUANTIZE=fp8\n")])
+def test_fp8_exports_to_the_servers_own_fp8_as_approximate(target: str, text: str) -> None:
+    result = export(_config("torchao-fp8"), target)
+    assert text in result.text and "another fp8 recipe" in result.text
+    assert any("another fp8 recipe" in note for note in result.notes)
+
+
+@pytest.mark.parametrize("target, alternative", [("vllm", "fp8_per_tensor"), ("sglang", "fp8"), ("tgi", "bitsandbytes")])
+@pytest.mark.parametrize("name", ["torchao-int8wo", "torchao-int4wo"])
+def test_torchao_int_methods_do_not_export_to_servers(target: str, alternative: str, name: str) -> None:
+    with pytest.raises(ExportError) as e:
+        export(_config(name), target)
+    message = str(e.value)
+    if (target, name) == ("sglang", "torchao-int4wo"):
+        alternative = "bitsandbytes"  # SGLang's in-flight 4-bit (nf4)
+    assert f"quantization {name} cannot be exported to {target}" in message and alternative in message
+    assert "--allow-approximate" in message and "\n" not in message
+    result = export(_config(name), target, allow_approximate=True)
+    assert f"quantization {name} has no equivalent" in result.text
+    if target != "tgi":
+        assert yaml.safe_load(result.text)["quantization"] == alternative
+
+
+# ------------------------------------------------------------------------------ CPU study (slow)
+
+
+@pytest.fixture(scope="module")
+def torchao_study(tmp_path_factory) -> Path:
+    """The embedded SmolLM2-135M (real weights) on CPU over none / the three torchao methods, with
+    quality against the reference (fp32, none) on the bundled text set and a 0.98 floor."""
+    out = tmp_path_factory.mktemp("torchao")
+    space = write_space(out.parent / "torchao-space.yaml", dtype=["fp32"], quantization=["none", *TORCHAO],
+                        attn_implementation=["sdpa"], batch_size=[1], max_length=[128], new_tokens=16)
+    # 40 of the 168 questions: each quality run takes minutes on 2 shared cores.
+    assert_ok(run_cli("tune", "--space", str(space), "--trials", "4", "--min-quality", "0.98", "--quality-examples", "40",
+                      "--trial-timeout", "1800", "--out", str(out), "--device", "cpu", timeout=3000))
+    return out
+
+
+@needs_torchao
+@pytest.mark.slow
+def test_int8_weight_only_measures_on_cpu_and_keeps_quality(torchao_study: Path) -> None:
+    recs = {r.candidate.quantization: r for r in read_records(torchao_study) if r.state != "duplicate"}
+    assert set(recs) == {"none", *TORCHAO}
+    assert recs["none"].state == "measured" and recs["torchao-int8wo"].state == "measured", recs["torchao-int8wo"].outcome.reason
+    int8, reference = recs["torchao-int8wo"].outcome, recs["none"].outcome
+    assert int8.reloaded and int8.measurement.throughput.median > 0
+    assert int8.quality.score >= 0.98 * reference.quality.score  # the floor held
+    assert int8.quality.top1_agreement is None or int8.quality.top1_agreement > 0.9
+    for name in ("torchao-int4wo", "torchao-fp8"):  # refused before loading, with the reason
+        assert recs[name].state == "unsupported" and "CUDA GPUs only" in recs[name].outcome.reason
+
+
+@needs_torchao
+@pytest.mark.slow
+def test_load_deployment_reproduces_torchao_int8(torchao_study: Path, tmp_path: Path) -> None:
+    from autotune import load_deployment
+
+    raw = yaml.safe_load((torchao_study / "best.yaml").read_text())
+    raw["settings"]["quantization"] = "torchao-int8wo"
+    path = tmp_path / "best.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    model, tokenizer, generate_kwargs = load_deployment(path)
+    assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == "Int8Tensor"
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**inputs, **{**generate_kwargs, "max_new_tokens": 8})
+    assert "Paris" in tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+
+
+# ------------------------------------------------------------------------------ GPU (pytest -m gpu)
+
+
+@needs_torchao
+@pytest.mark.gpu
+@pytest.mark.parametrize("name, tensor", [("torchao-int8wo", "Int8Tensor"), ("torchao-fp8", "Float8Tensor"),
+                                          ("torchao-int4wo", "Int4TilePackedTo4dTensor")])
+def test_each_method_loads_on_cuda_and_generate_compiles(name: str, tensor: str) -> None:
+    """A tiny random Qwen2 quantized while loading onto cuda:0 (bf16), then generate() with the
+    static cache the compile knob sets: transformers compiles it (torchao's quantizer is
+    compileable) and the compiled tokens equal the eager ones."""
+    import torch
+
+    from autotune.loading import generate_kwargs, load_model
+    from autotune.models import resolve_model
+    from autotune.system import detect_device
+
+    cand = _cand(quantization=name, compile=True, new_tokens=8)
+    reason = unsupported_reason(cand, detect_device("cuda:0"))
+    if reason is not None:
+        pytest.skip(reason)  # e.g. fp8 on a GPU older than SM 8.9
+    model, _ = load_model(resolve_model("tiny-qwen2", random_weights=True), cand, "cuda:0")
+    assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == tensor
+    assert model.hf_quantizer.is_compileable
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), device="cuda:0")
+    kwargs = {**generate_kwargs(cand), "min_new_tokens": 8}
+    assert kwargs["cache_implementation"] == "static"
+    compiled = [model.generate(ids, **kwargs) for _ in range(2)]  # the second call runs the compiled graph
+    eager = model.generate(ids, **kwargs, disable_compile=True)
+    assert compiled[0].shape == (2, 24) and torch.equal(compiled[0], compiled[1])
+    assert (compiled[1] == eager).float().mean() > 0.9  # compiled kernels may round differently on a rare token
+
+
+@needs_torchao
+@pytest.mark.gpu
+def test_gpu_study_with_torchao_and_compile(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", dtype=["bf16"], quantization=["none", *TORCHAO], attn_implementation=["sdpa"],
+                        compile=[False, True], batch_size=[1, 8], max_length=[64])
+    out = tmp_path / "out"
+    assert_ok(run_cli("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--trials", "16",
+                      "--memory-budget", "8GiB", "--out", str(out), "--device", "cuda:0", "--sampler", "grid"))
+    recs = [r for r in read_records(out) if r.state != "duplicate"]
+    by_load = {(r.candidate.quantization, r.candidate.compile): r for r in recs}
+    import torch
+
+    fp8_runs = torch.cuda.get_device_capability(0) >= (8, 9)
+    for name in TORCHAO:
+        for compiled in (False, True):
+            r = by_load.get((name, compiled))
+            if r is None:
+                continue
+            if name == "torchao-fp8" and not fp8_runs:
+                assert r.state == "unsupported" and ">= 8.9" in r.outcome.reason
+            else:
+                assert r.state == "measured", (name, compiled, r.outcome.reason)
