@@ -256,12 +256,12 @@ KNOB_TABLE: tuple[Knob, ...] = (
     Knob("cache_implementation", "load", str, "KV cache of generate(): dynamic, static (what compile needs), offloaded "
          "(to host memory), offloaded_static, quantized-fp8/-hqq/-quanto (4-bit hqq/quanto, per-tensor fp8)",
          choices=_cache_implementations, baseline="prefer", preferred="dynamic", reference="default", load_key=True,
-         added_later=True, may_leave_out=True, column=Column("KV cache", 1, left=True),
+         added_later=True, may_leave_out=True, column=Column("KV cache", 1, cell=lambda v: v or "–", left=True),
          label=LabelPart(10, lambda c: f" kv={c.cache_implementation}" if c.cache_implementation else "")),
     Knob("compile_mode", "load", str, "torch.compile mode of compiled candidates (compile: true): reduce-overhead "
          "(transformers' default, CUDA graphs), default (no CUDA graphs), max-autotune-no-cudagraphs",
          choices=_compile_modes, baseline="prefer", preferred="reduce-overhead", reference="default", load_key=True,
-         added_later=True, may_leave_out=True, column=Column("mode", 2, left=True),
+         added_later=True, may_leave_out=True, column=Column("mode", 2, cell=lambda v: v or "–", left=True),
          label=LabelPart(11, lambda c: f" mode={c.compile_mode}" if c.compile_mode and c.compile else "")),
     # Chunked prefill bounds the prefill's activations; its answers are the unchunked ones (the
     # same forward passes over a cache), so it is a request knob, not in the load-key. Memory falls

@@ -127,8 +127,11 @@ def test_load_key_request_shape_and_label_are_as_before_the_table() -> None:
     assert set(knobs.LOAD_KEY_KNOBS) | set(knobs.REQUEST_SHAPE_KNOBS) == set(Candidate.model_fields)
 
 
-@pytest.mark.parametrize("name, digest", [("cpu", "5895c66d84148b02"), ("vl-7b-24gib", "c6be374e924914be"),
-                                          ("scaleout-7b-12gib", "433e087f80053068"), ("llm-7b-24gib", "b3c8a4378c719c36")])
+# vl-7b-24gib was c6be374e924914be and llm-7b-24gib b3c8a4378c719c36 until issue 19 added the
+# generate-time knobs to them (a study of the old space is refused, not mixed); a space without
+# those knobs keeps its digest (cpu, scaleout below; tests/test_generate_knobs.py).
+@pytest.mark.parametrize("name, digest", [("cpu", "5895c66d84148b02"), ("vl-7b-24gib", "1c0050f6b1b843b9"),
+                                          ("scaleout-7b-12gib", "433e087f80053068"), ("llm-7b-24gib", "8a4a1f1636c32db1")])
 def test_space_digests_are_as_before_the_table(name: str, digest: str) -> None:
     assert space_digest(load_space(ROOT / "search_spaces" / f"{name}.yaml")) == digest
 
