@@ -276,7 +276,7 @@ def test_cpu_study_with_generate_knobs(tmp_path: Path) -> None:
     out = tmp_path / "out"
     assert_ok(run_cli("tune", "--space", str(space), "--trials", "8", "--sampler", "grid", "--out", str(out),
                       "--device", "cpu", "--confirm-top", "0"))
-    recs = {(r.candidate.cache_implementation, r.candidate.prefill_chunk_size): r for r in read_records(out / "trials.jsonl")}
+    recs = {(r.candidate.cache_implementation, r.candidate.prefill_chunk_size): r for r in read_records(out)}
     assert len(recs) == 8
     for kind in ("dynamic", "static"):
         for chunk in (0, 8):
