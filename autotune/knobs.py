@@ -85,6 +85,9 @@ class Knob:
     # Added after studies were stored: left out of space_digest while unset and of load-key names
     # at its default, so those studies resume with their cached quality and boundaries.
     added_later: bool = False
+    # The space may leave it out (None) although its group is load or request: a generate-time
+    # knob whose absence means today's behaviour (see `optional`).
+    may_leave_out: bool = False
     column: Column | None = None
     label: LabelPart | None = None
     # The compatibility-rule keys each exporter must have for this knob (None: one per choice,
@@ -93,8 +96,8 @@ class Knob:
 
     @property
     def optional(self) -> bool:
-        """The space may leave it out (None): vision and placement knobs."""
-        return self.group in ("vision", "placement")
+        """The space may leave it out (None): vision and placement knobs, and rows that say so."""
+        return self.group in ("vision", "placement") or self.may_leave_out
 
     def values(self) -> tuple:
         return self.choices() if self.choices is not None else ()
@@ -171,6 +174,18 @@ def _attention() -> tuple:
     return ATTENTION_IMPLEMENTATIONS
 
 
+def _cache_implementations() -> tuple:
+    from autotune.kv_cache import CACHE_IMPLEMENTATIONS
+
+    return tuple(CACHE_IMPLEMENTATIONS)
+
+
+def _compile_modes() -> tuple:
+    from autotune.kv_cache import COMPILE_MODES
+
+    return COMPILE_MODES
+
+
 def _images_label(c: Candidate) -> str:
     return f" img={c.images_per_prompt}x{c.max_pixels}px" if c.images_per_prompt else ""
 
@@ -232,6 +247,30 @@ KNOB_TABLE: tuple[Knob, ...] = (
          # One GPU is the plain case every exporter writes; its rules are for more (and for a
          # tensor-parallel size other than num_gpus, see export/base.py).
          rule_keys=("num_gpus>1",)),
+    # Generate-time knobs (issue 19). Left out of a space (None), a candidate generates as before
+    # them: a dynamic KV cache, or a static one with compile; no prefill chunking; transformers'
+    # default compile mode. The KV cache and the compile mode are in the load-key: a quantized cache
+    # changes the answers (quality is measured per load-key), an offloaded one the memory, and a
+    # compile mode the compiled graphs (a worker that changes them recompiles anyway).
+    Knob("cache_implementation", "load", str, "KV cache of generate(): dynamic, static (what compile needs), offloaded "
+         "(to host memory), offloaded_static, quantized-fp8/-hqq/-quanto (4-bit hqq/quanto, per-tensor fp8)",
+         choices=_cache_implementations, baseline="prefer", preferred="dynamic", reference="default", load_key=True,
+         added_later=True, may_leave_out=True, column=Column("KV cache", 1, cell=lambda v: v or "–", left=True),
+         label=LabelPart(10, lambda c: f" kv={c.cache_implementation}" if c.cache_implementation else "")),
+    Knob("compile_mode", "load", str, "torch.compile mode of compiled candidates (compile: true): reduce-overhead "
+         "(transformers' default, CUDA graphs), default (no CUDA graphs), max-autotune-no-cudagraphs",
+         choices=_compile_modes, baseline="prefer", preferred="reduce-overhead", reference="default", load_key=True,
+         added_later=True, may_leave_out=True, column=Column("mode", 2, cell=lambda v: v or "–", left=True),
+         label=LabelPart(11, lambda c: f" mode={c.compile_mode}" if c.compile_mode and c.compile else "")),
+    # Chunked prefill bounds the prefill's activations; its answers are the unchunked ones (the
+    # same forward passes over a cache), so it is a request knob, not in the load-key. Memory falls
+    # as the chunk shrinks, but 0 (no chunking) is the largest: the row does not claim
+    # grows_memory, so the infeasible shortcut compares only candidates of the same chunk size.
+    Knob("prefill_chunk_size", "request", int, "tokens per prefill chunk of each sequence (generate(prefill_chunk_size=N)); "
+         "0 = no chunking", low=0, high=1_048_576, unit="tokens", baseline="prefer", preferred=0, reference="default",
+         added_later=True, may_leave_out=True, column=Column("chunk", 3, cell=lambda v: str(v) if v else "–"),
+         label=LabelPart(12, lambda c: f" chunk={c.prefill_chunk_size}" if c.prefill_chunk_size else ""),
+         rule_keys=("prefill_chunk_size=0", "prefill_chunk_size>0")),
 )
 
 KNOB = {k.name: k for k in KNOB_TABLE}
@@ -281,8 +320,10 @@ def load_key_name(c: Candidate) -> str:
 
 
 def boundary_shape(c: Candidate) -> tuple:
-    """The request shape without the batch size: a batch-size boundary holds for all batch sizes of it."""
-    return tuple(getattr(c, k) for k in REQUEST_SHAPE_KNOBS if k != "batch_size")
+    """The request shape without the batch size: a batch-size boundary holds for all batch sizes of it.
+    A knob added later is left out at its default, so resumed studies keep their boundary names."""
+    return tuple(getattr(c, k.name) for k in KNOB_TABLE if k.name in REQUEST_SHAPE_KNOBS and k.name != "batch_size"
+                 and not (k.added_later and getattr(c, k.name) == k.default))
 
 
 def same_load_and_request(a: Candidate, b: Candidate) -> bool:
@@ -323,7 +364,11 @@ def column_groups() -> dict[str, tuple[Knob, ...]]:
     def of(groups: tuple[str, ...]) -> tuple[Knob, ...]:
         return tuple(sorted((k for k in KNOB_TABLE if k.column and k.group in groups), key=lambda k: k.column.order))
 
-    return {"text": of(("load", "request")), "vision": of(("vision",)), "placement": of(("placement",))}
+    text = tuple(k for k in of(("load", "request")) if not k.may_leave_out)
+    # Knobs a space may leave out show with the placement columns, where some candidate sets them.
+    placement = tuple(sorted((k for k in KNOB_TABLE if k.column and (k.group == "placement" or k.may_leave_out)),
+                             key=lambda k: k.column.order))
+    return {"text": text, "vision": of(("vision",)), "placement": placement}
 
 
 def cells(c: Candidate, rows: tuple[Knob, ...]) -> list[str]:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from autotune import kv_cache
 from autotune.checkpoint_io import save_checkpoint
 from autotune.dtypes import DTYPES
 from autotune.errors import DeploymentFileError
@@ -70,9 +71,12 @@ def _spread_max_memory(num_gpus: int) -> dict:
 def generate_kwargs(candidate: Candidate) -> dict[str, Any]:
     """What a deployment passes to generate(); the measurement uses the same plus exact lengths."""
     kwargs: dict[str, Any] = {"do_sample": False, "max_new_tokens": candidate.new_tokens}
-    if candidate.compile:
-        # A static cache is what makes transformers compile the forward pass inside generate().
-        kwargs["cache_implementation"] = "static"
+    # A static cache is what makes transformers compile the forward pass inside generate(): with
+    # compile and no cache_implementation, "static" as before issue 19. The KV cache, chunked
+    # prefill and (for a static cache without compile) disable_compile: autotune/kv_cache.py. The
+    # quantized cache's backend and the compile mode are not generate() arguments but set on the
+    # model's generation_config by the load (`apply_generation_config`), as in load_deployment.
+    kwargs.update(kv_cache.generate_settings(candidate))
     return kwargs
 
 
@@ -154,6 +158,7 @@ def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cac
         else:
             model = auto_class.from_pretrained(source, **from_pretrained_kwargs(candidate, device))
     model.eval()
+    kv_cache.apply_generation_config(model, candidate)
     if device == "cpu":
         _copy_out_of_checkpoint_mmap(model)
     if candidate.compile:

@@ -5,9 +5,11 @@
 - weights: decoder (and vision-tower) linear layers at the quantization's bytes per weight,
   embeddings / norms / lm_head at the dtype's bytes (bitsandbytes leaves those unquantized);
 - KV cache: 2 × layers × kv_heads × head_dim × dtype bytes per token, × batch × max_length (the
-  claimed worst case keeps every token);
+  claimed worst case keeps every token); none on the device for an offloaded cache (it lives in
+  host memory), the quantized bits for a quantized one;
 - activation workspace: the prefill's largest transient tensors for one layer (MLP intermediate,
-  and the batch × heads × prompt² score matrix of eager attention, which sdpa/flash avoid).
+  and the batch × heads × prompt² score matrix of eager attention, which sdpa/flash avoid), for
+  a chunk of prefill_chunk_size tokens per sequence where the prefill is chunked.
 
 weights + KV cache is a *lower bound*: whatever else the run allocates comes on top. A candidate
 whose lower bound exceeds the budget by a clear margin cannot fit, and is recorded as infeasible
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from autotune.dtypes import DTYPES
+from autotune.kv_cache import kv_bytes_factor
 from autotune.quant import QUANTIZATION_METHODS
 
 if TYPE_CHECKING:  # annotations only: spec imports models, whose random_checkpoint_bytes imports this module
@@ -97,16 +100,20 @@ def weight_bytes(shape: ModelShape, cand: Candidate) -> float:
 
 
 def kv_cache_bytes(shape: ModelShape, cand: Candidate) -> float:
-    per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * DTYPES[cand.dtype].bytes_per_element
+    """On the device: none of an offloaded cache (host memory), a quantized one at its bits."""
+    per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * kv_bytes_factor(cand, DTYPES[cand.dtype].bytes_per_element)
     return per_token * cand.batch_size * cand.max_length
 
 
 def activation_bytes(shape: ModelShape, cand: Candidate) -> float:
     """The prefill's largest transient tensors for one layer (they are freed layer by layer)."""
     dtype = DTYPES[cand.dtype].bytes_per_element
-    tokens = cand.batch_size * cand.prompt_tokens
+    # Chunked prefill runs at most prefill_chunk_size tokens of each sequence per forward pass,
+    # each chunk's queries against the keys so far (at most the whole prompt).
+    chunk = min(cand.prompt_tokens, cand.prefill_chunk_size or cand.prompt_tokens)
+    tokens = cand.batch_size * chunk
     mlp = tokens * (2 * shape.intermediate + 2 * shape.hidden) * dtype  # gate and up outputs, residual
-    scores = cand.batch_size * shape.heads * cand.prompt_tokens**2 * dtype * 2 if cand.attn_implementation == "eager" else 0
+    scores = cand.batch_size * shape.heads * chunk * cand.prompt_tokens * dtype * 2 if cand.attn_implementation == "eager" else 0
     logits = cand.batch_size * shape.vocab * 4  # the last position's logits, in fp32
     return mlp + scores + logits
 

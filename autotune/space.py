@@ -14,6 +14,7 @@ import optuna
 import yaml
 from pydantic import ValidationError
 
+from autotune import kv_cache
 from autotune.errors import SpaceError, pydantic_message
 from autotune.knobs import KNOB_TABLE, knob, ordered, pick
 from autotune.quant import get_method
@@ -142,7 +143,7 @@ def unsupported_reason(candidate: Candidate, device: DeviceInfo) -> str | None:
         reason = method.compile_unsupported_reason()
         if reason:
             return f"{candidate.quantization} with compile: {reason}"
-    return None
+    return kv_cache.unsupported_reason(candidate, device.type)
 
 
 def _attention_reason(attn: str, candidate: Candidate, device: DeviceInfo) -> str | None:

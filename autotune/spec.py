@@ -56,6 +56,9 @@ class SearchSpace(_Strict):
     vision_attn_implementation: list[str] | None = Field(default=None, description=knob("vision_attn_implementation").help)
     image_size: str = Field(default=knob("image_size").space_default, pattern=r"^\d+x\d+$", description=knob("image_size").help)
     num_gpus: list[int] | None = Field(default=None, description=knob("num_gpus").help)
+    cache_implementation: list[str] | None = Field(default=None, description=knob("cache_implementation").help)
+    compile_mode: list[str] | None = Field(default=None, description=knob("compile_mode").help)
+    prefill_chunk_size: list[int] | None = Field(default=None, description=knob("prefill_chunk_size").help)
 
     @field_validator(*(k.name for k in KNOB_TABLE))
     @classmethod
@@ -88,6 +91,21 @@ class SearchSpace(_Strict):
     def _pixels_for_visual_inputs(self) -> SearchSpace:
         if (self.images_per_prompt is not None or self.video_frames is not None) and self.max_pixels is None:
             raise ValueError("images_per_prompt/video_frames need max_pixels (the processor's per-image pixel bound), e.g. [200704, 1003520]")
+        return self
+
+    @model_validator(mode="after")
+    def _compile_mode_with_compile(self) -> SearchSpace:
+        """compile_mode acts only on compiled candidates; an uncompiled one is measured once, as the
+        default mode (other modes are unsupported for it), so that mode must be listed."""
+        if self.compile_mode is None:
+            return self
+        from autotune.kv_cache import DEFAULT_COMPILE_MODE
+
+        if True not in self.compile:
+            raise ValueError("compile_mode applies only to compiled candidates; add true to compile or leave compile_mode out")
+        if False in self.compile and DEFAULT_COMPILE_MODE not in self.compile_mode:
+            raise ValueError(f"with compile false among the choices, list {DEFAULT_COMPILE_MODE} in compile_mode too "
+                             "(the mode an uncompiled candidate is measured as)")
         return self
 
     @property
@@ -137,6 +155,17 @@ class Candidate(_Strict):
     image_size: str | None = None
     video_size: str | None = None
     num_gpus: int = Field(default=knob("num_gpus").default, ge=1, description="GPUs the model is spread over (device_map); 1 = one device")
+    # Generate-time knobs; None: as before them (see autotune/kv_cache.py).
+    cache_implementation: str | None = None
+    compile_mode: str | None = None
+    prefill_chunk_size: int | None = Field(default=None, ge=0)
+
+    @field_validator("cache_implementation", "compile_mode")
+    @classmethod
+    def _known_generate_setting(cls, value, info):
+        if value is not None:
+            knob(info.field_name).check(value)
+        return value
 
     @property
     def prompt_tokens(self) -> int:

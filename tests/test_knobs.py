@@ -114,9 +114,12 @@ FULL = Candidate(dtype="bf16", quantization="bnb-nf4", attn_implementation="eage
 
 
 def test_load_key_request_shape_and_label_are_as_before_the_table() -> None:
-    # Values written by the code before the table (commit 6cbaf21): studies store them.
-    assert FULL.load_key == ("bf16", "bnb-nf4", "eager", True, "sdpa", 2)
-    assert FULL.request_shape == (8, 2048, 64, 200704, 2, 8, "1280x720", "640x360")
+    # Values written by the code before the table (commit 6cbaf21): studies store them. The
+    # tuples (in memory only) end with the generate-time knobs of issue 19 (None: left out); the
+    # names studies store (load-key name, boundary key) leave them out at their default.
+    assert FULL.load_key == ("bf16", "bnb-nf4", "eager", True, "sdpa", 2, None, None)
+    assert FULL.request_shape == (8, 2048, 64, 200704, 2, 8, "1280x720", "640x360", None)
+    assert knobs.boundary_shape(FULL) == (2048, 64, 200704, 2, 8, "1280x720", "640x360")
     assert FULL.label() == "bf16 bnb-nf4 eager vit=sdpa compile gpus=2 b=8 len=2048 img=2x200704px video=8f"
     assert knobs.load_key_name(FULL) == "bf16|bnb-nf4|eager|True|sdpa|2"
     assert knobs.load_key_name(FULL.model_copy(update={"num_gpus": 1})) == "bf16|bnb-nf4|eager|True|sdpa"
@@ -124,8 +127,11 @@ def test_load_key_request_shape_and_label_are_as_before_the_table() -> None:
     assert set(knobs.LOAD_KEY_KNOBS) | set(knobs.REQUEST_SHAPE_KNOBS) == set(Candidate.model_fields)
 
 
-@pytest.mark.parametrize("name, digest", [("cpu", "5895c66d84148b02"), ("vl-7b-24gib", "c6be374e924914be"),
-                                          ("scaleout-7b-12gib", "433e087f80053068"), ("llm-7b-24gib", "b3c8a4378c719c36")])
+# vl-7b-24gib was c6be374e924914be and llm-7b-24gib b3c8a4378c719c36 until issue 19 added the
+# generate-time knobs to them (a study of the old space is refused, not mixed); a space without
+# those knobs keeps its digest (cpu, scaleout below; tests/test_generate_knobs.py).
+@pytest.mark.parametrize("name, digest", [("cpu", "5895c66d84148b02"), ("vl-7b-24gib", "1c0050f6b1b843b9"),
+                                          ("scaleout-7b-12gib", "433e087f80053068"), ("llm-7b-24gib", "8a4a1f1636c32db1")])
 def test_space_digests_are_as_before_the_table(name: str, digest: str) -> None:
     space = load_space(ROOT / "search_spaces" / f"{name}.yaml")
     # The files as they were before issue 19 added the torchao methods to the GPU spaces.

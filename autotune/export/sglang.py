@@ -39,6 +39,7 @@ from autotune.export.base import (
     start,
     tensor_parallel,
     unexportable,
+    CHUNK_NOTE, COMPILE_MODE_NOTE, OFFLOADED_KV_ALTERNATIVE, OFFLOADED_KV_NOTE, PAGED_KV_NOTE, QUANTIZED_4BIT_NOTE, generate_knobs,
 )
 from autotune.dtypes import DTYPES
 from autotune.spec import DeploymentConfig
@@ -113,6 +114,26 @@ RULES: dict[str, Rule] = {
     "model_kind=image-text-to-text": exact(),
     "model_kind=reranker": unexportable(
         "SGLang serves rerankers through model-specific scoring setups that autotune does not generate; export --to transformers", None),
+    # Generate-time knobs (issue 19).
+    "cache_implementation=dynamic": approximate(PAGED_KV_NOTE.format(what="dynamic", server="SGLang")),
+    "cache_implementation=static": approximate(PAGED_KV_NOTE.format(what="static", server="SGLang")),
+    "cache_implementation=offloaded": unexportable(OFFLOADED_KV_NOTE.format(what="offloaded", server="SGLang"), OFFLOADED_KV_ALTERNATIVE),
+    "cache_implementation=offloaded_static": unexportable(
+        OFFLOADED_KV_NOTE.format(what="offloaded_static", server="SGLang"), OFFLOADED_KV_ALTERNATIVE),
+    "cache_implementation=quantized-fp8": approximate(
+        "transformers' per-tensor fp8 KV cache (the newest 128 tokens unquantized) is written as kv-cache-dtype fp8_e4m3 "
+        "(SGLang has no bare fp8), its fp8 KV cache with its own scales"),
+    "cache_implementation=quantized-hqq": unexportable(QUANTIZED_4BIT_NOTE.format(server="SGLang", backend="hqq"),
+                                                       "kv-cache-dtype: fp8_e4m3 (about twice the KV memory of 4-bit)"),
+    "cache_implementation=quantized-quanto": unexportable(QUANTIZED_4BIT_NOTE.format(server="SGLang", backend="quanto"),
+                                                          "kv-cache-dtype: fp8_e4m3 (about twice the KV memory of 4-bit)"),
+    "compile_mode=reduce-overhead": approximate(COMPILE_MODE_NOTE.format(mode="reduce-overhead", server="SGLang")),
+    "compile_mode=default": approximate(COMPILE_MODE_NOTE.format(mode="default", server="SGLang")),
+    "compile_mode=max-autotune-no-cudagraphs": approximate(COMPILE_MODE_NOTE.format(mode="max-autotune-no-cudagraphs", server="SGLang")),
+    "prefill_chunk_size=0": approximate(
+        "measured without chunked prefill: written as chunked-prefill-size -1 (SGLang's off); its scheduler still batches "
+        "prefills its own way"),
+    "prefill_chunk_size>0": approximate("chunked prefill is SGLang's chunked-prefill-size, a token budget of one prefill step"),
 }
 
 # quantization method -> (--quantization, --load-format) as written, the nearest for the unexportable ones (see RULES)
@@ -157,12 +178,29 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     else:
         d.note(compile_comment)
     d.note(d.comment("new_tokens", f"new_tokens {s.new_tokens}"))
+    _generate_knobs(d, config)
     if is_vision(config):
         _vision(d, config)
     d.raise_errors()
     text = d.yaml_text("SGLang: python -m sglang.launch_server --config THIS_FILE (written by autotune export)")
     command = d.command(["python", "-m", "sglang.launch_server"])
     return ExportResult(NAME, FILENAME, text, command, notes=list(d.notes), suffixes=(".yaml", ".yml"))
+
+
+def _generate_knobs(d: Draft, config: DeploymentConfig) -> None:
+    s = config.settings
+    for key, setting in generate_knobs(s):
+        comment = d.comment(key, setting)
+        if key.startswith("cache_implementation=quantized"):
+            d.set("kv-cache-dtype", "fp8_e4m3", comment)
+        elif key == "prefill_chunk_size>0":
+            budget = s.prefill_chunk_size * s.batch_size
+            d.set("chunked-prefill-size", budget, comment, CHUNK_NOTE.format(chunk=s.prefill_chunk_size, server="SGLang",
+                                                                              batch=s.batch_size, budget=budget))
+        elif key == "prefill_chunk_size=0":
+            d.set("chunked-prefill-size", -1, comment)
+        else:
+            d.note(comment)
 
 
 def _vision(d: Draft, config: DeploymentConfig) -> None:

@@ -34,6 +34,7 @@ from autotune.export.base import (
     start,
     tensor_parallel,
     unexportable,
+    COMPILE_MODE_NOTE, OFFLOADED_KV_ALTERNATIVE, OFFLOADED_KV_NOTE, PAGED_KV_NOTE, QUANTIZED_4BIT_NOTE, generate_knobs,
 )
 from autotune.dtypes import DTYPES
 from autotune.spec import DeploymentConfig
@@ -106,6 +107,25 @@ RULES: dict[str, Rule] = {
     "model_kind=causal-lm": exact(),
     "model_kind=image-text-to-text": approximate("TGI serves Qwen2-VL-family models with its own image preprocessing"),
     "model_kind=reranker": unexportable("TGI does not serve rerankers (Hugging Face's text-embeddings-inference does); export --to transformers", None),
+    # Generate-time knobs (issue 19).
+    "cache_implementation=dynamic": approximate(PAGED_KV_NOTE.format(what="dynamic", server="TGI")),
+    "cache_implementation=static": approximate(PAGED_KV_NOTE.format(what="static", server="TGI")),
+    "cache_implementation=offloaded": unexportable(OFFLOADED_KV_NOTE.format(what="offloaded", server="TGI"), OFFLOADED_KV_ALTERNATIVE),
+    "cache_implementation=offloaded_static": unexportable(
+        OFFLOADED_KV_NOTE.format(what="offloaded_static", server="TGI"), OFFLOADED_KV_ALTERNATIVE),
+    "cache_implementation=quantized-fp8": approximate(
+        "transformers' per-tensor fp8 KV cache (the newest 128 tokens unquantized) is written as kv-cache-dtype fp8_e4m3fn"),
+    "cache_implementation=quantized-hqq": unexportable(QUANTIZED_4BIT_NOTE.format(server="TGI", backend="hqq"),
+                                                       "kv-cache-dtype: fp8_e4m3fn (about twice the KV memory of 4-bit)"),
+    "cache_implementation=quantized-quanto": unexportable(QUANTIZED_4BIT_NOTE.format(server="TGI", backend="quanto"),
+                                                          "kv-cache-dtype: fp8_e4m3fn (about twice the KV memory of 4-bit)"),
+    "compile_mode=reduce-overhead": approximate(COMPILE_MODE_NOTE.format(mode="reduce-overhead", server="TGI")),
+    "compile_mode=default": approximate(COMPILE_MODE_NOTE.format(mode="default", server="TGI")),
+    "compile_mode=max-autotune-no-cudagraphs": approximate(COMPILE_MODE_NOTE.format(mode="max-autotune-no-cudagraphs", server="TGI")),
+    "prefill_chunk_size=0": approximate("measured without chunked prefill; TGI chunks prefills by default (PREFILL_CHUNKING)"),
+    "prefill_chunk_size>0": approximate(
+        "chunked prefill is TGI's default; the measured chunk bounds max-batch-prefill-tokens (batch x chunk tokens), "
+        "TGI's token budget of one prefill step"),
 }
 
 TGI_DTYPES = ("float16", "bfloat16")  # what --dtype takes; another dtype is written as its rule's alternative, bfloat16
@@ -115,6 +135,7 @@ ENV_NAMES = {
     "model-id": "MODEL_ID", "dtype": "DTYPE", "quantize": "QUANTIZE", "max-input-tokens": "MAX_INPUT_TOKENS",
     "max-total-tokens": "MAX_TOTAL_TOKENS", "max-batch-prefill-tokens": "MAX_BATCH_PREFILL_TOKENS",
     "max-batch-total-tokens": "MAX_BATCH_TOTAL_TOKENS", "num-shard": "NUM_SHARD", "cuda-memory-fraction": "CUDA_MEMORY_FRACTION",
+    "kv-cache-dtype": "KV_CACHE_DTYPE",
 }
 
 
@@ -139,7 +160,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     d.set("max-input-tokens", prompt_tokens, d.comment("max_length", f"max_length {s.max_length}"))
     d.set("max-total-tokens", s.max_length)
     batch_comment = d.comment("batch_size", f"batch_size {s.batch_size}")
-    d.set("max-batch-prefill-tokens", s.batch_size * prompt_tokens, batch_comment)
+    chunk = min(prompt_tokens, s.prefill_chunk_size or prompt_tokens)  # a chunked prefill's tokens per sequence
+    d.set("max-batch-prefill-tokens", s.batch_size * chunk, batch_comment)
     d.set("max-batch-total-tokens", s.batch_size * s.max_length)
     tp, tp_comments = tensor_parallel(d, config)
     d.set("num-shard", tp, *tp_comments)
@@ -151,6 +173,12 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     d.note(d.comment(f"attn_implementation={s.attn_implementation}", f"attn_implementation {s.attn_implementation}"),
            d.comment(f"compile={str(s.compile).lower()}", f"compile {s.compile}"),
            d.comment("new_tokens", f"new_tokens {s.new_tokens}"))
+    for key, setting in generate_knobs(s):
+        comment = d.comment(key, setting)
+        if key.startswith("cache_implementation=quantized"):
+            d.set("kv-cache-dtype", "fp8_e4m3fn", comment)
+        else:
+            d.note(comment)
     if is_vision(config):
         check_request_sizes(d, s)
         d.note(d.comment("images_per_prompt", f"images_per_prompt {s.images_per_prompt}"),

@@ -28,10 +28,12 @@ from autotune.export.base import (
     is_vision,
     start,
     tensor_parallel,
+    generate_knobs,
     unexportable,
     wrap,
 )
 from autotune.dtypes import DTYPES
+from autotune.kv_cache import generation_config_settings
 from autotune.loading import generate_kwargs
 from autotune.models import ModelRef
 from autotune.quant import get_method
@@ -90,6 +92,19 @@ RULES: dict[str, Rule] = {
     "model_kind=image-text-to-text": exact(),
     "model_kind=reranker": approximate(
         "a reranker is scored by P('yes') against P('no') for the next token; the snippet loads it, the scoring is up to your code"),
+    # Generate-time knobs (issue 19): GENERATE_KWARGS and the model's generation_config, as measured.
+    "cache_implementation=dynamic": exact(),
+    "cache_implementation=static": exact(),
+    "cache_implementation=offloaded": exact("needs an accelerator"),
+    "cache_implementation=offloaded_static": exact("needs an accelerator"),
+    "cache_implementation=quantized-fp8": exact("needs transformers 5.24 or newer"),
+    "cache_implementation=quantized-hqq": exact("needs the hqq package"),
+    "cache_implementation=quantized-quanto": exact("needs the optimum-quanto package"),
+    "compile_mode=reduce-overhead": exact(),
+    "compile_mode=default": exact(),
+    "compile_mode=max-autotune-no-cudagraphs": exact(),
+    "prefill_chunk_size=0": exact(),
+    "prefill_chunk_size>0": exact(),
 }
 
 
@@ -104,7 +119,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
 
     for key, setting in ((f"dtype={s.dtype}", "dtype"), (f"quantization={s.quantization}", "quantization"),
                          (f"attn_implementation={s.attn_implementation}", "attn_implementation"),
-                         (f"compile={str(s.compile).lower()}", "compile"), ("new_tokens", "new_tokens")):
+                         (f"compile={str(s.compile).lower()}", "compile"), ("new_tokens", "new_tokens"),
+                         *generate_knobs(s)):
         d.check(key, setting)
     batch_comment = d.comment("batch_size", "batch_size")
     length_comment = d.comment("max_length", "max_length")
@@ -134,6 +150,9 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     auto_model = "AutoModelForImageTextToText" if vision else "AutoModelForCausalLM"
     imports = ["AutoProcessor" if vision else "AutoTokenizer", auto_model]
     imports += method.config_imports
+    settings = generation_config_settings(s)  # set on the model's generation_config in load()
+    if "compile_config" in settings:
+        imports.append("CompileConfig")
 
     lines = ['"""transformers: load the model as autotune measured it (written by autotune export).', ""]
     lines += [_docstring_text(c) for line in d.header for c in wrap(line)]
@@ -155,6 +174,12 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
               f"    model = {auto_model}.from_pretrained(", "        MODEL,"]
     lines += [f"        {kwarg}" for kwarg in kwargs]
     lines += ["    )", "    model.eval()"]
+    if "cache_config" in settings:
+        lines += ["    # the quantized KV cache's backend: generate() copies the generation config on every call",
+                  f"    model.generation_config.cache_implementation = {_py(settings['cache_implementation'])}",
+                  f"    model.generation_config.cache_config = {_py(settings['cache_config'])}"]
+    if "compile_config" in settings:
+        lines.append(f"    model.generation_config.compile_config = CompileConfig(mode={_py(settings['compile_config']['mode'])})")
     if vision:
         lines += ["    processor = AutoProcessor.from_pretrained(MODEL)",
                   "    processor.image_processor.size = IMAGE_SIZE  # the pixel bound every image was measured at",
@@ -240,12 +265,16 @@ def _kwargs_file(config: DeploymentConfig, options: ExportOptions, model: str) -
     return yaml.safe_dump(_without_one_gpu(out), sort_keys=False)
 
 
+# Candidate fields added later, with their defaults: left out of the dump at the default.
+_LATER_DEFAULTS = {"num_gpus": 1, "cache_implementation": None, "compile_mode": None, "prefill_chunk_size": None}
+
+
 def _without_one_gpu(data: object) -> object:
-    """The dump without `num_gpus: 1` (the default) in its candidates (settings, the baseline's):
-    a one-GPU file reads as before the field existed, and an autotune that predates num_gpus (a
-    candidate forbids unknown keys) still loads it."""
+    """The dump without `num_gpus: 1` (the default) in its candidates (settings, the baseline's),
+    nor the generate-time knobs where unset: such a file reads as before the fields existed, and
+    an autotune that predates them (a candidate forbids unknown keys) still loads it."""
     if isinstance(data, dict):
-        return {k: _without_one_gpu(v) for k, v in data.items() if not (k == "num_gpus" and v == 1)}
+        return {k: _without_one_gpu(v) for k, v in data.items() if not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
     if isinstance(data, list):
         return [_without_one_gpu(v) for v in data]
     return data

@@ -37,6 +37,7 @@ from autotune.export.base import (
     start,
     tensor_parallel,
     unexportable,
+    CHUNK_NOTE, COMPILE_MODE_NOTE, OFFLOADED_KV_ALTERNATIVE, OFFLOADED_KV_NOTE, PAGED_KV_NOTE, QUANTIZED_4BIT_NOTE, generate_knobs,
 )
 from autotune.dtypes import DTYPES
 from autotune.spec import DeploymentConfig
@@ -118,6 +119,27 @@ RULES: dict[str, Rule] = {
     "model_kind=reranker": unexportable(
         "vLLM serves rerankers through its pooling runner with model-specific conversion that autotune does not generate; "
         "export --to transformers", None),
+    # Generate-time knobs (issue 19).
+    "cache_implementation=dynamic": approximate(PAGED_KV_NOTE.format(what="dynamic", server="vLLM")),
+    "cache_implementation=static": approximate(PAGED_KV_NOTE.format(what="static", server="vLLM")),
+    "cache_implementation=offloaded": unexportable(OFFLOADED_KV_NOTE.format(what="offloaded", server="vLLM"), OFFLOADED_KV_ALTERNATIVE),
+    "cache_implementation=offloaded_static": unexportable(
+        OFFLOADED_KV_NOTE.format(what="offloaded_static", server="vLLM"), OFFLOADED_KV_ALTERNATIVE),
+    "cache_implementation=quantized-fp8": approximate(
+        "transformers' per-tensor fp8 KV cache (the newest 128 tokens unquantized) is written as kv-cache-dtype fp8, vLLM's "
+        "fp8 (e4m3) KV cache with its own scales"),
+    "cache_implementation=quantized-hqq": unexportable(QUANTIZED_4BIT_NOTE.format(server="vLLM", backend="hqq"),
+                                                       "kv-cache-dtype: fp8 (about twice the KV memory of 4-bit)"),
+    "cache_implementation=quantized-quanto": unexportable(QUANTIZED_4BIT_NOTE.format(server="vLLM", backend="quanto"),
+                                                          "kv-cache-dtype: fp8 (about twice the KV memory of 4-bit)"),
+    "compile_mode=reduce-overhead": approximate(COMPILE_MODE_NOTE.format(mode="reduce-overhead", server="vLLM")),
+    "compile_mode=default": approximate(COMPILE_MODE_NOTE.format(mode="default", server="vLLM")),
+    "compile_mode=max-autotune-no-cudagraphs": approximate(COMPILE_MODE_NOTE.format(mode="max-autotune-no-cudagraphs", server="vLLM")),
+    "prefill_chunk_size=0": approximate(
+        "measured without chunked prefill; vLLM chunks prefills by default (enable-chunked-prefill), which it is left to"),
+    "prefill_chunk_size>0": approximate(
+        "chunked prefill is enable-chunked-prefill with max-num-batched-tokens, vLLM's token budget of one scheduler step "
+        "(prefill chunks and decodes of the running batch together)"),
 }
 
 VLLM_QUANTIZATION: dict[str, str] = {"torchao-fp8": "fp8_per_tensor"}  # methods with an exact or approximate rule -> vLLM's --quantization name
@@ -153,6 +175,7 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
         d.note(attn_comment)
     d.note(d.comment(f"compile={str(s.compile).lower()}", f"compile {s.compile}"),
            d.comment("new_tokens", f"new_tokens {s.new_tokens}"))
+    _generate_knobs(d, config)
     if is_vision(config):
         _vision(d, config)
     d.raise_errors()
@@ -160,6 +183,21 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     text = d.yaml_text(title)
     command = d.command(["vllm", "serve"], positional=model, skip=("model",))
     return ExportResult(NAME, FILENAME, text, command, notes=list(d.notes), suffixes=(".yaml", ".yml"))
+
+
+def _generate_knobs(d: Draft, config: DeploymentConfig) -> None:
+    s = config.settings
+    for key, setting in generate_knobs(s):
+        comment = d.comment(key, setting)
+        if key.startswith("cache_implementation=quantized"):
+            d.set("kv-cache-dtype", "fp8", comment)
+        elif key == "prefill_chunk_size>0":
+            budget = s.prefill_chunk_size * s.batch_size
+            d.set("enable-chunked-prefill", True, comment)
+            d.set("max-num-batched-tokens", budget, CHUNK_NOTE.format(chunk=s.prefill_chunk_size, server="vLLM",
+                                                                       batch=s.batch_size, budget=budget))
+        else:
+            d.note(comment)
 
 
 def _vision(d: Draft, config: DeploymentConfig) -> None:
