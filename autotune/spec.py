@@ -58,6 +58,7 @@ class SearchSpace(_Strict):
     vision_attn_implementation: list[str] | None = Field(default=None, description=knob("vision_attn_implementation").help)
     image_size: str = Field(default=knob("image_size").space_default, pattern=r"^\d+x\d+$", description=knob("image_size").help)
     num_gpus: list[int] | None = Field(default=None, description=knob("num_gpus").help)
+    cpu_offload_gib: list[int] | None = Field(default=None, description=knob("cpu_offload_gib").help)
 
     @field_validator(*(k.name for k in KNOB_TABLE))
     @classmethod
@@ -139,6 +140,7 @@ class Candidate(_Strict):
     image_size: str | None = None
     video_size: str | None = None
     num_gpus: int = Field(default=knob("num_gpus").default, ge=1, description="GPUs the model is spread over (device_map); 1 = one device")
+    cpu_offload_gib: int = Field(default=knob("cpu_offload_gib").default, ge=0, description="GiB of weights offloaded to host memory")
 
     @property
     def prompt_tokens(self) -> int:
@@ -202,6 +204,8 @@ class Measurement(_Strict):
     peak_reserved_gib: float | None = None
     nvml_peak_used_gib: float | None = Field(default=None, description="whole-device memory used, sampled by NVML")
     peak_rss_gib: float | None = None
+    offloaded_gib: float | None = Field(default=None, description="cpu_offload_gib > 0: weights the loaded model kept in host memory")
+    offload_gpu_max_memory_gib: float | None = Field(default=None, description="cpu_offload_gib > 0: device_map's max_memory for the GPU")
     warmup_s: float
     measure_s: float
 
