@@ -36,7 +36,8 @@ Group = Literal["load", "request", "vision", "placement"]
 #   candidate's default (not taken from the space);  most_faithful: every choice in precision
 #   order, each a fallback reference;  first_supported: the preferred choice first, then the
 #   others, the first that runs here;  none: not picked (not an Optuna parameter).
-Pick = Literal["prefer", "min", "max", "space", "default", "most_faithful", "first_supported", "none"]
+#   ascending: every choice from the smallest up, each a fallback reference (cpu_offload_gib).
+Pick = Literal["prefer", "min", "max", "space", "default", "most_faithful", "first_supported", "ascending", "none"]
 
 MAX_SIDE = 16384  # pixels per side of an image or video frame
 ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")  # the attention kernels' names (the registry of attn_implementation)
@@ -271,6 +272,16 @@ KNOB_TABLE: tuple[Knob, ...] = (
          added_later=True, may_leave_out=True, column=Column("chunk", 3, cell=lambda v: str(v) if v else "–"),
          label=LabelPart(12, lambda c: f" chunk={c.prefill_chunk_size}" if c.prefill_chunk_size else ""),
          rule_keys=("prefill_chunk_size=0", "prefill_chunk_size>0")),
+    # CPU offload (one GPU, CUDA only): at least this many GiB of the weights live in host memory
+    # (accelerate's device_map with max_memory, loading.py) and are copied to the GPU layer by layer
+    # at every forward. Offloading does not change the numbers, so the quality reference tries the
+    # choices in ascending order (the least offloaded that fits).
+    Knob("cpu_offload_gib", "placement", int, "GiB of weights kept in host memory and streamed to the GPU at every "
+         "forward (accelerate device_map + max_memory); 0 = all on the GPU; one CUDA GPU only",
+         default=0, low=0, high=4096, unit="GiB", baseline="min", reference="ascending", load_key=True, added_later=True,
+         column=Column("offload", 1, cell=lambda v: f"{v} GiB" if v else "–"),
+         label=LabelPart(5, lambda c: f" offload={c.cpu_offload_gib}GiB" if c.cpu_offload_gib else ""),
+         rule_keys=("cpu_offload_gib>0",)),
 )
 
 KNOB = {k.name: k for k in KNOB_TABLE}
@@ -354,6 +365,8 @@ def ordered(k: Knob, how: Pick, choices: list) -> list:
         return sorted(choices, key=k.rank)
     if how == "first_supported":
         return sorted(choices, key=lambda v: v != k.preferred)
+    if how == "ascending":
+        return sorted(choices)
     raise ValueError(f"{k.name}: {how!r} is not an ordering")
 
 

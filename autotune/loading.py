@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,75 @@ def from_pretrained_kwargs(candidate: Candidate, device: str) -> dict[str, Any]:
     if quant_config is not None:
         kwargs["quantization_config"] = quant_config
     return kwargs
+
+
+GIB = 2**30
+
+
+@dataclass(frozen=True)
+class OffloadPlan:
+    """How a candidate with cpu_offload_gib = N is spread over one GPU and host memory.
+
+    The GPU's share is chosen from the candidate alone, never from the request shape (the worker
+    keeps the loaded model for every batch size and length of the load-key):
+        max_memory[gpu] = weights - N GiB + largest layer,   max_memory["cpu"] = the host's memory
+    accelerate keeps the largest layer free on the GPU (to bring an offloaded layer in) and fills
+    the rest with whole layers in order, so at least N GiB (N plus less than one layer) stay on
+    the host. What is left of the budget holds the KV cache and activations; the measured GPU peak
+    decides feasibility. `offloaded_gib` (measured from hf_device_map) is what best.yaml records."""
+
+    weights_gib: float  # the whole model at the candidate's dtype (accelerate's module sizes)
+    largest_layer_gib: float
+    offload_gib: int
+    gpu_index: int = 0
+
+    @property
+    def gpu_max_memory_gib(self) -> float:
+        return self.weights_gib - self.offload_gib + self.largest_layer_gib
+
+    def max_memory(self, host_bytes: int) -> dict:
+        return {self.gpu_index: int(self.gpu_max_memory_gib * GIB), "cpu": int(host_bytes)}
+
+
+def offload_plan(auto_class, source: str, candidate: Candidate, device: str) -> OffloadPlan:
+    """Size the model on the meta device (no memory) and check that the offload leaves weights on the GPU."""
+    import torch
+    from accelerate import init_empty_weights
+    from accelerate.utils import compute_module_sizes, get_max_layer_size
+    from transformers import AutoConfig
+
+    if not device.startswith("cuda"):
+        raise ValueError(f"cpu_offload_gib={candidate.cpu_offload_gib}: offloading weights to host memory needs a CUDA GPU")
+    if candidate.compile or candidate.num_gpus > 1 or candidate.quantization != "none":
+        from autotune.space import offload_unsupported_reason
+
+        raise NotImplementedError(offload_unsupported_reason(candidate, "cuda"))
+    dtype = torch_dtype(candidate.dtype)
+    with init_empty_weights():
+        meta = auto_class.from_config(AutoConfig.from_pretrained(source), dtype=dtype)
+    sizes = compute_module_sizes(meta, dtype=dtype)
+    top = list(meta.named_parameters(recurse=False)) + list(meta.named_children()) + list(meta.named_buffers(recurse=False))
+    largest, _ = get_max_layer_size(top, sizes, list(getattr(meta, "_no_split_modules", None) or []))
+    plan = OffloadPlan(sizes[""] / GIB, largest / GIB, candidate.cpu_offload_gib, torch.device(device).index or 0)
+    if plan.offload_gib >= plan.weights_gib:
+        raise ValueError(f"cpu_offload_gib={plan.offload_gib} is at least the model's {plan.weights_gib:.2f} GiB of "
+                         f"{candidate.dtype} weights: nothing would stay on the GPU; offload less")
+    return plan
+
+
+def offloaded_gib(model) -> float:
+    """GiB of parameters and buffers in modules the loaded model's hf_device_map puts on the host (or disk)."""
+    device_map = getattr(model, "hf_device_map", None) or {}
+    seen, total = set(), 0
+    for name, where in device_map.items():
+        if where not in ("cpu", "disk"):
+            continue
+        module = model.get_submodule(name)
+        for t in [*module.parameters(), *module.buffers()]:
+            if id(t) not in seen:
+                seen.add(id(t))
+                total += t.numel() * t.element_size()
+    return total / GIB
 
 
 def _spread_max_memory(num_gpus: int) -> dict:
@@ -150,15 +220,23 @@ def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cac
     auto_class = ref.auto_class()  # AutoModelForCausalLM or AutoModelForImageTextToText
     source = materialize(ref, device)
     cached = prequantized_dir(source, candidate, device) if use_prequantized_cache else None
+    extra: dict[str, Any] = {}
+    plan = offload_plan(auto_class, source, candidate, device) if candidate.cpu_offload_gib else None
+    if plan is not None:
+        import psutil
+
+        extra = {"device_map": "auto", "max_memory": plan.max_memory(psutil.virtual_memory().total)}
     with _conversion_failures(candidate):
         if cached is not None and (cached / "config.json").is_file():
             # The quantization config travels in the saved config.json.
             kwargs = {k: v for k, v in from_pretrained_kwargs(candidate, device).items() if k != "quantization_config"}
-            model = auto_class.from_pretrained(cached, **kwargs)
+            model = auto_class.from_pretrained(cached, **{**kwargs, **extra})
         else:
-            model = auto_class.from_pretrained(source, **from_pretrained_kwargs(candidate, device))
+            model = auto_class.from_pretrained(source, **{**from_pretrained_kwargs(candidate, device), **extra})
     model.eval()
     kv_cache.apply_generation_config(model, candidate)
+    if plan is not None:
+        model.autotune_offload = plan  # the worker records it with the measured offloaded_gib
     if device == "cpu":
         _copy_out_of_checkpoint_mmap(model)
     if candidate.compile:

@@ -99,6 +99,23 @@ def weight_bytes(shape: ModelShape, cand: Candidate) -> float:
     return shape.linear_params * linear + shape.other_params * dtype
 
 
+def largest_layer_bytes(shape: ModelShape, cand: Candidate) -> float:
+    """One decoder layer or the embedding, whichever is larger, at the dtype (no quantization with offload)."""
+    layer = (2 * shape.hidden * shape.heads * shape.head_dim + 2 * shape.hidden * shape.kv_heads * shape.head_dim
+             + 3 * shape.hidden * shape.intermediate)
+    return max(layer, shape.vocab * shape.hidden) * DTYPES[cand.dtype].bytes_per_element
+
+
+def gpu_weight_bytes(shape: ModelShape, cand: Candidate) -> float:
+    """The weights on the GPU. With cpu_offload_gib = N, the loader keeps at least N GiB and less
+    than N GiB plus one layer on the host (loading.OffloadPlan); N plus two of the largest layers
+    off keeps this a lower bound."""
+    weights = weight_bytes(shape, cand)
+    if not cand.cpu_offload_gib:
+        return weights
+    return max(0.0, weights - cand.cpu_offload_gib * GIB - 2 * largest_layer_bytes(shape, cand))
+
+
 def kv_cache_bytes(shape: ModelShape, cand: Candidate) -> float:
     """On the device: none of an offloaded cache (host memory), a quantized one at its bits."""
     per_token = 2 * shape.layers * shape.kv_heads * shape.head_dim * kv_bytes_factor(cand, DTYPES[cand.dtype].bytes_per_element)
@@ -120,8 +137,8 @@ def activation_bytes(shape: ModelShape, cand: Candidate) -> float:
 
 def lower_bound_gib(shape: ModelShape, cand: Candidate) -> float:
     """Per GPU: the budget and the measured peak are per GPU, and of a model spread over N GPUs
-    the fullest one holds at least 1/N of the weights and KV cache."""
-    return (weight_bytes(shape, cand) + kv_cache_bytes(shape, cand)) / GIB / cand.num_gpus
+    the fullest one holds at least 1/N of the weights and KV cache. Offloaded weights do not count."""
+    return (gpu_weight_bytes(shape, cand) + kv_cache_bytes(shape, cand)) / GIB / cand.num_gpus
 
 
 @dataclass(frozen=True)
@@ -158,9 +175,10 @@ def predicted_infeasible_reason(shape: ModelShape, cand: Candidate, budget_gib: 
     bound = lower_bound_gib(shape, cand)
     if bound <= budget_gib * (1 + CLEAR_MARGIN):
         return None
-    weights, kv = weight_bytes(shape, cand) / GIB, kv_cache_bytes(shape, cand) / GIB
+    weights, kv = gpu_weight_bytes(shape, cand) / GIB, kv_cache_bytes(shape, cand) / GIB
     spread = f" over {cand.num_gpus} GPUs = {bound:.2f} GiB per GPU" if cand.num_gpus > 1 else f" = {bound:.2f} GiB"
-    return (f"predicted: weights {weights:.2f} GiB + KV cache {kv:.2f} GiB (batch {cand.batch_size} × {cand.max_length} "
+    where = f" on the GPU (at most {weight_bytes(shape, cand) / GIB - weights:.2f} GiB offloaded)" if cand.cpu_offload_gib else ""
+    return (f"predicted: weights {weights:.2f} GiB{where} + KV cache {kv:.2f} GiB (batch {cand.batch_size} × {cand.max_length} "
             f"tokens){spread}, over the {budget_gib:.2f} GiB budget before any activation")
 
 

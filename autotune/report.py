@@ -176,6 +176,30 @@ def best_summary(config: DeploymentConfig) -> Table:
     return table
 
 
+def offload_line(recs: list[TrialRecord], config: DeploymentConfig | None, objective: str) -> str | None:
+    """cpu_offload_gib: what offloading costs, against the best config that fits without it (None
+    where no candidate offloads)."""
+    offloaded = [r for r in recs if r.candidate.cpu_offload_gib]
+    if not offloaded or config is None:
+        return None
+    on_gpu = best_record([r for r in recs if not r.candidate.cpu_offload_gib], objective)
+    best_off = best_record(offloaded, objective)
+
+    def slower(a: float, b: float) -> str:  # how much slower a is than b
+        factor = b / a if objective == "throughput" else a / b
+        return f"{factor:.2f}× slower" if factor >= 1 else f"{1 / factor:.2f}× faster"
+
+    if config.settings.cpu_offload_gib:
+        if on_gpu is None:
+            return "offloaded: no config fits without offload"
+        return (f"offloaded: {slower(config.objective_value, on_gpu.objective_value)} than the best config without "
+                f"offload (trial #{on_gpu.number})")
+    if best_off is None:
+        return "offload: no offloaded candidate was measured (see the trial table for why)"
+    return (f"offload: the best offloaded config (trial #{best_off.number}, {best_off.candidate.cpu_offload_gib} GiB) is "
+            f"{slower(best_off.objective_value, config.objective_value)} than this one")
+
+
 def best_per_max_length(recs: list[TrialRecord], objective: str) -> Table | None:
     """Capacity planning view: the best feasible candidate for each claimed max length."""
     lengths = sorted({r.candidate.max_length for r in recs if r.state == "measured"})
@@ -204,6 +228,9 @@ def print_results(console: Console, recs: list[TrialRecord], config: DeploymentC
                       f"{sum(1 for r in recs if r.outcome.predicted and r.state != 'duplicate')} candidates answered by its lower bound")
     if config is not None:
         console.print(best_summary(config))
+        offload = offload_line(recs, config, objective)
+        if offload is not None:
+            console.print(offload)
         console.print(f"best config: [bold]{out / 'best.yaml'}[/]")
     else:
         console.print("[yellow]no feasible config yet: every measured candidate ran out of memory, went over budget, "

@@ -103,7 +103,7 @@ def reference_candidates(space: SearchSpace, device: DeviceInfo) -> list[Candida
     fixed, faithful, fallback = {}, [], []
     for k in KNOB_TABLE:
         choices = getattr(space, k.name)
-        if k.reference == "most_faithful":
+        if k.reference == "most_faithful" or (k.reference == "ascending" and choices is not None):
             faithful.append((k.name, ordered(k, k.reference, choices)))
         elif k.reference == "first_supported":
             fallback.append((k.name, ordered(k, k.reference, choices)))
@@ -143,7 +143,32 @@ def unsupported_reason(candidate: Candidate, device: DeviceInfo) -> str | None:
         reason = method.compile_unsupported_reason()
         if reason:
             return f"{candidate.quantization} with compile: {reason}"
+    if candidate.cpu_offload_gib:
+        reason = offload_unsupported_reason(candidate, device.type)
+        if reason:
+            return reason
     return kv_cache.unsupported_reason(candidate, device.type)
+
+
+def offload_unsupported_reason(candidate: Candidate, device_type: str) -> str | None:
+    """cpu_offload_gib > 0 runs only on one CUDA GPU, uncompiled and unquantized (the loader checks again)."""
+    what = f"cpu_offload_gib={candidate.cpu_offload_gib}"
+    if device_type != "cuda":
+        return f"{what}: offloading weights to host memory needs a CUDA GPU (on {device_type} every weight is in host memory already)"
+    if candidate.num_gpus > 1:
+        return (f"{what} with num_gpus={candidate.num_gpus}: not supported (accelerate would fill every GPU before the "
+                "host, and servers offload per GPU); offload on one GPU, or spread over GPUs without offload")
+    if candidate.compile:
+        return (f"{what} with compile: transformers does not compile generate() for a model with CPU-offloaded layers "
+                "(it would silently run eagerly); offload without compile")
+    if candidate.quantization.startswith("bnb-"):
+        return (f"{what} with {candidate.quantization}: bitsandbytes loads offloaded layers only with "
+                "llm_int8_enable_fp32_cpu_offload, which leaves them unquantized, so the candidate would not be the "
+                "quantization it names; offload the unquantized model, or quantize without offload")
+    if candidate.quantization != "none":
+        return (f"{what} with {candidate.quantization}: autotune sizes the GPU share from the unquantized weights; "
+                "offload the unquantized model, or quantize without offload")
+    return None
 
 
 def _attention_reason(attn: str, candidate: Candidate, device: DeviceInfo) -> str | None:

@@ -59,6 +59,7 @@ class SearchSpace(_Strict):
     cache_implementation: list[str] | None = Field(default=None, description=knob("cache_implementation").help)
     compile_mode: list[str] | None = Field(default=None, description=knob("compile_mode").help)
     prefill_chunk_size: list[int] | None = Field(default=None, description=knob("prefill_chunk_size").help)
+    cpu_offload_gib: list[int] | None = Field(default=None, description=knob("cpu_offload_gib").help)
 
     @field_validator(*(k.name for k in KNOB_TABLE))
     @classmethod
@@ -166,6 +167,7 @@ class Candidate(_Strict):
         if value is not None:
             knob(info.field_name).check(value)
         return value
+    cpu_offload_gib: int = Field(default=knob("cpu_offload_gib").default, ge=0, description="GiB of weights offloaded to host memory")
 
     @property
     def prompt_tokens(self) -> int:
@@ -229,6 +231,8 @@ class Measurement(_Strict):
     peak_reserved_gib: float | None = None
     nvml_peak_used_gib: float | None = Field(default=None, description="whole-device memory used, sampled by NVML")
     peak_rss_gib: float | None = None
+    offloaded_gib: float | None = Field(default=None, description="cpu_offload_gib > 0: weights the loaded model kept in host memory")
+    offload_gpu_max_memory_gib: float | None = Field(default=None, description="cpu_offload_gib > 0: device_map's max_memory for the GPU")
     warmup_s: float
     measure_s: float
 

@@ -80,7 +80,7 @@ def test_every_row_is_complete() -> None:
             assert k.low is not None and k.high is not None, f"{k.name}: a numeric knob has bounds"
         if k.sampled:
             assert k.baseline in ("prefer", "min", "max"), f"{k.name}: the baseline picks one value"
-        assert k.reference in ("prefer", "min", "max", "space", "default", "most_faithful", "first_supported"), k.name
+        assert k.reference in ("prefer", "min", "max", "space", "default", "most_faithful", "first_supported", "ascending"), k.name
         if k.reference == "most_faithful":
             assert k.rank is not None and k.choices is not None, k.name
             ranks = [k.rank(v) for v in k.values()]
@@ -117,12 +117,14 @@ def test_load_key_request_shape_and_label_are_as_before_the_table() -> None:
     # Values written by the code before the table (commit 6cbaf21): studies store them. The
     # tuples (in memory only) end with the generate-time knobs of issue 19 (None: left out); the
     # names studies store (load-key name, boundary key) leave them out at their default.
-    assert FULL.load_key == ("bf16", "bnb-nf4", "eager", True, "sdpa", 2, None, None)
+    assert FULL.load_key == ("bf16", "bnb-nf4", "eager", True, "sdpa", 2, None, None, 0)
     assert FULL.request_shape == (8, 2048, 64, 200704, 2, 8, "1280x720", "640x360", None)
     assert knobs.boundary_shape(FULL) == (2048, 64, 200704, 2, 8, "1280x720", "640x360")
     assert FULL.label() == "bf16 bnb-nf4 eager vit=sdpa compile gpus=2 b=8 len=2048 img=2x200704px video=8f"
     assert knobs.load_key_name(FULL) == "bf16|bnb-nf4|eager|True|sdpa|2"
     assert knobs.load_key_name(FULL.model_copy(update={"num_gpus": 1})) == "bf16|bnb-nf4|eager|True|sdpa"
+    assert knobs.load_key_name(FULL.model_copy(update={"num_gpus": 1, "cpu_offload_gib": 8})) == "bf16|bnb-nf4|eager|True|sdpa|8"
+    assert FULL.model_copy(update={"num_gpus": 1, "cpu_offload_gib": 8}).label().startswith("bf16 bnb-nf4 eager vit=sdpa compile offload=8GiB b=8")
     assert knobs.MONOTONE_SHAPE_KNOBS == ("batch_size", "max_length", "max_pixels", "images_per_prompt", "video_frames")
     assert set(knobs.LOAD_KEY_KNOBS) | set(knobs.REQUEST_SHAPE_KNOBS) == set(Candidate.model_fields)
 

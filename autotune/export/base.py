@@ -52,6 +52,18 @@ def unexportable(why: str, alternative: str | None) -> Rule:
     return Rule("unexportable", why, alternative)
 
 
+def offloaded_gib(config: DeploymentConfig) -> float:
+    """The GiB of weights the measured load kept in host memory (cpu_offload_gib > 0): the loaded
+    model's figure where best.yaml has it, else the knob (at least that much was offloaded)."""
+    measured = config.measured.offloaded_gib
+    return round(measured, 2) if measured is not None else float(config.settings.cpu_offload_gib)
+
+
+OFFLOAD_NOTE = ("autotune measured transformers + accelerate offload (whole layers in host memory, copied to the GPU "
+                "at every forward); {server} offloads with its own mechanism, so speed and memory differ: re-measure. "
+                "cpu-offload-gb is the GiB the measured load kept on the host")
+
+
 DEFAULT_HEADROOM = 0.10  # 10% over the measured peak: allocator fragmentation, a server's own buffers
 
 # Hub ids of the bundled shape-only configs (autotune/model_configs): a random-weight study is

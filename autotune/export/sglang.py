@@ -20,12 +20,14 @@ srt/model_loader/loader.py, srt/multimodal/processors/qwen_vl.py):
 from __future__ import annotations
 
 import json
+import math
 
 from autotune.export.base import (
     FEWER_GPUS_ALTERNATIVE,
     FEWER_GPUS_NOTE,
     LAYER_SPLIT_NOTE,
     MORE_GPUS_NOTE,
+    OFFLOAD_NOTE,
     TENSOR_PARALLEL_NOTE,
     Draft,
     ExportOptions,
@@ -36,6 +38,7 @@ from autotune.export.base import (
     exact,
     is_vision,
     memory_plan,
+    offloaded_gib,
     start,
     tensor_parallel,
     unexportable,
@@ -107,6 +110,7 @@ RULES: dict[str, Rule] = {
     "num_gpus>1": approximate("num_gpus is written as tp-size. " + LAYER_SPLIT_NOTE.format(server="SGLang")),
     "tensor_parallel_size>num_gpus": approximate(MORE_GPUS_NOTE),
     "tensor_parallel_size<num_gpus": unexportable(FEWER_GPUS_NOTE, FEWER_GPUS_ALTERNATIVE),
+    "cpu_offload_gib>0": approximate(OFFLOAD_NOTE.format(server="SGLang") + ", rounded up to whole GiB (SGLang takes an integer)"),
     "memory": approximate(
         "SGLang's fraction covers the weights and the KV cache pool; activations and CUDA graphs use the rest of the GPU, so "
         "the process can use somewhat more than this: lower it if the budget is a hard limit"),
@@ -167,6 +171,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
         d.note(plan.arithmetic)
     tp, tp_comments = tensor_parallel(d, config)
     d.set("tp-size", tp, *tp_comments)
+    if s.cpu_offload_gib:
+        d.set("cpu-offload-gb", math.ceil(offloaded_gib(config)), d.comment("cpu_offload_gib>0", f"cpu_offload_gib {s.cpu_offload_gib}"))
     attn_comment = d.comment(f"attn_implementation={s.attn_implementation}", f"attn_implementation {s.attn_implementation}")
     if s.attn_implementation in SGLANG_ATTENTION:
         d.set("attention-backend", SGLANG_ATTENTION[s.attn_implementation], attn_comment)

@@ -31,6 +31,7 @@ from autotune.export.base import (
     exact,
     is_vision,
     memory_plan,
+    offloaded_gib,
     start,
     tensor_parallel,
     unexportable,
@@ -102,6 +103,10 @@ RULES: dict[str, Rule] = {
     "num_gpus>1": approximate("num_gpus is written as num-shard. " + LAYER_SPLIT_NOTE.format(server="TGI")),
     "tensor_parallel_size>num_gpus": approximate(MORE_GPUS_NOTE),
     "tensor_parallel_size<num_gpus": unexportable(FEWER_GPUS_NOTE, FEWER_GPUS_ALTERNATIVE),
+    "cpu_offload_gib>0": unexportable(
+        "TGI has no CPU weight offload: every weight must be on the GPU(s)",
+        "no offload: the whole model on the GPU, which needs the offloaded GiB on top of the measured peak (the "
+        "cuda-memory-fraction below does not count them: raise it, or add GPUs with num-shard), or export --to vllm or sglang"),
     "memory": approximate(
         "TGI's cuda-memory-fraction caps the whole process's share of the GPU; within it TGI sizes its KV cache itself"),
     "model_kind=causal-lm": exact(),
@@ -165,6 +170,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     d.set("max-batch-total-tokens", s.batch_size * s.max_length)
     tp, tp_comments = tensor_parallel(d, config)
     d.set("num-shard", tp, *tp_comments)
+    if s.cpu_offload_gib:
+        d.note(d.comment("cpu_offload_gib>0", f"cpu_offload_gib {s.cpu_offload_gib} ({offloaded_gib(config):g} GiB measured on the host)"))
     plan = memory_plan(config, options, "cuda-memory-fraction")
     if plan.fraction is not None:
         d.set("cuda-memory-fraction", plan.fraction, plan.arithmetic, d.comment("memory", "gpu memory"))

@@ -88,6 +88,9 @@ RULES: dict[str, Rule] = {
         "measured per-GPU peak, and throughput and latency differ from the measured figures (re-measure on the target)"),
     "tensor_parallel_size<num_gpus": unexportable(
         FEWER_GPUS_NOTE, "the asked number of GPUs, max_memory per GPU scaled by num_gpus / tensor-parallel-size"),
+    "cpu_offload_gib>0": exact(
+        "device_map='auto' with max_memory for GPU 0 and the host: accelerate keeps the same layers in host memory as in "
+        "the measurement (load_deployment computes the same split)"),
     "model_kind=causal-lm": exact(),
     "model_kind=image-text-to-text": exact(),
     "model_kind=reranker": approximate(
@@ -129,6 +132,10 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     if s.num_gpus > 1:
         device_map: str | dict = "auto"
         max_memory, memory_comment = _max_memory(config, options, gpus)
+        device_comments = [*gpu_comments, memory_comment]
+    elif s.cpu_offload_gib:
+        device_map = "auto"
+        max_memory, memory_comment = _offload_max_memory(d, config)
         device_comments = [*gpu_comments, memory_comment]
     elif gpus > 1:
         device_map, device_comments = "auto", gpu_comments
@@ -217,6 +224,22 @@ def _max_memory(config: DeploymentConfig, options: ExportOptions, gpus: int) -> 
     return {i: f"{cap:g}GiB" for i in range(gpus)}, comment
 
 
+def _offload_max_memory(d: Draft, config: DeploymentConfig) -> tuple[dict, str]:
+    """cpu_offload_gib > 0: max_memory as autotune loaded it (loading.OffloadPlan): GPU 0 at the
+    recorded figure, the host at the tuning machine's memory."""
+    s, m = config.settings, config.measured
+    rule = d.comment("cpu_offload_gib>0", f"cpu_offload_gib {s.cpu_offload_gib}")
+    gpu = m.offload_gpu_max_memory_gib
+    host = f"{config.fingerprint.host_memory_gib:.0f}GiB"
+    offloaded = f"{m.offloaded_gib:.2f}" if m.offloaded_gib is not None else f"at least {s.cpu_offload_gib}"
+    if gpu is None:  # a best.yaml written without the figure: the GPU share is the budget's
+        gpu = config.memory_budget_gib or config.fingerprint.device_memory_gib
+    comment = (f"{rule}. max_memory: GPU 0 holds at most {gpu:g} GiB of weights (the model's weights - cpu_offload_gib "
+               f"+ its largest layer, which accelerate keeps free to bring offloaded layers in); {offloaded} GiB stayed in host "
+               f"memory and are copied to the GPU at every forward; measured peak {m.peak_memory_gib:.2f} GiB on the GPU")
+    return {0: f"{gpu:g}GiB", "cpu": host}, comment
+
+
 def _vision_constants(d: Draft, config: DeploymentConfig) -> list[str]:
     from autotune.vision import DEFAULT_MIN_PIXELS
 
@@ -265,8 +288,10 @@ def _kwargs_file(config: DeploymentConfig, options: ExportOptions, model: str) -
     return yaml.safe_dump(_without_one_gpu(out), sort_keys=False)
 
 
-# Candidate fields added later, with their defaults: left out of the dump at the default.
-_LATER_DEFAULTS = {"num_gpus": 1, "cache_implementation": None, "compile_mode": None, "prefill_chunk_size": None}
+# Candidate fields added later, with their defaults (and the offload's measured figures): left out
+# of the dump at the default.
+_LATER_DEFAULTS = {"num_gpus": 1, "cache_implementation": None, "compile_mode": None, "prefill_chunk_size": None,
+                   "cpu_offload_gib": 0, "offloaded_gib": None, "offload_gpu_max_memory_gib": None}
 
 
 def _without_one_gpu(data: object) -> object:
@@ -274,7 +299,8 @@ def _without_one_gpu(data: object) -> object:
     nor the generate-time knobs where unset: such a file reads as before the fields existed, and
     an autotune that predates them (a candidate forbids unknown keys) still loads it."""
     if isinstance(data, dict):
-        return {k: _without_one_gpu(v) for k, v in data.items() if not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k])}
+        return {k: _without_one_gpu(v) for k, v in data.items()
+                if not (k in _LATER_DEFAULTS and v == _LATER_DEFAULTS[k] and type(v) is type(_LATER_DEFAULTS[k]))}
     if isinstance(data, list):
         return [_without_one_gpu(v) for v in data]
     return data

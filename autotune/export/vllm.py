@@ -24,6 +24,7 @@ from autotune.export.base import (
     FEWER_GPUS_NOTE,
     LAYER_SPLIT_NOTE,
     MORE_GPUS_NOTE,
+    OFFLOAD_NOTE,
     TENSOR_PARALLEL_NOTE,
     Draft,
     ExportOptions,
@@ -34,6 +35,7 @@ from autotune.export.base import (
     exact,
     is_vision,
     memory_plan,
+    offloaded_gib,
     start,
     tensor_parallel,
     unexportable,
@@ -111,6 +113,7 @@ RULES: dict[str, Rule] = {
     "num_gpus>1": approximate("num_gpus is written as tensor-parallel-size. " + LAYER_SPLIT_NOTE.format(server="vLLM")),
     "tensor_parallel_size>num_gpus": approximate(MORE_GPUS_NOTE),
     "tensor_parallel_size<num_gpus": unexportable(FEWER_GPUS_NOTE, FEWER_GPUS_ALTERNATIVE),
+    "cpu_offload_gib>0": approximate(OFFLOAD_NOTE.format(server="vLLM (UVA weight offload, per GPU)")),
     "memory": approximate(
         "vLLM pre-allocates this fraction of the GPU for weights, activations and KV cache; the transformers peak plus headroom "
         "is a starting point"),
@@ -168,6 +171,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
         d.note(plan.arithmetic)
     tp, tp_comments = tensor_parallel(d, config)
     d.set("tensor-parallel-size", tp, *tp_comments)
+    if s.cpu_offload_gib:
+        d.set("cpu-offload-gb", offloaded_gib(config), d.comment("cpu_offload_gib>0", f"cpu_offload_gib {s.cpu_offload_gib}"))
     attn_comment = d.comment(f"attn_implementation={s.attn_implementation}", f"attn_implementation {s.attn_implementation}")
     if s.attn_implementation in VLLM_ATTENTION:
         d.set("attention-backend", VLLM_ATTENTION[s.attn_implementation], attn_comment)

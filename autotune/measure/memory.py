@@ -121,6 +121,7 @@ class MemoryTracker:
                 self._nvml_handle = self._nvml_handles[0]
             except Exception:  # NVML unavailable (container without it): torch figures remain
                 self._nvml_handle = None
+            self._hwm_reset = _reset_hwm()  # host memory too (cheap): offloaded weights live there
         else:
             release_freed_host_memory()  # the window counts its own pages, not earlier leftovers
             self._hwm_reset = _reset_hwm()
@@ -152,6 +153,7 @@ class MemoryTracker:
                 peak_allocated_gib=max(torch.cuda.max_memory_allocated(dev) for dev in self.devices) / GIB,
                 peak_reserved_gib=reserved,
                 nvml_peak_used_gib=self._sampled_peak / GIB if self._nvml_handle is not None else None,
+                peak_rss_gib=(_read_hwm_bytes() or 0) / GIB if self._hwm_reset else None,
             )
         hwm = _read_hwm_bytes() if self._hwm_reset else None
         rss = max(hwm or 0, self._sampled_peak) / GIB

@@ -130,6 +130,7 @@ class _Worker:
         self.model = None
         self.tokenizer = None
         self.loaded_key: tuple | None = None
+        self.offload: dict = {}  # the loaded model's offload figures (Measurement fields), if it is offloaded
         self.vocab_size = 32000
         self._gpu_fraction = 1.0  # of the GPU's memory torch may use: the budget, where one is given
         self._processors: dict[int | None, object] = {}  # image processors by max_pixels (they do not depend on the load)
@@ -172,6 +173,7 @@ class _Worker:
 
     def _unload(self) -> None:
         self.model = None
+        self.offload = {}
         self.tokenizer = None
         self.loaded_key = None
         gc.collect()
@@ -219,6 +221,7 @@ class _Worker:
             text_config = getattr(self.model.config, "text_config", None) or self.model.config  # VL models nest it
             self.vocab_size = int(getattr(text_config, "vocab_size", None) or self.vocab_size)
             print(f"[trial {request.trial_number}] loaded in {load_s:.1f}s", flush=True)
+            self._offload_figures()
 
         quality = None
         if request.quality is not None:
@@ -269,11 +272,26 @@ class _Worker:
 
                 torch.cuda.empty_cache()
             return failure
+        if self.offload:
+            measurement = measurement.model_copy(update=self.offload)
         print(f"[trial {request.trial_number}] {measurement.throughput.median:.1f} {measurement.throughput_unit}, "
               f"peak {measurement.peak_memory_gib:.2f} GiB", flush=True)
         return TrialOutcome(status="ok", measurement=measurement, load_s=load_s, prepare_s=prepare_s, reloaded=reloaded,
                             quality=quality)
 
+
+    def _offload_figures(self) -> None:
+        """cpu_offload_gib > 0: what the loaded model keeps on the host (hf_device_map) and the GPU's
+        max_memory it was loaded with, recorded with every measurement of this load (best.yaml,
+        the exporters' cpu-offload-gb)."""
+        from autotune.loading import offloaded_gib
+
+        plan = getattr(self.model, "autotune_offload", None)
+        self.offload = {} if plan is None else {"offloaded_gib": round(offloaded_gib(self.model), 3),
+                                                "offload_gpu_max_memory_gib": round(plan.gpu_max_memory_gib, 3)}
+        if plan is not None:
+            print(f"  offload: {self.offload['offloaded_gib']:.2f} GiB of {plan.weights_gib:.2f} GiB of weights in host memory "
+                  f"(GPU max_memory {plan.gpu_max_memory_gib:.2f} GiB)", flush=True)
 
     def _at_shape(self, cand) -> None:
         """Called before the loaded model runs `cand`'s requests: drop the static cache generate()
