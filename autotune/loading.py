@@ -234,6 +234,7 @@ def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cac
         else:
             model = auto_class.from_pretrained(source, **{**from_pretrained_kwargs(candidate, device), **extra})
     model.eval()
+    _check_quantized(model, candidate)
     kv_cache.apply_generation_config(model, candidate)
     if plan is not None:
         model.autotune_offload = plan  # the worker records it with the measured offloaded_gib
@@ -277,6 +278,21 @@ def conversion_cause(reports: list[str]) -> str | None:
             if m and m.group(1) != "Error":
                 return f"{m.group(1)}: {m.group(2).strip()}"
     return None
+
+
+def _check_quantized(model, candidate: Candidate) -> None:
+    """A quantizing load that left every linear layer a plain parameter measured the unquantized
+    model under the quantization's name (torchao skips a layer whose input size is not a multiple
+    of its group size, 128 for int4wo: every layer of a small model): unsupported, with why."""
+    if candidate.quantization == "none":
+        return
+    import torch
+
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if linears and all(type(m.weight) is torch.nn.Parameter for m in linears):
+        raise QuantizationLoadError(
+            f"{candidate.quantization}: no linear layer of this model was quantized (e.g. input sizes not a "
+            f"multiple of the method's group size); the candidate would measure the unquantized model")
 
 
 @contextlib.contextmanager

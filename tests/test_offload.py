@@ -219,8 +219,8 @@ def test_a_model_too_big_for_the_budget_runs_offloaded(tmp_path: Path) -> None:
               "tie_word_embeddings": False}
     (tmp_path / "big").mkdir()
     (tmp_path / "big" / "config.json").write_text(json.dumps(config))
-    space = write_space(tmp_path / "space.yaml", dtype=["bf16"], batch_size=[1], max_length=[128], new_tokens=8,
-                        cpu_offload_gib=[0, 1])
+    space = write_space(tmp_path / "space.yaml", dtype=["bf16"], attn_implementation=["sdpa"], batch_size=[1], max_length=[128],
+                        new_tokens=8, cpu_offload_gib=[0, 1])
     out = tmp_path / "out"
     result = run_cli("tune", "--model", str(tmp_path / "big"), "--random-weights", "--space", str(space), "--trials", "2",
                      "--memory-budget", "1.5GiB", "--out", str(out), "--device", "cuda:0", "--confirm-top", "0")

@@ -277,11 +277,25 @@ def test_load_deployment_reproduces_torchao_int8(torchao_study: Path, tmp_path: 
 # ------------------------------------------------------------------------------ GPU (pytest -m gpu)
 
 
+def _int4_sized(tmp_path: Path) -> Path:
+    """tiny-qwen2 with every linear input a multiple of 128 (int4wo's group size; at 64 torchao
+    leaves every layer unquantized, which the loader refuses)."""
+    import json
+
+    from autotune.models import BUNDLED_CONFIG_DIR
+
+    config = {**json.loads((BUNDLED_CONFIG_DIR / "tiny-qwen2.json").read_text()), "hidden_size": 128, "intermediate_size": 256}
+    folder = tmp_path / "tiny-qwen2-128"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
 @needs_torchao
 @pytest.mark.gpu
 @pytest.mark.parametrize("name, tensor", [("torchao-int8wo", "Int8Tensor"), ("torchao-fp8", "Float8Tensor"),
                                           ("torchao-int4wo", "Int4TilePackedTo4dTensor")])
-def test_each_method_loads_on_cuda_and_generate_compiles(name: str, tensor: str) -> None:
+def test_each_method_loads_on_cuda_and_generate_compiles(name: str, tensor: str, tmp_path: Path) -> None:
     """A tiny random Qwen2 quantized while loading onto cuda:0 (bf16), then generate() with the
     static cache the compile knob sets: transformers compiles it (torchao's quantizer is
     compileable) and the compiled tokens equal the eager ones."""
@@ -295,7 +309,7 @@ def test_each_method_loads_on_cuda_and_generate_compiles(name: str, tensor: str)
     reason = unsupported_reason(cand, detect_device("cuda:0"))
     if reason is not None:
         pytest.skip(reason)  # e.g. fp8 on a GPU older than SM 8.9
-    model, _ = load_model(resolve_model("tiny-qwen2", random_weights=True), cand, "cuda:0")
+    model, _ = load_model(resolve_model(str(_int4_sized(tmp_path)), random_weights=True), cand, "cuda:0")
     assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == tensor
     assert model.hf_quantizer.is_compileable
     ids = torch.randint(0, model.config.vocab_size, (2, 16), device="cuda:0")
@@ -313,7 +327,7 @@ def test_gpu_study_with_torchao_and_compile(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", dtype=["bf16"], quantization=["none", *TORCHAO], attn_implementation=["sdpa"],
                         compile=[False, True], batch_size=[1, 8], max_length=[64])
     out = tmp_path / "out"
-    assert_ok(run_cli("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--trials", "16",
+    assert_ok(run_cli("tune", "--model", str(_int4_sized(tmp_path)), "--random-weights", "--space", str(space), "--trials", "16",
                       "--memory-budget", "8GiB", "--out", str(out), "--device", "cuda:0", "--sampler", "grid"))
     recs = [r for r in read_records(out) if r.state != "duplicate"]
     by_load = {(r.candidate.quantization, r.candidate.compile): r for r in recs}
