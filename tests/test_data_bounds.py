@@ -221,3 +221,25 @@ def test_prompts_over_the_token_limit_are_truncated_with_a_note(capsys: pytest.C
     assert "line 7" in note and "51 tokens" in note and "10" in note and note.count("\n") == 1
     assert len(prompter.example(Example(prompt="short one")).ids) == 2
     assert len(prompter.rerank("q", " ".join(["d"] * 40)).ids) == 10
+
+
+def test_a_long_rerank_document_is_cut_and_the_query_kept(capsys: pytest.CaptureFixture) -> None:
+    """Cutting a rerank prompt at its start (as a generate prompt is cut) would drop the instruction
+    and the query, and rank every document against nothing: the CI run of 2026-12-02 saw the
+    embedded reranker's NDCG fall from >0.8 to 0.71 that way. The document's end is cut instead."""
+    from autotune.loading import load_tokenizer
+    from autotune.measure.prompting import Prompter
+    from autotune.models import materialize, resolve_model
+
+    ref = resolve_model(None)
+    tokenizer = load_tokenizer(ref, materialize(ref))
+    query = "How long should I boil an egg for a hard yolk?"
+    document = " ".join(f"sentence {i} about rivers and routers." for i in range(60))
+    full = Prompter(tokenizer).rerank(query, document).ids
+    cut = Prompter(tokenizer, max_prompt_tokens=120).rerank(query, document, line=3).ids
+    assert len(full) > 300 and 110 <= len(cut) <= 120
+    text = tokenizer.decode(cut)
+    assert query in text and "sentence 0 about" in text and "sentence 59" not in text
+    assert cut[-5:] == full[-5:]  # the chat template's end (the generation prompt) is kept
+    note = capsys.readouterr().out
+    assert "line 3" in note and "document was cut" in note and note.count("\n") == 1

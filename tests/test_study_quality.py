@@ -141,7 +141,7 @@ def test_reranker_quality_is_ndcg_and_a_damaged_reranker_scores_worse(tmp_path: 
     floor of 95% of the reference rejects it. (fp32 both: bf16 on an AVX2-only CPU runs ~80x
     slower than fp32 and took this test past its 10-minute limit.)"""
     space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa", "eager"], batch_size=[4],
-                        max_length=[64], new_tokens=4)
+                        max_length=[128], new_tokens=4)  # the longest bundled pair: 126 tokens
     out = tmp_path / "out"
     env = cli_env(AUTOTUNE_FAULTS=json.dumps({"perturb_attn": "eager", "perturb_scale": 2.0}))
     assert_ok(run_cli("tune", "--kind", "reranker", "--space", str(space), "--trials", "2", "--min-quality", "0.95",

@@ -103,6 +103,28 @@ class Prompter:
               f"max_length leaves for it; truncated to its last {limit} tokens", flush=True)
         return ids[-limit:]
 
+    def _fit_document(self, head: str, document: str, line: int) -> list[int]:
+        """A text rerank prompt within max_prompt_tokens: the document is cut at its end, never the
+        instruction and query (cutting the prompt's start, as _fit does, would rank documents
+        against no query at all). Only when the fixed part alone is too long does _fit cut it."""
+        def ids_with(text: str) -> list[int]:
+            return self.chat_ids([{"role": "user", "content": head + text}], system=RERANK_SYSTEM)
+
+        ids = ids_with(document)
+        limit = self.max_prompt_tokens
+        if limit is None or len(ids) <= limit:
+            return ids
+        doc_ids = self.text_ids(document)
+        keep = max(0, len(doc_ids) - (len(ids) - limit))
+        # Re-tokenizing a cut text can merge tokens differently: shorten until the whole prompt fits.
+        while keep > 0 and len(cut := ids_with(self.tokenizer.decode(doc_ids[:keep]))) > limit:
+            keep -= 1
+        if keep == 0:
+            return self._fit(ids_with(""), line)
+        print(f"note: rerank set line {line}: the query-document prompt has {len(ids)} tokens, more than the {limit} "
+              f"the space's max_length allows; the document was cut to its first {keep} tokens", flush=True)
+        return cut
+
     # -------------------------------------------------------------------------- text
 
     def chat_ids(self, messages: list[dict], system: str | None = None) -> list[int]:
@@ -135,7 +157,7 @@ class Prompter:
         image itself in the <Document> slot."""
         head = f"<Instruct>: {RERANK_INSTRUCT}\n<Query>: {query}\n<Document>: "
         if document_type != "image":
-            return Prompt(self._fit(self.chat_ids([{"role": "user", "content": head + document}], system=RERANK_SYSTEM), line))
+            return Prompt(self._fit_document(head, document, line))
         image = self._image(document, line)
         ids = self.chat_ids([{"role": "user", "content": head + self._placeholders(1, False)}], system=RERANK_SYSTEM)
         return self._expanded(ids, [image], None)

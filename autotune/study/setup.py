@@ -139,7 +139,8 @@ def setup_quality(spec: TuneSpec, model: ModelRef, out: Path, space: SearchSpace
     from autotune.measure.quality import REFERENCE_FILE
 
     mode, value = parse_min_quality(spec.min_quality) if spec.min_quality else (None, None)
-    max_prompt_tokens = max(space.max_length) - space.new_tokens if space is not None else None
+    # A generating kind leaves new_tokens of max_length for the answer; a reranker scores the pair in one pass.
+    max_prompt_tokens = max(space.max_length) - (0 if reranker else space.new_tokens) if space is not None else None
     return QualitySetup(Path(data_path), metric.name, mode, value, out / REFERENCE_FILE, spec.quality_examples,
                         spec.allow_data_outside, max_prompt_tokens)
 
