@@ -145,7 +145,7 @@ def test_reranker_quality_is_ndcg_and_a_damaged_reranker_scores_worse(tmp_path: 
     out = tmp_path / "out"
     env = cli_env(AUTOTUNE_FAULTS=json.dumps({"perturb_attn": "eager", "perturb_scale": 2.0}))
     assert_ok(run_cli("tune", "--kind", "reranker", "--space", str(space), "--trials", "2", "--min-quality", "0.95",
-                      "--out", str(out), "--device", "cpu", env=env))
+                      "--out", str(out), "--device", "cpu", env=env, timeout=1200))
     recs = {r.candidate.attn_implementation: r for r in read_records(out) if r.state != "duplicate"}
     good, broken = recs["sdpa"].outcome.quality, recs["eager"].outcome.quality
     assert good.metric == broken.metric == "ndcg@10" and good.n == broken.n == 61
