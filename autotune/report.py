@@ -14,7 +14,7 @@ from autotune.knobs import column_groups
 from autotune.spec import Candidate, DeploymentConfig, TrialRecord
 from autotune.study.results import baseline_record, best_record
 
-_STATE_STYLE = {"measured": "green", "infeasible": "yellow", "low_quality": "magenta", "unsupported": "dim", "failed": "red",
+_STATE_STYLE = {"measured": "green", "infeasible": "yellow", "low_quality": "magenta", "slo_violated": "magenta", "unsupported": "dim", "failed": "red",
                 "duplicate": "dim"}
 
 
@@ -59,6 +59,8 @@ def _result_text(r: TrialRecord, objective: str) -> str:
         text = f"{figure}, peak {m.peak_memory_gib:.2f} GiB" + (f", {q.metric} {q.score:.3f}" if q else "")
         if r.state == "infeasible":
             text += f" (over budget by {r.constraints['over_budget_gib']:.2f} GiB)"
+        if r.slo_violations:
+            text += f" (SLO: {'; '.join(r.slo_violations)})"
         return f"[{style}]{r.state}[/]: {text}{_retry_text(r)}"
     return f"[{style}]{r.state}[/]: {r.outcome.reason[:140]}{_retry_text(r)}"
 
@@ -221,6 +223,11 @@ def print_results(console: Console, recs: list[TrialRecord], config: DeploymentC
     per_length = best_per_max_length(recs, objective)
     if per_length is not None:
         console.print(per_length)
+    violated = [r for r in recs if r.state == "slo_violated"]
+    if violated:
+        console.print(f"SLO violations ({len(violated)} measured candidate{'s' if len(violated) != 1 else ''}, never the best):")
+        for r in violated:
+            console.print(f"  #{r.number} {r.candidate.label()}: {'; '.join(r.slo_violations)}", markup=False, highlight=False)
     error = memory_model_error(recs)
     if error is not None:
         console.print(f"memory model: predicted peak within {error.median_abs_pct:.1f}% of the measured one (median; worst "
@@ -234,7 +241,7 @@ def print_results(console: Console, recs: list[TrialRecord], config: DeploymentC
         console.print(f"best config: [bold]{out / 'best.yaml'}[/]")
     else:
         console.print("[yellow]no feasible config yet: every measured candidate ran out of memory, went over budget, "
-                      "was unsupported or failed[/]")
+                      "broke an SLO or the quality floor, was unsupported or failed[/]")
     if (out / "report.html").is_file():
         console.print(f"report: [bold]{out / 'report.html'}[/] (Pareto front, history, importances; opens offline)")
 

@@ -57,6 +57,8 @@ def _hover(r: TrialRecord, objective: str) -> str:
         lines.append(f"{q.metric} {q.score:.3f}" + (f", KL {q.kl_mean:.4f}" if q.kl_mean is not None else ""))
     if r.state == "infeasible" and r.constraints.get("over_budget_gib", 0) > 0:
         lines.append(f"over budget by {r.constraints['over_budget_gib']:.2f} GiB")
+    if r.slo_violations:
+        lines.append("SLO: " + "; ".join(r.slo_violations))
     return "<br>".join(html.escape(line) for line in lines)
 
 
@@ -113,7 +115,7 @@ def pareto_figure(records: list[TrialRecord], objective: str, best: DeploymentCo
                 x=[r.outcome.measurement.peak_memory_gib for r in front], y=[objective_stat(r, objective).median * scale for r in front],
                 mode="lines", line={"shape": "hv", "color": "#202020", "width": 1, "dash": "dot"}, name="Pareto front", hoverinfo="skip",
             ))
-    measured_infeasible = [r for r in records if r.state in ("infeasible", "low_quality") and r.outcome.measurement is not None]
+    measured_infeasible = [r for r in records if r.state in ("infeasible", "slo_violated", "low_quality") and r.outcome.measurement is not None]
     if measured_infeasible:
         fig.add_trace(go.Scatter(
             x=[r.outcome.measurement.peak_memory_gib for r in measured_infeasible],
@@ -201,7 +203,7 @@ def importance_figure(result: Importances):
 # ------------------------------------------------------------------------------ page
 
 
-_STATE_CLASS = {"measured": "ok", "infeasible": "bad", "low_quality": "bad", "unsupported": "dim", "failed": "err", "duplicate": "dim"}
+_STATE_CLASS = {"measured": "ok", "infeasible": "bad", "low_quality": "bad", "slo_violated": "bad", "unsupported": "dim", "failed": "err", "duplicate": "dim"}
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 16px 28px; color: #202020; }

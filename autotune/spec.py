@@ -341,7 +341,7 @@ class Fingerprint(_Strict):
 # ------------------------------------------------------------------------------ study records
 
 
-TrialState = Literal["measured", "infeasible", "low_quality", "unsupported", "failed", "duplicate"]
+TrialState = Literal["measured", "infeasible", "slo_violated", "low_quality", "unsupported", "failed", "duplicate"]
 
 
 class TrialRecord(_Strict):
@@ -359,6 +359,7 @@ class TrialRecord(_Strict):
     spawn_s: float = 0.0
     total_s: float = 0.0
     finished_at: str = ""
+    slo_violations: list[str] = Field(default=[], description="the --slo limits this measurement broke, e.g. 'ttft_p95 612 ms > 500 ms'")
 
 
 # ------------------------------------------------------------------------------ user request
@@ -420,6 +421,8 @@ class TuneSpec(_Strict):
     quality_examples: int | None = Field(default=None, ge=1, le=1_000_000, description="use only the first N examples of the validation set")
     allow_data_outside: bool = Field(default=False, description="let image/video paths of the validation set be absolute or "
                                      "lead out of its folder (by default they must stay inside it)")
+    slo: str | None = Field(default=None, description="latency limits, e.g. ttft_p95=500ms,tpot_p95=50ms,e2e_p95=8s (any subset; "
+                            "p50/p90/p95/p99): a candidate over one is slo_violated, never the best")
 
     @field_validator("sampler")
     @classmethod
@@ -453,6 +456,22 @@ class TuneSpec(_Strict):
         if value is not None:
             parse_min_quality(value)
         return value
+
+    @field_validator("slo")
+    @classmethod
+    def _slo_syntax(cls, value: str | None) -> str | None:
+        if value is not None:
+            from autotune.slo import parse_slo
+
+            parse_slo(value)
+        return value
+
+    @property
+    def slo_limits(self) -> list:
+        """The parsed --slo (autotune.slo.SloLimit), [] without one."""
+        from autotune.slo import parse_slo
+
+        return parse_slo(self.slo) if self.slo else []
 
     @field_validator("memory_budget_gib", mode="before")
     @classmethod

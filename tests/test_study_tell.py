@@ -8,7 +8,7 @@ import pytest
 from autotune.spec import BatchBoundary, Candidate, Measurement, Probe, QualityReport, Stat, TrialOutcome, TrialRecord
 from autotune.study.tell import Verdict, classify
 
-ZERO = {"oom": 0.0, "unsupported": 0.0, "over_budget_gib": 0.0, "quality_below_floor": 0.0}
+ZERO = {"oom": 0.0, "unsupported": 0.0, "over_budget_gib": 0.0, "quality_below_floor": 0.0, "slo_excess": 0.0}
 
 
 def _cand(batch: int = 4, length: int = 64) -> Candidate:

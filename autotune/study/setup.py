@@ -74,6 +74,8 @@ def _identity(model: ModelRef, space: SearchSpace, spec: TuneSpec, device: Devic
         # Changing the data, metric or floor changes every trial's constraint: a new study.
         "quality": json.dumps([str(quality.data_path.resolve()), quality.metric, spec.min_quality, quality.max_examples])
         if quality else "",
+        # Limits are constraints of every trial like the floor: other limits, another study.
+        "slo": spec.slo or "",
     }
 
 

@@ -22,7 +22,7 @@ MAX_ATTEMPTS = 2
 def _finished_by_params(recs: list[TrialRecord]) -> dict[tuple, TrialRecord]:
     done, failures = {}, {}
     for r in recs:
-        if r.state in ("measured", "infeasible", "low_quality", "unsupported"):
+        if r.state in ("measured", "infeasible", "slo_violated", "low_quality", "unsupported"):
             done.setdefault(_key(r.candidate), r)
         elif r.state == "failed":
             failures.setdefault(_key(r.candidate), []).append(r)

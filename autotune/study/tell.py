@@ -13,6 +13,9 @@ import optuna
 from optuna.trial import TrialState as OptunaState
 
 from autotune.memory_model import lower_bound_gib
+from autotune.slo import SloLimit
+from autotune.slo import excess as slo_excess
+from autotune.slo import violations as slo_violations
 from autotune.spec import Candidate, TrialOutcome, TrialRecord
 from autotune.study.context import BASELINE_ATTR, CONSTRAINT_KEYS, RECORD_ATTR, StudyContext
 from autotune.study.reference import quality_floor
@@ -25,28 +28,36 @@ class Verdict:
     (> 0 is violated), the objective's measured value (None: nothing was measured) and whether the
     candidate is deployable."""
 
-    state: str  # measured | infeasible | low_quality | unsupported | failed | duplicate
+    state: str  # measured | infeasible | slo_violated | low_quality | unsupported | failed | duplicate
     constraints: dict[str, float]
     value: float | None
     feasible: bool
+    slo_violations: tuple[str, ...] = ()
 
 
 def classify(outcome: TrialOutcome, cand: Candidate, *, objective: str, budget_gib: float | None, floor: float | None,
              lower_bound: float | None = None, inferred_from: TrialRecord | None = None,
-             duplicate_of: TrialRecord | None = None) -> Verdict:
+             duplicate_of: TrialRecord | None = None, slo: list[SloLimit] | None = None) -> Verdict:
     """The state, constraints and value of `outcome` for `cand`. `floor`: the quality floor's score
-    (None: no floor); `lower_bound`: the memory model's lower bound for `cand` in GiB (read only
+    (None: no floor); `slo`: the --slo limits (a measurement over one is slo_violated; over the
+    budget is infeasible first, since the config cannot run at all); `lower_bound`: the memory model's lower bound for `cand` in GiB (read only
     for a predicted outcome); `inferred_from`: the infeasible record a dominated candidate was
     answered from; `duplicate_of`: the record of the same candidate this trial repeats."""
     value = objective_value(objective, outcome)
     constraints = {key: 0.0 for key in CONSTRAINT_KEYS}
     if floor is not None and outcome.quality is not None:
         constraints["quality_below_floor"] = round(floor - outcome.quality.score, 6)
+    broken: list[str] = []
     if outcome.status == "ok":
         peak = outcome.measurement.peak_memory_gib
         constraints["over_budget_gib"] = round(peak - budget_gib, 4) if budget_gib is not None else 0.0
+        if slo:
+            constraints["slo_excess"] = max(slo_excess(outcome.measurement, slo), 0.0)
+            broken = slo_violations(outcome.measurement, slo)
         if constraints["over_budget_gib"] > 0:
             state = "infeasible"
+        elif constraints["slo_excess"] > 0:
+            state = "slo_violated"
         else:
             state = "low_quality" if constraints["quality_below_floor"] > 0 else "measured"
     elif outcome.boundary is not None and outcome.status == "oom":
@@ -79,7 +90,7 @@ def classify(outcome: TrialOutcome, cand: Candidate, *, objective: str, budget_g
         if duplicate_of.state == "failed":  # failed MAX_ATTEMPTS times: not deployable as far as we know
             constraints["unsupported"] = 1.0
     feasible = state in ("measured",) or (state == "duplicate" and duplicate_of.feasible)
-    return Verdict(state, constraints, value, feasible)
+    return Verdict(state, constraints, value, feasible, tuple(broken))
 
 
 def tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: TrialOutcome, *, spawn_s: float,
@@ -89,7 +100,7 @@ def tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: Trial
     verdict = classify(outcome, cand, objective=ctx.spec.objective, budget_gib=ctx.spec.memory_budget_gib,
                        floor=quality_floor(ctx),
                        lower_bound=lower_bound_gib(ctx.shape, cand) if outcome.predicted and ctx.shape is not None else None,
-                       inferred_from=inferred_from, duplicate_of=duplicate_of)
+                       inferred_from=inferred_from, duplicate_of=duplicate_of, slo=ctx.spec.slo_limits)
     state, constraints, value = verdict.state, verdict.constraints, verdict.value
     record = TrialRecord(
         number=trial.number,
@@ -104,6 +115,7 @@ def tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: Trial
         spawn_s=spawn_s,
         total_s=total_s,
         finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        slo_violations=list(verdict.slo_violations),
     )
     final = value if value is not None else _placeholder(ctx.spec.objective)
     try:
