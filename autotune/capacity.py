@@ -1,0 +1,476 @@
+"""Capacity: the largest Poisson arrival rate a measured config serves within its latency SLOs.
+
+A measurement (autotune/measure/throughput.py) times generate() of one full batch: ttft_s is the
+prefill of the whole batch plus its first token, tpot_s the time per output token after that. It
+says how fast one batch runs, not how many requests per second a server built on the config can
+take while keeping its latency promises: requests come at random, wait for the server, and share
+batches. This module answers that with a queueing simulation over the measured samples. Pure: no
+torch, no I/O; the inputs are plain numbers, so Measurements can fill them (ServiceModel.from_measurements).
+
+The model
+---------
+- Arrivals: Poisson at rate_rps (independent exponential gaps).
+- Server: one model process doing static batching, as a simple transformers-based server does.
+  When it is idle and requests are waiting, it takes up to batch_size of them, first come first
+  served, and runs them as one generate() to completion; requests arriving meanwhile wait for the
+  next batch. It never holds a batch back to fill it (no batching timeout).
+- Service time of a batch of k: prefill_s(k) + (L - 1) * tpot_s(k), L the longest output of the
+  batch: generate() runs until its longest request is done, so the shorter ones decode padding.
+  prefill_s is what a measurement calls ttft_s (prefill plus the first token), so for one fixed
+  output length this is the measured generate() time.
+- Measured points: prefill and tpot samples at one or more batch sizes. batch_size, the largest
+  batch the server forms, is the largest measured size. Each batch draws one uniform u and takes
+  the u-quantile of the prefill samples and of the tpot samples; at a measured size that is a
+  uniform draw of its samples, so the spread of the measurement enters the queue. One u for both
+  makes a slow prefill go with a slow decode, as a slow repeat (clocks, contention) has both:
+  the coupling that gives the widest service-time spread, the conservative one. Between measured
+  sizes a < k < b the two quantiles are interpolated linearly in k; below the smallest measured
+  size the smallest size's are used (a smaller batch is rarely slower: conservative).
+- Output lengths: one fixed length, or a list every request draws its length from.
+- Per request, with wait = batch start - arrival:
+    TTFT = wait + prefill_s(k)   when its first token exists (what a streaming server could send);
+    TPOT = tpot_s(k)             its batch's pace; a request of one output token has none;
+    e2e  = wait + the batch's whole service time: generate() returns the batch when its longest
+           request is done, so a request that finished early is still returned at the end.
+- Statistics: the first warmup_fraction of the requests (by arrival) are left out. The simulation
+  starts empty and idle, and the first requests see shorter queues than the steady state's, an
+  optimistic bias. Every request is served to completion (no cut at the end). Percentiles
+  interpolate linearly between order statistics. Throughput and utilisation are over the batches
+  that hold counted requests. Mean concurrency (requests in the system, waiting or running) is
+  rate × mean e2e (Little's law).
+
+Saturation
+----------
+With a long queue every batch is full, so the queue is stable exactly when
+rate < batch_size / E[service time of a full batch]. That rate, saturation_rps, is computed, not
+simulated: the mean of the quantile draws is the samples' mean (interpolated between sizes), and
+E[longest of batch_size output lengths] is exact for the length list; a finite simulation near
+saturation only says "slow". Holding it needs batch_size requests in the system (full batches back
+to back, none waiting): the concurrency reported with it. Above it the queue grows without bound.
+
+Capacity
+--------
+The largest rate below saturation_rps at which the p95 of every SLO limit given holds in the
+simulation, found by bisection in log rate between a tiny rate (TINY_FRACTION of saturation, where
+batches are almost always of one request) and saturation_rps, until the failing rate is within
+rel_tol of the meeting one. Every rate sees the same random numbers: arrival gaps are one set of
+unit exponential draws scaled by 1/rate, and the output lengths and service draws are the same
+sequences (common random numbers). Comparing two rates then compares the rates, not the noise, and
+the answer is deterministic for a seed. Latency is not proven monotone in rate (the batches
+change with it); the answer is a boundary where the rate meets every limit and one rel_tol higher
+does not, for that seed. When even the tiny rate misses a limit, the capacity is 0 with that limit.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: spec pulls in pydantic and the knob tables, this module needs neither
+    from autotune.spec import Measurement
+
+# The "tiny rate" a capacity search starts from, as a fraction of saturation: batches are then of
+# one request nearly always, so a limit it misses is missed by the config itself, not by load.
+TINY_FRACTION = 1e-3
+MIN_COUNTED_REQUESTS = 100  # fewer after the warm-up leave no p99 to speak of
+DEFAULT_N_REQUESTS = 20_000  # p95 to about ±1% at moderate load, in well under a second
+DEFAULT_WARMUP_FRACTION = 0.1
+
+
+# ------------------------------------------------------------------------------ service model
+
+
+def _sorted_seconds(name: str, values: Sequence[float]) -> tuple[float, ...]:
+    seconds = tuple(float(v) for v in values)
+    if not seconds:
+        raise ValueError(f"{name}: no samples; a measured point needs at least one timing")
+    for v in seconds:
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{name}: samples must be finite seconds > 0, got {v!r}")
+    return tuple(sorted(seconds))  # sorted: a draw takes the u-quantile
+
+
+def _quantile(sorted_samples: tuple[float, ...], u: float) -> float:
+    """The u-quantile for u in [0, 1): each sample is equally likely for a uniform u."""
+    return sorted_samples[min(int(u * len(sorted_samples)), len(sorted_samples) - 1)]
+
+
+@dataclass(frozen=True)
+class ServicePoint:
+    """The timings measured at one batch size, in seconds (stored sorted)."""
+
+    prefill_s: tuple[float, ...]  # a Measurement's ttft_s samples: prefill of the batch plus its first token
+    tpot_s: tuple[float, ...] | None  # per output token after the first; None: nothing decoded (a reranker)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prefill_s", _sorted_seconds("prefill_s", self.prefill_s))
+        if self.tpot_s is not None:
+            object.__setattr__(self, "tpot_s", _sorted_seconds("tpot_s", self.tpot_s))
+
+
+@dataclass(frozen=True, eq=False)
+class ServiceModel:
+    """Service time of a batch of k requests, from measured points {batch size: ServicePoint}."""
+
+    points: Mapping[int, ServicePoint]
+    # Per k in 1..batch_size: the measured sizes to blend and the weight of the upper one.
+    _blend: tuple[tuple[ServicePoint, ServicePoint, float], ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.points:
+            raise ValueError("no measured points; give at least one {batch_size: (prefill samples, tpot samples)}")
+        sizes = sorted(self.points)
+        for size in sizes:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(f"batch sizes must be integers ≥ 1, got {size!r}")
+        if len({self.points[s].tpot_s is None for s in sizes}) > 1:
+            raise ValueError("tpot samples are given at some batch sizes and not at others; a model decodes or it does not")
+        blend = []
+        for k in range(1, sizes[-1] + 1):
+            i = bisect.bisect_left(sizes, k)
+            if sizes[i] == k or i == 0:  # measured, or below the smallest size: take that size's
+                blend.append((self.points[sizes[i]], self.points[sizes[i]], 0.0))
+            else:
+                a, b = sizes[i - 1], sizes[i]
+                blend.append((self.points[a], self.points[b], (k - a) / (b - a)))
+        object.__setattr__(self, "points", dict(self.points))
+        object.__setattr__(self, "_blend", tuple(blend))
+
+    @classmethod
+    def from_samples(cls, points: Mapping[int, tuple[Sequence[float], Sequence[float] | None]]) -> ServiceModel:
+        """{batch_size: (prefill samples, tpot samples or None)}, seconds."""
+        return cls({size: ServicePoint(tuple(pre), None if tpot is None else tuple(tpot)) for size, (pre, tpot) in points.items()})
+
+    @classmethod
+    def from_measurements(cls, measurements: Mapping[int, Measurement]) -> ServiceModel:
+        """{batch_size: the Measurement of a config at that batch size} (ttft_s and tpot_s samples)."""
+        return cls.from_samples({size: (m.ttft_s.samples, None if m.tpot_s is None else m.tpot_s.samples)
+                                 for size, m in measurements.items()})
+
+    @property
+    def batch_size(self) -> int:
+        """The largest batch the server forms: the largest measured size (no extrapolation above it)."""
+        return len(self._blend)
+
+    @property
+    def decodes(self) -> bool:
+        return next(iter(self.points.values())).tpot_s is not None
+
+    def _check(self, k: int, u: float) -> tuple[ServicePoint, ServicePoint, float]:
+        if not 1 <= k <= self.batch_size:
+            raise ValueError(f"a batch of {k} is outside 1..{self.batch_size} (the largest measured batch size)")
+        if not 0.0 <= u < 1.0:
+            raise ValueError(f"u must be in [0, 1), got {u!r}")
+        return self._blend[k - 1]
+
+    def prefill_s(self, k: int, u: float) -> float:
+        """The u-quantile of a batch of k's prefill (plus first token) time."""
+        a, b, w = self._check(k, u)
+        return (1 - w) * _quantile(a.prefill_s, u) + w * _quantile(b.prefill_s, u)
+
+    def tpot_s(self, k: int, u: float) -> float:
+        """The u-quantile of a batch of k's time per output token after the first."""
+        a, b, w = self._check(k, u)
+        if a.tpot_s is None or b.tpot_s is None:
+            raise ValueError("this service model decodes nothing (no tpot samples); its requests have one output token")
+        return (1 - w) * _quantile(a.tpot_s, u) + w * _quantile(b.tpot_s, u)
+
+    def _draw(self, k: int, u: float) -> tuple[float, float]:
+        """prefill_s and tpot_s (0 when nothing is decoded) of one batch: the simulation's hot path,
+        one call per batch, k and u already known to be valid."""
+        a, b, w = self._blend[k - 1]
+        prefill_s = _quantile(a.prefill_s, u)
+        tpot_s = _quantile(a.tpot_s, u) if a.tpot_s is not None else 0.0
+        if w:
+            prefill_s = (1 - w) * prefill_s + w * _quantile(b.prefill_s, u)
+            if b.tpot_s is not None:
+                tpot_s = (1 - w) * tpot_s + w * _quantile(b.tpot_s, u)
+        return prefill_s, tpot_s
+
+    def batch_s(self, k: int, longest_output_tokens: int, u: float) -> float:
+        """Service time of a batch of k whose longest request generates longest_output_tokens."""
+        if longest_output_tokens == 1:
+            return self.prefill_s(k, u)
+        return self.prefill_s(k, u) + (longest_output_tokens - 1) * self.tpot_s(k, u)
+
+    def mean_batch_s(self, k: int, mean_longest_output_tokens: float) -> float:
+        """E[service time of a batch of k]: the quantile draws average to the samples' means, and
+        the output length is drawn apart from u, so the mean is prefill + (E[L] - 1) * tpot."""
+        a, b, w = self._check(k, 0.0)
+        mean = lambda samples: sum(samples) / len(samples)  # noqa: E731
+        prefill = (1 - w) * mean(a.prefill_s) + w * mean(b.prefill_s)
+        if a.tpot_s is None or b.tpot_s is None:
+            return prefill
+        return prefill + (mean_longest_output_tokens - 1) * ((1 - w) * mean(a.tpot_s) + w * mean(b.tpot_s))
+
+
+# ------------------------------------------------------------------------------ output lengths
+
+
+def _output_lengths(output_tokens: int | Sequence[int], service: ServiceModel) -> tuple[int, ...]:
+    """The lengths requests draw from: one fixed length, or a list (each entry equally likely)."""
+    lengths = (output_tokens,) if isinstance(output_tokens, int) else tuple(output_tokens)
+    if not lengths:
+        raise ValueError("output_tokens: an empty list; give a length or a list of lengths")
+    for n in lengths:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"output_tokens must be integers ≥ 1, got {n!r}")
+    if not service.decodes and max(lengths) > 1:
+        raise ValueError(f"output_tokens up to {max(lengths)} needs tpot samples; this service model decodes nothing (use 1)")
+    return lengths
+
+
+def expected_longest(lengths: Sequence[int], k: int) -> float:
+    """E[the longest of k independent draws from lengths]: the output a batch of k runs to.
+    E[max] = Σ_v v · (F(v)^k − F(v⁻)^k), F the lengths' cumulative distribution."""
+    n, below, total = len(lengths), 0, 0.0
+    for v in sorted(set(lengths)):
+        at_most = sum(1 for x in lengths if x <= v)
+        total += v * ((at_most / n) ** k - (below / n) ** k)
+        below = at_most
+    return total
+
+
+def saturation_rps(service: ServiceModel, output_tokens: int | Sequence[int]) -> float:
+    """The rate above which the queue grows without bound: batch_size / E[full batch's service time]."""
+    lengths = _output_lengths(output_tokens, service)
+    b = service.batch_size
+    return b / service.mean_batch_s(b, expected_longest(lengths, b))
+
+
+# ------------------------------------------------------------------------------ simulation
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    """Seconds over the counted requests."""
+
+    mean: float
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Percentiles:
+        ordered = sorted(values)
+
+        def at(q: float) -> float:  # linear between order statistics (numpy's default)
+            pos = q * (len(ordered) - 1)
+            lo = int(pos)
+            hi = min(lo + 1, len(ordered) - 1)
+            return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+        return cls(mean=sum(ordered) / len(ordered), p50=at(0.50), p90=at(0.90), p95=at(0.95), p99=at(0.99))
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """One simulated run at rate_rps, over the requests after the warm-up."""
+
+    rate_rps: float  # offered
+    requests: int  # counted (after the warm-up)
+    ttft_s: Percentiles
+    tpot_s: Percentiles | None  # None when no counted request generated more than one token
+    e2e_s: Percentiles
+    wait_s: Percentiles  # arrival to batch start
+    throughput_rps: float  # requests served / time, over the batches holding counted requests
+    concurrency: float  # mean requests in the system, Little's law: rate_rps × mean e2e
+    utilisation: float  # fraction of that time the server was running a batch
+    mean_batch_size: float  # over the batches holding counted requests
+
+
+@dataclass(frozen=True)
+class _Draws:
+    """The random numbers of one seed, shared by every rate (common random numbers)."""
+
+    unit_gaps: tuple[float, ...]  # Exp(1): the gaps at rate r are these / r
+    output_tokens: tuple[int, ...]  # per request
+    batch_u: tuple[float, ...]  # per batch (at most one batch per request): the service quantile
+
+
+def _draw(n_requests: int, seed: int, lengths: tuple[int, ...]) -> _Draws:
+    # One generator per stream, so a different length list leaves the arrivals and service draws as they were.
+    arrivals, outputs, service = (random.Random(f"{seed}:{stream}") for stream in ("arrivals", "outputs", "service"))
+    return _Draws(
+        unit_gaps=tuple(arrivals.expovariate(1.0) for _ in range(n_requests)),
+        output_tokens=lengths * n_requests if len(lengths) == 1 else tuple(outputs.choice(lengths) for _ in range(n_requests)),
+        batch_u=tuple(service.random() for _ in range(n_requests)),
+    )
+
+
+def _check_run(rate_rps: float, n_requests: int, warmup_fraction: float) -> int:
+    """The number of warm-up requests left out."""
+    if not (isinstance(rate_rps, (int, float)) and math.isfinite(rate_rps) and rate_rps > 0):
+        raise ValueError(f"rate_rps must be a finite number > 0, got {rate_rps!r}")
+    if not 0.0 <= warmup_fraction < 1.0:
+        raise ValueError(f"warmup_fraction must be in [0, 1), got {warmup_fraction!r}")
+    warmup = int(n_requests * warmup_fraction)
+    if n_requests - warmup < MIN_COUNTED_REQUESTS:
+        raise ValueError(f"n_requests={n_requests} leaves {n_requests - warmup} after the warm-up; "
+                         f"at least {MIN_COUNTED_REQUESTS} are needed")
+    return warmup
+
+
+def _run(service: ServiceModel, rate_rps: float, draws: _Draws, warmup: int) -> SimResult:
+    n = len(draws.unit_gaps)
+    arrival_s, t = [], 0.0
+    for gap in draws.unit_gaps:
+        t += gap / rate_rps
+        arrival_s.append(t)
+
+    ttft, tpot, e2e, wait = [], [], [], []
+    cap = service.batch_size
+    varied = len(set(draws.output_tokens)) > 1
+    free_at_s = 0.0  # when the server finishes its current batch
+    # Throughput and utilisation are over the batches holding counted requests, from the first
+    # one's start: in overload the server is still working off warm-up requests when the first
+    # counted one arrives, and that time is not the counted requests'.
+    window_start_s: float | None = None
+    busy_s = 0.0
+    counted_batches = counted_batch_requests = 0
+    first, batch_no = 0, 0
+    while first < n:
+        start_s = max(free_at_s, arrival_s[first])
+        # Everyone waiting at the start joins, up to the cap, in arrival order.
+        last = first + 1
+        while last < n and last - first < cap and arrival_s[last] <= start_s:
+            last += 1
+        k = last - first
+        u = draws.batch_u[batch_no]
+        batch_no += 1
+        longest = max(draws.output_tokens[first:last]) if varied else draws.output_tokens[0]
+        prefill_s, per_token_s = service._draw(k, u)
+        batch_s = prefill_s + (longest - 1) * per_token_s
+        free_at_s = start_s + batch_s
+        if last > warmup:
+            if window_start_s is None:
+                window_start_s = start_s
+            busy_s += batch_s
+            counted_batches += 1
+            counted_batch_requests += k
+        for r in range(max(first, warmup), last):
+            wait_s = start_s - arrival_s[r]
+            wait.append(wait_s)
+            ttft.append(wait_s + prefill_s)
+            e2e.append(wait_s + batch_s)
+            if draws.output_tokens[r] > 1:
+                tpot.append(per_token_s)
+        first = last
+
+    window_s = free_at_s - window_start_s
+    e2e_stats = Percentiles.of(e2e)
+    return SimResult(
+        rate_rps=rate_rps,
+        requests=len(e2e),
+        ttft_s=Percentiles.of(ttft),
+        tpot_s=Percentiles.of(tpot) if tpot else None,
+        e2e_s=e2e_stats,
+        wait_s=Percentiles.of(wait),
+        throughput_rps=counted_batch_requests / window_s,
+        concurrency=rate_rps * e2e_stats.mean,
+        utilisation=busy_s / window_s,
+        mean_batch_size=counted_batch_requests / counted_batches,
+    )
+
+
+def simulate(service: ServiceModel, rate_rps: float, *, output_tokens: int | Sequence[int],
+             n_requests: int = DEFAULT_N_REQUESTS, seed: int = 0,
+             warmup_fraction: float = DEFAULT_WARMUP_FRACTION) -> SimResult:
+    """Poisson arrivals at rate_rps into the static-batching server (module docstring), n_requests
+    of them; statistics over those after the first warmup_fraction. output_tokens: one length for
+    every request, or a list each request draws its length from."""
+    lengths = _output_lengths(output_tokens, service)
+    warmup = _check_run(rate_rps, n_requests, warmup_fraction)
+    return _run(service, float(rate_rps), _draw(n_requests, seed, lengths), warmup)
+
+
+# ------------------------------------------------------------------------------ capacity
+
+
+@dataclass(frozen=True)
+class Slo:
+    """Latency limits on the 95th percentile, seconds; None: no limit on that figure."""
+
+    ttft_p95_s: float | None = None
+    tpot_p95_s: float | None = None
+    e2e_p95_s: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, limit in self.limits().items():
+            if not (isinstance(limit, (int, float)) and math.isfinite(limit) and limit > 0):
+                raise ValueError(f"{name} must be a finite number of seconds > 0, got {limit!r}")
+
+    def limits(self) -> dict[str, float]:
+        return {name: limit for name, limit in
+                (("ttft_p95_s", self.ttft_p95_s), ("tpot_p95_s", self.tpot_p95_s), ("e2e_p95_s", self.e2e_p95_s))
+                if limit is not None}
+
+    def missed(self, result: SimResult) -> list[tuple[str, float, float]]:
+        """(limit name, the p95 simulated, the limit) for every limit the result misses."""
+        p95 = {"ttft_p95_s": result.ttft_s.p95, "e2e_p95_s": result.e2e_s.p95,
+               "tpot_p95_s": result.tpot_s.p95 if result.tpot_s is not None else 0.0}
+        return [(name, p95[name], limit) for name, limit in self.limits().items() if p95[name] > limit]
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """The largest arrival rate meeting the SLO, and what holding it looks like."""
+
+    rate_rps: float  # 0 when even a tiny rate misses a limit
+    concurrency: float  # mean requests in the system at rate_rps (Little's law); batch_size at saturation
+    saturation_rps: float  # the stable queue's upper bound, whatever the SLO
+    limited_by: str  # the limit a slightly higher rate misses ("ttft_p95_s", ...), or "saturation"
+    reason: str  # one line with the numbers
+    simulated: SimResult | None  # the simulation at rate_rps; at the tiny rate when capacity is 0; None at saturation
+
+
+def _describe(missed: list[tuple[str, float, float]]) -> str:
+    return ", ".join(f"{name} {value:.4g} s > {limit:.4g} s" for name, value, limit in missed)
+
+
+def capacity(service: ServiceModel, slo: Slo, *, output_tokens: int | Sequence[int],
+             n_requests: int = DEFAULT_N_REQUESTS, seed: int = 0,
+             warmup_fraction: float = DEFAULT_WARMUP_FRACTION, rel_tol: float = 0.01) -> Capacity:
+    """The largest rate below saturation whose simulation meets every limit of slo (module
+    docstring); with no limit, the saturation rate itself."""
+    lengths = _output_lengths(output_tokens, service)
+    if not 0 < rel_tol < 1:
+        raise ValueError(f"rel_tol must be in (0, 1), got {rel_tol!r}")
+    if slo.tpot_p95_s is not None and not service.decodes:
+        raise ValueError("a tpot_p95_s limit needs tpot samples; this service model decodes nothing")
+    saturation = saturation_rps(service, lengths)
+    if not slo.limits():
+        return Capacity(rate_rps=saturation, concurrency=float(service.batch_size), saturation_rps=saturation,
+                        limited_by="saturation", simulated=None,
+                        reason=f"no SLO: saturation, full batches of {service.batch_size} back to back")
+
+    tiny = saturation * TINY_FRACTION
+    warmup = _check_run(tiny, n_requests, warmup_fraction)
+    draws = _draw(n_requests, seed, lengths)
+    meets = _run(service, tiny, draws, warmup)
+    if missed := slo.missed(meets):
+        return Capacity(rate_rps=0.0, concurrency=0.0, saturation_rps=saturation, limited_by=missed[0][0], simulated=meets,
+                        reason=f"even {tiny:.4g} req/s (batches of about {meets.mean_batch_size:.3g}) misses {_describe(missed)}")
+
+    low_rps, high_rps = tiny, saturation
+    high_missed: list[tuple[str, float, float]] = []  # at saturation itself: nothing simulated, the queue is unstable
+    while high_rps > low_rps * (1 + rel_tol):
+        mid_rps = math.sqrt(low_rps * high_rps)  # bisection in log rate: the bracket spans three decades
+        result = _run(service, mid_rps, draws, warmup)
+        if missed := slo.missed(result):
+            high_rps, high_missed = mid_rps, missed
+        else:
+            low_rps, meets = mid_rps, result
+    if high_missed:
+        limited_by = high_missed[0][0]
+        reason = f"{high_rps:.4g} req/s misses {_describe(high_missed)}"
+    else:
+        limited_by = "saturation"
+        reason = f"meets every limit up to within {rel_tol:.0%} of saturation ({saturation:.4g} req/s)"
+    return Capacity(rate_rps=low_rps, concurrency=meets.concurrency, saturation_rps=saturation,
+                    limited_by=limited_by, reason=reason, simulated=meets)
