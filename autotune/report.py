@@ -170,6 +170,7 @@ def best_summary(config: DeploymentConfig) -> Table:
             + (f", KL {config.quality.kl_mean:.4f}" if config.quality.kl_mean is not None else "")
             + (f" (floor {config.min_quality})" if config.min_quality else ""))] if config.quality else []),
         ("vs baseline", f"{config.speedup_vs_baseline:.2f}× the untuned baseline" if config.speedup_vs_baseline else "baseline not measured"),
+        *([("capacity", config.capacity.summary().removeprefix("capacity: "))] if config.capacity else []),
         *([("confirmation", f"top {len(config.confirmation.candidates)} re-measured in {config.confirmation.rounds} interleaved "
             f"rounds: {config.confirmation.reason}")] if config.confirmation else []),
     ]

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from autotune import knobs as knobs_table
 from autotune.knobs import ATTENTION_IMPLEMENTATIONS, BASE_KNOBS, KNOB_TABLE, LOAD_KEY_KNOBS, PLACEMENT_KNOBS, VISION_KNOBS, knob  # noqa: F401 (re-exported)
 from autotune.models import ModelRef
+from autotune.serving import ServingCapacity
 
 DType = Literal["fp32", "fp16", "bf16"]  # the names of autotune/dtypes.py's registry (a test keeps them equal)
 Objective = Literal["throughput", "latency"]
@@ -568,6 +569,8 @@ class DeploymentConfig(_Strict):
     speedup_vs_baseline: float | None = Field(default=None, description="objective relative to the untuned baseline (>1 is better)")
     baseline: BaselineSummary | None = None
     memory_budget_gib: float | None = None
+    slo: str | None = Field(default=None, description="the study's --slo")
+    capacity: ServingCapacity | None = Field(default=None, description="requests/s this config holds within the SLO (simulated)")
     quality: QualityReport | None = None
     min_quality: str | None = None
     confirmation: Confirmation | None = Field(default=None, description="the re-measurement that chose these settings among the top candidates")

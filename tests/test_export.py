@@ -12,6 +12,7 @@ from bench/results, and edited copies for quantized and video cases).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -45,6 +46,7 @@ CASES: dict[str, tuple[str, dict]] = {
     "text-tp2": ("text-h100.yaml", {"tensor_parallel_size": 2}),  # multi-GPU
     "text-2gpu": ("text-h100-2gpu.yaml", {}),  # measured on 2 GPUs (num_gpus: 2): served on 2 by default
     "cpu": ("cpu-default.yaml", {}),  # real CPU study of the embedded model
+    "text-capacity": ("text-capacity.yaml", {}),  # the H100 study's best with --slo and its simulated capacity
     "nf4": ("text-nf4.yaml", {}),  # vLLM has no bitsandbytes: error
     "nf4-approx": ("text-nf4.yaml", {"allow_approximate": True}),
     "int8": ("text-int8.yaml", {}),  # vLLM and SGLang cannot quantize to int8 in flight: errors
@@ -97,6 +99,18 @@ def test_golden_cases_cover_text_vision_quantized_multi_gpu_and_errors() -> None
     assert (GOLDEN / "text-2gpu" / "vllm.yaml").read_text().count("tensor-parallel-size: 2") == 1
 
 
+def test_capacity_is_carried_where_the_server_has_a_setting_and_noted_elsewhere() -> None:
+    """TGI refuses requests over max-concurrent-requests: it gets the simulated concurrency at the
+    capacity (at least the batch); vLLM, SGLang and transformers get the figure as a note."""
+    config = config_of("text-capacity.yaml")
+    concurrency = max(config.settings.batch_size, math.ceil(config.capacity.concurrency))
+    assert f"MAX_CONCURRENT_REQUESTS={concurrency}" in (GOLDEN / "text-capacity" / "tgi.env").read_text()
+    for name in ("vllm.yaml", "sglang.yaml", "transformers_deploy.py"):
+        text = (GOLDEN / "text-capacity" / name).read_text()
+        assert f"capacity: {config.capacity.rate_rps:.3g} requests/s within ttft_p95" in text, name
+    assert "capacity" not in (GOLDEN / "text" / "vllm.yaml").read_text()  # no --slo study, no capacity: nothing
+
+
 # ------------------------------------------------------------------------------ the rules
 
 
@@ -107,7 +121,7 @@ def test_every_setting_value_has_a_rule(target: str) -> None:
     rules = RULES[target]
     assert not uncovered_rules(rules), f"{target} lacks rules for knobs/values {uncovered_rules(rules)}"
     needed = {f"model_kind={k}" for k in MODEL_KINDS}
-    needed |= {"device=cpu", "tensor_parallel_size>1", "tensor_parallel_size>num_gpus", "tensor_parallel_size<num_gpus"}
+    needed |= {"capacity", "device=cpu", "tensor_parallel_size>1", "tensor_parallel_size>num_gpus", "tensor_parallel_size<num_gpus"}
     assert needed <= set(rules), f"{target} lacks rules for {sorted(needed - set(rules))}"
     for key, rule in rules.items():
         assert rule.kind in ("exact", "approximate", "unexportable"), key

@@ -126,6 +126,9 @@ def test_an_slo_excludes_the_larger_batch_and_show_lists_it(tmp_path: Path) -> N
     assert recs[1].state == "measured"
     best = yaml.safe_load((out / "best.yaml").read_text())
     assert best["settings"]["batch_size"] == 1
+    # best.yaml says how many requests/s batch 1 holds within the limit (simulated; batch 16's figures unused).
+    assert best["slo"] == f"e2e_p95={limit_ms}ms" and best["capacity"]["slo"].startswith("e2e_p95 <= ")
+    assert 0 < best["capacity"]["rate_rps"] <= best["capacity"]["saturation_rps"] and best["capacity"]["batch_sizes"] == [1]
     shown = run_cli("show", str(out))
     assert_ok(shown)
     assert "SLO violations (1 measured candidate, never the best):" in shown.stdout

@@ -462,6 +462,20 @@ def check_request_sizes(d: Draft, settings) -> None:
             d.check(name, f"{name} {getattr(settings, name)}")
 
 
+def capacity_entry(d: Draft, config: DeploymentConfig, key: str | None = None) -> None:
+    """best.yaml's simulated capacity: as `key` (the server's limit on requests in it, set to the
+    simulated concurrency at the capacity, never below the batch) where the target has one, else a
+    note. Nothing without a capacity (best.yaml of an older autotune, or written mid-study)."""
+    cap = config.capacity
+    if cap is None:
+        return
+    comment = d.comment("capacity", "capacity")
+    if key is None:
+        d.note(cap.summary(), comment)
+    else:
+        d.set(key, max(config.settings.batch_size, math.ceil(cap.concurrency)), cap.summary(), comment)
+
+
 def uncovered_rules(rules: dict[str, Rule]) -> list[str]:
     """The rule keys the knob table asks of every exporter (autotune/knobs.py: one per value of an
     enumerated knob, the bare name otherwise) that `rules` lacks: each a knob or value the

@@ -23,6 +23,7 @@ import json
 import math
 
 from autotune.export.base import (
+    capacity_entry,
     FEWER_GPUS_ALTERNATIVE,
     FEWER_GPUS_NOTE,
     LAYER_SPLIT_NOTE,
@@ -86,6 +87,9 @@ RULES: dict[str, Rule] = {
         "measured with a static KV cache + torch.compile in transformers; SGLang's torch.compile (enable-torch-compile) is its "
         "own, on top of the CUDA graphs it captures by default"),
     "compile=false": approximate("measured without torch.compile; SGLang captures CUDA graphs by default"),
+    "capacity": approximate(
+        "the capacity is simulated for static batches of batch_size in transformers (autotune/capacity.py); SGLang batches "
+        "continuously and holds at least as many requests/s: a floor for capacity planning, no SGLang setting"),
     "batch_size": approximate(
         "the batch size measured with transformers' generate() becomes max-running-requests as a starting point: SGLang "
         "batches requests continuously, up to this many at once"),
@@ -164,6 +168,7 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
             d.set("load-format", load_format)
     d.set("context-length", s.max_length, d.comment("max_length", f"max_length {s.max_length}"))
     d.set("max-running-requests", s.batch_size, d.comment("batch_size", f"batch_size {s.batch_size}"))
+    capacity_entry(d, config)
     plan = memory_plan(config, options, "mem-fraction-static")
     if plan.fraction is not None:
         d.set("mem-fraction-static", plan.fraction, plan.arithmetic, d.comment("memory", "gpu memory"))

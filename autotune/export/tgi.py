@@ -17,6 +17,7 @@ PyPI `text-generation` package is only its client), so no parser test checks thi
 from __future__ import annotations
 
 from autotune.export.base import (
+    capacity_entry,
     FEWER_GPUS_ALTERNATIVE,
     FEWER_GPUS_NOTE,
     LAYER_SPLIT_NOTE,
@@ -75,6 +76,10 @@ RULES: dict[str, Rule] = {
     "vision_attn_implementation=eager": approximate("TGI has no setting for the vision tower's attention kernel"),
     "compile=true": approximate("measured with a static KV cache + torch.compile in transformers; TGI captures CUDA graphs (--cuda-graphs) instead"),
     "compile=false": approximate("measured without torch.compile; TGI captures CUDA graphs for small batches by default"),
+    "capacity": approximate(
+        "max-concurrent-requests is the simulated number of requests in the server at the capacity (static batches in "
+        "transformers, autotune/capacity.py), at least the batch: more are refused (429) instead of queueing past the SLO; "
+        "TGI batches continuously and may hold more"),
     "batch_size": approximate(
         "the batch measured with transformers' generate() becomes token budgets as a starting point: prefill of the whole "
         "batch (max-batch-prefill-tokens = batch x prompt tokens) and the running batch (max-batch-total-tokens = batch x "
@@ -139,7 +144,7 @@ TGI_QUANTIZE = {"bnb-int8": "bitsandbytes", "bnb-nf4": "bitsandbytes-nf4", "bnb-
 ENV_NAMES = {
     "model-id": "MODEL_ID", "dtype": "DTYPE", "quantize": "QUANTIZE", "max-input-tokens": "MAX_INPUT_TOKENS",
     "max-total-tokens": "MAX_TOTAL_TOKENS", "max-batch-prefill-tokens": "MAX_BATCH_PREFILL_TOKENS",
-    "max-batch-total-tokens": "MAX_BATCH_TOTAL_TOKENS", "num-shard": "NUM_SHARD", "cuda-memory-fraction": "CUDA_MEMORY_FRACTION",
+    "max-batch-total-tokens": "MAX_BATCH_TOTAL_TOKENS", "max-concurrent-requests": "MAX_CONCURRENT_REQUESTS", "num-shard": "NUM_SHARD", "cuda-memory-fraction": "CUDA_MEMORY_FRACTION",
     "kv-cache-dtype": "KV_CACHE_DTYPE",
 }
 
@@ -168,6 +173,7 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     chunk = min(prompt_tokens, s.prefill_chunk_size or prompt_tokens)  # a chunked prefill's tokens per sequence
     d.set("max-batch-prefill-tokens", s.batch_size * chunk, batch_comment)
     d.set("max-batch-total-tokens", s.batch_size * s.max_length)
+    capacity_entry(d, config, "max-concurrent-requests")
     tp, tp_comments = tensor_parallel(d, config)
     d.set("num-shard", tp, *tp_comments)
     if s.cpu_offload_gib:

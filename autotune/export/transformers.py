@@ -63,6 +63,9 @@ RULES: dict[str, Rule] = {
     "vision_attn_implementation=flash_attention_2": exact(),
     "compile=true": exact("a static KV cache makes generate() compile the forward pass, as measured"),
     "compile=false": exact(),
+    "capacity": approximate(
+        "the capacity is simulated for a server that runs static batches of up to MAX_BATCH_SIZE as requests arrive "
+        "(autotune/capacity.py): your batching code decides whether it holds"),
     "batch_size": approximate(
         "generate() takes whatever batch it is given: the measured batch size is a constant (MAX_BATCH_SIZE) for your "
         "batching code, not a setting"),
@@ -175,6 +178,9 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     lines += [f"# {c}" for c in wrap(batch_comment)]
     lines += [f"MAX_BATCH_SIZE = {s.batch_size}",
               f"GENERATE_KWARGS = {_py(generate_kwargs(s))}"]
+    if config.capacity is not None:
+        lines += [f"# {c}" for c in wrap(config.capacity.summary() + "; " + d.comment("capacity", "capacity"))]
+        lines += [f"CAPACITY_REQUESTS_PER_S = {config.capacity.rate_rps:.4g}"]
     if vision:
         lines += _vision_constants(d, config)
     lines += ["", "", "def load():", '    """Return (model, processor or tokenizer) loaded as measured."""',

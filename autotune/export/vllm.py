@@ -20,6 +20,7 @@ vllm/model_executor/models/qwen2_vl.py; the 0.33.0 wheel's quantization list is 
 from __future__ import annotations
 
 from autotune.export.base import (
+    capacity_entry,
     FEWER_GPUS_ALTERNATIVE,
     FEWER_GPUS_NOTE,
     LAYER_SPLIT_NOTE,
@@ -88,6 +89,9 @@ RULES: dict[str, Rule] = {
         "measured with a static KV cache + torch.compile in transformers; vLLM compiles and captures CUDA graphs by default"),
     "compile=false": approximate(
         "measured without torch.compile; vLLM compiles and captures CUDA graphs by default (add enforce-eager: true to turn that off)"),
+    "capacity": approximate(
+        "the capacity is simulated for static batches of batch_size in transformers (autotune/capacity.py); vLLM batches "
+        "continuously and holds at least as many requests/s: a floor for capacity planning, no vLLM setting"),
     "batch_size": approximate(
         "the batch size measured with transformers' generate() becomes max-num-seqs as a starting point: vLLM batches "
         "requests continuously, up to this many at once and as many as its KV cache holds"),
@@ -164,6 +168,7 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
         d.set("quantization", VLLM_QUANTIZATION[s.quantization], quant_comment)
     d.set("max-model-len", s.max_length, d.comment("max_length", f"max_length {s.max_length}"))
     d.set("max-num-seqs", s.batch_size, d.comment("batch_size", f"batch_size {s.batch_size}"))
+    capacity_entry(d, config)
     plan = memory_plan(config, options, "gpu-memory-utilization")
     if plan.fraction is not None:
         d.set("gpu-memory-utilization", plan.fraction, plan.arithmetic, d.comment("memory", "gpu memory"))

@@ -15,6 +15,7 @@ from autotune import atomic
 from autotune.confirm import confirmed_best
 from autotune.loading import generate_kwargs
 from autotune.spec import BaselineSummary, Confirmation, DeploymentConfig, Fingerprint, TrialRecord
+from autotune.serving import ServingCapacity, serving_capacity
 from autotune.storage import OWNER_ATTR
 from autotune.study.context import FINGERPRINT_ATTR, StudyContext
 from autotune.study.health import out_of_space_error
@@ -32,7 +33,7 @@ def write_trials_jsonl(out: Path, recs: list[TrialRecord]) -> Path:
 
 
 def build_deployment(ctx: StudyContext, best: TrialRecord, base: TrialRecord | None,
-                     confirmation: Confirmation | None = None) -> DeploymentConfig:
+                     confirmation: Confirmation | None = None, capacity: ServingCapacity | None = None) -> DeploymentConfig:
     return DeploymentConfig(
         model=ctx.model,
         device=ctx.device.device,
@@ -44,6 +45,8 @@ def build_deployment(ctx: StudyContext, best: TrialRecord, base: TrialRecord | N
         speedup_vs_baseline=speedup(ctx.spec.objective, best, base),
         baseline=BaselineSummary(trial_number=base.number, candidate=base.candidate, objective_value=base.objective_value) if base else None,
         memory_budget_gib=ctx.spec.memory_budget_gib,
+        slo=ctx.spec.slo,
+        capacity=capacity,
         quality=best.outcome.quality,
         min_quality=ctx.spec.min_quality,
         confirmation=confirmation,
@@ -74,7 +77,9 @@ def write_outputs(ctx: StudyContext, report: bool = True) -> tuple[list[TrialRec
         write_trials_jsonl(ctx.out, recs)
         if best is not None:
             best, confirmation = confirmed_best(ctx, recs, best)  # the confirmation's winner, if it covers today's top k
-            config = build_deployment(ctx, best, baseline_record(recs), confirmation)
+            # The capacity simulation takes about a second: at the end only, not after every trial.
+            capacity = serving_capacity(recs, best, ctx.spec.slo_limits) if report else None
+            config = build_deployment(ctx, best, baseline_record(recs), confirmation, capacity)
             _atomic_write(ctx.out / "best.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     except OSError as e:  # a full disk: one line that says the study holds every trial
         disk = out_of_space_error(e, str(ctx.out), len(recs))

@@ -1,0 +1,78 @@
+"""How many requests/s the best config holds: its capacity under the study's SLO, as best.yaml
+records it. The simulation is autotune/capacity.py's (Poisson arrivals, static batches of up to
+batch_size); this module picks its inputs from the study's records and keeps the answer.
+
+Inputs: the best config's own measurement (the confirmation's pooled one when there is one) and
+every other measured trial of the same settings at a smaller batch size, so that the queue's
+partial batches take the measured times of smaller batches (interpolated between them) rather
+than the full batch's. The simulation judges p95 limits; an --slo limit at another percentile
+(p50, p90, p99) is judged by the study on the measurement, and listed here as not simulated.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from autotune.slo import SloLimit
+    from autotune.spec import TrialRecord
+
+# Trials whose timings are real service times of a config that runs (over budget is not one).
+_SERVICE_STATES = ("measured", "slo_violated", "low_quality")
+
+
+class ServingCapacity(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rate_rps: float = Field(description="the largest Poisson arrival rate (requests/s) whose simulated p95s meet the SLO")
+    concurrency: float = Field(description="mean requests in the server at that rate (waiting or running; Little's law)")
+    saturation_rps: float = Field(description="the most it can take at all (full batches back to back), whatever the SLO")
+    limited_by: str = Field(description="the limit a slightly higher rate misses (ttft_p95_s, tpot_p95_s, e2e_p95_s) or saturation")
+    reason: str
+    slo: str = Field(default="", description="the p95 limits simulated ('' without --slo: capacity is saturation)")
+    not_simulated: list[str] = Field(default=[], description="--slo limits at other percentiles, judged on the measurement only")
+    batch_sizes: list[int] = Field(description="the measured batch sizes the simulation interpolates between")
+    simulated_p95_s: dict[str, float] = Field(default={}, description="ttft/tpot/e2e p95 simulated at rate_rps")
+
+    def summary(self) -> str:
+        within = f" within {self.slo}" if self.slo else ""
+        return (f"capacity: {_rate(self.rate_rps)} requests/s{within} (about {self.concurrency:,.1f} concurrent; "
+                f"saturation {_rate(self.saturation_rps)} requests/s; limited by {self.limited_by})")
+
+
+def _rate(rps: float) -> str:
+    return f"{rps:,.2f}" if rps >= 10 else f"{rps:.3g}"
+
+
+def _same_settings_but_batch(a, b) -> bool:
+    return a.model_copy(update={"batch_size": 0}) == b.model_copy(update={"batch_size": 0})
+
+
+def serving_capacity(recs: list[TrialRecord], best: TrialRecord, limits: list[SloLimit]) -> ServingCapacity | None:
+    """The capacity of `best` under `limits` (None when it has no measurement to simulate)."""
+    from autotune.capacity import ServiceModel, Slo, capacity
+
+    if best.outcome.measurement is None:
+        return None
+    points = {r.candidate.batch_size: r.outcome.measurement for r in recs
+              if r.state in _SERVICE_STATES and r.outcome.measurement is not None
+              and r.candidate.batch_size < best.candidate.batch_size and _same_settings_but_batch(r.candidate, best.candidate)}
+    points[best.candidate.batch_size] = best.outcome.measurement
+    measurement = best.outcome.measurement
+    decodes = measurement.tpot_s is not None
+    p95 = {f"{lim.latency}_p95_s": lim.limit_s for lim in limits if lim.percentile == 95}
+    if not decodes:
+        p95.pop("tpot_p95_s", None)
+    service = ServiceModel.from_measurements(points)
+    result = capacity(service, Slo(**p95), output_tokens=best.candidate.new_tokens if decodes else 1)
+    sim = result.simulated
+    simulated = {} if sim is None else {"ttft": sim.ttft_s.p95, "e2e": sim.e2e_s.p95,
+                                        **({"tpot": sim.tpot_s.p95} if sim.tpot_s is not None else {})}
+    return ServingCapacity(
+        rate_rps=result.rate_rps, concurrency=result.concurrency, saturation_rps=result.saturation_rps,
+        limited_by=result.limited_by, reason=result.reason,
+        slo=",".join(lim.label() for lim in limits if lim.percentile == 95),
+        not_simulated=[lim.label() for lim in limits if lim.percentile != 95],
+        batch_sizes=sorted(points), simulated_p95_s=simulated)

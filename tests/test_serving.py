@@ -1,0 +1,53 @@
+"""best.yaml's capacity: the simulation fed from the study's records (the best config and the same
+settings at smaller batch sizes), p95 limits simulated, other percentiles listed as not simulated."""
+
+from __future__ import annotations
+
+import pytest
+
+from autotune.slo import parse_slo
+from autotune.serving import serving_capacity
+from autotune.spec import Candidate, Measurement, Stat, TrialOutcome, TrialRecord
+
+
+def _record(number: int, batch: int, ttft_s: float, tpot_s: float, state: str = "measured", dtype: str = "bf16") -> TrialRecord:
+    def stat(v: float) -> Stat:
+        return Stat.of([v, v, v])
+
+    m = Measurement(output_tokens_per_s=stat(1.0), prefill_tokens_per_s=stat(1.0), decode_tokens_per_s=stat(1.0),
+                    requests_per_s=stat(1.0), ttft_s=stat(ttft_s), tpot_s=stat(tpot_s), request_latency_s=stat(ttft_s + 9 * tpot_s),
+                    peak_memory_gib=1.0, warmup_s=0.1, measure_s=1.0)
+    cand = Candidate(dtype=dtype, batch_size=batch, max_length=64, new_tokens=10)
+    return TrialRecord(number=number, state=state, candidate=cand, outcome=TrialOutcome(status="ok", measurement=m))
+
+
+def test_without_an_slo_capacity_is_saturation_of_the_full_batch() -> None:
+    best = _record(1, batch=8, ttft_s=0.2, tpot_s=0.02)  # a full batch takes 0.2 + 9 * 0.02 = 0.38 s
+    cap = serving_capacity([best], best, [])
+    assert cap.limited_by == "saturation" and cap.rate_rps == pytest.approx(8 / 0.38) and cap.batch_sizes == [8]
+    assert cap.slo == "" and "requests/s" in cap.summary()
+
+
+def test_smaller_batches_of_the_same_settings_feed_the_simulation_and_others_do_not() -> None:
+    best = _record(1, batch=8, ttft_s=0.2, tpot_s=0.02)
+    recs = [best, _record(2, batch=1, ttft_s=0.05, tpot_s=0.01), _record(3, batch=4, ttft_s=0.1, tpot_s=0.015),
+            _record(4, batch=2, ttft_s=0.01, tpot_s=0.001, dtype="fp32"),  # other settings
+            _record(5, batch=2, ttft_s=0.01, tpot_s=0.001, state="infeasible"),  # over budget: not a config that runs
+            _record(6, batch=16, ttft_s=0.3, tpot_s=0.03)]  # larger than the best's batch
+    cap = serving_capacity(recs, best, parse_slo("e2e_p95=2s"))
+    assert cap.batch_sizes == [1, 4, 8]
+    assert 0 < cap.rate_rps < cap.saturation_rps and cap.simulated_p95_s["e2e"] <= 2.0
+
+
+def test_an_e2e_limit_the_batch_cannot_meet_gives_zero_and_says_why() -> None:
+    best = _record(1, batch=4, ttft_s=0.5, tpot_s=0.1)  # 1.4 s per batch even with nobody waiting
+    cap = serving_capacity([best], best, parse_slo("e2e_p95=1s,ttft_p50=200ms"))
+    assert cap.rate_rps == 0 and cap.limited_by == "e2e_p95_s" and "misses" in cap.reason
+    assert cap.slo == "e2e_p95 <= 1.00 s" and cap.not_simulated == ["ttft_p50 <= 200 ms"]
+
+
+def test_a_tighter_ttft_limit_holds_fewer_requests() -> None:
+    best = _record(1, batch=8, ttft_s=0.2, tpot_s=0.02)
+    loose = serving_capacity([best], best, parse_slo("ttft_p95=2s"))
+    tight = serving_capacity([best], best, parse_slo("ttft_p95=500ms"))
+    assert 0 < tight.rate_rps < loose.rate_rps <= loose.saturation_rps
