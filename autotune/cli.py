@@ -58,6 +58,7 @@ def tune(
     quality_examples: Optional[int] = typer.Option(None, "--quality-examples", help=_help("quality_examples")),
     allow_data_outside: bool = typer.Option(False, "--allow-data-outside", help=_help("allow_data_outside")),
     slo: Optional[str] = typer.Option(None, "--slo", help=_help("slo")),
+    workload: Optional[str] = typer.Option(None, "--workload", help=_help("workload")),
 ) -> None:
     """Run (or resume) a tuning study and write best.yaml."""
     from autotune.report import RichProgress, print_results
@@ -70,7 +71,7 @@ def tune(
             study=study, storage=storage, out=out, gpus=gpus, heartbeat_s=heartbeat, seed=seed, bisect=bisect, memory_model=memory_model, sampler=sampler, confirm_top=confirm_top,
             confirm_repeats=confirm_repeats, data=data, min_quality=min_quality,
             quality_metric=quality_metric, quality_examples=quality_examples, allow_data_outside=allow_data_outside,
-            slo=slo,
+            slo=slo, workload=workload,
         )
     except ValidationError as e:
         raise _flag_error(e) from e

@@ -130,7 +130,7 @@ def decide(candidates: list[ConfirmedCandidate], objective: str) -> tuple[int | 
 
 def pool_measurements(measurements: list[Measurement]) -> Measurement:
     """One Measurement from several rounds: every Stat over all rounds' samples, memory peaks the
-    highest of any round, warm-up and measuring time summed."""
+    highest of any round, warm-up and measuring time (and a workload's truncated requests) summed."""
     fields: dict = {}
     for name in Measurement.model_fields:
         values = [getattr(m, name) for m in measurements]
@@ -141,8 +141,10 @@ def pool_measurements(measurements: list[Measurement]) -> Measurement:
             fields[name] = Stat.of([x for v in present for x in v.samples]) if len(present) == len(values) else None
         elif name.endswith("_gib"):
             fields[name] = max(present)
-        elif name in ("warmup_s", "measure_s"):
+        elif name in ("warmup_s", "measure_s", "workload_truncated"):
             fields[name] = sum(present)
+        elif name == "padding_share":  # the rounds' mean (each round's batches are about alike in size)
+            fields[name] = sum(present) / len(present)
         else:  # per-request figures that do not change between rounds (visual tokens)
             fields[name] = present[0]
     return Measurement(**fields)
@@ -174,7 +176,9 @@ def confirm(ctx: StudyContext, worker: WorkerClient, top: list[TrialRecord], rep
             if reason is not None:
                 dropped[r.number] = f"round {i + 1}: {reason}"
                 continue
-            request = WorkRequest(trial_number=CONFIRM_TRIAL_NUMBER, candidate=r.candidate, repeats=n_repeats)
+            # A workload's batches: another draw each round, the same for every candidate of the round.
+            request = WorkRequest(trial_number=CONFIRM_TRIAL_NUMBER, candidate=r.candidate, repeats=n_repeats,
+                                  workload=ctx.space.workload, workload_seed=i + 1)
             outcome, _ = worker.run(request, ctx.spec.trial_timeout_s)
             retried = ""
             if outcome.status in ("oom", "error") and outcome.phase != "load":

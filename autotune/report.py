@@ -218,6 +218,34 @@ def best_per_max_length(recs: list[TrialRecord], objective: str) -> Table | None
     return table
 
 
+def workload_line(config: DeploymentConfig | None) -> str | None:
+    """A non-default workload in one line: what it is, the share of its requests the best config's
+    max_length would reject or truncate, the padding waste and the per-request latency percentiles
+    (None under the fixed shape)."""
+    from autotune.slo import percentile
+    from autotune.workload import WorkloadError, parse_workload
+
+    m = config.measured if config is not None else None
+    if m is None or m.workload is None:
+        return None
+    try:
+        text = parse_workload(m.workload, "/").describe()
+    except WorkloadError:  # a file workload shown on a machine without its file
+        text = f"file {m.workload.get('file')}"
+
+    def pcts(stat) -> str:
+        values = [percentile(stat.samples, q) for q in (50, 95, 99)]
+        return "/".join(f"{v * 1000:,.1f}" for v in values) + " ms" if values[-1] < 1 else "/".join(f"{v:,.2f}" for v in values) + " s"
+
+    line = (f"workload: {text}; best config (max_length {config.settings.max_length}): "
+            f"{(m.workload_over_limit_share or 0) * 100:.1f}% of requests over max_length (rejected or truncated; "
+            f"{m.workload_truncated} of {len(m.ttft_s.samples)} timed requests truncated), padding "
+            f"{(m.padding_share or 0) * 100:.1f}% of processed tokens; per request p50/p95/p99 TTFT {pcts(m.ttft_s)}")
+    if m.tpot_s is not None:
+        line += f", TPOT {pcts(m.tpot_s)}"
+    return line + f", e2e {pcts(m.request_latency_s)}"
+
+
 def print_results(console: Console, recs: list[TrialRecord], config: DeploymentConfig | None, objective: str, out: Path) -> None:
     base = baseline_record(recs)
     console.print(trials_table(recs, objective, base.objective_value if base else None))
@@ -236,6 +264,9 @@ def print_results(console: Console, recs: list[TrialRecord], config: DeploymentC
                       f"{sum(1 for r in recs if r.outcome.predicted and r.state != 'duplicate')} candidates answered by its lower bound")
     if config is not None:
         console.print(best_summary(config))
+        workload = workload_line(config)
+        if workload is not None:
+            console.print(workload, markup=False, highlight=False, soft_wrap=True)
         offload = offload_line(recs, config, objective)
         if offload is not None:
             console.print(offload)

@@ -10,7 +10,9 @@ What the percentile is taken over: the measurement's timed repeats. Under today'
 shape every request of a batch has its batch's TTFT, TPOT and end-to-end latency, so the
 per-request distribution is the repeats' distribution with each batch weighted by its requests
 (equal weights); with 3 repeats a p95 is close to the slowest repeat, which is the honest reading
-of so few samples (linear interpolation between order statistics, numpy's default).
+of so few samples (linear interpolation between order statistics, numpy's default). Under a
+workload (autotune/measure/traffic.py) the samples are per request: one TTFT and one end-to-end
+latency per timed request, one TPOT per timed request of two or more output tokens.
 """
 
 from __future__ import annotations
@@ -134,6 +136,9 @@ def goodput_share(measurement: Measurement, limits: list[SloLimit]) -> float:
     stats = [(limit, s) for limit, s in stats if s is not None and s.samples]
     if not stats:
         return 1.0
+    if len({len(s.samples) for _, s in stats}) > 1:  # pairing by position would mix requests up
+        raise ValueError("the limits' samples are not one per request alike (a workload's one-token requests have no "
+                         "TPOT); goodput needs the same requests behind every latency")
     n = min(len(s.samples) for _, s in stats)
     good = sum(1 for i in range(n) if all(s.samples[i] <= limit.limit_s for limit, s in stats))
     return good / n

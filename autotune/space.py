@@ -20,6 +20,7 @@ from autotune.knobs import KNOB_TABLE, knob, ordered, pick
 from autotune.quant import get_method
 from autotune.spec import Candidate, SearchSpace
 from autotune.system import DeviceInfo
+from autotune.workload import Workload, parse_workload
 
 
 def builtin_space_path(name: str) -> Path:
@@ -51,6 +52,8 @@ def load_space(path: Path) -> SearchSpace:
         raise SpaceError(f"cannot read search space {path}: {e.strerror}") from e
     if not isinstance(raw, dict):
         raise SpaceError(f"search space {path} must be a mapping of knob: [choices]; see search_spaces/cpu.yaml")
+    if raw.get("workload") is not None:  # relative file paths are read from the space file's folder
+        raw = {**raw, "workload": workload_section(parse_workload(raw["workload"], path.parent, f"search space {path}: workload"))}
     try:
         return SearchSpace.model_validate(raw)
     except ValidationError as e:
@@ -62,10 +65,17 @@ def load_space(path: Path) -> SearchSpace:
         raise SpaceError(f"search space {path}: key {key!r}: {msg}") from e
 
 
+def workload_section(workload: Workload) -> dict | None:
+    """What SearchSpace.workload keeps: None for the fixed default (so a study without a workload
+    is stored as before), else the validated section with an absolute file path."""
+    return None if workload.is_default else workload.model_dump(mode="json", exclude_none=True)
+
+
 def space_digest(space: SearchSpace) -> str:
     """Identity of a space: a study resumed with a different space is refused, not mixed."""
     # Knobs added after a study was created are left out while unset, so existing studies resume.
-    unset_new = {k.name for k in KNOB_TABLE if k.added_later and getattr(space, k.name) is None}
+    # The workload is its own part of the identity (study/setup.py), so the digest never holds it.
+    unset_new = {k.name for k in KNOB_TABLE if k.added_later and getattr(space, k.name) is None} | {"workload"}
     return hashlib.sha256(json.dumps(space.model_dump(mode="json", exclude=unset_new), sort_keys=True).encode()).hexdigest()[:16]
 
 

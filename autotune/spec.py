@@ -61,6 +61,7 @@ class SearchSpace(_Strict):
     compile_mode: list[str] | None = Field(default=None, description=knob("compile_mode").help)
     prefill_chunk_size: list[int] | None = Field(default=None, description=knob("prefill_chunk_size").help)
     cpu_offload_gib: list[int] | None = Field(default=None, description=knob("cpu_offload_gib").help)
+    workload: dict | None = Field(default=None, description="a non-default workload, normalised (autotune/workload.py)")
 
     @field_validator(*(k.name for k in KNOB_TABLE))
     @classmethod
@@ -214,7 +215,7 @@ class Stat(_Strict):
 
 
 class Measurement(_Strict):
-    """What one candidate measured at its claimed worst case (batch_size sequences of max_length)."""
+    """What one candidate measured at its claimed worst case (batch_size sequences of max_length), or on batches of a workload."""
 
     # Generation figures are None for a reranker (one scoring pass, nothing generated).
     output_tokens_per_s: Stat | None = Field(description="generated tokens / end-to-end generate time, whole batch")
@@ -236,6 +237,11 @@ class Measurement(_Strict):
     offload_gpu_max_memory_gib: float | None = Field(default=None, description="cpu_offload_gib > 0: device_map's max_memory for the GPU")
     warmup_s: float
     measure_s: float
+    # A non-default workload (autotune/measure/traffic.py); None under the fixed worst-case shape.
+    workload: dict | None = Field(default=None, description="the workload section measured under (None: the fixed shape)")
+    workload_over_limit_share: float | None = Field(default=None, description="share of the workload's requests over max_length")
+    workload_truncated: int | None = Field(default=None, description="timed requests over max_length, truncated to fit")
+    padding_share: float | None = Field(default=None, description="padded tokens / all tokens the timed batches processed")
 
     @property
     def throughput(self) -> Stat:
@@ -424,6 +430,8 @@ class TuneSpec(_Strict):
                                      "lead out of its folder (by default they must stay inside it)")
     slo: str | None = Field(default=None, description="latency limits, e.g. ttft_p95=500ms,tpot_p95=50ms,e2e_p95=8s (any subset; "
                             "p50/p90/p95/p99): a candidate over one is slo_violated, never the best")
+    workload: str | None = Field(default=None, description="the traffic measured, replacing the space's workload: section, e.g. "
+                                 "prompt=64-2048,output=16-512 or file=PATH (default: the fixed worst-case shape)")
 
     @field_validator("sampler")
     @classmethod

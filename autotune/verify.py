@@ -246,7 +246,8 @@ def verify(
         log_dir = Path(tempfile.mkdtemp(prefix="autotune-verify-"))
         worker = WorkerClient(model, device_info.device, budget, log_dir)
         try:
-            request = WorkRequest(trial_number=config.trial_number, candidate=candidate, repeats=repeats)
+            request = WorkRequest(trial_number=config.trial_number, candidate=candidate, repeats=repeats,
+                                  workload=config.measured.workload)  # the traffic it was measured under
             outcome, _ = worker.run(request, trial_timeout_s)
         finally:
             worker.close()

@@ -29,7 +29,7 @@ from autotune.spec import ATTENTION_IMPLEMENTATIONS, Candidate, DType, SearchSpa
 ROOT = Path(__file__).resolve().parent.parent
 EXPORT_INPUTS = Path(__file__).parent / "golden" / "export" / "inputs"
 # Settings that are not knobs: the space's measurement protocol, not a candidate's.
-SPACE_ONLY_SETTINGS = {"repeats"}
+SPACE_ONLY_SETTINGS = {"repeats", "workload"}  # the workload: autotune/workload.py
 
 
 # ------------------------------------------------------------------------------ table <-> models

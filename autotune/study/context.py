@@ -30,7 +30,7 @@ SPACE_ATTR = "autotune.space"
 FINGERPRINT_ATTR = "autotune.fingerprint"
 CLAIM_ATTR = "autotune.claim"  # the candidate a RUNNING trial measures now (shared storage)
 DEFERRED_ATTR = "autotune.deferred"
-IDENTITY_ATTRS = ("model", "space_digest", "objective", "device_name", "quality")
+IDENTITY_ATTRS = ("model", "space_digest", "objective", "device_name", "quality", "workload", "slo")
 CONSTRAINT_KEYS = ("oom", "unsupported", "over_budget_gib", "quality_below_floor", "slo_excess")
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -39,7 +39,7 @@ def _run_candidate(ctx: StudyContext, worker: WorkerClient, number: int, cand: C
     cached = ctx.study.user_attrs.get(QUALITY_CACHE_PREFIX + _quality_key_name(cand)) if ctx.quality else None
     wants_quality = ctx.quality is not None and cached is None  # once per load-key and resolution
     request = WorkRequest(trial_number=number, candidate=cand, repeats=ctx.space.repeats,
-                          quality=ctx.quality.request(cand) if wants_quality else None)
+                          quality=ctx.quality.request(cand) if wants_quality else None, workload=ctx.space.workload)
     outcome, run_spawn_s = worker.run(request, spec.trial_timeout_s)
     spawn_s += run_spawn_s
     if wants_quality and outcome.quality is not None:

@@ -76,7 +76,38 @@ def _identity(model: ModelRef, space: SearchSpace, spec: TuneSpec, device: Devic
         if quality else "",
         # Limits are constraints of every trial like the floor: other limits, another study.
         "slo": spec.slo or "",
+        # Other traffic, other figures; the fixed default is "" (and a study stored before
+        # workloads existed, without the key, counts as "": it measured the fixed shape).
+        "workload": json.dumps(space.workload, sort_keys=True) if space.workload else "",
     }
+
+
+def apply_workload(spec: TuneSpec, space: SearchSpace, model: ModelRef) -> SearchSpace:
+    """The --workload flag replaces the space's workload: section; a workload the measurement cannot
+    use for this model is refused here, before any study file is touched."""
+    from autotune.space import workload_section
+    from autotune.workload import WorkloadError, parse_workload, parse_workload_flag
+
+    if spec.workload is not None:
+        space = space.model_copy(update={"workload": workload_section(parse_workload_flag(spec.workload))})
+    if space.workload is None:
+        return space
+    where = "--workload" if spec.workload is not None else "the space's workload"
+    if model.model_kind == "reranker":
+        raise WorkloadError(f"{where}: a reranker scores query-document pairs in one pass and generates nothing; "
+                            "workloads measure text generation (drop the workload)")
+    if any(space.images_per_prompt or []) or any(space.video_frames or []):
+        raise WorkloadError(f"{where}: workloads measure text requests, and this space's requests carry images or video; "
+                            "drop the workload or the images_per_prompt/video_frames knobs")
+    if space.workload.get("kind") == "file":
+        workload = parse_workload(space.workload, "/", where)
+        if model.kind == "random":
+            raise WorkloadError(f"{where}: a file workload's prompts are counted with the model's tokenizer, which "
+                                "--random-weights models lack; use prompt=/output= lengths or a real checkpoint")
+        if any(e.images or e.video or e.documents is not None for e in workload._examples or []):
+            raise WorkloadError(f"{where}: {workload.file} holds image, video or reranking examples; a workload file "
+                                "gives text prompts (drop those lines)")
+    return space
 
 
 def default_validation_set(model: ModelRef, space: SearchSpace | None) -> Path:
@@ -172,6 +203,8 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
     check_budget(device, spec.memory_budget_gib)
     space = space or load_space(spec.space or default_space_path(device))
     model = resolve_model(spec.model, spec.random_weights, spec.kind)
+    if not join:  # a joining worker takes the workload the study stored in its space
+        space = apply_workload(spec, space, model)
     if space.vision_knobs_set and not model.is_vision:
         raise SpaceError(
             f"search space sets vision knobs ({', '.join(space.vision_knobs_set)}) but {model.name} is a text-only model "
@@ -222,9 +255,10 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
     if study_name in existing:
         attrs = existing[study_name].user_attrs
         for key in IDENTITY_ATTRS:
-            if key in attrs and not _same_identity(key, attrs[key], identity[key]):
+            stored = attrs.get(key, "" if key == "workload" else None)
+            if stored is not None and not _same_identity(key, stored, identity[key]):
                 # The device name is the hardware: trials of two GPU models never meet in one best config.
-                what = f"GPU model ({attrs[key]}; this machine: {identity[key]})" if key == "device_name" else key.replace("_", " ")
+                what = f"GPU model ({stored}; this machine: {identity[key]})" if key == "device_name" else key.replace("_", " ")
                 raise StudyMismatchError(
                     f"study {study_name!r} in {redact(storage_url)} exists with a different {what}; "
                     f"pass a new --study name or --out directory (nothing was changed)"

@@ -134,6 +134,7 @@ class _Worker:
         self.vocab_size = 32000
         self._gpu_fraction = 1.0  # of the GPU's memory torch may use: the budget, where one is given
         self._processors: dict[int | None, object] = {}  # image processors by max_pixels (they do not depend on the load)
+        self._samplers: dict[tuple, object] = {}  # WorkloadSamplers by (workload, new_tokens), for the loaded tokenizer
 
     def setup(self) -> None:
         import torch
@@ -173,6 +174,7 @@ class _Worker:
 
     def _unload(self) -> None:
         self.model = None
+        self._samplers = {}  # a file workload's lengths were counted with this load's tokenizer
         self.offload = {}
         self.tokenizer = None
         self.loaded_key = None
@@ -255,7 +257,10 @@ class _Worker:
 
         failure: TrialOutcome | None = None
         try:
-            measurement = self._measure(cand, request.repeats, before_each_run)
+            if request.workload is not None:
+                measurement = self._measure_workload(cand, request, before_each_run)
+            else:
+                measurement = self._measure(cand, request.repeats, before_each_run)
         except CandidateShapeError as e:  # the request the candidate claims cannot be built
             return TrialOutcome(status="unsupported", reason=str(e), phase="measure", load_s=load_s, prepare_s=prepare_s,
                                 reloaded=reloaded, quality=quality)
@@ -401,6 +406,47 @@ class _Worker:
         yes_no = yes_no_ids(self.tokenizer, self.vocab_size)
         return measure_scoring(self.model, cand, self.device, repeats, self.vocab_size, yes_no, before_each_run,
                                vision=vision, preprocess_again=preprocess_again)
+
+
+    def _sampler(self, workload: dict, new_tokens: int):
+        """The workload's WorkloadSampler (a file's prompts counted with the loaded tokenizer, as the
+        quality run builds them: the chat template over the prompt)."""
+        import json
+
+        from autotune.workload import WorkloadSampler, parse_workload
+
+        key = (json.dumps(workload, sort_keys=True), new_tokens)
+        if key not in self._samplers:
+            parsed = parse_workload(workload, "/", "workload")  # its file path is absolute
+            count = count_answer = None
+            if parsed.kind == "file":
+                from autotune.measure.prompting import Prompter
+
+                if self.tokenizer is None:
+                    raise ValueError("a file workload's prompts are counted with the model's tokenizer, and this model has none")
+                prompter = Prompter(self.tokenizer, self.ref.config(), data_dir=parsed.file.parent)
+                count = lambda example: len(prompter.example(example).ids)  # noqa: E731
+                count_answer = lambda text: len(prompter.text_ids(text))  # noqa: E731
+            self._samplers[key] = WorkloadSampler(parsed, new_tokens=new_tokens, count_tokens=count, count_answer_tokens=count_answer)
+        return self._samplers[key]
+
+    def _measure_workload(self, cand, request: WorkRequest, before_each_run):
+        """The worst case once, then `repeats` batches of batch_size requests drawn from the workload
+        (autotune/measure/traffic.py); text generation only."""
+        from autotune.kinds import get_kind
+        from autotune.measure.traffic import build_batches, measure_workload
+
+        if cand.has_images or not get_kind(self.ref.model_kind).generates:
+            raise ValueError("a workload measures text generation; this candidate's requests carry images or video, "
+                             "or the model is a reranker")
+        self._at_shape(cand)
+        sampler = self._sampler(request.workload, cand.new_tokens)
+        repeats = max(1, request.repeats)
+        requests = sampler.draw(repeats * cand.batch_size, request.workload_seed, cand.max_length)
+        batches = build_batches(requests, cand.batch_size, cand.max_length)
+        _, share = sampler.over_limit(cand.max_length)
+        return measure_workload(self.model, cand, self.device, batches, self.vocab_size, workload=request.workload,
+                                over_limit_share=share, before_each_run=before_each_run)
 
 
 def _die_with_parent() -> None:

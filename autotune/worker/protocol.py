@@ -37,3 +37,7 @@ class WorkRequest(BaseModel):
     # bisection, or every one of them when exhaustive; answered instead of a measurement.
     boundary_batch_sizes: list[int] | None = None
     boundary_exhaustive: bool = False
+    # A non-default workload (SearchSpace.workload, normalised): measured on batches drawn from it
+    # with this seed (autotune/measure/traffic.py); None: the fixed worst-case shape.
+    workload: dict | None = None
+    workload_seed: int = 0

@@ -1,0 +1,229 @@
+"""Throughput and latency of generate() under a workload (issue 20): mixed-length requests, batched
+and padded as transformers pads them for generation.
+
+The fixed default workload never comes here: it is measured by `throughput.measure_generation`,
+unchanged, so studies without a workload keep today's figures. A non-default one is measured as:
+
+1. The worst-case check, as for the fixed shape: one untimed generate() of batch_size prompts of
+   max_length - new_tokens tokens generating new_tokens (two with compile), inside the memory
+   tracker, so the peak memory covers the candidate's claimed worst case.
+2. `repeats` timed batches (the space's repeats, at least 3 in a study), each of batch_size
+   requests drawn from the workload (`WorkloadSampler.draw`, one seeded draw of repeats x
+   batch_size requests, split in order; the same seed for every candidate, so candidates of one
+   batch size see the same requests: common random numbers. A study's trials draw with seed 0,
+   its confirmation's round k with seed k, so the rounds add other requests).
+
+Building a batch (`build_batches`):
+
+- A request whose prompt + output tokens exceed the candidate's max_length is *over the limit*:
+  counted (`Measurement.workload_truncated`), never dropped, and truncated to fit: its prompt is
+  cut first, keeping at least one prompt token, then its output (prompt = max(1, max_length -
+  output), output = max_length - prompt). The share of the workload's traffic a config of that
+  max_length would reject or truncate, `Measurement.workload_over_limit_share`, is counted over
+  the whole workload, not the few timed requests (`WorkloadSampler.over_limit`: exact over a
+  file's requests, 100,000 seeded draws of a distribution).
+- The batch's prompts are left-padded to its longest prompt P (pad ids with attention mask 0, as a
+  tokenizer with padding_side="left" pads them for generate()), and the batch generates its
+  longest output G, exactly (min_new_tokens = max_new_tokens = G, so EOS cannot end it early).
+  Every row is P + G tokens long: the padding of the shorter prompts and the tokens generated for
+  a request after its own output is done are *padding waste*, `Measurement.padding_share` =
+  1 - (the requests' own prompt + output tokens) / (batch_size x (P + G)), over the timed batches.
+  The longest prompt and the longest output may come from different requests, so P + G can exceed
+  max_length: the KV cache then holds more than the worst-case shape, and the peak memory (over
+  the whole window) includes it.
+
+Timing a batch: generate(new=1) of the batch (its TTFT, t1) then generate(new=G) (its whole time,
+T), as the fixed shape interleaves them. Per request i of that batch, with own output o_i:
+
+- ttft_s = t1: every request's first token exists when the batch's prefill and first step end.
+- request_latency_s = T: generate() returns the batch when its longest request is done, so a
+  request that finished early is returned at the end too (static batching's cost, in the figure).
+- tpot_s = (T - t1) / (G - 1): the batch's pace, one token per request per decode step; the time
+  a streaming client waits between two tokens. A request of one output token has no tpot sample
+  (nothing after the first), so tpot_s holds one sample per request with o_i >= 2.
+
+So ttft_s and request_latency_s hold repeats x batch_size samples (one per request), and their
+percentiles are per-request percentiles. The throughput figures are one sample per batch, counting
+only the requests' own (useful) tokens, never padding: output_tokens_per_s = sum(o_i) / T,
+prefill_tokens_per_s = sum(p_i) / t1, decode_tokens_per_s = sum(o_i - 1) / (T - t1) (batches with
+G >= 2), requests_per_s = batch_size / T.
+
+Warm-up: after the worst case, the first batch is run once untimed (the padded batches take
+another code path than the unpadded worst case: a 4-D attention mask). Compiled candidates (a
+static cache) compile each new shape: each batch is then run once more untimed before it is timed. Text requests only: vision inputs and rerankers take the fixed shape (the study
+refuses a workload for them).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from autotune.loading import generate_kwargs
+from autotune.measure.memory import MemoryTracker
+from autotune.measure.throughput import _generate_runner, _synchronize, _window_fields
+from autotune.spec import Candidate, Measurement, Stat
+from autotune.workload import Request
+
+DECODE_FLOOR_S = 1e-6  # as measure_generation: a decode time is never reported as zero or negative
+
+
+def fit_request(request: Request, max_length: int) -> tuple[Request, bool]:
+    """The request as a config of max_length serves it, and whether it was over the limit: the
+    prompt is cut first (at least one token stays), then the output."""
+    prompt, output = request.prompt_tokens, max(1, request.output_tokens)  # a generating request makes >= 1 token
+    if prompt + output <= max_length:
+        return Request(prompt, output), False
+    prompt = max(1, max_length - output)
+    return Request(prompt, max_length - prompt), True
+
+
+@dataclass(frozen=True)
+class WorkloadBatch:
+    """batch_size requests as generate() runs them: left-padded to the longest prompt, generating
+    the longest output."""
+
+    requests: tuple[Request, ...]  # as served (truncated where over the limit)
+    truncated: int  # how many of them were over max_length
+
+    @property
+    def prompt_length(self) -> int:
+        return max(r.prompt_tokens for r in self.requests)
+
+    @property
+    def new_tokens(self) -> int:
+        return max(r.output_tokens for r in self.requests)
+
+    @property
+    def useful_tokens(self) -> int:
+        return sum(r.total for r in self.requests)
+
+    @property
+    def processed_tokens(self) -> int:
+        """Every row's prompt slot and generated tokens: batch x (longest prompt + longest output)."""
+        return len(self.requests) * (self.prompt_length + self.new_tokens)
+
+    def left_padding(self) -> list[int]:
+        """Pad tokens before each request's prompt."""
+        return [self.prompt_length - r.prompt_tokens for r in self.requests]
+
+
+def build_batches(requests: list[Request], batch_size: int, max_length: int) -> list[WorkloadBatch]:
+    """Consecutive batches of batch_size requests (a last partial batch is dropped: draw a
+    multiple), each request fitted to max_length."""
+    if batch_size < 1 or max_length < 2:
+        raise ValueError(f"need batch_size >= 1 and max_length >= 2, got {batch_size} and {max_length}")
+    batches = []
+    for start in range(0, len(requests) - batch_size + 1, batch_size):
+        fitted = [fit_request(r, max_length) for r in requests[start:start + batch_size]]
+        batches.append(WorkloadBatch(tuple(r for r, _ in fitted), sum(over for _, over in fitted)))
+    return batches
+
+
+def padding_share(batches: list[WorkloadBatch]) -> float:
+    """Padded tokens / all tokens processed, over the batches."""
+    processed = sum(b.processed_tokens for b in batches)
+    return 1 - sum(b.useful_tokens for b in batches) / processed if processed else 0.0
+
+
+def batch_inputs(batch: WorkloadBatch, vocab_size: int, pad_id: int, seed: int, device: str = "cpu"):
+    """(input_ids, attention_mask) of the batch, left-padded: random ids from the lower vocabulary
+    (as the fixed shape's; throughput does not depend on them), pad_id with mask 0 before them."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    width = batch.prompt_length
+    input_ids = torch.full((len(batch.requests), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch.requests), width), dtype=torch.long)
+    for row, (request, pad) in enumerate(zip(batch.requests, batch.left_padding())):
+        input_ids[row, pad:] = torch.randint(0, max(2, min(vocab_size, 32000)), (request.prompt_tokens,), generator=generator)
+        attention_mask[row, pad:] = 1
+    return input_ids.to(device), attention_mask.to(device)
+
+
+def _pad_token(model) -> int:
+    pad = getattr(model.generation_config, "pad_token_id", None)
+    if pad is None:
+        pad = getattr(model.generation_config, "eos_token_id", None) or 0
+        pad = pad[0] if isinstance(pad, list) else pad
+    return int(pad)
+
+
+def measure_workload(
+    model, candidate: Candidate, device: str, batches: list[WorkloadBatch], vocab_size: int, *,
+    workload: dict, over_limit_share: float, before_each_run: Callable[[], None] = lambda: None,
+) -> Measurement:
+    """The worst-case check, then each batch timed once (see the module docstring). `workload`:
+    the section measured (recorded with the figures); `over_limit_share`: the workload's share of
+    requests over the candidate's max_length (`WorkloadSampler.over_limit`)."""
+    import torch
+
+    if not batches:
+        raise ValueError("a workload measurement needs at least one batch")
+    if candidate.has_images:
+        raise ValueError("a workload measures text requests; this candidate's requests carry images or video")
+    worst_case = _generate_runner(model, candidate, device, vocab_size, None, before_each_run)
+    base_kwargs, pad = generate_kwargs(candidate), _pad_token(model)
+
+    def timed(input_ids, attention_mask, n_new: int) -> float:
+        before_each_run()
+        kwargs = {**base_kwargs, "max_new_tokens": n_new, "min_new_tokens": n_new, "pad_token_id": pad}
+        _synchronize(device)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        _synchronize(device)
+        elapsed = time.perf_counter() - start
+        expected = (input_ids.shape[0], input_ids.shape[1] + n_new)
+        if tuple(out.shape) != expected:
+            raise RuntimeError(f"generate returned shape {tuple(out.shape)}, expected {expected}: the measurement would be wrong")
+        return elapsed
+
+    with MemoryTracker(device, num_gpus=candidate.num_gpus) as tracker:
+        warm_start = time.perf_counter()
+        worst_case(candidate.new_tokens)  # the claimed worst case runs (and peaks) first, as for the fixed shape
+        if candidate.compile:
+            worst_case(1)
+        # The padded batches take another path (a 4-D attention mask, not the all-ones fast path):
+        # its first run is not timed either.
+        timed(*batch_inputs(batches[0], vocab_size, pad, 1234, device), batches[0].new_tokens)
+        warmup_s = time.perf_counter() - warm_start
+        measure_start = time.perf_counter()
+        first, whole = [], []
+        for index, batch in enumerate(batches):
+            input_ids, attention_mask = batch_inputs(batch, vocab_size, pad, 1234 + index, device)
+            if candidate.compile:  # a new static-cache shape compiles: never time that
+                timed(input_ids, attention_mask, batch.new_tokens)
+            first.append(timed(input_ids, attention_mask, 1))
+            whole.append(timed(input_ids, attention_mask, batch.new_tokens) if batch.new_tokens > 1 else first[-1])
+            del input_ids, attention_mask
+        measure_s = time.perf_counter() - measure_start
+    memory = tracker.result()
+
+    ttft, tpot, e2e = [], [], []
+    decode_rates = []
+    for batch, t1, t in zip(batches, first, whole):
+        decode = max(t - t1, DECODE_FLOOR_S)
+        for request in batch.requests:
+            ttft.append(t1)
+            e2e.append(t)
+            if request.output_tokens > 1:
+                tpot.append(decode / (batch.new_tokens - 1))
+        if batch.new_tokens > 1:
+            decode_rates.append(sum(r.output_tokens - 1 for r in batch.requests) / decode)
+    size = candidate.batch_size
+    return Measurement(
+        output_tokens_per_s=Stat.of([sum(r.output_tokens for r in b.requests) / t for b, t in zip(batches, whole)]),
+        prefill_tokens_per_s=Stat.of([sum(r.prompt_tokens for r in b.requests) / t for b, t in zip(batches, first)]),
+        decode_tokens_per_s=Stat.of(decode_rates) if decode_rates else None,
+        requests_per_s=Stat.of([size / t for t in whole]),
+        ttft_s=Stat.of(ttft),
+        tpot_s=Stat.of(tpot) if tpot else None,
+        request_latency_s=Stat.of(e2e),
+        workload=workload,
+        workload_over_limit_share=over_limit_share,
+        workload_truncated=sum(b.truncated for b in batches),
+        padding_share=padding_share(batches),
+        **_window_fields(memory, warmup_s, measure_s, size, whole, None, None),
+    )
