@@ -50,6 +50,7 @@ def test_bisection_finds_the_exhaustive_boundary_with_fewer_probes(boundaries: d
             assert probe.reason  # an allocation refused under the cap, or a peak over the budget
 
 
+@pytest.mark.slow
 def test_study_answers_batches_above_the_boundary_without_measuring(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=BATCH_SIZES,
                         max_length=[256], new_tokens=4)

@@ -214,6 +214,7 @@ def existing_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("space_text", "extra", "needle"),
     [
@@ -281,6 +282,7 @@ def _vision_data(tmp_path: Path, rows: list[dict]) -> Path:
     return write(tmp_path / "vision.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("row, needles", [
     ({"prompt": "q", "images": ["broken.png"], "answer": "x"}, ("vision.jsonl:2:", "cannot decode image broken.png")),
     ({"prompt": "q", "video": "empty_clip", "answer": "x"}, ("vision.jsonl:2:", "video empty_clip: no frames")),
@@ -355,6 +357,7 @@ def test_relative_floor_above_one_is_refused_before_any_file(tmp_path: Path, val
     assert not out.exists(), "a refused --min-quality created the output directory"
 
 
+@pytest.mark.slow
 def test_relative_floor_above_one_keeps_an_existing_study(existing_study: Path, tmp_path: Path) -> None:
     before = snapshot(existing_study)
     mtimes = {p.name: p.stat().st_mtime_ns for p in existing_study.iterdir()}

@@ -164,6 +164,7 @@ def test_best_yaml_written_before_the_confirmation_still_loads(path: Path) -> No
 # ------------------------------------------------------------------------------ a real study
 
 
+@pytest.mark.slow
 def test_study_confirms_the_top_two_and_best_yaml_carries_it(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml")  # 8 candidates: 4 loads x 2 batch sizes
     out = tmp_path / "out"
@@ -207,6 +208,7 @@ def test_study_confirms_the_top_two_and_best_yaml_carries_it(tmp_path: Path) -> 
     assert DeploymentConfig.model_validate(yaml.safe_load((out / "best.yaml").read_text())).confirmation == confirmation
 
 
+@pytest.mark.slow
 def test_an_oom_in_the_confirmation_is_retried_in_a_fresh_worker(tmp_path: Path) -> None:
     """Every top candidate fitted in the search, so an OOM while re-measuring it is memory that the
     other candidates' runs left in the worker (on a GPU: compiled graphs' pools, cached blocks):

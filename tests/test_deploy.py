@@ -24,6 +24,7 @@ def quant_study(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_bnb_nf4_and_int8_measure_on_cpu(quant_study: Path) -> None:
     recs = {r.candidate.quantization: r for r in read_records(quant_study) if r.state != "duplicate"}
     assert set(recs) == {"none", "bnb-nf4", "bnb-int8"}
@@ -41,6 +42,7 @@ def _with_settings(src: Path, dst: Path, **settings) -> Path:
     return dst
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("quantization, layer", [("none", "Linear"), ("bnb-nf4", "Linear4bit"), ("bnb-int8", "Linear8bitLt")])
 def test_load_deployment_round_trip(quant_study: Path, tmp_path: Path, quantization: str, layer: str) -> None:
     path = _with_settings(quant_study / "best.yaml", tmp_path / "best.yaml", quantization=quantization, attn_implementation="eager")
@@ -57,6 +59,7 @@ def test_load_deployment_round_trip(quant_study: Path, tmp_path: Path, quantizat
     assert "Paris" in answer
 
 
+@pytest.mark.slow
 def test_deployment_file_from_the_future_is_refused(quant_study: Path, tmp_path: Path) -> None:
     raw = yaml.safe_load((quant_study / "best.yaml").read_text())
     raw["schema_version"] = 99
@@ -73,6 +76,7 @@ def test_not_a_deployment_file_is_refused(tmp_path: Path) -> None:
         read_deployment(path)
 
 
+@pytest.mark.slow
 def test_best_yaml_is_a_valid_deployment_config(quant_study: Path) -> None:
     config = DeploymentConfig.model_validate(yaml.safe_load((quant_study / "best.yaml").read_text()))
     assert config.settings.quantization in {"none", "bnb-nf4", "bnb-int8"}

@@ -83,6 +83,7 @@ def test_calibration_recovers_the_overheads() -> None:
     assert error.median_abs_pct == pytest.approx(10.0) and error.worst_abs_pct == pytest.approx(10.0) and error.n == 3
 
 
+@pytest.mark.slow
 def test_predicted_infeasible_candidates_cost_no_load(tmp_path: Path) -> None:
     """Qwen2.5-7B shapes under a 4 GiB budget on CPU: every candidate's weights alone exceed it, so
     the study answers all of them from the config — no worker loads anything, and the 15 GiB random
@@ -100,6 +101,7 @@ def test_predicted_infeasible_candidates_cost_no_load(tmp_path: Path) -> None:
     assert "infeasible (predicted)" in result.stdout
 
 
+@pytest.mark.slow
 def test_every_run_trial_carries_its_prediction(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa", "eager"], batch_size=[1, 4],
                         max_length=[64], new_tokens=4)

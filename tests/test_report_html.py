@@ -186,6 +186,7 @@ def report_study(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_study_writes_report_with_the_pareto_plot(report_study: Path) -> None:
     page = (report_study / REPORT_FILE).read_text()
     data, layout = _plotly_figure(page, PARETO_DIV_ID)
@@ -200,6 +201,7 @@ def test_study_writes_report_with_the_pareto_plot(report_study: Path) -> None:
     assert "Optimisation history" in page and "Parameter importances" in page and "id='trials-table'" in page
 
 
+@pytest.mark.slow
 def test_show_prints_front_and_importances_and_regenerates_the_report(report_study: Path) -> None:
     (report_study / REPORT_FILE).unlink()
     result = run_cli("show", str(report_study))
@@ -212,6 +214,7 @@ def test_show_prints_front_and_importances_and_regenerates_the_report(report_stu
     assert all(f"<tr><td>{n}</td>" in page for n in front)  # the page's front table lists the same trials
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium is not installed (Debian: apt-get install -y "
                                              "--no-install-recommends chromium); .ci/run installs it")
 def test_report_renders_the_pareto_plot_in_headless_chromium(report_study: Path, tmp_path: Path) -> None:

@@ -78,6 +78,7 @@ def test_grid_offers_a_failed_point_again() -> None:
 # ------------------------------------------------------------------------------ real studies
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(set(SAMPLERS) - {"grid"}))
 def test_sampler_runs_a_real_study_with_constraints(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Batch 2 runs out of memory (a real failed allocation in the worker): the OOM constraints are
@@ -101,6 +102,7 @@ def test_sampler_runs_a_real_study_with_constraints(name: str, tmp_path: Path, m
     assert config is not None and config.settings.batch_size == 1
 
 
+@pytest.mark.slow
 def test_grid_measures_every_candidate_once_and_stops(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", **SMALL_SPACE)
     out = tmp_path / "out"
@@ -116,6 +118,7 @@ def test_grid_measures_every_candidate_once_and_stops(tmp_path: Path) -> None:
     assert reloads == 2  # load-key major: one load per attention kernel
 
 
+@pytest.mark.slow
 def test_resume_with_another_sampler_keeps_the_study(tmp_path: Path) -> None:
     """Samplers are not stored: a random start resumed with the grid measures only what is left."""
     space = write_space(tmp_path / "space.yaml", **SMALL_SPACE)

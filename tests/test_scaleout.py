@@ -69,6 +69,7 @@ def assert_no_candidate_measured_twice(recs: dict[int, TrialRecord]) -> None:
 # ------------------------------------------------------------------------------ PostgreSQL
 
 
+@pytest.mark.slow
 def test_two_workers_complete_one_study_without_duplicates(pg_database: str, tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml")  # 8 candidates: the study measures all of them
     env = cli_env(AUTOTUNE_STORAGE=pg_database)
@@ -98,6 +99,7 @@ def test_two_workers_complete_one_study_without_duplicates(pg_database: str, tmp
     assert best["trial_number"] in recs and recs[best["trial_number"]].state == "measured"
 
 
+@pytest.mark.slow
 def test_killed_worker_trial_is_retried_and_nothing_is_lost(pg_database: str, tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml")
     env = cli_env(AUTOTUNE_STORAGE=pg_database)
@@ -249,6 +251,7 @@ def test_storage_kinds() -> None:
     assert describe("postgresql://u:p@h/db").heartbeat_s
 
 
+@pytest.mark.slow
 def test_multi_gpu_candidate_without_gpus_is_unsupported_with_the_fix(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=[1],
                         num_gpus=[1, 2])

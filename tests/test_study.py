@@ -20,6 +20,8 @@ from autotune.spec import DeploymentConfig
 from autotune.study import RECORD_ATTR
 from tests.conftest import assert_ok, cli_env, read_records, run_cli, write_space
 
+pytestmark = pytest.mark.slow  # every test here runs a whole study (CLI subprocesses or run_study)
+
 
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory) -> Path:

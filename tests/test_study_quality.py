@@ -26,6 +26,7 @@ def damaged_bf16_study(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_damaged_candidate_is_rejected_by_the_floor(damaged_bf16_study: Path) -> None:
     recs = [r for r in read_records(damaged_bf16_study) if r.state != "duplicate"]
     by_dtype = {}
@@ -43,6 +44,7 @@ def test_damaged_candidate_is_rejected_by_the_floor(damaged_bf16_study: Path) ->
     assert best.quality.score >= 0.4 and best.quality.ci_low <= best.quality.score <= best.quality.ci_high
 
 
+@pytest.mark.slow
 def test_quality_measured_once_per_load_key(damaged_bf16_study: Path) -> None:
     recs = [r for r in read_records(damaged_bf16_study) if r.state != "duplicate"]
     for dtype in ("fp32", "bf16"):
@@ -135,6 +137,7 @@ def test_reference_falls_back_to_the_next_precision_that_fits(tmp_path: Path) ->
     assert ctx.study.user_attrs[REFERENCE_QUALITY_ATTR]["score"] == 0.5
 
 
+@pytest.mark.slow
 def test_reranker_quality_is_ndcg_and_a_damaged_reranker_scores_worse(tmp_path: Path) -> None:
     """The embedded model as a yes/no reranker on the bundled rerank set: the fp32 sdpa reference
     ranks well; the fp32 eager load with broken weights ranks worse, outside the noise, and a

@@ -62,6 +62,7 @@ def _explain(result: subprocess.CompletedProcess) -> str:
     return f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
 
 
+@pytest.mark.slow
 def test_verify_passes_on_the_machine_that_tuned(best_yaml: Path, tmp_path: Path) -> None:
     result = _verify(best_yaml, json_path=tmp_path / "report.json")
     assert result.returncode == EXIT_CODES["PASS"] == 0, _explain(result)
@@ -76,6 +77,7 @@ def test_verify_passes_on_the_machine_that_tuned(best_yaml: Path, tmp_path: Path
     assert "quality: none recorded" in result.stdout
 
 
+@pytest.mark.slow
 def test_changed_library_version_is_environment_drift(best_yaml: Path, tmp_path: Path) -> None:
     """Also a best.yaml from another machine: its bundled config path does not exist here, and
     the config is found by name and hash."""
@@ -91,6 +93,7 @@ def test_changed_library_version_is_environment_drift(best_yaml: Path, tmp_path:
     assert result.stdout.strip().splitlines()[-1] == "DRIFT: environment (transformers)"
 
 
+@pytest.mark.slow
 def test_tampered_figures_are_drift(best_yaml: Path, tmp_path: Path) -> None:
     """Two edits: every throughput sample ×50 (a consistent edit: only re-measuring finds it) and
     the TTFT median alone ×3 (no longer the median of its own samples)."""
@@ -116,6 +119,7 @@ def test_tampered_figures_are_drift(best_yaml: Path, tmp_path: Path) -> None:
     assert last.startswith("DRIFT: ") and f"throughput {figures['throughput'].change_pct:+.1f}%" in last and "TTFT" in last
 
 
+@pytest.mark.slow
 def test_worst_case_that_runs_out_of_memory_fails(best_yaml: Path, tmp_path: Path) -> None:
     """A claim of 4096 sequences × 2048 tokens under a 2 GiB budget: a real allocation failure in
     the worker (the budget caps its data memory, as in the study)."""
@@ -132,6 +136,7 @@ def test_worst_case_that_runs_out_of_memory_fails(best_yaml: Path, tmp_path: Pat
     assert result.stdout.strip().splitlines()[-1] == "FAIL: the claimed worst case does not fit here (oom)"
 
 
+@pytest.mark.slow
 def test_worst_case_over_a_smaller_budget_fails(best_yaml: Path, tmp_path: Path) -> None:
     """--memory-budget overrides the recorded (absent) budget: the process peak of ~0.4 GiB is over 200 MiB."""
     result = _verify(best_yaml, "--memory-budget", "200MiB", json_path=tmp_path / "report.json")
@@ -156,6 +161,7 @@ def _unknown_model_config(raw: dict) -> dict:
     return {**raw, "model": {**raw["model"], "source": "/elsewhere/my-model.json", "name": "my-model", "config_sha256": "0" * 64}}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("make, expected", [
     (_not_a_config, "is not an autotune DeploymentConfig"),
     (_future, "schema_version 99 is newer than this autotune understands"),
@@ -201,6 +207,7 @@ def test_relocate_finds_a_bundled_config_by_name_and_hash() -> None:
         relocate(missing)
 
 
+@pytest.mark.slow
 def test_load_deployment_finds_a_moved_bundled_config(best_yaml: Path, tmp_path: Path) -> None:
     from autotune import load_deployment
 

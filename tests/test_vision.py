@@ -120,6 +120,7 @@ def test_qwen3_video_timestamps_match_the_processor() -> None:
         assert qwen3_video_timestamps(indices, fps, 2) == pytest.approx(expected)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", VL_MODELS)
 def test_vision_study_over_resolution_batch_and_dtype(tmp_path: Path, name: str) -> None:
     space = write_space(tmp_path / "space.yaml", dtype=["fp32", "bf16"], attn_implementation=["sdpa"], batch_size=[1, 2],
@@ -137,6 +138,7 @@ def test_vision_study_over_resolution_batch_and_dtype(tmp_path: Path, name: str)
         assert m.requests_per_s_with_preprocessing.median < m.requests_per_s.median  # preprocessing costs time
 
 
+@pytest.mark.slow
 def test_higher_resolution_costs_memory_and_speed(tmp_path: Path) -> None:
     """Same model, batch and length; only the pixel bound changes (16 vs ~1,100 visual tokens)."""
     space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=[2],
@@ -152,6 +154,7 @@ def test_higher_resolution_costs_memory_and_speed(tmp_path: Path) -> None:
     assert high.peak_memory_gib > low.peak_memory_gib
 
 
+@pytest.mark.slow
 def test_image_reranker_study_completes(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", dtype=["fp32", "bf16"], attn_implementation=["sdpa"], batch_size=[2, 4],
                         max_length=[512], new_tokens=2, max_pixels=[50176], images_per_prompt=[1], image_size="448x448")
@@ -169,6 +172,7 @@ def test_image_reranker_study_completes(tmp_path: Path) -> None:
     assert "pairs/s" in result.stdout
 
 
+@pytest.mark.slow
 def test_text_reranker_on_the_embedded_model(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=[4], max_length=[64])
     out = tmp_path / "out"

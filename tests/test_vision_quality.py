@@ -66,6 +66,7 @@ def vl_quality_study(vl_checkpoint: Path, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_vl_quality_is_measured_per_resolution_against_the_highest(vl_quality_study: Path) -> None:
     recs = [r for r in read_records(vl_quality_study) if r.state != "duplicate" and r.outcome.quality is not None]
     by_key = {(r.candidate.dtype, r.candidate.max_pixels): r.outcome.quality for r in recs}
@@ -77,6 +78,7 @@ def test_vl_quality_is_measured_per_resolution_against_the_highest(vl_quality_st
     assert low_res.n == reference.n >= 3  # the same answers, teacher-forced after each resolution's image tokens
 
 
+@pytest.mark.slow
 def test_damaged_vl_load_fails_the_floor(vl_quality_study: Path) -> None:
     recs = [r for r in read_records(vl_quality_study) if r.state != "duplicate"]
     damaged = [r for r in recs if r.candidate.dtype == "bf16"]
@@ -88,6 +90,7 @@ def test_damaged_vl_load_fails_the_floor(vl_quality_study: Path) -> None:
     assert best and all(r.candidate.dtype == "fp32" for r in best)
 
 
+@pytest.mark.slow
 def test_image_reranker_quality_scores_image_documents(vl_checkpoint: Path, tmp_path: Path) -> None:
     """An image reranking study: NDCG@10 over image documents (the bundled image set is the default
     for a vision reranker), fidelity on the yes/no position, and a damaged load far from it."""
