@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -170,6 +171,7 @@ def best_summary(config: DeploymentConfig) -> Table:
         ("vs baseline", f"{config.speedup_vs_baseline:.2f}× the untuned baseline" if config.speedup_vs_baseline else "baseline not measured"),
         *([("confirmation", f"top {len(config.confirmation.candidates)} re-measured in {config.confirmation.rounds} interleaved "
             f"rounds: {config.confirmation.reason}")] if config.confirmation else []),
+        *([("unconfirmed", f"[yellow]{escape(config.confirmation_note)}[/]")] if config.confirmed is False else []),
     ]
     for k, v in rows:
         table.add_row(k, v)

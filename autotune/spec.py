@@ -392,7 +392,8 @@ class TuneSpec(_Strict):
     space: Path | None = Field(default=None, description="search-space YAML; default: search_spaces/<device>.yaml")
     trials: int = Field(default=12, ge=1, le=100_000, description="measured trials the study should hold (resuming counts the ones it has)")
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_STUDY_S, description="stop starting new trials after this many seconds, or earlier when "
-                                      "the next one would likely not finish by then (judged by this run's trials)")
+                                      "the next one would likely not finish by then (judged by this run's trials) with the "
+                                      "time the confirmation is expected to need kept free; the confirmation is never skipped")
     trial_timeout_s: float = Field(default=900.0, gt=0, le=MAX_TRIAL_S, description="kill a worker stuck in one trial after this many seconds")
     memory_budget_gib: float | None = Field(default=None, gt=0, description="usable device memory, e.g. 24GiB; also a constraint")
     objective: Objective = Field(default="throughput", description="throughput: max generated tokens/s; latency: min request latency")
@@ -552,6 +553,12 @@ class DeploymentConfig(_Strict):
     quality: QualityReport | None = None
     min_quality: str | None = None
     confirmation: Confirmation | None = Field(default=None, description="the re-measurement that chose these settings among the top candidates")
+    # Written since issue 20; a file from before has neither (None, ""), and loads as it did.
+    confirmed: bool | None = Field(default=None, description="true: these settings won a confirmation that ran every planned "
+                                   "round over the search's current top k; false: they did not, and confirmation_note says "
+                                   "why; null: written before autotune said")
+    confirmation_note: str = Field(default="", description="why the settings are not confirmed (confirmation off, nothing to "
+                                   "compare, not reached yet, cut short by its time, no winner); empty when confirmed")
     fingerprint: Fingerprint
     study_name: str
     storage: str
