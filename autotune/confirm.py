@@ -23,16 +23,27 @@ Protocol:
   plus or minus half its range), the rule `autotune verify` uses for drift. Among the tied, the
   lowest peak memory wins (same speed, more headroom). A candidate that fails, runs out of memory
   or goes over the budget in any round is dropped and cannot win.
-- Time: the confirmation is study time. It is skipped when `--timeout` has already passed, and no
-  round starts after it (a round in flight completes, as a trial does).
+- Time: the confirmation is study time, and `--timeout` never skips it (issue 20: a confirmation
+  skipped by --timeout left a runner-up under-measured by 29%). The search keeps the time the
+  confirmation is expected to take (confirmation_cost_s, from this run's measured trials) and
+  stops starting trials that would eat into it (study/budget.py). The confirmation's deadline is
+  the later of --timeout and its start plus that estimate: when the search overran (a trial took
+  longer than expected, or the top k filled up late), the study overruns --timeout by up to the
+  estimate rather than skip it. No round starts after the deadline (a round in flight completes,
+  as a trial does); a confirmation cut short that way still picks its winner on the rounds that
+  ran, and best.yaml says the winner is unconfirmed and why (`confirmed`, `confirmation_note`).
 - The result is stored in the study (user attrs) and in best.yaml (`confirmation`); a resumed study
   re-uses it as long as the search's top k are the same trials, and re-runs it otherwise (or when
-  --confirm-repeats changed, or a --timeout cut it short).
+  --confirm-repeats changed, or its time ran out before its last round). best.yaml's `confirmed`
+  is true only for the winner of a complete confirmation of today's top k; otherwise
+  `confirmation_note` says why not (off, nothing to compare, not reached yet, cut short, every
+  candidate dropped).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import statistics
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -80,6 +91,58 @@ def top_candidates(recs: list[TrialRecord], objective: str, k: int) -> list[Tria
 def round_plan(repeats: int) -> list[int]:
     """Timed repeats per round: 6 -> [2, 2, 2], 5 -> [2, 2, 1]."""
     return [REPEATS_PER_ROUND] * (repeats // REPEATS_PER_ROUND) + ([repeats % REPEATS_PER_ROUND] if repeats % REPEATS_PER_ROUND else [])
+
+
+def confirmation_cost_s(recs: list[TrialRecord], objective: str, k: int, repeats: int) -> float:
+    """Seconds the confirmation of the current top k is expected to take, from this run's records:
+    what it would cost if the search stopped now. 0.0 when nothing would be confirmed (k = 0, or
+    fewer than two feasible candidates measured).
+
+    It replays confirm()'s plan: round_plan(repeats) rounds over interleaved_order(top), every
+    other round reversed, adding
+    - a model load whenever the load-key changes, the first of the first round included (the
+      model the search left loaded is not counted on). A load costs the median `load_s` of the
+      trials that loaded that load-key (a duplicate repeats its original's outcome and is left
+      out); for a load-key no trial timed (loaded for the quality reference), the median of all
+      loads; with no load timed at all, nothing;
+    - per candidate and round, one request: its search trial's warm-up (`warmup_s`: the first run
+      at its shape, compile included), the round's timed repeats at its search trial's time per
+      repeat (`measure_s` / its samples), and the trial's other work in the worker (total_s less
+      spawn, prepare, load, probing, quality, warm-up and measuring: the request's overhead).
+    It assumes the confirmation's runs cost what the search's did. It leaves out what the search
+    cannot foretell: a fresh worker's spawn and reload after an out-of-memory or error retry (or
+    after a candidate that leaves the worker suspect), and a search retry's lost first attempt
+    (which it counts as overhead, erring long). A top that is not full yet (fewer than k feasible)
+    is estimated as it stands: each candidate that joins it adds its share."""
+    if k == 0:
+        return 0.0
+    top = top_candidates(recs, objective, k)
+    if len(top) < 2:
+        return 0.0
+    loads: dict[tuple, list[float]] = {}
+    for r in recs:
+        if r.state != "duplicate" and r.outcome.reloaded and r.outcome.load_s > 0:
+            loads.setdefault(r.candidate.load_key, []).append(r.outcome.load_s)
+    every_load = [s for times in loads.values() for s in times]
+    fallback = statistics.median(every_load) if every_load else 0.0
+    load_s = {key: statistics.median(times) for key, times in loads.items()}
+
+    def request_s(r: TrialRecord, n_repeats: int) -> float:
+        o, m = r.outcome, r.outcome.measurement
+        per_repeat = m.measure_s / max(len(m.request_latency_s.samples), 1)
+        quality_s = o.quality.elapsed_s if o.quality is not None else 0.0
+        other = r.total_s - r.spawn_s - o.prepare_s - o.load_s - o.probe_s - quality_s - m.warmup_s - m.measure_s
+        return max(other, 0.0) + m.warmup_s + per_repeat * n_repeats
+
+    order = interleaved_order(top)
+    total, loaded = 0.0, None
+    for i, n_repeats in enumerate(round_plan(repeats)):
+        for r in order if i % 2 == 0 else order[::-1]:
+            if r.candidate.load_key != loaded:
+                total += load_s.get(r.candidate.load_key, fallback)
+                loaded = r.candidate.load_key
+            total += request_s(r, n_repeats)
+    return total
 
 
 def interleaved_order(top: list[TrialRecord]) -> list[TrialRecord]:
@@ -152,9 +215,11 @@ def pool_measurements(measurements: list[Measurement]) -> Measurement:
 
 def confirm(ctx: StudyContext, worker: WorkerClient, top: list[TrialRecord], repeats: int, *,
             deadline: float | None = None, note: Callable[[str], None] = lambda text: None,
-            place: Callable[[Candidate], str | None] | None = None) -> tuple[Confirmation, Measurement | None]:
+            place: Callable[[Candidate], str | None] | None = None,
+            out_of_time: str = "--timeout reached") -> tuple[Confirmation, Measurement | None]:
     """Re-measure `top` (the search's best first) in interleaved rounds; returns the decision and
-    the winner's pooled Measurement."""
+    the winner's pooled Measurement. No round after the first starts at or past `deadline`
+    (monotonic clock); `out_of_time` says, in `Confirmation.stopped`, what that deadline was."""
     objective, budget = ctx.spec.objective, ctx.spec.memory_budget_gib
     plan = round_plan(repeats)
     order = interleaved_order(top)
@@ -166,7 +231,7 @@ def confirm(ctx: StudyContext, worker: WorkerClient, top: list[TrialRecord], rep
     start = time.monotonic()
     for i, n_repeats in enumerate(plan):
         if i > 0 and deadline is not None and time.monotonic() >= deadline:
-            stopped = f"--timeout reached after {i} of {len(plan)} rounds"
+            stopped = f"{out_of_time} after {i} of {len(plan)} rounds"
             break
         this_round: dict[int, str] = {}
         for r in order if i % 2 == 0 else order[::-1]:
@@ -235,10 +300,28 @@ def stored_confirmation(study: optuna.Study) -> tuple[Confirmation, Measurement 
     return Confirmation.model_validate(raw), Measurement.model_validate(measurement) if measurement else None
 
 
+def confirmation_deadline(timeout_s: float | None, started: float, estimate_s: float,
+                          note: Callable[[str], None] = lambda text: None) -> tuple[float | None, str]:
+    """The confirmation's deadline (monotonic clock) and the words for running out of it: the later
+    of --timeout (counted from `started`) and now plus the time estimated for the confirmation
+    (confirmation_cost_s), so that --timeout never skips it; None without --timeout (every round
+    runs). The search keeps that estimate free (study/budget.py), so the two agree unless the search
+    overran, and then the study overruns --timeout by up to the estimate."""
+    if timeout_s is None:
+        return None, ""
+    timeout_at, now = started + timeout_s, time.monotonic()
+    if now + estimate_s <= timeout_at:
+        return timeout_at, f"--timeout {timeout_s:g}s reached"
+    where = "has passed" if now >= timeout_at else f"leaves {timeout_at - now:.0f}s"
+    note(f"--timeout {timeout_s:g}s {where}; the confirmation still gets the {estimate_s:.0f}s estimated for it")
+    return now + estimate_s, f"the {estimate_s:.0f}s estimated for it (past --timeout {timeout_s:g}s) ran out"
+
+
 def confirm_study(ctx: StudyContext, worker: WorkerClient, recs: list[TrialRecord], started: float,
                   note: Callable[[str], None], place: Callable[[Candidate], str | None] | None = None) -> Confirmation | None:
     """After the search (run_study): confirm the top --confirm-top candidates unless a stored
-    confirmation of the same trials is complete, or --timeout (counted from `started`) has passed."""
+    confirmation of the same trials is complete. --timeout (counted from `started`) never skips it:
+    its deadline is confirmation_deadline's."""
     spec = ctx.spec
     if spec.confirm_top == 0:
         return None
@@ -251,15 +334,13 @@ def confirm_study(ctx: StudyContext, worker: WorkerClient, recs: list[TrialRecor
     if same_trials and stored[0].repeats == spec.confirm_repeats and stored[0].rounds == stored[0].rounds_planned:
         note(f"confirmation of {', '.join(f'#{r.number}' for r in top)} is up to date (winner #{stored[0].winner}): not re-measured")
         return stored[0]
-    deadline = started + spec.timeout_s if spec.timeout_s is not None else None
-    if deadline is not None and time.monotonic() >= deadline:
-        kept = "the earlier confirmation of the same trials" if same_trials else "the search's best, not re-measured"
-        note(f"confirmation skipped: --timeout {spec.timeout_s:g}s reached; best.yaml holds {kept}")
-        return None
+    deadline, out_of_time = confirmation_deadline(spec.timeout_s, started, confirmation_cost_s(
+        recs, spec.objective, spec.confirm_top, spec.confirm_repeats), note)
     plan = round_plan(spec.confirm_repeats)
     note(f"confirming the top {len(top)} ({', '.join(f'#{r.number}' for r in top)}): {len(plan)} interleaved rounds, "
          f"{spec.confirm_repeats} timed repeats each")
-    confirmation, measurement = confirm(ctx, worker, top, spec.confirm_repeats, deadline=deadline, note=note, place=place)
+    confirmation, measurement = confirm(ctx, worker, top, spec.confirm_repeats, deadline=deadline, note=note, place=place,
+                                        out_of_time=out_of_time)
     ctx.study.set_user_attr(CONFIRMATION_ATTR, confirmation.model_dump(mode="json"))
     ctx.study.set_user_attr(CONFIRMED_MEASUREMENT_ATTR, measurement.model_dump(mode="json") if measurement else None)
     changed = "" if confirmation.winner in (None, confirmation.search_winner) else f" (the search alone picked #{confirmation.search_winner})"
@@ -284,3 +365,27 @@ def confirmed_best(ctx: StudyContext, recs: list[TrialRecord], best: TrialRecord
         "objective_value": objective_stat(measurement, ctx.spec.objective).median,
     })
     return pooled, confirmation
+
+
+def unconfirmed_reason(ctx: StudyContext, recs: list[TrialRecord], applied: Confirmation | None) -> str:
+    """Why best.yaml's winner is not confirmed, in words (its `confirmation_note`); "" when it is:
+    `applied` (confirmed_best's confirmation) ran every planned round over today's top k."""
+    spec = ctx.spec
+    if applied is not None:
+        if applied.rounds >= applied.rounds_planned:
+            return ""
+        ran = applied.stopped or f"{applied.rounds} of {applied.rounds_planned} rounds ran"
+        return (f"the confirmation was cut short ({ran}): #{applied.winner} won on fewer samples than planned; "
+                f"re-run the same command with more --timeout to complete it")
+    if not spec.confirm_top:
+        return "confirmation off (--confirm-top 0): the search's best, measured once"
+    top = top_candidates(recs, spec.objective, spec.confirm_top)
+    if len(top) < 2:
+        return f"{len(top)} feasible candidate{'s' if len(top) != 1 else ''} measured, nothing to compare: the search's best, measured once"
+    ranked = ", ".join(f"#{r.number}" for r in top)
+    stored = stored_confirmation(ctx.study)
+    if stored is not None and stored[0].top_trials == [r.number for r in top] and stored[0].winner is None:
+        return f"the confirmation of {ranked} picked no winner: {stored[0].reason}"
+    return (f"not confirmed yet: the search's best, measured once; the confirmation of the top {len(top)} ({ranked}) "
+            "runs after the search, and this study has not reached it"
+            + (f" (the stored one re-measured {', '.join(f'#{n}' for n in stored[0].top_trials)})" if stored is not None else ""))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -173,6 +174,7 @@ def best_summary(config: DeploymentConfig) -> Table:
         *([("capacity", config.capacity.summary().removeprefix("capacity: "))] if config.capacity else []),
         *([("confirmation", f"top {len(config.confirmation.candidates)} re-measured in {config.confirmation.rounds} interleaved "
             f"rounds: {config.confirmation.reason}")] if config.confirmation else []),
+        *([("unconfirmed", f"[yellow]{escape(config.confirmation_note)}[/]")] if config.confirmed is False else []),
     ]
     for k, v in rows:
         table.add_row(k, v)

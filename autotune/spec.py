@@ -7,8 +7,6 @@ TuneSpec holds what the user asked for; the CLI's help texts come from its field
 
 from __future__ import annotations
 
-import math
-import re
 import statistics
 from pathlib import Path
 from typing import Literal
@@ -19,6 +17,7 @@ from autotune import knobs as knobs_table
 from autotune.knobs import ATTENTION_IMPLEMENTATIONS, BASE_KNOBS, KNOB_TABLE, LOAD_KEY_KNOBS, PLACEMENT_KNOBS, VISION_KNOBS, knob  # noqa: F401 (re-exported)
 from autotune.models import ModelRef
 from autotune.serving import ServingCapacity
+from autotune.units import parse_memory, parse_min_quality  # noqa: F401 (re-exported)
 
 DType = Literal["fp32", "fp16", "bf16"]  # the names of autotune/dtypes.py's registry (a test keeps them equal)
 Objective = Literal["throughput", "latency"]
@@ -372,18 +371,6 @@ class TrialRecord(_Strict):
 # ------------------------------------------------------------------------------ user request
 
 
-def parse_memory(text: str | float | int) -> float:
-    """'24GiB' -> 24.0; '24GB' -> 22.35 (decimal); '512MiB' -> 0.5; a bare number is GiB."""
-    if isinstance(text, (int, float)):
-        return float(text)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(GiB|GB|MiB|MB|TiB|TB|G|M)?\s*", text, flags=re.IGNORECASE)
-    if not m:
-        raise ValueError(f"cannot read memory size {text!r}; write e.g. 24GiB, 24GB or 512MiB")
-    value, unit = float(m.group(1)), (m.group(2) or "GiB").lower()
-    factor = {"gib": 1.0, "g": 1.0, "mib": 1 / 1024, "m": 1 / 1024, "tib": 1024.0, "gb": 1e9 / 2**30, "mb": 1e6 / 2**30, "tb": 1e12 / 2**30}[unit]
-    return value * factor
-
-
 # Upper bounds of the budget's numbers: past them a value is a typo, not a plan (a study of more
 # than 30 days, a trial allowed a week; numpy seeds are 32-bit; the confirmation re-measures each
 # of its top K in every round, and 100 repeats settle any median).
@@ -400,7 +387,8 @@ class TuneSpec(_Strict):
     space: Path | None = Field(default=None, description="search-space YAML; default: search_spaces/<device>.yaml")
     trials: int = Field(default=12, ge=1, le=100_000, description="measured trials the study should hold (resuming counts the ones it has)")
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_STUDY_S, description="stop starting new trials after this many seconds, or earlier when "
-                                      "the next one would likely not finish by then (judged by this run's trials)")
+                                      "the next one would likely not finish by then (judged by this run's trials) with the "
+                                      "time the confirmation is expected to need kept free; the confirmation is never skipped")
     trial_timeout_s: float = Field(default=900.0, gt=0, le=MAX_TRIAL_S, description="kill a worker stuck in one trial after this many seconds")
     memory_budget_gib: float | None = Field(default=None, gt=0, description="usable device memory, e.g. 24GiB; also a constraint")
     objective: Objective = Field(default="throughput", description="throughput: max generated tokens/s; latency: min request latency")
@@ -469,18 +457,18 @@ class TuneSpec(_Strict):
     @field_validator("slo")
     @classmethod
     def _slo_syntax(cls, value: str | None) -> str | None:
-        if value is not None:
-            from autotune.slo import parse_slo
+        return value if value is None or cls._limits(value) else value
 
-            parse_slo(value)
-        return value
+    @staticmethod
+    def _limits(slo: str | None) -> list:
+        from autotune.slo import parse_slo  # a leaf; imported here, where --slo is read
+
+        return parse_slo(slo) if slo else []
 
     @property
     def slo_limits(self) -> list:
         """The parsed --slo (autotune.slo.SloLimit), [] without one."""
-        from autotune.slo import parse_slo
-
-        return parse_slo(self.slo) if self.slo else []
+        return self._limits(self.slo)
 
     @field_validator("memory_budget_gib", mode="before")
     @classmethod
@@ -490,26 +478,6 @@ class TuneSpec(_Strict):
     @property
     def quality_enabled(self) -> bool:
         return self.data is not None or self.min_quality is not None or self.quality_metric is not None
-
-
-def parse_min_quality(text: str) -> tuple[Literal["relative", "absolute"], float]:
-    """'0.98' -> relative to the reference; 'abs:0.6' -> absolute score. Both are fractions in
-    (0, 1]: a floor above 1 no candidate can meet (a study would run for nothing), and 98 is
-    almost surely 98%, so the error says 0.98."""
-    mode: Literal["relative", "absolute"] = "absolute" if text.startswith("abs:") else "relative"
-    try:
-        value = float(text.removeprefix("abs:"))
-    except ValueError:
-        raise ValueError(f"cannot read {text!r}; write e.g. 0.98 (98% of the reference) or abs:0.6") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{text!r} is out of range; a relative floor is a fraction like 0.98, an absolute one in (0, 1]")
-    if value > 1:
-        prefix = "abs:" if mode == "absolute" else ""
-        what = "an absolute score in (0, 1]" if mode == "absolute" else "a fraction of the reference's score"
-        fix = f"did you mean {prefix}{round(value / 100, 6):g}?" if value <= 100 else "it must be ≤ 1"
-        raise ValueError(f"--min-quality {text} is out of range: {what}; {fix}" if mode == "absolute"
-                         else f"--min-quality {text} is {what}; {fix}")
-    return mode, value
 
 
 # ------------------------------------------------------------------------------ confirmation
@@ -582,6 +550,12 @@ class DeploymentConfig(_Strict):
     quality: QualityReport | None = None
     min_quality: str | None = None
     confirmation: Confirmation | None = Field(default=None, description="the re-measurement that chose these settings among the top candidates")
+    # Written since issue 20; a file from before has neither (None, ""), and loads as it did.
+    confirmed: bool | None = Field(default=None, description="true: these settings won a confirmation that ran every planned "
+                                   "round over the search's current top k; false: they did not, and confirmation_note says "
+                                   "why; null: written before autotune said")
+    confirmation_note: str = Field(default="", description="why the settings are not confirmed (confirmation off, nothing to "
+                                   "compare, not reached yet, cut short by its time, no winner); empty when confirmed")
     fingerprint: Fingerprint
     study_name: str
     storage: str

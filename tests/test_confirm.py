@@ -14,12 +14,15 @@ import yaml
 from autotune.confirm import (
     CONFIRMATION_ATTR,
     CONFIRMED_MEASUREMENT_ATTR,
+    confirm_study,
+    confirmation_cost_s,
     confirmed_best,
     decide,
     interleaved_order,
     pool_measurements,
     round_plan,
     top_candidates,
+    unconfirmed_reason,
     within_noise,
 )
 from autotune.spec import Candidate, Confirmation, ConfirmedCandidate, DeploymentConfig, Measurement, Stat, TrialOutcome, TrialRecord, TuneSpec
@@ -158,7 +161,114 @@ def test_stored_confirmation_applies_only_to_the_same_top_trials() -> None:
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parent / "golden" / "export" / "inputs").glob("*.yaml")), ids=lambda p: p.stem)
 def test_best_yaml_written_before_the_confirmation_still_loads(path: Path) -> None:
-    assert DeploymentConfig.model_validate(yaml.safe_load(path.read_text())).confirmation is None
+    config = DeploymentConfig.model_validate(yaml.safe_load(path.read_text()))
+    assert config.confirmation is None and config.confirmed is None and config.confirmation_note == ""  # not said
+
+
+# ------------------------------------------------------------------------------ its time (issue 20)
+
+
+def _timed(number: int, tok_s: float, load_s: float, warmup_s: float, per_repeat_s: float, other_s: float = 0.25,
+           **cand) -> TrialRecord:
+    """A measured trial with known times: 3 timed repeats of `per_repeat_s`, `other_s` of other work in
+    the worker (requests, memory tracking), and `load_s` of model load (0: it ran on the loaded model)."""
+    rec = _record(number, tok_s, **cand)
+    m = rec.outcome.measurement.model_copy(update={"warmup_s": warmup_s, "measure_s": 3 * per_repeat_s})
+    outcome = rec.outcome.model_copy(update={"measurement": m, "load_s": load_s, "reloaded": load_s > 0})
+    return rec.model_copy(update={"outcome": outcome, "total_s": load_s + warmup_s + 3 * per_repeat_s + other_s})
+
+
+def test_confirmation_cost_counts_rounds_candidates_loads_and_repeats() -> None:
+    a = _timed(0, 50.0, load_s=10.0, warmup_s=0.5, per_repeat_s=0.5)  # fp32 sdpa
+    b = _timed(1, 40.0, load_s=20.0, warmup_s=1.0, per_repeat_s=1.0, attn="eager")
+    slow = _timed(2, 5.0, load_s=0.0, warmup_s=9.0, per_repeat_s=9.0, batch=2)  # not in the top 2
+    recs = [a, b, slow]
+    # 6 repeats: rounds of 2, 2, 2 in the order A B | B A | A B: loads A, B, then A, then B (60 s);
+    # each round A 0.25 + 0.5 + 2 x 0.5 = 1.75 s and B 0.25 + 1 + 2 x 1 = 3.25 s.
+    assert confirmation_cost_s(recs, "throughput", 2, 6) == pytest.approx(60.0 + 3 * (1.75 + 3.25))
+    # 5 repeats: the last round takes one repeat each (A 1.25 s, B 2.25 s).
+    assert confirmation_cost_s(recs, "throughput", 2, 5) == pytest.approx(60.0 + 2 * 5.0 + 3.5)
+    # Two candidates of one load-key: one load in all, whichever trial loaded it (#0, not #3 on the loaded model).
+    same = [a, _timed(3, 45.0, load_s=0.0, warmup_s=0.5, per_repeat_s=0.5, batch=2), b]
+    assert confirmation_cost_s(same, "throughput", 2, 4) == pytest.approx(10.0 + 2 * 2 * 1.75)
+    # The top 3 holds every feasible trial; a load-key no trial timed costs the median load (15 s).
+    unknown = _timed(4, 30.0, load_s=0.0, warmup_s=0.5, per_repeat_s=0.5, dtype="bf16")
+    assert confirmation_cost_s([a, b, unknown], "throughput", 3, 4) == pytest.approx(
+        (10 + 20 + 15) + (20 + 10) + 2 * (1.75 + 3.25 + 1.75))
+    # Nothing to confirm: off, or fewer than two feasible candidates.
+    assert confirmation_cost_s(recs, "throughput", 0, 6) == 0.0
+    assert confirmation_cost_s([a, _record(5, 90.0, state="infeasible")], "throughput", 3, 6) == 0.0
+
+
+def _ctx(tmp_spec: TuneSpec) -> SimpleNamespace:
+    return SimpleNamespace(spec=tmp_spec, study=optuna.create_study(direction="maximize"))
+
+
+def test_a_passed_timeout_does_not_skip_the_confirmation(monkeypatch) -> None:
+    """The search ran past --timeout: the confirmation still runs, with the time estimated for it."""
+    import time
+
+    import autotune.confirm as confirm_module
+
+    recs = [_timed(1, 50.0, load_s=10.0, warmup_s=0.5, per_repeat_s=0.5),
+            _timed(2, 40.0, load_s=20.0, warmup_s=1.0, per_repeat_s=1.0, attn="eager")]
+    ctx = _ctx(TuneSpec(timeout_s=10.0, confirm_top=2, confirm_repeats=4))
+    seen = {}
+
+    def fake_confirm(ctx, worker, top, repeats, *, deadline=None, note=lambda t: None, place=None, out_of_time=""):
+        seen.update(deadline=deadline, at=time.monotonic(), out_of_time=out_of_time)
+        candidates = [_confirmed(r.number, [r.objective_value] * 4, 1.0) for r in top]
+        return Confirmation(objective="throughput", top_k=2, repeats=repeats, rounds=2, rounds_planned=2, candidates=candidates,
+                            winner=1, search_winner=1, tie=False, tied=[1], reason="x"), _measurement([50.0] * 4)
+
+    monkeypatch.setattr(confirm_module, "confirm", fake_confirm)
+    notes: list[str] = []
+    confirmation = confirm_study(ctx, None, recs, time.monotonic() - 100.0, notes.append)
+    assert confirmation is not None and seen, notes
+    estimate = confirmation_cost_s(recs, "throughput", 2, 4)
+    assert seen["deadline"] - seen["at"] == pytest.approx(estimate, abs=1.0)
+    assert not any("skipped" in n for n in notes) and any(f"{estimate:.0f}s estimated" in n for n in notes), notes
+    assert "estimated" in seen["out_of_time"]
+
+    # --timeout not reached: the confirmation's deadline is --timeout's when that is later.
+    seen.clear()
+    confirm_study(_ctx(TuneSpec(timeout_s=1000.0, confirm_top=2, confirm_repeats=4)), None, recs, time.monotonic(), notes.append)
+    assert seen["deadline"] - seen["at"] == pytest.approx(1000.0, abs=1.0) and "--timeout" in seen["out_of_time"]
+    seen.clear()
+    confirm_study(_ctx(TuneSpec(confirm_top=2, confirm_repeats=4)), None, recs, time.monotonic(), notes.append)
+    assert seen["deadline"] is None  # no --timeout: every round runs
+
+
+def test_best_yaml_says_why_the_winner_is_unconfirmed() -> None:
+    recs = [_record(0, 10.0, batch=1), _record(1, 50.0, batch=2), _record(2, 48.0, batch=4)]
+    spec = TuneSpec(confirm_top=2, confirm_repeats=6)
+    ctx = _ctx(spec)
+    assert "not confirmed yet" in unconfirmed_reason(ctx, recs, None)  # the search is still running
+    off = unconfirmed_reason(_ctx(spec.model_copy(update={"confirm_top": 0})), recs, None)
+    assert "--confirm-top 0" in off
+    assert "nothing to compare" in unconfirmed_reason(ctx, recs[:1], None)
+
+    candidates = [_confirmed(1, [40.0, 41.0], 1.0), _confirmed(2, [45.0, 46.0], 1.0)]
+    cut = Confirmation(objective="throughput", top_k=2, repeats=6, rounds=1, rounds_planned=3, candidates=candidates,
+                       winner=2, search_winner=1, tie=False, tied=[2], reason="x",
+                       stopped="--timeout 60s reached after 1 of 3 rounds")
+    ctx.study.set_user_attr(CONFIRMATION_ATTR, cut.model_dump(mode="json"))
+    ctx.study.set_user_attr(CONFIRMED_MEASUREMENT_ATTR, _measurement([45.0, 46.0]).model_dump(mode="json"))
+    best, applied = confirmed_best(ctx, recs, recs[1])
+    assert applied == cut and best.number == 2  # its winner, on the rounds that ran
+    why = unconfirmed_reason(ctx, recs, applied)
+    assert "cut short" in why and "after 1 of 3 rounds" in why
+    complete = cut.model_copy(update={"rounds": 3, "stopped": ""})
+    assert unconfirmed_reason(ctx, recs, complete) == ""
+
+    # Stored, but of other trials than today's top 2: the search's best, not re-measured.
+    newer = recs + [_record(3, 60.0, batch=8)]
+    assert confirmed_best(ctx, newer, newer[3])[1] is None
+    assert "#3" in unconfirmed_reason(ctx, newer, None)
+    # Every candidate dropped: no winner, and best.yaml says why.
+    failed = complete.model_copy(update={"winner": None, "reason": "no candidate could be re-measured (#1: oom)"})
+    ctx.study.set_user_attr(CONFIRMATION_ATTR, failed.model_dump(mode="json"))
+    assert "no candidate could be re-measured" in unconfirmed_reason(ctx, recs, None)
 
 
 # ------------------------------------------------------------------------------ a real study
@@ -200,12 +310,19 @@ def test_study_confirms_the_top_two_and_best_yaml_carries_it(tmp_path: Path) -> 
     assert "is up to date" in again.stdout and "confirmation round" not in again.stdout
     assert DeploymentConfig.model_validate(yaml.safe_load((out / "best.yaml").read_text())).confirmation == confirmation
 
-    # More repeats asked for, but the --timeout has passed: skipped, and said so; best.yaml keeps
-    # the earlier confirmation of the same trials.
+    assert config.confirmed is True and config.confirmation_note == ""
+
+    # More repeats asked for, and the --timeout has passed: the confirmation is not skipped (issue
+    # 20); it gets the time estimated for it, and best.yaml says whether all its rounds ran.
     late = run_cli(*args, "--confirm-repeats", "6", "--timeout", "0.000001")
     assert_ok(late)
-    assert "confirmation skipped: --timeout" in late.stdout and "confirmation round" not in late.stdout
-    assert DeploymentConfig.model_validate(yaml.safe_load((out / "best.yaml").read_text())).confirmation == confirmation
+    assert "confirmation skipped" not in late.stdout and "confirmation round 1/3" in late.stdout, late.stdout
+    again = DeploymentConfig.model_validate(yaml.safe_load((out / "best.yaml").read_text()))
+    assert again.confirmation.repeats == 6
+    if again.confirmation.rounds == 3:
+        assert again.confirmed is True and again.confirmation_note == ""
+    else:  # slower than estimated on a busy machine: cut, and said so
+        assert again.confirmed is False and "cut short" in again.confirmation_note
 
 
 @pytest.mark.slow
@@ -232,3 +349,39 @@ def test_an_oom_in_the_confirmation_is_retried_in_a_fresh_worker(tmp_path: Path)
     # One fresh worker per round (the third measurement of each worker ran out), each loading the model.
     assert confirmation.reloads >= 2 and confirmation.loading_s > 0 and confirmation.measuring_s > 0
     assert len(list((out / "workers").glob("worker-*.log"))) == 3
+
+
+@pytest.mark.slow
+def test_a_tight_timeout_keeps_time_for_the_confirmation(tmp_path: Path) -> None:
+    """Issue 20: under a --timeout the search would use up, the search stops early to keep the
+    confirmation's expected time, the confirmation runs (it is never skipped), and best.yaml says
+    whether its winner is confirmed. Every measurement starts 3 s late (a planted sleep), so trials
+    and confirmation requests take a known time on a busy machine: about 4.5 s each on the loaded
+    model, 8-14 s for the first (worker start and load). The confirmation of the top 2 (2 rounds x
+    2 requests, and a load) is estimated at about 20 s, so the search stops after 2 or 3 of the 6
+    trials it would otherwise run in the 40 s (on 2 busy cores, 2026-12-06: 2 trials in 20 s,
+    stopped 20 s early, the confirmation estimated at 23 s took 17 s)."""
+    import json
+
+    from tests.conftest import cli_env
+
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=[1, 2, 3, 4, 5, 6])
+    out = tmp_path / "out"
+    env = cli_env(AUTOTUNE_FAULTS=json.dumps({"sleep_before_measurement_s": 3.0}))
+    result = run_cli("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--trials", "6",
+                     "--out", str(out), "--device", "cpu", "--confirm-top", "2", "--confirm-repeats", "4",
+                     "--timeout", "40", env=env)
+    assert_ok(result)
+    stdout = " ".join(result.stdout.split())  # rich wraps long lines
+    assert "stopping the search" in stdout and "for confirming the top 2" in stdout, stdout
+    measured = [r for r in read_records(out) if r.state == "measured"]
+    assert 2 <= len(measured) < 6, stdout
+    assert "confirmation skipped" not in stdout and "confirmation round 1/2" in stdout, stdout
+
+    config = DeploymentConfig.model_validate(yaml.safe_load((out / "best.yaml").read_text()))
+    assert config.confirmation is not None and config.confirmed is not None
+    if config.confirmation.rounds == config.confirmation.rounds_planned:
+        assert config.confirmed is True and config.confirmation_note == "", config.confirmation
+    else:  # slower than estimated (a busy machine): cut after its first round, and best.yaml says so
+        assert config.confirmed is False and "cut short" in config.confirmation_note, config.confirmation_note
+    assert ("unconfirmed" in stdout) == (config.confirmed is False)  # the summary shows the note

@@ -281,6 +281,50 @@ def test_a_trial_that_would_overrun_the_timeout_is_not_started() -> None:
                          durations) == ""
 
 
+def _timed(number: int, batch: int, load_s: float, *, attn: str = "sdpa", tok_s: float = 10.0) -> TrialRecord:
+    """A measured trial whose times are known: warm-up 0.5 s, 3 timed repeats of 0.5 s, 0.25 s of
+    other work in the worker, and `load_s` of model load (0: it ran on the loaded model)."""
+    rec = _record(number, tok_s=tok_s, batch=batch, attn=attn)
+    m = rec.outcome.measurement.model_copy(update={"warmup_s": 0.5, "measure_s": 1.5})
+    outcome = rec.outcome.model_copy(update={"measurement": m, "load_s": load_s, "reloaded": load_s > 0})
+    return rec.model_copy(update={"outcome": outcome, "total_s": load_s + 0.5 + 1.5 + 0.25})
+
+
+def test_the_search_stops_early_to_keep_the_confirmations_time() -> None:
+    """With --timeout, no trial starts that would leave less than the confirmation's estimate; the
+    stop reason says how early and for what (issue 20: a confirmation skipped by --timeout had left
+    a runner-up under-measured by 29%)."""
+    import time
+    from types import SimpleNamespace
+
+    from autotune.confirm import confirmation_cost_s
+    from autotune.spec import TuneSpec
+    from autotune.study.budget import _stop_reason, _too_late_for, confirmation_reserve_s
+
+    recs = [_timed(0, 1, 10.0, tok_s=20.0), _timed(1, 2, 0.0, tok_s=19.0), _timed(2, 4, 0.0, tok_s=5.0)]
+    spec = TuneSpec(timeout_s=78.0, confirm_top=2, confirm_repeats=4)
+    ctx = SimpleNamespace(spec=spec, space=SimpleNamespace(size=100))
+    reserve = confirmation_reserve_s(ctx, recs)
+    # Two rounds of the top two (one load-key: one load of 10 s), each 0.25 + 0.5 + 2 x 0.5 s.
+    assert reserve == confirmation_cost_s(recs, "throughput", 2, 4) == pytest.approx(10.0 + 2 * 2 * 1.75)
+    assert confirmation_reserve_s(SimpleNamespace(spec=spec.model_copy(update={"timeout_s": None})), recs) == 0.0
+    assert confirmation_reserve_s(SimpleNamespace(spec=spec.model_copy(update={"confirm_top": 0})), recs) == 0.0
+
+    loaded = _cand().load_key
+    started = time.monotonic() - 60.0  # 18 s left
+    durations = [(True, 46.0), (False, 6.0)]
+    assert _too_late_for(ctx, _cand(batch=8), loaded, started, durations, reserve_s=10.0) == ""  # 6 + 10 <= 18
+    reason = _too_late_for(ctx, _cand(batch=8), loaded, started, durations, reserve_s=reserve)  # 6 + 17 > 18
+    assert "stopping the search 18s early to keep 17s for confirming the top 2" in reason and "about 6s" in reason
+    assert _stop_reason(ctx, {}, started, 0, reserve_s=10.0) == ""
+    reason = _stop_reason(ctx, {}, started, 0, reserve_s=20.0)  # less left than the reserve: no trial fits
+    assert "stopping the search 18s early to keep 20s for confirming the top 2" in reason
+    assert _stop_reason(ctx, {}, time.monotonic() - 80.0, 0, reserve_s=20.0) == "--timeout 78s reached"
+    # Without a reserve (no --timeout, --confirm-top 0, fewer than two feasible): as before.
+    assert _too_late_for(ctx, _cand(batch=8), loaded, started, durations) == ""
+    assert _stop_reason(ctx, {}, started, 0) == ""
+
+
 def test_default_study_name_keeps_a_reranker_apart_from_the_same_checkpoint() -> None:
     from autotune.models import ModelRef
     from autotune.study import default_study_name

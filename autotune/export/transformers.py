@@ -291,7 +291,15 @@ def _kwargs_file(config: DeploymentConfig, options: ExportOptions, model: str) -
     if options.model or ref.kind == "random":
         ref = ModelRef(kind="pretrained", name=model.rstrip("/").split("/")[-1], source=model, model_kind=ref.model_kind)
     out = config.model_copy(update={"model": ref}).model_dump(mode="json")
+    for name, default in _LATER_TOP_LEVEL_DEFAULTS.items():  # as the settings' later knobs below
+        if name in out and out[name] == default:
+            del out[name]
     return yaml.safe_dump(_without_one_gpu(out), sort_keys=False)
+
+
+# best.yaml fields added later, with their defaults: left out of the dump at the default, so the
+# file of a best.yaml that predates them reads as before (a DeploymentConfig forbids unknown keys).
+_LATER_TOP_LEVEL_DEFAULTS = {"confirmed": None, "confirmation_note": ""}
 
 
 # Candidate fields added later, with their defaults (and the offload's measured figures): left out

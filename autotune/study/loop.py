@@ -17,7 +17,7 @@ from autotune.errors import AutotuneError
 from autotune.space import suggest, unsupported_reason
 from autotune.spec import LOAD_KEY_KNOBS, Candidate, TrialOutcome, TrialRecord
 from autotune.storage import OWNER_ATTR, Heartbeat
-from autotune.study.budget import _stop_reason, _too_late_for
+from autotune.study.budget import _stop_reason, _too_late_for, confirmation_reserve_s
 from autotune.study.claims import _fail_stale, _fail_unrun, _in_flight_elsewhere, _rival, _wait_for_others
 from autotune.study.context import CLAIM_ATTR, DEFERRED_ATTR, ProgressSink, StudyContext, _Silent
 from autotune.study.health import SYSTEMATIC_FAILURES, SystematicFailureError, out_of_space_error, systematic_failure
@@ -94,7 +94,9 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 if counted >= spec.trials:
                     break
                 continue
-            ctx.stopped_reason = _stop_reason(ctx, done, started, duplicates_in_a_row)
+            # The confirmation's expected time, kept free of new trials under --timeout (issue 20).
+            reserve_s = confirmation_reserve_s(ctx, recs)
+            ctx.stopped_reason = _stop_reason(ctx, done, started, duplicates_in_a_row, reserve_s)
             if ctx.stopped_reason:
                 break
             if not pending:
@@ -137,7 +139,7 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 dominating = dominating_infeasible(cand, done) if reason is None and unloadable is None else None
                 too_big = _predicted_over_budget(ctx, cand) if reason is None and dominating is None and unloadable is None else None
                 if reason is None and unloadable is None and dominating is None and too_big is None:
-                    ctx.stopped_reason = _too_late_for(ctx, cand, loaded_key, started, durations)
+                    ctx.stopped_reason = _too_late_for(ctx, cand, loaded_key, started, durations, reserve_s)
                     if ctx.stopped_reason:
                         _fail_unrun(ctx, trial)
                         break

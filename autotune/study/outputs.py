@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from autotune import atomic
-from autotune.confirm import confirmed_best
+from autotune.confirm import confirmed_best, unconfirmed_reason
 from autotune.loading import generate_kwargs
 from autotune.spec import BaselineSummary, Confirmation, DeploymentConfig, Fingerprint, TrialRecord
 from autotune.serving import ServingCapacity, serving_capacity
@@ -33,7 +33,10 @@ def write_trials_jsonl(out: Path, recs: list[TrialRecord]) -> Path:
 
 
 def build_deployment(ctx: StudyContext, best: TrialRecord, base: TrialRecord | None,
-                     confirmation: Confirmation | None = None, capacity: ServingCapacity | None = None) -> DeploymentConfig:
+                     confirmation: Confirmation | None = None, unconfirmed: str | None = None,
+                     capacity: ServingCapacity | None = None) -> DeploymentConfig:
+    """best.yaml's content. `unconfirmed`: why the winner is not confirmed ("" when it is;
+    confirm.unconfirmed_reason); None leaves `confirmed` unsaid. `capacity`: the simulated one."""
     return DeploymentConfig(
         model=ctx.model,
         device=ctx.device.device,
@@ -50,6 +53,8 @@ def build_deployment(ctx: StudyContext, best: TrialRecord, base: TrialRecord | N
         quality=best.outcome.quality,
         min_quality=ctx.spec.min_quality,
         confirmation=confirmation,
+        confirmed=None if unconfirmed is None else not unconfirmed,
+        confirmation_note=unconfirmed or "",
         fingerprint=_measured_on(ctx, best.number),
         study_name=ctx.study_name,
         storage=ctx.storage_url,
@@ -79,7 +84,8 @@ def write_outputs(ctx: StudyContext, report: bool = True) -> tuple[list[TrialRec
             best, confirmation = confirmed_best(ctx, recs, best)  # the confirmation's winner, if it covers today's top k
             # The capacity simulation takes about a second: at the end only, not after every trial.
             capacity = serving_capacity(recs, best, ctx.spec.slo_limits) if report else None
-            config = build_deployment(ctx, best, baseline_record(recs), confirmation, capacity)
+            config = build_deployment(ctx, best, baseline_record(recs), confirmation, unconfirmed_reason(ctx, recs, confirmation),
+                                      capacity)
             _atomic_write(ctx.out / "best.yaml", yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     except OSError as e:  # a full disk: one line that says the study holds every trial
         disk = out_of_space_error(e, str(ctx.out), len(recs))
