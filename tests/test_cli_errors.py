@@ -220,6 +220,7 @@ def existing_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [
         pytest.param(VALID_SPACE.replace("batch_size: [1]", "batch_size: [1, 2]"), (), "space", id="different-space"),
         pytest.param(VALID_SPACE, ("--objective", "latency"), "objective", id="different-objective"),
+        pytest.param(VALID_SPACE, ("--slo", "e2e_p95=5s"), "slo", id="different-slo"),
     ],
 )
 def test_existing_study_with_different_identity(

@@ -299,13 +299,15 @@ def _kwargs_file(config: DeploymentConfig, options: ExportOptions, model: str) -
 
 # best.yaml fields added later, with their defaults: left out of the dump at the default, so the
 # file of a best.yaml that predates them reads as before (a DeploymentConfig forbids unknown keys).
-_LATER_TOP_LEVEL_DEFAULTS = {"confirmed": None, "confirmation_note": ""}
+_LATER_TOP_LEVEL_DEFAULTS = {"confirmed": None, "confirmation_note": "", "slo": None, "capacity": None}
 
 
 # Candidate fields added later, with their defaults (and the offload's measured figures): left out
 # of the dump at the default.
 _LATER_DEFAULTS = {"num_gpus": 1, "cache_implementation": None, "compile_mode": None, "prefill_chunk_size": None,
-                   "cpu_offload_gib": 0, "offloaded_gib": None, "offload_gpu_max_memory_gib": None}
+                   "cpu_offload_gib": 0, "offloaded_gib": None, "offload_gpu_max_memory_gib": None,
+                   # the workload's figures of a Measurement (None under the fixed default shape)
+                   "workload": None, "workload_over_limit_share": None, "workload_truncated": None, "padding_share": None}
 
 
 def _without_one_gpu(data: object) -> object:
