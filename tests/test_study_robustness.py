@@ -67,8 +67,9 @@ def test_owner_lock_refuses_while_held_and_is_free_once_the_holder_is_killed(tmp
     from autotune.study import ownership
 
     lock = ownership.lock_path(f"sqlite:///{tmp_path / 'study.db'}")
-    assert lock == tmp_path / "study.db.lock"
-    assert ownership.lock_path(f"journal:///{tmp_path / 'q.journal'}") == tmp_path / "q.journal.lock"
+    assert lock == tmp_path / "study.db.owner.lock"
+    # Not q.journal.lock: that is Optuna's own journal write lock, which it force-removes after 30 s.
+    assert ownership.lock_path(f"journal:///{tmp_path / 'q.journal'}") == tmp_path / "q.journal.owner.lock"
     assert ownership.lock_path("postgresql://u:p@h/db") is None  # shared by design
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(lock), str(tmp_path)], stdout=subprocess.PIPE, text=True,
                               env=cli_env(PYTHONPATH=str(Path(__file__).parent.parent)))
@@ -90,6 +91,31 @@ def test_owner_lock_refuses_while_held_and_is_free_once_the_holder_is_killed(tmp
     assert ownership.acquire(lock, str(tmp_path)) is False  # already ours: taken once per process
     ownership.release(lock)
     assert not ownership.held(lock)
+
+
+def test_optuna_journal_writes_leave_the_owner_lock_in_place(tmp_path: Path) -> None:
+    """Optuna's journal file storage locks writes with `<journal>.lock`, created exclusively and
+    deleted after a 30 s grace period when one is there that it did not make. The owner lock used
+    that name: Optuna's first write waited 30 s and then removed it, so a second `tune` could take
+    the study. The owner lock now has a name of its own, which a journal write leaves alone."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from autotune.study import ownership
+
+    journal = tmp_path / "q.journal"
+    lock = ownership.lock_path(f"journal:///{journal}")
+    assert ownership.acquire(lock, str(tmp_path)) is True
+    try:
+        storage = JournalStorage(JournalFileBackend(str(journal)))
+        optuna.create_study(storage=storage, study_name="s").optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+        assert lock.is_file() and json.loads(lock.read_text())["pid"] == os.getpid()
+        holder = subprocess.run([sys.executable, "-c", "import sys; from pathlib import Path; from autotune.study import "
+                                 "ownership; ownership.acquire(Path(sys.argv[1]), 'x')", str(lock)],
+                                capture_output=True, text=True, env=cli_env(PYTHONPATH=str(Path(__file__).parent.parent)))
+        assert holder.returncode != 0 and "StudyBusyError" in holder.stderr  # still ours: another process is refused
+    finally:
+        ownership.release(lock)
 
 
 @pytest.mark.slow

@@ -1,7 +1,10 @@
 """One `autotune tune` process owns a study kept in a file (SQLite, or a journal file): two runs
 on one study would fail each other's trials in flight and measure candidates twice.
 
-The owner holds `fcntl.flock` on `<study file>.lock` for its whole life. The kernel releases the
+The owner holds `fcntl.flock` on `<study file>.owner.lock` for its whole life (not `.lock`:
+Optuna's journal file storage takes `<journal>.lock` as its own write lock, created exclusively
+and force-removed after a 30 s grace period when it finds one it did not make — it waited 30 s at
+its first write, then deleted autotune's owner lock). The kernel releases the
 lock when the process dies, however it dies, so a killed run never leaves a stale lock behind;
 the file itself only says who holds it (pid, host, start time as JSON), for the refusal message.
 The lock file is never removed: removing it would let two processes lock two different files.
@@ -26,6 +29,7 @@ class StudyBusyError(AutotuneError):
     """Another `autotune tune` process is running this study."""
 
 
+OWNER_LOCK_SUFFIX = ".owner.lock"
 # Held for the life of the process: path -> open file descriptor holding the lock.
 _HELD: dict[str, int] = {}
 
@@ -46,7 +50,7 @@ def lock_path(storage_url: str) -> Path | None:
     # One name per file (the key of _HELD): symlinks resolved, and `journal:////abs` (a path
     # written after journal:///) is /abs, not POSIX's implementation-defined //abs.
     path = Path("/" + os.path.realpath(path.expanduser()).lstrip("/"))
-    return path.with_name(path.name + ".lock")
+    return path.with_name(path.name + OWNER_LOCK_SUFFIX)
 
 
 def holder(path: Path) -> dict:

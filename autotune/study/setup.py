@@ -227,7 +227,7 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
     lock = None if join else ownership.lock_path(storage_url)
     if lock is not None:
         try:
-            ownership.acquire(lock, str(spec.out) if spec.storage is None else str(lock.with_name(lock.name[:-len(".lock")])))
+            ownership.acquire(lock, str(spec.out) if spec.storage is None else str(lock.with_name(lock.name.removesuffix(ownership.OWNER_LOCK_SUFFIX))))
         except BaseException:
             if not out_existed:
                 _remove_if_empty(spec.out)
