@@ -34,6 +34,7 @@ def boundaries(tmp_path_factory) -> dict:
     return {"bisection": _boundary(False, log_dir), "exhaustive": _boundary(True, log_dir)}
 
 
+@pytest.mark.slow  # its fixture bisects in a worker and then scans every batch size (27 s idle)
 def test_bisection_finds_the_exhaustive_boundary_with_fewer_probes(boundaries: dict) -> None:
     bisection, exhaustive = boundaries["bisection"], boundaries["exhaustive"]
     assert len(exhaustive.probes) == len(BATCH_SIZES)

@@ -87,6 +87,7 @@ def measured() -> dict[str, dict]:
     return results
 
 
+@pytest.mark.slow  # the module fixture loads the embedded model 5 times and generates (66 s idle)
 def test_reference_scores_well_above_zero(measured: dict[str, dict]) -> None:
     scores = measured["fp32"]["scores"]
     assert sum(scores) / len(scores) >= 0.4
@@ -94,6 +95,7 @@ def test_reference_scores_well_above_zero(measured: dict[str, dict]) -> None:
     assert measured["fp32"]["fidelity"].top1_agreement == 1.0
 
 
+@pytest.mark.slow  # the module fixture loads the embedded model 5 times and generates (66 s idle)
 def test_fidelity_orders_precisions(measured: dict[str, dict]) -> None:
     kl = {name: r["fidelity"].kl_mean for name, r in measured.items()}
     top1 = {name: r["fidelity"].top1_agreement for name, r in measured.items()}
@@ -104,6 +106,7 @@ def test_fidelity_orders_precisions(measured: dict[str, dict]) -> None:
         assert fid.kl_p95 >= fid.kl_mean > 0
 
 
+@pytest.mark.slow  # the module fixture loads the embedded model 5 times and generates (66 s idle)
 def test_damaged_model_fails_task_and_fidelity(measured: dict[str, dict]) -> None:
     damaged, reference = measured["damaged"], measured["fp32"]
     assert damaged["fidelity"].kl_mean > 2.0 and damaged["fidelity"].top1_agreement < 0.3
