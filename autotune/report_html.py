@@ -120,7 +120,7 @@ def pareto_figure(records: list[TrialRecord], objective: str, best: DeploymentCo
         fig.add_trace(go.Scatter(
             x=[r.outcome.measurement.peak_memory_gib for r in measured_infeasible],
             y=[objective_stat(r, objective).median * scale for r in measured_infeasible],
-            mode="markers", name="infeasible (over budget or low quality)",
+            mode="markers", name="infeasible (over budget, over an SLO or low quality)",
             marker={"symbol": "x", "size": 9, "color": INFEASIBLE_GREY}, hovertext=[_hover(r, objective) for r in measured_infeasible],
             hoverinfo="text",
         ))
