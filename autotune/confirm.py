@@ -191,6 +191,20 @@ def decide(candidates: list[ConfirmedCandidate], objective: str) -> tuple[int | 
         f"({winner.peak_memory_gib:.3f} GiB)")
 
 
+def slo_drops(measured: dict[int, list[Measurement]], limits: list) -> dict[int, str]:
+    """Candidates whose pooled confirmation rounds break an --slo limit (autotune.slo.SloLimit):
+    the search judged each on its own trial, and a candidate near a limit can pass there and break
+    it here (CPU, 2026-12-06: TTFT p95 154 ms against 150 ms). Such a one cannot win."""
+    from autotune.slo import violations
+
+    drops = {}
+    for number, rounds in measured.items():
+        broken = violations(pool_measurements(rounds), limits) if rounds and limits else []
+        if broken:
+            drops[number] = "over the SLO in the confirmation's rounds: " + "; ".join(broken)
+    return drops
+
+
 def pool_measurements(measurements: list[Measurement]) -> Measurement:
     """One Measurement from several rounds: every Stat over all rounds' samples, memory peaks the
     highest of any round, warm-up and measuring time (and a workload's truncated requests) summed."""
@@ -273,6 +287,8 @@ def confirm(ctx: StudyContext, worker: WorkerClient, top: list[TrialRecord], rep
         rounds_run = i + 1
         note(f"confirmation round {rounds_run}/{len(plan)}: "
              + ", ".join(f"#{r.number} {this_round.get(r.number, 'dropped')}" for r in top) + f" ({reloads} model loads so far)")
+    for number, why in slo_drops({n: ms for n, ms in measured.items() if n not in dropped}, ctx.spec.slo_limits).items():
+        dropped[number] = why
     candidates = [
         ConfirmedCandidate(
             trial_number=r.number, candidate=r.candidate, search_value=r.objective_value,

@@ -129,6 +129,22 @@ def test_round_plan_and_interleaved_order() -> None:
     assert [r.number for r in interleaved_order([a1, b1, a2])] == [1, 3, 2]
 
 
+def test_a_candidate_over_the_slo_in_its_confirmation_rounds_cannot_win() -> None:
+    """The search judged each candidate on its own trial; the confirmation's pooled rounds are
+    judged again (CPU, 2026-12-06: a winner's pooled TTFT p95 was 154 ms against a 150 ms limit)."""
+    from autotune.confirm import slo_drops
+    from autotune.slo import parse_slo
+
+    fast, steady = _measurement([40.0, 41.0, 42.0]), _measurement([30.0, 31.0, 32.0])
+    slow_first_token = fast.model_copy(update={"ttft_s": Stat.of([0.12, 0.14, 0.2])})  # p95 0.194 s
+    limits = parse_slo("ttft_p95=150ms")
+    drops = slo_drops({1: [slow_first_token, fast], 2: [steady, steady]}, limits)
+    assert list(drops) == [1] and drops[1].startswith("over the SLO in the confirmation's rounds: ttft_p95 ")
+    assert slo_drops({1: [slow_first_token]}, []) == {} and slo_drops({1: []}, limits) == {}
+    candidates = [_confirmed(1, [40.0, 41.0, 42.0], peak_gib=1.0, dropped=drops[1]), _confirmed(2, [30.0, 31.0, 32.0], peak_gib=1.0)]
+    assert decide(candidates, "throughput")[0] == 2
+
+
 def test_pool_measurements_pools_samples_and_keeps_the_highest_peak() -> None:
     pooled = pool_measurements([_measurement([10.0, 12.0], 1.0), _measurement([11.0, 30.0], 1.25)])
     assert pooled.output_tokens_per_s.samples == [10.0, 12.0, 11.0, 30.0]
