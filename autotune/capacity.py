@@ -245,6 +245,18 @@ def saturation_rps(service: ServiceModel, output_tokens: int | Sequence[int]) ->
 # ------------------------------------------------------------------------------ simulation
 
 
+def percentile(samples: Sequence[float], pct: float) -> float:
+    """The pct-th percentile (0-100), linear between order statistics (numpy's default); the one
+    the simulation's results and the --slo judgement of a measurement (autotune/slo.py) share."""
+    if not samples:
+        raise ValueError("no samples")
+    ordered = sorted(samples)
+    position = (len(ordered) - 1) * pct / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
 @dataclass(frozen=True)
 class Percentiles:
     """Seconds over the counted requests."""
@@ -257,15 +269,9 @@ class Percentiles:
 
     @classmethod
     def of(cls, values: Sequence[float]) -> Percentiles:
-        ordered = sorted(values)
-
-        def at(q: float) -> float:  # linear between order statistics (numpy's default)
-            pos = q * (len(ordered) - 1)
-            lo = int(pos)
-            hi = min(lo + 1, len(ordered) - 1)
-            return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
-
-        return cls(mean=sum(ordered) / len(ordered), p50=at(0.50), p90=at(0.90), p95=at(0.95), p99=at(0.99))
+        ordered = sorted(values)  # sorted once: sorting a sorted list again is linear
+        return cls(mean=sum(ordered) / len(ordered), p50=percentile(ordered, 50), p90=percentile(ordered, 90),
+                   p95=percentile(ordered, 95), p99=percentile(ordered, 99))
 
 
 @dataclass(frozen=True)

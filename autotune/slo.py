@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autotune.capacity import percentile  # noqa: F401 (the one percentile; report.py reads it from here)
+
 if TYPE_CHECKING:
     from autotune.spec import Measurement, Stat
 
@@ -84,17 +86,6 @@ def parse_slo(text: str) -> list[SloLimit]:
             raise ValueError(f"--slo names {limit.key} twice; give each limit once")
         limits[limit.key] = limit
     return list(limits.values())
-
-
-def percentile(samples: list[float], pct: float) -> float:
-    """Linear interpolation between order statistics (numpy's default method)."""
-    if not samples:
-        raise ValueError("no samples")
-    ordered = sorted(samples)
-    position = (len(ordered) - 1) * pct / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def _stat(measurement: Measurement, latency: str) -> Stat | None:
