@@ -46,19 +46,19 @@ def _rate(rps: float) -> str:
     return f"{rps:,.2f}" if rps >= 10 else f"{rps:.3g}"
 
 
-def _same_settings_but_batch(a, b) -> bool:
-    return a.model_copy(update={"batch_size": 0}) == b.model_copy(update={"batch_size": 0})
-
-
 def serving_capacity(recs: list[TrialRecord], best: TrialRecord, limits: list[SloLimit]) -> ServingCapacity | None:
     """The capacity of `best` under `limits` (None when it has no measurement to simulate)."""
     from autotune.capacity import ServiceModel, Slo, capacity
+    from autotune.knobs import boundary_shape
+
+    def same_but_batch(c) -> bool:  # the grouping the batch-size bisection uses (knobs.boundary_shape)
+        return c.load_key == best.candidate.load_key and boundary_shape(c) == boundary_shape(best.candidate)
 
     if best.outcome.measurement is None:
         return None
     points = {r.candidate.batch_size: r.outcome.measurement for r in recs
               if r.state in _SERVICE_STATES and r.outcome.measurement is not None
-              and r.candidate.batch_size < best.candidate.batch_size and _same_settings_but_batch(r.candidate, best.candidate)}
+              and r.candidate.batch_size < best.candidate.batch_size and same_but_batch(r.candidate)}
     points[best.candidate.batch_size] = best.outcome.measurement
     measurement = best.outcome.measurement
     decodes = measurement.tpot_s is not None

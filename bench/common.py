@@ -26,3 +26,19 @@ def run_tune(out: Path, tune_args: list[str]) -> tuple[float, int]:
     start = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "autotune.cli", "tune", "--out", str(out), *tune_args])
     return time.perf_counter() - start, result.returncode
+
+
+def tune_target(tune_args: list[str]):
+    """(model reference, memory budget in GiB or None, DeviceInfo) named by `autotune tune`
+    arguments (--model, --random-weights, --memory-budget, --device): what a bench script that
+    drives a worker itself needs."""
+    from autotune.models import resolve_model
+    from autotune.spec import parse_memory
+    from autotune.system import detect_device
+
+    def arg(name: str) -> str | None:
+        return tune_args[tune_args.index(name) + 1] if name in tune_args else None
+
+    ref = resolve_model(arg("--model"), random_weights="--random-weights" in tune_args)
+    budget = parse_memory(arg("--memory-budget")) if arg("--memory-budget") else None
+    return ref, budget, detect_device(arg("--device"))

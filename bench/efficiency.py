@@ -39,7 +39,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import run_tune
+from common import run_tune, tune_target
 
 from autotune.report import read_trials
 from autotune.spec import TrialRecord
@@ -161,17 +161,11 @@ def _uniform_draw_hit_chance(grid: list[TrialRecord], draws: int, share: float =
 
 def _side_by_side(args, tune_args: list[str]) -> None:
     """Re-measure the three choices interleaved, ROUNDS rounds, each measurement in a fresh worker."""
-    from autotune.models import resolve_model
-    from autotune.spec import Measurement, parse_memory
-    from autotune.system import detect_device
+    from autotune.spec import Measurement
     from autotune.worker import WorkerClient, WorkRequest
 
-    def arg(name: str) -> str | None:
-        return tune_args[tune_args.index(name) + 1] if name in tune_args else None
-
-    ref = resolve_model(arg("--model"), random_weights="--random-weights" in tune_args)
-    budget = parse_memory(arg("--memory-budget")) if arg("--memory-budget") else None
-    device = detect_device(arg("--device")).device
+    ref, budget, info = tune_target(tune_args)
+    device = info.device
     chosen = {}
     for name in ("grid", "tuner", "random"):
         best = _best(_grid_records(args.out) if name == "grid" else read_trials(args.out / name))

@@ -26,6 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from common import tune_target  # noqa: E402
+
 SEED = {"dtype": "bf16", "attn_implementation": "sdpa", "batch_size": 8, "max_length": 576, "new_tokens": 64}
 
 # (row name, the knobs it changes from the seed). Order: the cheap loads first, compiled rows last
@@ -131,18 +133,11 @@ def main() -> None:
     tune_args = [a for a in args.tune_args if a != "--"]
 
     from autotune.memory_model import ModelShape
-    from autotune.models import resolve_model
     from autotune.space import unsupported_reason
-    from autotune.spec import Candidate, parse_memory, TrialOutcome
-    from autotune.system import detect_device
+    from autotune.spec import Candidate, TrialOutcome
     from autotune.worker import WorkerClient, WorkRequest
 
-    def arg(name: str) -> str | None:
-        return tune_args[tune_args.index(name) + 1] if name in tune_args else None
-
-    ref = resolve_model(arg("--model"), random_weights="--random-weights" in tune_args)
-    budget = parse_memory(arg("--memory-budget")) if arg("--memory-budget") else None
-    info = detect_device(arg("--device"))
+    ref, budget, info = tune_target(tune_args)
     device = info.device
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
