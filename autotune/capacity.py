@@ -50,7 +50,8 @@ to back, none waiting): the concurrency reported with it. Above it the queue gro
 
 Capacity
 --------
-The largest rate below saturation_rps at which the p95 of every SLO limit given holds in the
+The largest rate below saturation_rps at which every SLO limit given (--slo's limits,
+autotune/slo.py: TTFT, TPOT or end-to-end latency at p50, p90, p95 or p99) holds in the
 simulation, found by bisection in log rate between a tiny rate (TINY_FRACTION of saturation, where
 batches are almost always of one request) and saturation_rps, until the failing rate is within
 rel_tol of the meeting one. Every rate sees the same random numbers: arrival gaps are one set of
@@ -70,7 +71,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # annotations only: spec pulls in pydantic and the knob tables, this module needs neither
+from autotune.slo import SloLimit, percentile
+
+if TYPE_CHECKING:  # annotations only: spec pulls in the knob tables, this module does not need them
     from autotune.spec import Measurement
 
 # The "tiny rate" a capacity search starts from, as a fraction of saturation: batches are then of
@@ -245,18 +248,6 @@ def saturation_rps(service: ServiceModel, output_tokens: int | Sequence[int]) ->
 # ------------------------------------------------------------------------------ simulation
 
 
-def percentile(samples: Sequence[float], pct: float) -> float:
-    """The pct-th percentile (0-100), linear between order statistics (numpy's default); the one
-    the simulation's results and the --slo judgement of a measurement (autotune/slo.py) share."""
-    if not samples:
-        raise ValueError("no samples")
-    ordered = sorted(samples)
-    position = (len(ordered) - 1) * pct / 100
-    low = math.floor(position)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
-
-
 @dataclass(frozen=True)
 class Percentiles:
     """Seconds over the counted requests."""
@@ -299,11 +290,27 @@ class _Draws:
     batch_u: tuple[float, ...]  # per batch (at most one batch per request): the service quantile
 
 
+def _unit_gaps(n_requests: int, seed: int) -> tuple[float, ...]:
+    arrivals = random.Random(f"{seed}:arrivals")
+    return tuple(arrivals.expovariate(1.0) for _ in range(n_requests))
+
+
+def arrival_times(n_requests: int, rate_rps: float, seed: int = 0) -> list[float]:
+    """Seconds from the start at which n_requests Poisson arrivals at rate_rps come: the
+    simulation's own arrivals for that seed (a replay, autotune/replay.py, sends its requests at them)."""
+    _check_run(rate_rps, max(n_requests, MIN_COUNTED_REQUESTS), 0.0)
+    out, t = [], 0.0
+    for gap in _unit_gaps(n_requests, seed):
+        t += gap / rate_rps
+        out.append(t)
+    return out
+
+
 def _draw(n_requests: int, seed: int, lengths: tuple[int, ...]) -> _Draws:
     # One generator per stream, so a different length list leaves the arrivals and service draws as they were.
-    arrivals, outputs, service = (random.Random(f"{seed}:{stream}") for stream in ("arrivals", "outputs", "service"))
+    outputs, service = (random.Random(f"{seed}:{stream}") for stream in ("outputs", "service"))
     return _Draws(
-        unit_gaps=tuple(arrivals.expovariate(1.0) for _ in range(n_requests)),
+        unit_gaps=_unit_gaps(n_requests, seed),
         output_tokens=lengths * n_requests if len(lengths) == 1 else tuple(outputs.choice(lengths) for _ in range(n_requests)),
         batch_u=tuple(service.random() for _ in range(n_requests)),
     )
@@ -398,29 +405,17 @@ def simulate(service: ServiceModel, rate_rps: float, *, output_tokens: int | Seq
 # ------------------------------------------------------------------------------ capacity
 
 
-@dataclass(frozen=True)
-class Slo:
-    """Latency limits on the 95th percentile, seconds; None: no limit on that figure."""
-
-    ttft_p95_s: float | None = None
-    tpot_p95_s: float | None = None
-    e2e_p95_s: float | None = None
-
-    def __post_init__(self) -> None:
-        for name, limit in self.limits().items():
-            if not (isinstance(limit, (int, float)) and math.isfinite(limit) and limit > 0):
-                raise ValueError(f"{name} must be a finite number of seconds > 0, got {limit!r}")
-
-    def limits(self) -> dict[str, float]:
-        return {name: limit for name, limit in
-                (("ttft_p95_s", self.ttft_p95_s), ("tpot_p95_s", self.tpot_p95_s), ("e2e_p95_s", self.e2e_p95_s))
-                if limit is not None}
-
-    def missed(self, result: SimResult) -> list[tuple[str, float, float]]:
-        """(limit name, the p95 simulated, the limit) for every limit the result misses."""
-        p95 = {"ttft_p95_s": result.ttft_s.p95, "e2e_p95_s": result.e2e_s.p95,
-               "tpot_p95_s": result.tpot_s.p95 if result.tpot_s is not None else 0.0}
-        return [(name, p95[name], limit) for name, limit in self.limits().items() if p95[name] > limit]
+def missed(result: SimResult, limits: Sequence[SloLimit]) -> list[tuple[str, float, float]]:
+    """(limit key, the percentile simulated, the limit) for every limit of --slo's form
+    (autotune/slo.py: a latency at p50, p90, p95 or p99) the result misses. TPOT counts as met
+    when no counted request generated two tokens."""
+    out = []
+    for limit in limits:
+        stats = {"ttft": result.ttft_s, "tpot": result.tpot_s, "e2e": result.e2e_s}[limit.latency]
+        value = 0.0 if stats is None else getattr(stats, f"p{limit.percentile}")
+        if value > limit.limit_s:
+            out.append((limit.key, value, limit.limit_s))
+    return out
 
 
 @dataclass(frozen=True)
@@ -430,7 +425,7 @@ class Capacity:
     rate_rps: float  # 0 when even a tiny rate misses a limit
     concurrency: float  # mean requests in the system at rate_rps (Little's law); batch_size at saturation
     saturation_rps: float  # the stable queue's upper bound, whatever the SLO
-    limited_by: str  # the limit a slightly higher rate misses ("ttft_p95_s", ...), or "saturation"
+    limited_by: str  # the limit a slightly higher rate misses ("ttft_p95", ...), or "saturation"
     reason: str  # one line with the numbers
     simulated: SimResult | None  # the simulation at rate_rps; at the tiny rate when capacity is 0; None at saturation
 
@@ -439,18 +434,18 @@ def _describe(missed: list[tuple[str, float, float]]) -> str:
     return ", ".join(f"{name} {value:.4g} s > {limit:.4g} s" for name, value, limit in missed)
 
 
-def capacity(service: ServiceModel, slo: Slo, *, output_tokens: int | Sequence[int],
+def capacity(service: ServiceModel, limits: Sequence[SloLimit], *, output_tokens: int | Sequence[int],
              n_requests: int = DEFAULT_N_REQUESTS, seed: int = 0,
              warmup_fraction: float = DEFAULT_WARMUP_FRACTION, rel_tol: float = 0.01) -> Capacity:
-    """The largest rate below saturation whose simulation meets every limit of slo (module
-    docstring); with no limit, the saturation rate itself."""
+    """The largest rate below saturation whose simulation meets every limit (--slo's, parsed by
+    autotune.slo.parse_slo; module docstring); with no limit, the saturation rate itself."""
     lengths = _output_lengths(output_tokens, service)
     if not 0 < rel_tol < 1:
         raise ValueError(f"rel_tol must be in (0, 1), got {rel_tol!r}")
-    if slo.tpot_p95_s is not None and not service.decodes:
-        raise ValueError("a tpot_p95_s limit needs tpot samples; this service model decodes nothing")
+    if any(limit.latency == "tpot" for limit in limits) and not service.decodes:
+        raise ValueError("a tpot limit needs tpot samples; this service model decodes nothing")
     saturation = saturation_rps(service, lengths)
-    if not slo.limits():
+    if not limits:
         return Capacity(rate_rps=saturation, concurrency=float(service.batch_size), saturation_rps=saturation,
                         limited_by="saturation", simulated=None,
                         reason=f"no SLO: saturation, full batches of {service.batch_size} back to back")
@@ -459,17 +454,17 @@ def capacity(service: ServiceModel, slo: Slo, *, output_tokens: int | Sequence[i
     warmup = _check_run(tiny, n_requests, warmup_fraction)
     draws = _draw(n_requests, seed, lengths)
     meets = _run(service, tiny, draws, warmup)
-    if missed := slo.missed(meets):
-        return Capacity(rate_rps=0.0, concurrency=0.0, saturation_rps=saturation, limited_by=missed[0][0], simulated=meets,
-                        reason=f"even {tiny:.4g} req/s (batches of about {meets.mean_batch_size:.3g}) misses {_describe(missed)}")
+    if misses := missed(meets, limits):
+        return Capacity(rate_rps=0.0, concurrency=0.0, saturation_rps=saturation, limited_by=misses[0][0], simulated=meets,
+                        reason=f"even {tiny:.4g} req/s (batches of about {meets.mean_batch_size:.3g}) misses {_describe(misses)}")
 
     low_rps, high_rps = tiny, saturation
     high_missed: list[tuple[str, float, float]] = []  # at saturation itself: nothing simulated, the queue is unstable
     while high_rps > low_rps * (1 + rel_tol):
         mid_rps = math.sqrt(low_rps * high_rps)  # bisection in log rate: the bracket spans three decades
         result = _run(service, mid_rps, draws, warmup)
-        if missed := slo.missed(result):
-            high_rps, high_missed = mid_rps, missed
+        if misses := missed(result, limits):
+            high_rps, high_missed = mid_rps, misses
         else:
             low_rps, meets = mid_rps, result
     if high_missed:

@@ -5,8 +5,9 @@ batch_size); this module picks its inputs from the study's records and keeps the
 Inputs: the best config's own measurement (the confirmation's pooled one when there is one) and
 every other measured trial of the same settings at a smaller batch size, so that the queue's
 partial batches take the measured times of smaller batches (interpolated between them) rather
-than the full batch's. The simulation judges p95 limits; an --slo limit at another percentile
-(p50, p90, p99) is judged by the study on the measurement, and listed here as not simulated.
+than the full batch's. Output lengths: under a workload, the output lengths of the requests the
+measurement timed (each request of the simulation draws one of them); under the fixed shape, the
+space's new_tokens. Every --slo limit is simulated at its own percentile.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ class ServingCapacity(BaseModel):
     rate_rps: float = Field(description="the largest Poisson arrival rate (requests/s) whose simulated p95s meet the SLO")
     concurrency: float = Field(description="mean requests in the server at that rate (waiting or running; Little's law)")
     saturation_rps: float = Field(description="the most it can take at all (full batches back to back), whatever the SLO")
-    limited_by: str = Field(description="the limit a slightly higher rate misses (ttft_p95_s, tpot_p95_s, e2e_p95_s) or saturation")
+    limited_by: str = Field(description="the limit a slightly higher rate misses (e.g. ttft_p95) or saturation")
     reason: str
-    slo: str = Field(default="", description="the p95 limits simulated ('' without --slo: capacity is saturation)")
-    not_simulated: list[str] = Field(default=[], description="--slo limits at other percentiles, judged on the measurement only")
+    slo: str = Field(default="", description="the limits simulated ('' without --slo: capacity is saturation)")
+    # Files written before every percentile was simulated listed their non-p95 limits here.
+    not_simulated: list[str] = Field(default=[], description="--slo limits not simulated (always empty since every percentile is)")
     batch_sizes: list[int] = Field(description="the measured batch sizes the simulation interpolates between")
     simulated_p95_s: dict[str, float] = Field(default={}, description="ttft/tpot/e2e p95 simulated at rate_rps")
+    output_tokens: list[int] = Field(default=[], description="the output lengths requests drew from (one entry: every request's)")
 
     def summary(self) -> str:
         within = f" within {self.slo}" if self.slo else ""
@@ -48,7 +51,7 @@ def _rate(rps: float) -> str:
 
 def serving_capacity(recs: list[TrialRecord], best: TrialRecord, limits: list[SloLimit]) -> ServingCapacity | None:
     """The capacity of `best` under `limits` (None when it has no measurement to simulate)."""
-    from autotune.capacity import ServiceModel, Slo, capacity
+    from autotune.capacity import ServiceModel, capacity
     from autotune.knobs import boundary_shape
 
     def same_but_batch(c) -> bool:  # the grouping the batch-size bisection uses (knobs.boundary_shape)
@@ -62,17 +65,15 @@ def serving_capacity(recs: list[TrialRecord], best: TrialRecord, limits: list[Sl
     points[best.candidate.batch_size] = best.outcome.measurement
     measurement = best.outcome.measurement
     decodes = measurement.tpot_s is not None
-    p95 = {f"{lim.latency}_p95_s": lim.limit_s for lim in limits if lim.percentile == 95}
-    if not decodes:
-        p95.pop("tpot_p95_s", None)
+    simulated_limits = [lim for lim in limits if decodes or lim.latency != "tpot"]  # a reranker has no TPOT
     service = ServiceModel.from_measurements(points)
-    result = capacity(service, Slo(**p95), output_tokens=best.candidate.new_tokens if decodes else 1)
+    outputs = (measurement.request_output_tokens or [best.candidate.new_tokens]) if decodes else [1]
+    result = capacity(service, simulated_limits, output_tokens=outputs)
     sim = result.simulated
     simulated = {} if sim is None else {"ttft": sim.ttft_s.p95, "e2e": sim.e2e_s.p95,
                                         **({"tpot": sim.tpot_s.p95} if sim.tpot_s is not None else {})}
     return ServingCapacity(
         rate_rps=result.rate_rps, concurrency=result.concurrency, saturation_rps=result.saturation_rps,
         limited_by=result.limited_by, reason=result.reason,
-        slo=",".join(lim.label() for lim in limits if lim.percentile == 95),
-        not_simulated=[lim.label() for lim in limits if lim.percentile != 95],
-        batch_sizes=sorted(points), simulated_p95_s=simulated)
+        slo=",".join(lim.label() for lim in simulated_limits),
+        batch_sizes=sorted(points), simulated_p95_s=simulated, output_tokens=sorted(outputs))

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, ConfigDict, Field
-
-from autotune.capacity import percentile  # noqa: F401 (the one percentile; report.py reads it from here)
 
 if TYPE_CHECKING:
     from autotune.spec import Measurement, Stat
@@ -48,6 +47,18 @@ class SloLimit(BaseModel):
 
     def label(self) -> str:
         return f"{self.key} <= {format_s(self.limit_s)}"
+
+
+def percentile(samples: Sequence[float], pct: float) -> float:
+    """The pct-th percentile (0-100), linear between order statistics (numpy's default); the one
+    the simulation's results and the --slo judgement of a measurement (autotune/slo.py) share."""
+    if not samples:
+        raise ValueError("no samples")
+    ordered = sorted(samples)
+    position = (len(ordered) - 1) * pct / 100
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
 
 
 def format_s(seconds: float) -> str:

@@ -241,6 +241,8 @@ class Measurement(_Strict):
     workload_over_limit_share: float | None = Field(default=None, description="share of the workload's requests over max_length")
     workload_truncated: int | None = Field(default=None, description="timed requests over max_length, truncated to fit")
     padding_share: float | None = Field(default=None, description="padded tokens / all tokens the timed batches processed")
+    request_output_tokens: list[int] | None = Field(default=None, description="a workload's timed requests' output lengths, as "
+                                                    "served (the capacity simulation draws from them)")
 
     @property
     def throughput(self) -> Stat:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from autotune import capacity as cap
-from autotune.capacity import Capacity, ServiceModel, Slo, capacity, expected_longest, saturation_rps, simulate
+from autotune.slo import parse_slo
+from autotune.capacity import Capacity, ServiceModel, arrival_times, capacity, expected_longest, saturation_rps, simulate
 from autotune.spec import Measurement, Stat
 
 
@@ -57,7 +58,7 @@ def test_full_batches_saturate_at_batch_size_over_service_time():
     assert under.throughput_rps == pytest.approx(under.rate_rps, rel=0.03)  # it keeps up
     assert under.e2e_s.p99 < 10 * service_s  # and the queue stays short
 
-    none = capacity(service, Slo(), output_tokens=1)
+    none = capacity(service, [], output_tokens=1)
     assert (none.rate_rps, none.limited_by, none.concurrency) == (pytest.approx(batch / service_s), "saturation", batch)
 
 
@@ -87,22 +88,22 @@ def test_the_spread_of_the_samples_enters_the_latency():
 
 
 def test_capacity_under_an_e2e_limit_is_the_boundary():
-    slo = Slo(e2e_p95_s=3.0)
+    slo = parse_slo("e2e_p95=3s")
     found = capacity(SPREAD, slo, output_tokens=128, seed=3)
-    assert found.limited_by == "e2e_p95_s"
+    assert found.limited_by == "e2e_p95"
     assert 0 < found.rate_rps < found.saturation_rps
     at = simulate(SPREAD, found.rate_rps, output_tokens=128, seed=3)
     assert at == found.simulated
     assert at.e2e_s.p95 <= 3.0
     assert simulate(SPREAD, 1.1 * found.rate_rps, output_tokens=128, seed=3).e2e_s.p95 > 3.0
     assert found.concurrency == pytest.approx(found.rate_rps * at.e2e_s.mean)
-    assert "e2e_p95_s" in found.reason
+    assert "e2e_p95" in found.reason
 
 
 def test_a_limit_missed_even_at_a_tiny_rate_gives_zero_with_the_reason():
     # A request alone takes 0.05..0.07 s to its first token and 0.05 + 127 × 0.010.. s to its last.
-    for slo, limit in [(Slo(ttft_p95_s=0.03), "ttft_p95_s"), (Slo(e2e_p95_s=1.0), "e2e_p95_s"),
-                       (Slo(tpot_p95_s=0.005, e2e_p95_s=100.0), "tpot_p95_s")]:
+    for slo, limit in [(parse_slo("ttft_p95=30ms"), "ttft_p95"), (parse_slo("e2e_p95=1s"), "e2e_p95"),
+                       (parse_slo("tpot_p95=5ms,e2e_p95=100s"), "tpot_p95")]:
         found = capacity(SPREAD, slo, output_tokens=128)
         assert (found.rate_rps, found.concurrency, found.limited_by) == (0.0, 0.0, limit)
         assert found.reason.startswith("even ") and limit in found.reason and "\n" not in found.reason
@@ -117,23 +118,23 @@ def test_tpot_depends_only_on_the_tpot_samples():
     assert (simulate(fast, 0.5, output_tokens=16, n_requests=2_000).tpot_s
             == simulate(slow_prefill, 0.5, output_tokens=16, n_requests=2_000).tpot_s)
 
-    met = capacity(slow_prefill, Slo(tpot_p95_s=0.012), output_tokens=16, n_requests=2_000)
+    met = capacity(slow_prefill, parse_slo("tpot_p95=12ms"), output_tokens=16, n_requests=2_000)
     assert met.limited_by == "saturation"
     assert met.rate_rps == pytest.approx(met.saturation_rps, rel=0.011)
-    missed = capacity(fast, Slo(tpot_p95_s=0.011), output_tokens=16, n_requests=2_000)
-    assert (missed.rate_rps, missed.limited_by) == (0.0, "tpot_p95_s")
+    missed = capacity(fast, parse_slo("tpot_p95=11ms"), output_tokens=16, n_requests=2_000)
+    assert (missed.rate_rps, missed.limited_by) == (0.0, "tpot_p95")
 
 
 def test_tpot_of_larger_batches_limits_the_rate_that_fills_them():
     service = ServiceModel.from_samples({1: ([0.05], [0.010]), 4: ([0.10], [0.030])})
-    found = capacity(service, Slo(tpot_p95_s=0.02), output_tokens=16)
-    assert found.limited_by == "tpot_p95_s"
+    found = capacity(service, parse_slo("tpot_p95=20ms"), output_tokens=16)
+    assert found.limited_by == "tpot_p95"
     assert 0 < found.rate_rps < 0.5 * found.saturation_rps
     assert found.simulated.tpot_s.p95 <= 0.02
 
 
 def test_no_slo_means_saturation():
-    found = capacity(SPREAD, Slo(), output_tokens=64)
+    found = capacity(SPREAD, [], output_tokens=64)
     assert found == Capacity(rate_rps=found.saturation_rps, concurrency=8.0, saturation_rps=saturation_rps(SPREAD, 64),
                              limited_by="saturation", reason=found.reason, simulated=None)
 
@@ -190,7 +191,7 @@ def test_the_same_seed_gives_the_same_answer():
     a = simulate(SPREAD, 2.0, output_tokens=[32, 128], n_requests=3_000, seed=7)
     assert a == simulate(SPREAD, 2.0, output_tokens=[32, 128], n_requests=3_000, seed=7)
     assert a != simulate(SPREAD, 2.0, output_tokens=[32, 128], n_requests=3_000, seed=8)
-    slo = Slo(ttft_p95_s=0.5, e2e_p95_s=3.0)
+    slo = parse_slo("ttft_p95=500ms,e2e_p95=3s")
     assert capacity(SPREAD, slo, output_tokens=128, n_requests=3_000) == capacity(SPREAD, slo, output_tokens=128, n_requests=3_000)
     assert a.requests == 3_000 - 300  # the first 10% are warm-up
 
@@ -214,11 +215,28 @@ def test_the_same_seed_gives_the_same_answer():
     (lambda: SPREAD.prefill_s(9, 0.5), "outside 1..8"),
     (lambda: SPREAD.tpot_s(0, 0.5), "outside 1..8"),
     (lambda: SPREAD.prefill_s(1, 1.0), "u must be"),
-    (lambda: Slo(e2e_p95_s=0.0), "e2e_p95_s must be"),
-    (lambda: capacity(_fixed(1.0), Slo(tpot_p95_s=0.1), output_tokens=1), "tpot_p95_s limit needs"),
-    (lambda: capacity(SPREAD, Slo(), output_tokens=8, rel_tol=0.0), "rel_tol"),
+    (lambda: parse_slo("e2e_p95=0ms"), "must be above zero"),
+    (lambda: capacity(_fixed(1.0), parse_slo("tpot_p95=100ms"), output_tokens=1), "tpot limit needs"),
+    (lambda: capacity(SPREAD, [], output_tokens=8, rel_tol=0.0), "rel_tol"),
 ])
 def test_bad_inputs_raise_one_line(call, message):
     with pytest.raises(ValueError, match=message) as error:
         call()
     assert "\n" not in str(error.value)
+
+
+def test_every_percentile_of_the_slo_is_simulated():
+    """A p99 limit is judged on the simulated p99, a p50 on the p50: the tighter percentile gives
+    the lower capacity, and each capacity's simulation meets its own limit."""
+    p50 = capacity(SPREAD, parse_slo("e2e_p50=3s"), output_tokens=128, n_requests=3_000)
+    p99 = capacity(SPREAD, parse_slo("e2e_p99=3s"), output_tokens=128, n_requests=3_000)
+    assert 0 < p99.rate_rps < p50.rate_rps
+    assert p50.simulated.e2e_s.p50 <= 3.0 and p99.simulated.e2e_s.p99 <= 3.0
+    assert (p50.limited_by, p99.limited_by) == ("e2e_p50", "e2e_p99")
+
+
+def test_arrival_times_are_the_simulations_poisson_arrivals():
+    times = arrival_times(5_000, 4.0, seed=2)
+    assert times == sorted(times) and len(times) == 5_000
+    assert times[-1] / len(times) == pytest.approx(0.25, rel=0.05)  # mean gap 1 / rate
+    assert arrival_times(10, 2.0, seed=2) == [t * 2 for t in arrival_times(10, 4.0, seed=2)]

@@ -307,7 +307,8 @@ _LATER_TOP_LEVEL_DEFAULTS = {"confirmed": None, "confirmation_note": "", "slo": 
 _LATER_DEFAULTS = {"num_gpus": 1, "cache_implementation": None, "compile_mode": None, "prefill_chunk_size": None,
                    "cpu_offload_gib": 0, "offloaded_gib": None, "offload_gpu_max_memory_gib": None,
                    # the workload's figures of a Measurement (None under the fixed default shape)
-                   "workload": None, "workload_over_limit_share": None, "workload_truncated": None, "padding_share": None}
+                   "workload": None, "workload_over_limit_share": None, "workload_truncated": None, "padding_share": None,
+                   "request_output_tokens": None, "output_tokens": []}  # ... and the capacity's output lengths
 
 
 def _without_one_gpu(data: object) -> object:

@@ -225,5 +225,6 @@ def measure_workload(
         workload_over_limit_share=over_limit_share,
         workload_truncated=sum(b.truncated for b in batches),
         padding_share=padding_share(batches),
+        request_output_tokens=[r.output_tokens for b in batches for r in b.requests],
         **_window_fields(memory, warmup_s, measure_s, size, whole, None, None),
     )
