@@ -281,6 +281,48 @@ def verify(
     raise typer.Exit(report.exit_code)
 
 
+@app.command("replay")
+def replay_command(
+    config: Path = typer.Argument(..., help="a best.yaml written by `autotune tune`"),
+    at: str = typer.Option("0.5,0.8,1.0", "--at", help="arrival rates as fractions of the capacity, e.g. 0.5,0.8,1.0"),
+    requests: int = typer.Option(300, "--requests", help="requests replayed at each rate (the first 10% warm the queue up)"),
+    device: Optional[str] = typer.Option(None, "--device", help="cuda:N or cpu; default: the device it was tuned on"),
+    seed: int = typer.Option(0, "--seed", help="seed of the arrivals and the drawn requests"),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="write the report here; default: replay.json beside the best.yaml"),
+) -> None:
+    """Check the capacity against reality: measure the config's service times on its workload, compute
+    its capacity under the study's --slo, then replay the workload at fractions of it (Poisson
+    arrivals, one server process batching requests as they come) and print the simulated p95
+    latencies next to the replayed ones."""
+    import json
+
+    from autotune.replay import replay_deployment
+
+    try:
+        fractions = [float(f) for f in at.split(",") if f.strip()]
+    except ValueError:
+        raise AutotuneError(f"--at {at}: cannot read it; give fractions of the capacity like 0.5,0.8,1.0") from None
+    if not fractions or any(not 0 < f <= 2 for f in fractions):
+        raise AutotuneError(f"--at {at}: fractions must be above 0 and at most 2 (200% of the capacity), e.g. 0.5,0.8,1.0")
+    if not 112 <= requests <= 100_000:
+        raise AutotuneError(f"--requests {requests}: replay between 112 (100 counted after the warm-up) and 100000 requests per rate")
+    say = lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+    try:
+        report = replay_deployment(config, device=device, fractions=fractions, n_requests=requests, seed=seed, note=say)
+    except ValueError as e:
+        raise AutotuneError(f"{config}: {e}") from e
+    except KeyboardInterrupt:
+        err_console.print("interrupted: nothing replayed")
+        raise typer.Exit(130) from None
+    target = json_out or config.parent / "replay.json"
+    try:
+        target.write_text(json.dumps(report, indent=2) + "\n")
+    except OSError as e:
+        raise AutotuneError(f"--json {target}: cannot write ({e.strerror}); pass a writable path") from e
+    say(report["markdown"])
+    say(f"wrote {target}")
+
+
 @app.command("export")
 def export_command(
     config: Path = typer.Argument(..., help="a best.yaml written by `autotune tune`"),

@@ -64,9 +64,28 @@ from autotune.loading import generate_kwargs
 from autotune.measure.memory import MemoryTracker
 from autotune.measure.throughput import _generate_runner, _synchronize, _window_fields
 from autotune.spec import Candidate, Measurement, Stat
-from autotune.workload import Request
+from autotune.workload import Request, WorkloadSampler
 
 DECODE_FLOOR_S = 1e-6  # as measure_generation: a decode time is never reported as zero or negative
+
+
+def workload_sampler(workload: dict | None, new_tokens: int, tokenizer, model_config) -> WorkloadSampler:
+    """The WorkloadSampler of a normalised workload section (None: the fixed shape); a file's
+    prompts counted with the model's tokenizer as the quality run builds them (the chat template
+    over the prompt, images as their visual tokens)."""
+    from autotune.workload import parse_workload
+
+    parsed = parse_workload(workload, "/", "workload")  # a normalised section's file path is absolute
+    count = count_answer = None
+    if parsed.kind == "file":
+        from autotune.measure.prompting import Prompter
+
+        if tokenizer is None:
+            raise ValueError("a file workload's prompts are counted with the model's tokenizer, and this model has none")
+        prompter = Prompter(tokenizer, model_config, data_dir=parsed.file.parent)
+        count = lambda example: len(prompter.example(example).ids)  # noqa: E731
+        count_answer = lambda text: len(prompter.text_ids(text))  # noqa: E731
+    return WorkloadSampler(parsed, new_tokens=new_tokens, count_tokens=count, count_answer_tokens=count_answer)
 
 
 def fit_request(request: Request, max_length: int) -> tuple[Request, bool]:

@@ -409,25 +409,14 @@ class _Worker:
 
 
     def _sampler(self, workload: dict, new_tokens: int):
-        """The workload's WorkloadSampler (a file's prompts counted with the loaded tokenizer, as the
-        quality run builds them: the chat template over the prompt)."""
+        """The workload's WorkloadSampler, kept per workload and new_tokens (traffic.workload_sampler)."""
         import json
 
-        from autotune.workload import WorkloadSampler, parse_workload
+        from autotune.measure.traffic import workload_sampler
 
         key = (json.dumps(workload, sort_keys=True), new_tokens)
         if key not in self._samplers:
-            parsed = parse_workload(workload, "/", "workload")  # its file path is absolute
-            count = count_answer = None
-            if parsed.kind == "file":
-                from autotune.measure.prompting import Prompter
-
-                if self.tokenizer is None:
-                    raise ValueError("a file workload's prompts are counted with the model's tokenizer, and this model has none")
-                prompter = Prompter(self.tokenizer, self.ref.config(), data_dir=parsed.file.parent)
-                count = lambda example: len(prompter.example(example).ids)  # noqa: E731
-                count_answer = lambda text: len(prompter.text_ids(text))  # noqa: E731
-            self._samplers[key] = WorkloadSampler(parsed, new_tokens=new_tokens, count_tokens=count, count_answer_tokens=count_answer)
+            self._samplers[key] = workload_sampler(workload, new_tokens, self.tokenizer, self.ref.config())
         return self._samplers[key]
 
     def _measure_workload(self, cand, request: WorkRequest, before_each_run):

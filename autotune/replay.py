@@ -1,0 +1,280 @@
+"""Replay: the workload's requests arriving on a clock at a given rate, served by one loaded model
+with real request queueing, to check the capacity simulation (autotune/capacity.py) against reality.
+
+The server is the one the simulation models: one process, static batching. When it is idle and
+requests have arrived, it takes up to batch_size of them, first come first served, left-pads them to
+the longest prompt and runs one generate() to the longest output (autotune/measure/traffic.py
+builds the batch as the measurement does); requests that arrive meanwhile wait for the next batch.
+
+Arrivals: Poisson at the rate, `capacity.arrival_times` (the simulation's own stream for the seed).
+Request i is admitted once the wall clock has passed start + arrival_i. The loop is single-threaded
+and looks at the queue only when the model is idle, which is exactly when a server's batcher looks
+at it: the queue it sees is the one a producer thread would have filled, without a thread's
+scheduling noise, and an idle server sleeps until the next arrival.
+
+Per request, seconds from its arrival:
+  ttft = the batch's first generated token - arrival: a streamer's clock when generate() hands it
+         the first token (generate copies each token to the host, which waits for the device)
+  e2e  = the batch's end - arrival (generate() returns the batch when its longest is done)
+  tpot = (batch end - first token) / (longest - 1), for requests of two or more output tokens
+Statistics leave out the first warmup_fraction of requests by arrival, as the simulation does.
+Building a batch's inputs counts as service time (a server tokenises too); it is small next to
+generate().
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from autotune.capacity import DEFAULT_WARMUP_FRACTION, Percentiles, SimResult
+from autotune.workload import Request
+
+
+@dataclass(frozen=True)
+class BatchTiming:
+    """One generate() of a batch, seconds from the call."""
+
+    first_token_s: float
+    total_s: float
+
+
+RunBatch = Callable[[Sequence[Request]], BatchTiming]
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """What the requests after the warm-up saw (seconds), and how the server ran."""
+
+    rate_rps: float  # offered
+    requests: int  # counted
+    ttft_s: Percentiles
+    tpot_s: Percentiles | None
+    e2e_s: Percentiles
+    wait_s: Percentiles
+    throughput_rps: float  # counted requests / the time from the first counted one's batch start to the last end
+    mean_batch_size: float  # over the batches holding counted requests
+    batches: int
+    duration_s: float  # the whole replay, warm-up included
+
+
+def replay(requests: Sequence[Request], arrivals_s: Sequence[float], batch_size: int, run_batch: RunBatch, *,
+           warmup_fraction: float = DEFAULT_WARMUP_FRACTION, rate_rps: float = 0.0,
+           clock: Callable[[], float] = time.perf_counter, sleep: Callable[[float], None] = time.sleep) -> ReplayResult:
+    """Serve `requests`, request i arriving at arrivals_s[i] seconds after the start (sorted), with
+    the static-batching server of the module docstring; `run_batch` runs one batch and times it.
+    `clock`/`sleep` are the wall clock's unless a test drives a virtual one."""
+    n = len(requests)
+    if n != len(arrivals_s) or n == 0:
+        raise ValueError(f"need one arrival time per request and at least one request, got {n} requests and {len(arrivals_s)} times")
+    if any(b < a for a, b in zip(arrivals_s, arrivals_s[1:])):
+        raise ValueError("arrival times must be sorted")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    warmup = int(n * warmup_fraction)
+    if not 0 <= warmup < n:
+        raise ValueError(f"warmup_fraction {warmup_fraction} leaves no request to count")
+
+    ttft, tpot, e2e, wait = [], [], [], []
+    counted_batches = counted_batch_requests = 0
+    window_start_s: float | None = None
+    waiting: deque[int] = deque()
+    start = clock()
+    next_arrival = served = 0
+    end_s = 0.0
+    while served < n:
+        now_s = clock() - start
+        while next_arrival < n and arrivals_s[next_arrival] <= now_s:
+            waiting.append(next_arrival)
+            next_arrival += 1
+        if not waiting:
+            sleep(max(0.0, arrivals_s[next_arrival] - now_s))
+            continue
+        members = [waiting.popleft() for _ in range(min(batch_size, len(waiting)))]
+        timing = run_batch([requests[i] for i in members])
+        end_s = clock() - start
+        first_s = now_s + timing.first_token_s
+        longest = max(requests[i].output_tokens for i in members)
+        served += len(members)
+        if members[-1] >= warmup:
+            window_start_s = now_s if window_start_s is None else window_start_s
+            counted_batches += 1
+            counted_batch_requests += len(members)
+        for i in members:
+            if i < warmup:
+                continue
+            wait.append(now_s - arrivals_s[i])
+            ttft.append(first_s - arrivals_s[i])
+            e2e.append(end_s - arrivals_s[i])
+            if requests[i].output_tokens > 1 and longest > 1:
+                tpot.append((end_s - first_s) / (longest - 1))
+    return ReplayResult(
+        rate_rps=rate_rps, requests=len(e2e), ttft_s=Percentiles.of(ttft), tpot_s=Percentiles.of(tpot) if tpot else None,
+        e2e_s=Percentiles.of(e2e), wait_s=Percentiles.of(wait),
+        throughput_rps=counted_batch_requests / max(end_s - (window_start_s or 0.0), 1e-9),
+        mean_batch_size=counted_batch_requests / max(counted_batches, 1), batches=counted_batches, duration_s=end_s)
+
+
+def generate_runner(model, candidate, device: str, vocab_size: int) -> RunBatch:
+    """run_batch for a loaded model: the batch left-padded as the measurement pads it
+    (traffic.batch_inputs), generate() to its longest output with the candidate's generate kwargs,
+    the first generated token's time taken by a streamer."""
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    from autotune.loading import generate_kwargs
+    from autotune.measure.throughput import _synchronize
+    from autotune.measure.traffic import WorkloadBatch, _pad_token, batch_inputs
+
+    base, pad = generate_kwargs(candidate), _pad_token(model)
+    calls = [0]
+
+    class FirstToken(BaseStreamer):
+        """generate() puts the prompt first, then each step's tokens (copied to the host)."""
+
+        def __init__(self) -> None:
+            self.puts, self.first_s = 0, None
+
+        def put(self, value) -> None:
+            self.puts += 1
+            if self.puts == 2:
+                self.first_s = time.perf_counter()
+
+        def end(self) -> None:
+            pass
+
+    def run(requests: Sequence[Request]) -> BatchTiming:
+        start = time.perf_counter()
+        batch = WorkloadBatch(tuple(requests), 0)
+        calls[0] += 1
+        input_ids, attention_mask = batch_inputs(batch, vocab_size, pad, 5000 + calls[0], device)
+        n_new = batch.new_tokens
+        streamer = FirstToken()
+        with torch.inference_mode():
+            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
+                                 **{**base, "max_new_tokens": n_new, "min_new_tokens": n_new, "pad_token_id": pad})
+        _synchronize(device)
+        end = time.perf_counter()
+        if tuple(out.shape) != (len(requests), input_ids.shape[1] + n_new):
+            raise RuntimeError(f"generate returned shape {tuple(out.shape)}: the replay would time the wrong work")
+        return BatchTiming(first_token_s=(streamer.first_s or end) - start, total_s=end - start)
+
+    return run
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The simulation's prediction and the replay's measurement at one rate."""
+
+    fraction: float  # of the capacity
+    rate_rps: float
+    simulated: SimResult
+    replayed: ReplayResult
+
+    def rows(self) -> list[tuple[str, float, float, float]]:
+        """(figure, simulated, replayed, relative error of the simulation) per latency p95."""
+        out = []
+        for name in ("ttft", "tpot", "e2e"):
+            sim, rep = getattr(self.simulated, f"{name}_s"), getattr(self.replayed, f"{name}_s")
+            if sim is not None and rep is not None:
+                out.append((f"{name}_p95", sim.p95, rep.p95, sim.p95 / rep.p95 - 1))
+        return out
+
+
+def comparison_markdown(rows: Sequence[Comparison]) -> str:
+    lines = ["| load | rate (req/s) | figure | simulated | replayed | error | mean batch sim / replay | requests |",
+             "|---|---|---|---|---|---|---|---|"]
+    for c in rows:
+        for figure, sim, rep, err in c.rows():
+            lines.append(f"| {c.fraction:.0%} | {c.rate_rps:.3g} | {figure} | {sim * 1000:,.1f} ms | {rep * 1000:,.1f} ms | "
+                         f"{err:+.1%} | {c.simulated.mean_batch_size:.2f} / {c.replayed.mean_batch_size:.2f} | {c.replayed.requests} |")
+    return "\n".join(lines)
+
+
+def service_batch_sizes(batch_size: int) -> list[int]:
+    """The batch sizes the check measures: powers of two below batch_size, and batch_size (a queue's
+    partial batches take interpolated times between them, as the study's smaller batches feed it)."""
+    sizes, k = [], 1
+    while k < batch_size:
+        sizes.append(k)
+        k *= 2
+    return sizes + [batch_size]
+
+
+def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limits, *, fractions: Sequence[float],
+                   n_requests: int, seed: int = 0, repeats: int = 3,
+                   note: Callable[[str], None] = lambda text: None) -> tuple[object, list[Comparison]]:
+    """Measure the config's service times on the workload at service_batch_sizes (each `repeats`
+    batches, traffic.measure_workload), compute its capacity under `limits` (autotune.slo.SloLimit)
+    from them, then at each fraction of it simulate and replay the same n_requests arrivals (the
+    simulation with the replay's arrival times; the output lengths drawn from the same requests).
+    Returns (capacity.Capacity, the comparisons)."""
+    from autotune.capacity import ServiceModel, arrival_times, capacity, simulate
+    from autotune.measure.traffic import build_batches, fit_request, measure_workload
+
+    points = {}
+    for k in service_batch_sizes(candidate.batch_size):
+        at_k = candidate.model_copy(update={"batch_size": k})
+        batches = build_batches(sampler.draw(repeats * k, seed + k, candidate.max_length), k, candidate.max_length)
+        _, share = sampler.over_limit(candidate.max_length)
+        points[k] = measure_workload(model, at_k, device, batches, vocab_size, workload={}, over_limit_share=share)
+        note(f"service time at batch {k}: TTFT p50 {points[k].ttft_s.median * 1000:,.1f} ms, "
+             f"e2e p50 {points[k].request_latency_s.median:.3f} s")
+    service = ServiceModel.from_measurements(points)
+    requests = [fit_request(r, candidate.max_length)[0] for r in sampler.draw(n_requests, seed + 10_007, candidate.max_length)]
+    outputs = [r.output_tokens for r in requests]
+    found = capacity(service, limits, output_tokens=outputs)
+    note(f"capacity {found.rate_rps:.4g} req/s ({found.reason})")
+    if found.rate_rps <= 0:
+        return found, []
+    runner = generate_runner(model, candidate, device, vocab_size)
+    runner(requests[:1])  # the replay's first generate() (a streamer attached) is not timed
+    comparisons = []
+    for fraction in fractions:
+        rate = fraction * found.rate_rps
+        # The same n_requests and seed: the simulation sees the replay's own arrival times, so the
+        # two differ by the service times alone (a longer simulation near capacity drifts further).
+        simulated = simulate(service, rate, output_tokens=outputs, n_requests=n_requests, seed=seed)
+        replayed = replay(requests, arrival_times(n_requests, rate, seed), candidate.batch_size, runner, rate_rps=rate)
+        comparisons.append(Comparison(fraction, rate, simulated, replayed))
+        note(f"{fraction:.0%} of capacity ({rate:.3g} req/s): replayed {replayed.requests} requests in "
+             f"{replayed.duration_s:.1f} s; e2e p95 simulated {simulated.e2e_s.p95:.3f} s, replayed {replayed.e2e_s.p95:.3f} s")
+    return found, comparisons
+
+
+def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n_requests: int, seed: int = 0,
+                      repeats: int = 3, note: Callable[[str], None] = lambda text: None) -> dict:
+    """The capacity check of a best.yaml: its model loaded here as it was tuned, its workload (the
+    fixed shape when it had none) and its --slo; returns a JSON-ready report."""
+    from autotune.loading import load_model
+    from autotune.deploy import read_deployment
+    from autotune.measure.traffic import workload_sampler
+    from autotune.models import relocate
+    from autotune.slo import parse_slo
+
+    config = read_deployment(path)
+    candidate = config.settings
+    if candidate.has_images or config.measured.output_tokens_per_s is None:
+        raise ValueError("a replay sends text requests that generate; this best.yaml serves images or scores (a reranker)")
+    device = device or config.device
+    ref = relocate(config.model)
+    model, tokenizer = load_model(ref, candidate, device)
+    text_config = getattr(model.config, "text_config", None) or model.config
+    sampler = workload_sampler(config.measured.workload, candidate.new_tokens, tokenizer, ref.config())
+    limits = parse_slo(config.slo) if config.slo else []
+    found, rows = capacity_check(model, candidate, device, int(text_config.vocab_size), sampler, limits,
+                                 fractions=fractions, n_requests=n_requests, seed=seed, repeats=repeats, note=note)
+    return {
+        "best_yaml": str(path), "device": device, "settings": candidate.label(), "slo": config.slo or "",
+        "workload": sampler.workload.describe(), "requests_per_rate": n_requests, "seed": seed,
+        "capacity_rps": found.rate_rps, "saturation_rps": found.saturation_rps, "capacity_reason": found.reason,
+        "recorded_capacity_rps": config.capacity.rate_rps if config.capacity else None,
+        "rows": [{"fraction": c.fraction, "rate_rps": c.rate_rps, "figure": figure, "simulated_s": sim, "replayed_s": rep,
+                  "error": err, "mean_batch_simulated": c.simulated.mean_batch_size,
+                  "mean_batch_replayed": c.replayed.mean_batch_size, "requests": c.replayed.requests,
+                  "replay_s": c.replayed.duration_s}
+                 for c in rows for figure, sim, rep, err in c.rows()],
+        "markdown": comparison_markdown(rows),
+    }

@@ -1,0 +1,130 @@
+"""The replay load generator (autotune/replay.py): on a virtual clock with the simulation's own
+service times it serves exactly what the simulation predicts (same queue, same batches), and on
+the tiny random model on CPU it measures real batches with a streamer's first token; the capacity
+check end to end on CPU."""
+
+from __future__ import annotations
+
+from dataclasses import astuple
+
+import pytest
+from autotune.capacity import ServiceModel, arrival_times, simulate
+from autotune.replay import BatchTiming, capacity_check, generate_runner, replay, service_batch_sizes
+from autotune.slo import parse_slo
+from autotune.spec import Candidate
+from autotune.workload import Request, WorkloadSampler, parse_workload_flag
+from tests.test_workload_measure import tiny_model  # noqa: F401 (a fixture)
+
+# Deterministic service: one sample per measured size, so every batch of k takes the same time.
+SERVICE = ServiceModel.from_samples({1: ([0.05], [0.010]), 4: ([0.08], [0.012]), 8: ([0.12], [0.015])})
+
+
+class VirtualClock:
+    """Time that moves only when the server sleeps or a batch runs."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        assert seconds >= 0
+        self.now += seconds
+
+    def runner(self, service: ServiceModel):
+        def run(requests) -> BatchTiming:
+            k, longest = len(requests), max(r.output_tokens for r in requests)
+            prefill_s, total_s = service.prefill_s(k, 0.0), service.batch_s(k, longest, 0.0)
+            self.now += total_s
+            return BatchTiming(first_token_s=prefill_s, total_s=total_s)
+        return run
+
+
+@pytest.mark.parametrize("rate_rps", [5.0, 30.0, 60.0])  # light, moderate and near saturation (about 62 req/s)
+def test_on_a_virtual_clock_the_replay_is_the_simulation(rate_rps: float) -> None:
+    """Same arrivals, same deterministic service times: the replay's queue forms the simulation's
+    batches, so every percentile agrees to rounding. This pins the replay's queueing to the model
+    the capacity is computed with; on hardware the difference is then the service-time model."""
+    n = 2_000
+    vc = VirtualClock()
+    requests = [Request(16, 32)] * n
+    rep = replay(requests, arrival_times(n, rate_rps, seed=4), 8, vc.runner(SERVICE), clock=vc.clock, sleep=vc.sleep)
+    sim = simulate(SERVICE, rate_rps, output_tokens=32, n_requests=n, seed=4)
+    assert rep.requests == sim.requests == n - n // 10
+    for name in ("ttft_s", "tpot_s", "e2e_s", "wait_s"):
+        assert astuple(getattr(rep, name)) == pytest.approx(astuple(getattr(sim, name)), rel=1e-9, abs=1e-12), name
+    assert rep.mean_batch_size == pytest.approx(sim.mean_batch_size)
+    assert rep.throughput_rps == pytest.approx(sim.throughput_rps)
+
+
+def test_batches_fill_up_to_batch_size_under_overload_and_stay_single_when_idle() -> None:
+    vc = VirtualClock()
+    requests = [Request(4, 8)] * 200
+    burst = replay(requests, [0.0] * 200, 8, vc.runner(SERVICE), clock=vc.clock, sleep=vc.sleep)
+    assert burst.mean_batch_size == 8 and burst.batches == 180 // 8 + 1
+    vc = VirtualClock()
+    sparse = replay(requests, [i * 10.0 for i in range(200)], 8, vc.runner(SERVICE), clock=vc.clock, sleep=vc.sleep)
+    assert sparse.mean_batch_size == 1 and sparse.wait_s.p99 == 0
+    assert sparse.ttft_s.p50 == pytest.approx(0.05) and sparse.e2e_s.p50 == pytest.approx(0.05 + 7 * 0.010)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda run: replay([Request(4, 4)] * 3, [0.0, 1.0], 2, run), "one arrival time per request"),
+    (lambda run: replay([Request(4, 4)] * 2, [1.0, 0.0], 2, run), "sorted"),
+    (lambda run: replay([Request(4, 4)] * 2, [0.0, 1.0], 0, run), "batch_size"),
+    (lambda run: replay([Request(4, 4)] * 2, [0.0, 1.0], 2, run, warmup_fraction=1.0), "no request to count"),
+])
+def test_bad_replay_inputs_say_what_is_wrong(call, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call(VirtualClock().runner(SERVICE))
+
+
+def test_service_batch_sizes_are_powers_of_two_and_the_batch() -> None:
+    assert service_batch_sizes(1) == [1]
+    assert service_batch_sizes(8) == [1, 2, 4, 8]
+    assert service_batch_sizes(12) == [1, 2, 4, 8, 12]
+
+
+def test_the_model_runner_times_a_real_padded_batch_with_its_first_token(tiny_model) -> None:
+    model = tiny_model
+    cand = Candidate(dtype="fp32", batch_size=4, max_length=64, new_tokens=8)
+    run = generate_runner(model, cand, "cpu", model.config.vocab_size)
+    one = run([Request(5, 2), Request(20, 12)])
+    assert 0 < one.first_token_s < one.total_s
+    # Twelve tokens take longer than one: the first token is not the end of the batch.
+    short = min(run([Request(20, 1), Request(20, 1)]).total_s for _ in range(3))
+    long = min(run([Request(20, 24), Request(20, 24)]).total_s for _ in range(3))
+    assert long > 3 * short
+
+
+def test_the_capacity_check_runs_end_to_end_on_cpu(tiny_model) -> None:
+    """Service times measured on the workload at 1, 2 and 4, the capacity under an e2e limit, and
+    the simulation next to a real replay at half of it."""
+    model = tiny_model
+    cand = Candidate(dtype="fp32", batch_size=4, max_length=64, new_tokens=8)
+    sampler = WorkloadSampler(parse_workload_flag("prompt=8-40,output=2-16"), new_tokens=8)
+    notes: list[str] = []
+    found, rows = capacity_check(model, cand, "cpu", model.config.vocab_size, sampler, parse_slo("e2e_p95=400ms"),
+                                 fractions=[0.5], n_requests=120, note=notes.append)
+    assert found.rate_rps > 0 and len(rows) == 1
+    row = rows[0]
+    assert row.replayed.requests == row.simulated.requests == 108  # the same arrivals, the same warm-up
+    assert row.rate_rps == pytest.approx(0.5 * found.rate_rps)
+    figures = {name for name, *_ in row.rows()}
+    assert figures == {"ttft_p95", "tpot_p95", "e2e_p95"}
+    assert any("batch 4" in n for n in notes) and any("50% of capacity" in n for n in notes)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--at", "0"], "fractions must be above 0"),
+    (["--at", "half"], "cannot read it"),
+    (["--at", "50"], "at most 2"),  # 50 meant as percent
+    (["--requests", "10"], "between 112"),
+    ([], "cannot read"),  # no best.yaml there
+])
+def test_replay_refuses_bad_flags_in_one_line(tmp_path, args: list[str], message: str) -> None:
+    from tests.conftest import run_cli
+
+    result = run_cli("replay", str(tmp_path / "best.yaml"), *args)
+    assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
