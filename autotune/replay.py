@@ -239,8 +239,10 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
         simulated = simulate(service, rate, output_tokens=outputs, n_requests=n_requests, seed=seed)
         replayed = replay(requests, arrival_times(n_requests, rate, seed), candidate.batch_size, runner, rate_rps=rate)
         comparisons.append(Comparison(fraction, rate, simulated, replayed))
+        figures = "; ".join(f"{name} simulated {sim * 1000:,.1f} ms, replayed {rep * 1000:,.1f} ms ({err:+.1%})"
+                            for name, sim, rep, err in comparisons[-1].rows())
         note(f"{fraction:.0%} of capacity ({rate:.3g} req/s): replayed {replayed.requests} requests in "
-             f"{replayed.duration_s:.1f} s; e2e p95 simulated {simulated.e2e_s.p95:.3f} s, replayed {replayed.e2e_s.p95:.3f} s")
+             f"{replayed.duration_s:.1f} s; {figures}")
     return found, comparisons
 
 
