@@ -11,6 +11,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState as OptunaState
 
+from autotune.objectives import objective as objective_def
 from autotune.spec import Stat, TrialRecord
 from autotune.study.context import RECORD_ATTR  # the study owns how records are stored on trials
 
@@ -20,11 +21,9 @@ MIN_TRIALS_FOR_IMPORTANCE = 2
 
 
 def objective_stat(record: TrialRecord, objective: str) -> Stat | None:
-    """The measured figure the objective ranks: throughput (tok/s or pairs/s) or request latency (s)."""
-    m = record.outcome.measurement
-    if m is None:
-        return None
-    return m.throughput if objective == "throughput" else m.request_latency_s
+    """The measured figure the objective ranks (autotune/objectives.py): throughput (tok/s or
+    pairs/s), request latency (s) or goodput (req/s)."""
+    return objective_def(objective).stat(record.outcome.measurement)
 
 
 def front_candidates(records: list[TrialRecord]) -> list[TrialRecord]:
@@ -42,7 +41,8 @@ def quality_on_front(records: list[TrialRecord]) -> bool:
 def _goodness(record: TrialRecord, objective: str, with_quality: bool) -> tuple[float, ...]:
     """The record's Pareto coordinates, each oriented so that higher is better."""
     m = record.outcome.measurement
-    speed = m.throughput.median if objective == "throughput" else -m.request_latency_s.median
+    ranked = objective_def(objective)
+    speed = -ranked.key(objective_stat(record, objective).median)
     coords = (speed, -m.peak_memory_gib)
     return coords + (record.outcome.quality.score,) if with_quality else coords
 
@@ -97,7 +97,7 @@ def importances(study: optuna.Study | None, objective: str) -> Importances:
     if not varying:
         return Importances({}, len(trials), "every feasible measured trial has the same value for every knob; "
                                             "nothing to attribute the differences to")
-    feasible = optuna.create_study(direction="maximize" if objective == "throughput" else "minimize")
+    feasible = optuna.create_study(direction=objective_def(objective).direction)
     feasible.add_trials(trials)
     try:
         values = optuna.importance.get_param_importances(feasible, params=varying)

@@ -204,7 +204,7 @@ def show(
     finished or running study; write report.html if the directory has none. With --storage and
     --study, write trials.jsonl, best.yaml and report.html from the storage first."""
     from autotune.analysis import importances, load_saved_study
-    from autotune.report import load_results, print_analysis, print_results, trials_markdown
+    from autotune.report import load_results, objectives_front_markdown, print_analysis, print_results, study_objectives, trials_markdown
     from autotune.report_html import REPORT_FILE, write_report_or_warn
 
     if storage is not None:
@@ -224,9 +224,13 @@ def show(
         study = ctx.study
     objective = config.objective if config else "throughput"
     if config is None and study is not None:  # nothing feasible yet: the study's identity says what it optimises
-        objective = str(study.user_attrs.get("objective", objective))
+        objective = str(study.user_attrs.get("objective", objective)).split(",")[0]  # a multi-objective study's first
     if markdown:
         print(trials_markdown(recs, objective))
+        names = study_objectives(recs)
+        front = objectives_front_markdown(recs, names, config.trial_number if config else None) if names else None
+        if front is not None:
+            print("\n" + front)
         return
     if not (out / REPORT_FILE).is_file():
         write_report_or_warn(out, recs, study, objective, config)

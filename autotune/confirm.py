@@ -53,6 +53,8 @@ import optuna
 from autotune.spec import Candidate, Confirmation, ConfirmedCandidate, Measurement, Stat, TrialRecord
 from autotune.worker.client import worker_state_suspect
 from autotune.worker.protocol import WorkRequest
+from autotune.objectives import objective as objective_def
+from autotune.slo import goodput
 
 if TYPE_CHECKING:
     from autotune.study.context import StudyContext
@@ -68,17 +70,24 @@ REPEATS_PER_ROUND = 2
 CONFIRM_TRIAL_NUMBER = -2
 
 
+KNEE_NOTE = ("a multi-objective study without --slo: best.yaml holds its Pareto front's knee, measured once "
+             "(the confirmation ranks by one objective; give --slo to choose the best within it, confirmed)")
+
+
 def objective_stat(measurement: Measurement, objective: str) -> Stat:
     """The Stat the objective is the median of (as study.objective_value)."""
-    return measurement.throughput if objective == "throughput" else measurement.request_latency_s
+    stat = objective_def(objective).stat(measurement)
+    if stat is None:
+        raise ValueError(f"the measurement has no {objective} figure")
+    return stat
 
 
 def top_candidates(recs: list[TrialRecord], objective: str, k: int) -> list[TrialRecord]:
     """The k best feasible measured trials by the search's objective value, one per candidate, in
     the order study.best_record ranks them (ties to lower peak memory, then the earlier trial)."""
-    sign = -1 if objective == "throughput" else 1
+    key = objective_def(objective).key
     feasible = [r for r in recs if r.state == "measured" and r.objective_value is not None]
-    ranked = sorted(feasible, key=lambda r: (sign * r.objective_value, r.outcome.measurement.peak_memory_gib, r.number))
+    ranked = sorted(feasible, key=lambda r: (key(r.objective_value), r.outcome.measurement.peak_memory_gib, r.number))
     top: list[TrialRecord] = []
     for r in ranked:
         if len(top) == k:
@@ -171,8 +180,8 @@ def decide(candidates: list[ConfirmedCandidate], objective: str) -> tuple[int | 
     if not alive:
         why = "; ".join(f"#{c.trial_number}: {c.dropped or 'not measured'}" for c in candidates)
         return None, [], f"no candidate could be re-measured ({why})"
-    sign = -1 if objective == "throughput" else 1
-    ranked = sorted(alive, key=lambda c: (sign * c.confirmed.median, c.peak_memory_gib or 0.0))
+    key = objective_def(objective).key
+    ranked = sorted(alive, key=lambda c: (key(c.confirmed.median), c.peak_memory_gib or 0.0))
     leader = ranked[0]
     tied = [c for c in ranked if within_noise(leader.confirmed, c.confirmed)]
     if len(tied) == 1:
@@ -184,7 +193,7 @@ def decide(candidates: list[ConfirmedCandidate], objective: str) -> tuple[int | 
         return leader.trial_number, [leader.trial_number], (
             f"#{leader.trial_number} {_figure(leader.confirmed)} beats #{runner.trial_number} {_figure(runner.confirmed)}: "
             f"{(factor - 1) * 100:.1f}% apart, more than the {noise:.1f}% the spreads explain")
-    winner = min(tied, key=lambda c: (c.peak_memory_gib if c.peak_memory_gib is not None else float("inf"), sign * c.confirmed.median))
+    winner = min(tied, key=lambda c: (c.peak_memory_gib if c.peak_memory_gib is not None else float("inf"), key(c.confirmed.median)))
     others = ", ".join(f"#{c.trial_number} {_figure(c.confirmed)}" for c in tied)
     return winner.trial_number, [c.trial_number for c in tied], (
         f"tie within the noise: {others}; #{winner.trial_number} wins with the lowest peak memory "
@@ -278,6 +287,8 @@ def confirm(ctx: StudyContext, worker: WorkerClient, top: list[TrialRecord], rep
             m = outcome.measurement
             if m is not None:
                 measuring_s += m.warmup_s + m.measure_s
+                if ctx.spec.slo_limits:  # as the study's tell: what --objective goodput ranks
+                    m.goodput_rps = goodput(m, ctx.spec.slo_limits)
             if outcome.status != "ok" or m is None:
                 dropped[r.number] = f"round {i + 1}: {outcome.status}{retried}: {outcome.reason[:300]}"
             elif budget is not None and m.peak_memory_gib > budget:
@@ -343,6 +354,9 @@ def confirm_study(ctx: StudyContext, worker: WorkerClient, recs: list[TrialRecor
     spec = ctx.spec
     if spec.confirm_top == 0:
         return None
+    if spec.knee_choice:
+        note("confirmation skipped: " + KNEE_NOTE)
+        return None
     top = top_candidates(recs, spec.objective, spec.confirm_top)
     if len(top) < 2:
         note(f"confirmation skipped: {len(top)} feasible candidate{'s' if len(top) != 1 else ''} measured, nothing to compare")
@@ -370,7 +384,7 @@ def confirm_study(ctx: StudyContext, worker: WorkerClient, recs: list[TrialRecor
 def confirmed_best(ctx: StudyContext, recs: list[TrialRecord], best: TrialRecord) -> tuple[TrialRecord, Confirmation | None]:
     """The record best.yaml describes: the stored confirmation's winner with its pooled figures,
     when that confirmation covers the current top k; otherwise the search's best, unconfirmed."""
-    stored = stored_confirmation(ctx.study) if ctx.spec.confirm_top else None
+    stored = stored_confirmation(ctx.study) if ctx.spec.confirm_top and not ctx.spec.knee_choice else None
     if stored is None:
         return best, None
     confirmation, measurement = stored
@@ -397,6 +411,8 @@ def unconfirmed_reason(ctx: StudyContext, recs: list[TrialRecord], applied: Conf
                 f"re-run the same command with more --timeout to complete it")
     if not spec.confirm_top:
         return "confirmation off (--confirm-top 0): the search's best, measured once"
+    if spec.knee_choice:
+        return KNEE_NOTE
     top = top_candidates(recs, spec.objective, spec.confirm_top)
     if len(top) < 2:
         return f"{len(top)} feasible candidate{'s' if len(top) != 1 else ''} measured, nothing to compare: the search's best, measured once"

@@ -14,6 +14,7 @@ from autotune.knobs import cells as knob_cells
 from autotune.knobs import column_groups
 from autotune.spec import Candidate, DeploymentConfig, TrialRecord
 from autotune.study.results import baseline_record, best_record
+from autotune.objectives import objective as objective_def
 
 _STATE_STYLE = {"measured": "green", "infeasible": "yellow", "low_quality": "magenta", "slo_violated": "magenta", "unsupported": "dim", "failed": "red",
                 "duplicate": "dim"}
@@ -55,8 +56,7 @@ def _result_text(r: TrialRecord, objective: str) -> str:
     style = _STATE_STYLE.get(r.state, "")
     m, q = r.outcome.measurement, r.outcome.quality
     if m is not None:
-        figure = (f"{m.throughput.median:,.1f} {m.throughput_unit} ±{m.throughput.spread_pct:.0f}%"
-                  if objective == "throughput" else f"{m.request_latency_s.median * 1000:,.0f} ms")
+        figure = objective_def(objective).format(m, spread=not objective_def(objective).latency)
         text = f"{figure}, peak {m.peak_memory_gib:.2f} GiB" + (f", {q.metric} {q.score:.3f}" if q else "")
         if r.state == "infeasible":
             text += f" (over budget by {r.constraints['over_budget_gib']:.2f} GiB)"
@@ -113,7 +113,7 @@ def trial_rows(recs: list[TrialRecord], objective: str, baseline_value: float | 
         c, m, q = r.candidate, r.outcome.measurement, r.outcome.quality
         ratio = None
         if m is not None and baseline_value and r.objective_value:
-            ratio = r.objective_value / baseline_value if objective == "throughput" else baseline_value / r.objective_value
+            ratio = objective_def(objective).ratio(r.objective_value, baseline_value)
         rows.append((r.state, [
             f"{r.number}{'*' if r.is_baseline else ''}", *knob_cells(c, _KNOB_COLUMNS["text"]),
             r.state + (f" (from #{r.outcome.inferred_from})" if r.outcome.inferred_from is not None
@@ -191,7 +191,7 @@ def offload_line(recs: list[TrialRecord], config: DeploymentConfig | None, objec
     best_off = best_record(offloaded, objective)
 
     def slower(a: float, b: float) -> str:  # how much slower a is than b
-        factor = b / a if objective == "throughput" else a / b
+        factor = objective_def(objective).ratio(b, a)
         return f"{factor:.2f}× slower" if factor >= 1 else f"{1 / factor:.2f}× faster"
 
     if config.settings.cpu_offload_gib:
@@ -248,9 +248,40 @@ def workload_line(config: DeploymentConfig | None) -> str | None:
     return line + f", e2e {pcts(m.request_latency_s)}"
 
 
+def study_objectives(recs: list[TrialRecord]) -> list[str]:
+    """A multi-objective study's objectives, from its records (empty for a single objective)."""
+    return next((list(r.objective_values) for r in recs if len(r.objective_values) > 1), [])
+
+
+def objectives_front_markdown(recs: list[TrialRecord], names: list[str], chosen: int | None) -> str | None:
+    """A multi-objective study's Pareto front over its objectives (autotune/study/pareto.py), best
+    first by the first objective, the chosen point starred; None when nothing is on it yet."""
+    from autotune.study.pareto import objective_front
+
+    front = objective_front(recs, names)
+    if not front:
+        return None
+    defs = [objective_def(n) for n in names]
+    head = " | ".join(f"{d.title} ({d.unit(front[0].outcome.measurement)})" for d in defs)
+    lines = [f"Pareto front of {' × '.join(names)} ({len(front)} of "
+             f"{sum(1 for r in recs if r.state == 'measured')} feasible measured trials; * = best.yaml's point)",
+             f"| # | settings | {head} | peak GiB |", "|--:|---|" + "--:|" * len(defs) + "--:|"]
+    for r in front:
+        values = " | ".join(f"{r.objective_values[n] * d.scale:,.{0 if d.latency else 2}f}" for n, d in zip(names, defs))
+        lines.append(f"| {r.number}{'*' if r.number == chosen else ''} | {r.candidate.label()} | {values} | "
+                     f"{r.outcome.measurement.peak_memory_gib:.2f} |")
+    return "\n".join(lines)
+
+
 def print_results(console: Console, recs: list[TrialRecord], config: DeploymentConfig | None, objective: str, out: Path) -> None:
     base = baseline_record(recs)
     console.print(trials_table(recs, objective, base.objective_value if base else None))
+    names = study_objectives(recs)
+    front = objectives_front_markdown(recs, names, config.trial_number if config else None) if names else None
+    if front is not None:
+        console.print(front, markup=False, highlight=False, soft_wrap=True)
+        if config is not None and config.chosen_by:
+            console.print(f"best.yaml holds #{config.trial_number}: {config.chosen_by}", markup=False, highlight=False)
     per_length = best_per_max_length(recs, objective)
     if per_length is not None:
         console.print(per_length)
@@ -287,8 +318,8 @@ def pareto_table(recs: list[TrialRecord], objective: str) -> Table | None:
         return None
     with_quality = quality_on_front(recs)
     base = baseline_record(recs)
-    figure = "throughput" if objective == "throughput" else "latency"
-    unit, scale = (front[0].outcome.measurement.throughput_unit, 1.0) if objective == "throughput" else ("ms", 1000.0)
+    ranked = objective_def(objective)
+    figure, unit, scale = ranked.title, ranked.unit(front[0].outcome.measurement), ranked.scale
     dims = f"{figure}, peak memory and quality" if with_quality else f"{figure} and peak memory"
     table = Table(title=f"Pareto front ({figure} × peak memory{' × quality' if with_quality else ''})", header_style="bold")
     for name in ("#", "settings", f"{figure} ({unit})", "spread", "peak GiB", *(("quality",) if with_quality else ()), "× base"):
@@ -297,7 +328,7 @@ def pareto_table(recs: list[TrialRecord], objective: str) -> Table | None:
         stat, q = objective_stat(r, objective), r.outcome.quality
         ratio = None
         if base is not None and base.objective_value and r.objective_value:
-            ratio = r.objective_value / base.objective_value if objective == "throughput" else base.objective_value / r.objective_value
+            ratio = ranked.ratio(r.objective_value, base.objective_value)
         table.add_row(f"{r.number}{'*' if r.is_baseline else ''}", r.candidate.label(), f"{stat.median * scale:,.1f}",
                       f"{stat.spread_pct:.0f}%", f"{r.outcome.measurement.peak_memory_gib:.2f}",
                       *((f"{q.metric} {q.score:.3f}",) if with_quality else ()), _fmt(ratio, ".2f"))

@@ -21,10 +21,13 @@ import optuna
 from autotune.analysis import Importances, front_candidates, importances, objective_stat, pareto_front, quality_on_front
 from autotune.atomic import atomic_write_text
 from autotune.spec import DeploymentConfig, TrialRecord
+from autotune.objectives import objective as objective_def
+from autotune.report import objectives_front_markdown, study_objectives
 
 REPORT_FILE = "report.html"
 PARETO_DIV_ID = "pareto-front"
 PARETO_TITLE = "Pareto front"
+OBJECTIVES_DIV_ID = "objectives-front"
 FIGURE_HEIGHT_PX = 520
 # Trials that could not run or went over a constraint are drawn in this grey, whatever their settings.
 INFEASIBLE_GREY = "#b0b0b0"
@@ -36,22 +39,19 @@ _log = logging.getLogger(__name__)
 def _objective_axis(records: list[TrialRecord], objective: str) -> tuple[str, float]:
     """The objective's label with its unit, and the factor from the stored figure (tok/s or s) to
     the shown one (latency is shown in ms)."""
-    if objective == "latency":
-        return "request latency (ms)", 1000.0
-    unit = next((r.outcome.measurement.throughput_unit for r in records if r.outcome.measurement is not None), "tok/s")
-    return f"throughput ({unit})", 1.0
+    ranked = objective_def(objective)
+    m = next((r.outcome.measurement for r in records if r.outcome.measurement is not None), None)
+    return f"{ranked.title} ({ranked.unit(m)})", ranked.scale
 
 
 def _axis_title(records: list[TrialRecord], objective: str) -> str:
     label = _objective_axis(records, objective)[0]
-    return label[:-1] + (", higher is better)" if objective == "throughput" else ", lower is better)")
+    return label[:-1] + (", higher is better)" if objective_def(objective).maximize else ", lower is better)")
 
 
 def _hover(r: TrialRecord, objective: str) -> str:
     m, q = r.outcome.measurement, r.outcome.quality
-    stat = objective_stat(r, objective)
-    figure = (f"{stat.median:,.1f} {m.throughput_unit}" if objective == "throughput"
-              else f"{stat.median * 1000:,.1f} ms") + f" ±{stat.spread_pct:.0f}%"
+    figure = objective_def(objective).format(m)
     lines = [f"#{r.number} {r.candidate.label()}", f"{r.state}: {figure}, peak {m.peak_memory_gib:.2f} GiB"]
     if q is not None:
         lines.append(f"{q.metric} {q.score:.3f}" + (f", KL {q.kl_mean:.4f}" if q.kl_mean is not None else ""))
@@ -132,7 +132,7 @@ def pareto_figure(records: list[TrialRecord], objective: str, best: DeploymentCo
         if best.memory_budget_gib is not None:
             fig.add_vline(x=best.memory_budget_gib, line={"dash": "dash", "color": "#d62728", "width": 1},
                           annotation_text=f"memory budget {best.memory_budget_gib:.1f} GiB", annotation_position="top left")
-    dims = "throughput" if objective == "throughput" else "latency"
+    dims = objective_def(objective).title
     title = f"{PARETO_TITLE}: {dims} × peak memory" + (" × quality" if with_quality else "")
     fig.update_layout(
         title={"text": title + "<br><sup>ringed: on the Pareto front (no other feasible trial is at least as good on every "
@@ -165,7 +165,7 @@ def history_figure(records: list[TrialRecord], objective: str):
     best_x, best_y, best_so_far = [], [], None
     for r in feasible:
         value = objective_stat(r, objective).median
-        if best_so_far is None or (value > best_so_far if objective == "throughput" else value < best_so_far):
+        if best_so_far is None or objective_def(objective).better(value, best_so_far):
             best_so_far = value
         best_x.append(r.number)
         best_y.append(best_so_far * scale)
@@ -234,8 +234,7 @@ def _header(records: list[TrialRecord], objective: str, best: DeploymentConfig |
         model = f"{best.model.name} ({best.model.kind})"
         device = f"{best.fingerprint.device_name} [{best.device}]"
         m = best.measured
-        figure = (f"{m.throughput.median:,.1f} {m.throughput_unit} (spread {m.throughput.spread_pct:.0f}%)" if objective == "throughput"
-                  else f"{m.request_latency_s.median * 1000:,.1f} ms request latency (spread {m.request_latency_s.spread_pct:.0f}%)")
+        figure = f"{objective_def(objective).format(m)} {objective_def(objective).title}"
         quality = f", {best.quality.metric} {best.quality.score:.3f}" if best.quality else ""
         speedup = f"<b>{best.speedup_vs_baseline:.2f}× baseline</b>" if best.speedup_vs_baseline else "baseline not measured"
         budget = f" of {best.memory_budget_gib:.1f} GiB budget" if best.memory_budget_gib else ""
@@ -287,6 +286,38 @@ def _trial_table(records: list[TrialRecord], objective: str) -> str:
     return f"<table id='trials-table'><tr>{head}</tr>{''.join(body)}</table>"
 
 
+def objectives_figure(records: list[TrialRecord], names: list[str], best: DeploymentConfig | None):
+    """A multi-objective study: its first two objectives against each other, every feasible measured
+    trial a dot, the front's points ringed and joined, best.yaml's point a star."""
+    import plotly.graph_objects as go
+
+    from autotune.study.pareto import objective_front
+
+    x_def, y_def = objective_def(names[0]), objective_def(names[1])
+    pool = [r for r in records if r.state == "measured" and names[0] in r.objective_values and names[1] in r.objective_values]
+    front = objective_front(records, names)
+    unit = lambda d: d.unit(pool[0].outcome.measurement if pool else None)  # noqa: E731
+    point = lambda r: (r.objective_values[names[0]] * x_def.scale, r.objective_values[names[1]] * y_def.scale)  # noqa: E731
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[point(r)[0] for r in pool], y=[point(r)[1] for r in pool], mode="markers", name="measured",
+                             marker={"size": 8, "color": "#1f77b4"}, hovertext=[f"#{r.number} {r.candidate.label()}" for r in pool],
+                             hoverinfo="text"))
+    ordered = sorted(front, key=lambda r: point(r)[0])
+    fig.add_trace(go.Scatter(x=[point(r)[0] for r in ordered], y=[point(r)[1] for r in ordered], mode="lines+markers",
+                             name="Pareto front", line={"dash": "dot", "color": "#202020", "width": 1},
+                             marker={"size": 13, "color": "rgba(0,0,0,0)", "line": {"width": 2, "color": "#202020"}},
+                             hovertext=[f"#{r.number} {r.candidate.label()} (front)" for r in ordered], hoverinfo="text"))
+    chosen = [r for r in pool if best is not None and r.number == best.trial_number]
+    if chosen:
+        fig.add_trace(go.Scatter(x=[point(chosen[0])[0]], y=[point(chosen[0])[1]], mode="markers", name="best.yaml",
+                                 marker={"symbol": "star", "size": 18, "color": "#d62728"}, hoverinfo="skip"))
+    direction = lambda d: "higher is better" if d.maximize else "lower is better"  # noqa: E731
+    fig.update_layout(title={"text": f"{x_def.title} × {y_def.title}"}, height=460,
+                      xaxis_title=f"{x_def.title} ({unit(x_def)}, {direction(x_def)})",
+                      yaxis_title=f"{y_def.title} ({unit(y_def)}, {direction(y_def)})")
+    return fig
+
+
 def render_report(records: list[TrialRecord], study: optuna.Study | None, objective: str, best: DeploymentConfig | None) -> str:
     """The whole page as one string (plotly.js inlined with the first figure)."""
     import plotly.io as pio
@@ -308,7 +339,7 @@ def render_report(records: list[TrialRecord], study: optuna.Study | None, object
     sections.append("<section id='pareto'><h2>Pareto front</h2>")
     if any(r.outcome.measurement is not None for r in records):
         sections.append(figure_html(pareto_figure(records, objective, best), PARETO_DIV_ID))
-        dims = ("throughput" if objective == "throughput" else "latency") + (", peak memory and quality" if quality_on_front(records)
+        dims = objective_def(objective).title + (", peak memory and quality" if quality_on_front(records)
                                                                             else " and peak memory")
         sections.append(f"<p class='note'>A feasible measured trial is on the front when no other is at least as good on {dims} "
                         f"and better on one of them{html.escape(not_plotted)}.</p>")
@@ -316,6 +347,16 @@ def render_report(records: list[TrialRecord], study: optuna.Study | None, object
     else:
         sections.append(f"<p class='note'>No trial has a measurement yet{html.escape(not_plotted)}.</p>")
     sections.append("</section>")
+
+    names = study_objectives(records)
+    if names:
+        sections.append("<section id='objectives-front'><h2>Pareto front of the objectives</h2>")
+        sections.append(figure_html(objectives_figure(records, names, best), OBJECTIVES_DIV_ID))
+        front = objectives_front_markdown(records, names, best.trial_number if best else None) or "nothing on the front yet"
+        sections.append(f"<pre class='note'>{html.escape(front)}</pre>")
+        if best is not None and best.chosen_by:
+            sections.append(f"<p class='note'>best.yaml holds #{best.trial_number}: {html.escape(best.chosen_by)}.</p>")
+        sections.append("</section>")
 
     sections.append("<section id='history'><h2>Optimisation history</h2>")
     if any(r.outcome.measurement is not None for r in records):

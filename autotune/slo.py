@@ -132,15 +132,33 @@ def violations(measurement: Measurement, limits: list[SloLimit]) -> list[str]:
 
 def goodput_share(measurement: Measurement, limits: list[SloLimit]) -> float:
     """The share of measured requests whose own latencies meet every limit's figure (a request
-    meets ttft_p95 <= X when its TTFT <= X). Each repeat's batch carries the same number of
-    requests, so this is the share of repeats within every limit."""
-    stats = [(limit, _stat(measurement, limit.latency)) for limit in limits]
-    stats = [(limit, s) for limit, s in stats if s is not None and s.samples]
-    if not stats:
-        return 1.0
-    if len({len(s.samples) for _, s in stats}) > 1:  # pairing by position would mix requests up
-        raise ValueError("the limits' samples are not one per request alike (a workload's one-token requests have no "
-                         "TPOT); goodput needs the same requests behind every latency")
-    n = min(len(s.samples) for _, s in stats)
-    good = sum(1 for i in range(n) if all(s.samples[i] <= limit.limit_s for limit, s in stats))
+    meets ttft_p95 <= X when its TTFT <= X). Under the fixed shape each repeat's batch carries the
+    same number of requests, so this is the share of repeats within every limit. Under a workload
+    the samples are per request, TPOT only for requests of two or more output tokens
+    (Measurement.request_output_tokens says which): a request without a TPOT meets a TPOT limit."""
+    per_request = {"ttft": measurement.ttft_s.samples, "e2e": measurement.request_latency_s.samples}
+    n = len(per_request["ttft"])
+    if measurement.tpot_s is not None:
+        tpot = list(measurement.tpot_s.samples)
+        outputs = measurement.request_output_tokens
+        if len(tpot) == n:
+            per_request["tpot"] = tpot
+        elif outputs is not None and len(outputs) == n and sum(1 for o in outputs if o > 1) == len(tpot):
+            it = iter(tpot)
+            per_request["tpot"] = [next(it) if o > 1 else 0.0 for o in outputs]
+        else:
+            raise ValueError("the TPOT samples cannot be matched to requests; goodput needs the same requests behind every latency")
+    if not n:
+        return 0.0
+    judged = [(limit, per_request[limit.latency]) for limit in limits if limit.latency in per_request]
+    good = sum(1 for i in range(n) if all(samples[i] <= limit.limit_s for limit, samples in judged))
     return good / n
+
+
+def goodput(measurement: Measurement, limits: list[SloLimit]) -> Stat:
+    """Requests/s within every limit: each timed repeat's requests/s times the measurement's share
+    of requests within every limit (goodput_share)."""
+    from autotune.spec import Stat
+
+    share = goodput_share(measurement, limits)
+    return Stat.of([rps * share for rps in measurement.requests_per_s.samples])

@@ -20,7 +20,7 @@ from autotune.serving import ServingCapacity
 from autotune.units import parse_memory, parse_min_quality  # noqa: F401 (re-exported)
 
 DType = Literal["fp32", "fp16", "bf16"]  # the names of autotune/dtypes.py's registry (a test keeps them equal)
-Objective = Literal["throughput", "latency"]
+Objective = Literal["throughput", "latency", "goodput"]  # the names of autotune/objectives.py's registry
 SCHEMA_VERSION = 1
 
 
@@ -209,7 +209,9 @@ class Stat(_Strict):
     @classmethod
     def of(cls, samples: list[float]) -> Stat:
         med = statistics.median(samples)
-        spread = (max(samples) - min(samples)) / med * 100 if med else float("inf")
+        # Equal samples have no spread, even at 0 (a goodput of 0 req/s); a spread around a zero
+        # median is unbounded.
+        spread = 0.0 if max(samples) == min(samples) else (max(samples) - min(samples)) / med * 100 if med else float("inf")
         return cls(median=med, min=min(samples), max=max(samples), spread_pct=spread, samples=samples)
 
 
@@ -241,6 +243,8 @@ class Measurement(_Strict):
     workload_over_limit_share: float | None = Field(default=None, description="share of the workload's requests over max_length")
     workload_truncated: int | None = Field(default=None, description="timed requests over max_length, truncated to fit")
     padding_share: float | None = Field(default=None, description="padded tokens / all tokens the timed batches processed")
+    goodput_rps: Stat | None = Field(default=None, description="requests/s within every --slo limit (set by the study "
+                                     "from its --slo: requests_per_s times the share of requests within every limit)")
     request_output_tokens: list[int] | None = Field(default=None, description="a workload's timed requests' output lengths, as "
                                                     "served (the capacity simulation draws from them)")
 
@@ -368,6 +372,10 @@ class TrialRecord(_Strict):
     total_s: float = 0.0
     finished_at: str = ""
     slo_violations: list[str] = Field(default=[], description="the --slo limits this measurement broke, e.g. 'ttft_p95 612 ms > 500 ms'")
+    objective_values: dict[str, float] = Field(default={}, description="a multi-objective study: each objective's measured "
+                                               "value (objective_value is the first's)")
+    on_pareto_front: bool | None = Field(default=None, description="a multi-objective study: on the front of its objectives "
+                                         "when trials.jsonl was written (None: single objective, or nothing measured)")
 
 
 # ------------------------------------------------------------------------------ user request
@@ -393,7 +401,41 @@ class TuneSpec(_Strict):
                                       "time the confirmation is expected to need kept free; the confirmation is never skipped")
     trial_timeout_s: float = Field(default=900.0, gt=0, le=MAX_TRIAL_S, description="kill a worker stuck in one trial after this many seconds")
     memory_budget_gib: float | None = Field(default=None, gt=0, description="usable device memory, e.g. 24GiB; also a constraint")
-    objective: Objective = Field(default="throughput", description="throughput: max generated tokens/s; latency: min request latency")
+    objective: Objective = Field(default="throughput", description="throughput: max generated tokens/s; latency: min request "
+                                 "latency; goodput: max requests/s within every --slo limit; several, comma-separated "
+                                 "(e.g. throughput,latency): a multi-objective study whose Pareto front is kept, best.yaml "
+                                 "holding the best under the SLOs or, without --slo, the front's knee")
+    objectives: list[Objective] = Field(default=[], description="every objective of a multi-objective study, the first "
+                                        "being `objective` (empty: one objective)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_objectives(cls, data):
+        """--objective throughput,latency -> objective throughput, objectives [throughput, latency]."""
+        if isinstance(data, dict) and isinstance(data.get("objective"), str) and "," in data["objective"]:
+            from autotune.objectives import parse_objectives
+
+            names = parse_objectives(data["objective"])
+            data = {**data, "objective": names[0], "objectives": names if len(names) > 1 else []}
+        return data
+
+    @model_validator(mode="after")
+    def _goodput_needs_an_slo(self):
+        if "goodput" in self.all_objectives and not self.slo:
+            raise ValueError("--objective goodput counts the requests within --slo's limits; give --slo too, "
+                             "e.g. --slo ttft_p95=500ms,tpot_p95=50ms")
+        return self
+
+    @property
+    def knee_choice(self) -> bool:
+        """A multi-objective study without --slo: best.yaml holds its Pareto front's knee, which
+        no single-objective confirmation can re-rank (autotune/study/pareto.py)."""
+        return len(self.objectives) > 1 and not self.slo
+
+    @property
+    def all_objectives(self) -> list[str]:
+        """The study's objectives, the primary first (one for a single-objective study)."""
+        return list(self.objectives) or [self.objective]
     device: str | None = Field(default=None, description="cuda:N or cpu; default: cuda:0 if present, else cpu")
     study: str | None = Field(default=None, description="study name; default: <model>-<device>")
     storage: str | None = Field(default=None, description="Optuna storage URL; default: SQLite in the output dir")
@@ -548,6 +590,9 @@ class DeploymentConfig(_Strict):
     baseline: BaselineSummary | None = None
     memory_budget_gib: float | None = None
     slo: str | None = Field(default=None, description="the study's --slo")
+    objectives: list[Objective] = Field(default=[], description="a multi-objective study's objectives (empty: one)")
+    objective_values: dict[str, float] = Field(default={}, description="a multi-objective study: these settings' values")
+    chosen_by: str = Field(default="", description="a multi-objective study: how these settings were chosen from the front")
     capacity: ServingCapacity | None = Field(default=None, description="requests/s this config holds within the SLO (simulated)")
     quality: QualityReport | None = None
     min_quality: str | None = None

@@ -299,7 +299,8 @@ def _kwargs_file(config: DeploymentConfig, options: ExportOptions, model: str) -
 
 # best.yaml fields added later, with their defaults: left out of the dump at the default, so the
 # file of a best.yaml that predates them reads as before (a DeploymentConfig forbids unknown keys).
-_LATER_TOP_LEVEL_DEFAULTS = {"confirmed": None, "confirmation_note": "", "slo": None, "capacity": None}
+_LATER_TOP_LEVEL_DEFAULTS = {"confirmed": None, "confirmation_note": "", "slo": None, "capacity": None,
+                             "objectives": [], "objective_values": {}, "chosen_by": ""}
 
 
 # Candidate fields added later, with their defaults (and the offload's measured figures): left out
@@ -308,7 +309,7 @@ _LATER_DEFAULTS = {"num_gpus": 1, "cache_implementation": None, "compile_mode": 
                    "cpu_offload_gib": 0, "offloaded_gib": None, "offload_gpu_max_memory_gib": None,
                    # the workload's figures of a Measurement (None under the fixed default shape)
                    "workload": None, "workload_over_limit_share": None, "workload_truncated": None, "padding_share": None,
-                   "request_output_tokens": None, "output_tokens": []}  # ... and the capacity's output lengths
+                   "request_output_tokens": None, "goodput_rps": None, "output_tokens": []}  # ... and the capacity's output lengths
 
 
 def _without_one_gpu(data: object) -> object:

@@ -21,7 +21,7 @@ def confirmation_reserve_s(ctx: StudyContext, recs: list[TrialRecord]) -> float:
     --timeout (nothing to keep time from), with --confirm-top 0 or before two feasible candidates
     are measured. Every role keeps it: the confirmation waits for every worker's trials."""
     spec = ctx.spec
-    if spec.timeout_s is None or not spec.confirm_top:
+    if spec.timeout_s is None or not spec.confirm_top or spec.knee_choice:
         return 0.0
     return confirmation_cost_s(recs, spec.objective, spec.confirm_top, spec.confirm_repeats)
 

@@ -16,6 +16,7 @@ from autotune.confirm import confirmed_best, unconfirmed_reason
 from autotune.loading import generate_kwargs
 from autotune.spec import BaselineSummary, Confirmation, DeploymentConfig, Fingerprint, TrialRecord
 from autotune.serving import ServingCapacity, serving_capacity
+from autotune.study.pareto import chosen_point, objective_front
 from autotune.storage import OWNER_ATTR
 from autotune.study.context import FINGERPRINT_ATTR, StudyContext
 from autotune.study.health import out_of_space_error
@@ -49,6 +50,10 @@ def build_deployment(ctx: StudyContext, best: TrialRecord, base: TrialRecord | N
         baseline=BaselineSummary(trial_number=base.number, candidate=base.candidate, objective_value=base.objective_value) if base else None,
         memory_budget_gib=ctx.spec.memory_budget_gib,
         slo=ctx.spec.slo,
+        objectives=ctx.spec.objectives,
+        objective_values=best.objective_values,
+        chosen_by=("the Pareto front's knee" if ctx.spec.knee_choice else "the best by the first objective within the SLO")
+        if ctx.spec.objectives else "",
         capacity=capacity,
         quality=best.outcome.quality,
         min_quality=ctx.spec.min_quality,
@@ -76,7 +81,13 @@ def write_outputs(ctx: StudyContext, report: bool = True) -> tuple[list[TrialRec
     """trials.jsonl and best.yaml (after every trial: an interruption loses nothing), and
     report.html when `report` (at the end: it costs 0.1-0.2 s, which per trial is study time)."""
     recs = records(ctx.study)
-    best = best_record(recs, ctx.spec.objective)
+    names = ctx.spec.all_objectives
+    if len(names) > 1:  # the chosen point of the front; the front marked in trials.jsonl
+        best = chosen_point(recs, names, with_slo=bool(ctx.spec.slo))
+        front = {r.number for r in objective_front(recs, names)}
+        recs = [r.model_copy(update={"on_pareto_front": r.number in front}) if r.objective_values else r for r in recs]
+    else:
+        best = best_record(recs, ctx.spec.objective)
     config = None
     try:
         write_trials_jsonl(ctx.out, recs)

@@ -5,10 +5,9 @@ best and the baseline record, the speedup. A leaf: report.py and report_html.py 
 
 from __future__ import annotations
 
-import math
-
 import optuna
 
+from autotune.objectives import objective as objective_def
 from autotune.spec import Candidate, TrialOutcome, TrialRecord
 from autotune.study.context import RECORD_ATTR
 
@@ -27,16 +26,24 @@ def counted_trials(recs: list[TrialRecord]) -> int:
 
 
 def objective_value(spec_objective: str, outcome: TrialOutcome) -> float | None:
-    if outcome.measurement is None:
-        return None
-    m = outcome.measurement
-    return m.throughput.median if spec_objective == "throughput" else m.request_latency_s.median
+    """The median of the figure the objective ranks (None: nothing measured)."""
+    stat = objective_def(spec_objective).stat(outcome.measurement)
+    return None if stat is None else stat.median
 
 
-def _placeholder(direction: str) -> float:
+def objective_values(names: list[str], outcome: TrialOutcome) -> dict[str, float]:
+    """Each objective's value, for a multi-objective study ({} with fewer than two names or
+    nothing measured)."""
+    if len(names) < 2 or outcome.measurement is None:
+        return {}
+    values = {name: objective_value(name, outcome) for name in names}
+    return {name: v for name, v in values.items() if v is not None}
+
+
+def _placeholder(name: str) -> float:
     # Infeasible trials need a value to be COMPLETE (so TPE sees them through their constraints);
     # the worst possible one, so no ranking ever prefers them. Never reported as a measurement.
-    return 0.0 if direction == "throughput" else math.inf
+    return objective_def(name).placeholder
 
 
 def best_record(recs: list[TrialRecord], objective: str) -> TrialRecord | None:
@@ -44,8 +51,8 @@ def best_record(recs: list[TrialRecord], objective: str) -> TrialRecord | None:
     if not feasible:
         return None
     # Ties on the objective go to lower peak memory: same speed, more headroom.
-    sign = -1 if objective == "throughput" else 1
-    return min(feasible, key=lambda r: (sign * r.objective_value, r.outcome.measurement.peak_memory_gib))
+    ranked = objective_def(objective)
+    return min(feasible, key=lambda r: (ranked.key(r.objective_value), r.outcome.measurement.peak_memory_gib))
 
 
 def baseline_record(recs: list[TrialRecord]) -> TrialRecord | None:
@@ -55,9 +62,7 @@ def baseline_record(recs: list[TrialRecord]) -> TrialRecord | None:
 def speedup(objective: str, best: TrialRecord, base: TrialRecord | None) -> float | None:
     if base is None or not base.objective_value or not best.objective_value:
         return None
-    if objective == "throughput":
-        return best.objective_value / base.objective_value
-    return base.objective_value / best.objective_value
+    return objective_def(objective).ratio(best.objective_value, base.objective_value)
 
 
 def _key(cand: Candidate) -> tuple:

@@ -16,6 +16,7 @@ from autotune.dtypes import dtype_from_torch_name
 from autotune.errors import AutotuneError, OutputDirError, SpaceError, StudyMismatchError
 from autotune.memory_model import ModelShape
 from autotune.models import ModelRef, check_available, resolve_model
+from autotune.objectives import objective
 from autotune.samplers import create_sampler
 from autotune.space import baseline_params, default_space_path, load_space, space_digest
 from autotune.spec import Fingerprint, SearchSpace, TuneSpec, parse_min_quality
@@ -69,7 +70,7 @@ def _identity(model: ModelRef, space: SearchSpace, spec: TuneSpec, device: Devic
     return {
         "model": model.model_dump_json(),
         "space_digest": space_digest(space),
-        "objective": spec.objective,
+        "objective": ",".join(spec.all_objectives),  # one name for a single objective, as before
         "device_name": device.name,
         # Changing the data, metric or floor changes every trial's constraint: a new study.
         "quality": json.dumps([str(quality.data_path.resolve()), quality.metric, spec.min_quality, quality.max_examples])
@@ -220,7 +221,7 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
     storage_url = spec.storage or f"sqlite:///{(spec.out / 'study.db').resolve()}"
     info = describe(storage_url, spec.heartbeat_s)
     study_name = spec.study or default_study_name(model, device)
-    direction = "maximize" if spec.objective == "throughput" else "minimize"
+    directions = [objective(name).direction for name in spec.all_objectives]
     identity = _identity(model, space, spec, device, quality)
     # The `tune` process owns a study kept in a file, before it reads or changes anything in it
     # (a second run would fail this one's trials in flight as interrupted); workers share it.
@@ -264,7 +265,7 @@ def open_study(spec: TuneSpec, space: SearchSpace | None = None, join: bool = Fa
                     f"pass a new --study name or --out directory (nothing was changed)"
                 )
     sampler = create_sampler(spec.sampler, spec.seed, space)  # not stored: a resumed study may use another
-    study = optuna.create_study(storage=storage, study_name=study_name, direction=direction, sampler=sampler, load_if_exists=True)
+    study = optuna.create_study(storage=storage, study_name=study_name, directions=directions, sampler=sampler, load_if_exists=True)
     if study_name not in existing:
         for key, value in identity.items():
             study.set_user_attr(key, value)

@@ -15,11 +15,12 @@ from optuna.trial import TrialState as OptunaState
 from autotune.memory_model import lower_bound_gib
 from autotune.slo import SloLimit
 from autotune.slo import excess as slo_excess
+from autotune.slo import goodput
 from autotune.slo import violations as slo_violations
 from autotune.spec import Candidate, TrialOutcome, TrialRecord
 from autotune.study.context import BASELINE_ATTR, CONSTRAINT_KEYS, RECORD_ATTR, StudyContext
 from autotune.study.reference import quality_floor
-from autotune.study.results import _placeholder, objective_value
+from autotune.study.results import _placeholder, objective_value, objective_values
 
 
 @dataclass(frozen=True)
@@ -97,10 +98,13 @@ def tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: Trial
          total_s: float, duplicate_of: TrialRecord | None = None, inferred_from: TrialRecord | None = None) -> TrialRecord:
     """Apply `classify`'s verdict to Optuna: the trial's record, its constraints and value (an
     infeasible trial is COMPLETE with the worst value), or FAIL. Returns the record."""
+    limits = ctx.spec.slo_limits
+    if limits and outcome.measurement is not None and outcome.measurement.goodput_rps is None:
+        outcome.measurement.goodput_rps = goodput(outcome.measurement, limits)  # what --objective goodput ranks, shown with --slo
     verdict = classify(outcome, cand, objective=ctx.spec.objective, budget_gib=ctx.spec.memory_budget_gib,
                        floor=quality_floor(ctx),
                        lower_bound=lower_bound_gib(ctx.shape, cand) if outcome.predicted and ctx.shape is not None else None,
-                       inferred_from=inferred_from, duplicate_of=duplicate_of, slo=ctx.spec.slo_limits)
+                       inferred_from=inferred_from, duplicate_of=duplicate_of, slo=limits)
     state, constraints, value = verdict.state, verdict.constraints, verdict.value
     record = TrialRecord(
         number=trial.number,
@@ -116,8 +120,13 @@ def tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: Trial
         total_s=total_s,
         finished_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         slo_violations=list(verdict.slo_violations),
+        objective_values=objective_values(ctx.spec.objectives, outcome),
     )
-    final = value if value is not None else _placeholder(ctx.spec.objective)
+    names = ctx.spec.all_objectives
+    if len(names) == 1:
+        final = value if value is not None else _placeholder(ctx.spec.objective)
+    else:  # one value per objective, in the study's directions' order
+        final = [record.objective_values.get(name, _placeholder(name)) if value is not None else _placeholder(name) for name in names]
     try:
         trial.set_user_attr(RECORD_ATTR, record.model_dump(mode="json"))
         if state == "failed":
@@ -133,12 +142,13 @@ def tell(ctx: StudyContext, trial: optuna.Trial, cand: Candidate, outcome: Trial
     return record
 
 
-def _keep_late_record(ctx: StudyContext, trial: optuna.Trial, record: TrialRecord, value: float | None) -> None:
+def _keep_late_record(ctx: StudyContext, trial: optuna.Trial, record: TrialRecord, value: float | list[float] | None) -> None:
     """Our trial was declared lost while we measured it (no heartbeat reached the database for
     the grace period: a network outage, a suspended process). The measurement is real: keep it
     as a trial of its own. The queued retry then finds it in the records and is not measured."""
     frozen = ctx.study._storage.get_trial(trial._trial_id)
     ctx.study.add_trial(optuna.trial.create_trial(
-        state=OptunaState.FAIL if value is None else OptunaState.COMPLETE, value=value, params=frozen.params,
+        state=OptunaState.FAIL if value is None else OptunaState.COMPLETE, params=frozen.params,
+        **({"values": value} if isinstance(value, list) else {"value": value}),
         distributions=frozen.distributions, user_attrs={**frozen.user_attrs, RECORD_ATTR: record.model_dump(mode="json")},
         constraints=None if value is None else record.constraints))
