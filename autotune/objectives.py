@@ -105,3 +105,19 @@ def parse_objectives(text: str) -> list[str]:
     if len(set(names)) != len(names):
         raise ValueError(f"--objective {text} names an objective twice; give each once")
     return names
+
+
+def split_objective_field(data):
+    """TuneSpec's input: objective 'throughput,latency' -> objective 'throughput', objectives
+    ['throughput', 'latency'] (a single name stays as it is)."""
+    if isinstance(data, dict) and isinstance(data.get("objective"), str) and "," in data["objective"]:
+        names = parse_objectives(data["objective"])
+        data = {**data, "objective": names[0], "objectives": names if len(names) > 1 else []}
+    return data
+
+
+def check_inputs(names: list[str], has_slo: bool) -> None:
+    for name in names:
+        if objective(name).needs_slo and not has_slo:
+            raise ValueError(f"--objective {name} counts the requests within --slo's limits; give --slo too, "
+                             "e.g. --slo ttft_p95=500ms,tpot_p95=50ms")

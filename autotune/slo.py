@@ -158,7 +158,6 @@ def goodput_share(measurement: Measurement, limits: list[SloLimit]) -> float:
 def goodput(measurement: Measurement, limits: list[SloLimit]) -> Stat:
     """Requests/s within every limit: each timed repeat's requests/s times the measurement's share
     of requests within every limit (goodput_share)."""
-    from autotune.spec import Stat
-
     share = goodput_share(measurement, limits)
-    return Stat.of([rps * share for rps in measurement.requests_per_s.samples])
+    stat = type(measurement.requests_per_s)  # spec.Stat, without importing spec (which imports this module's users)
+    return stat.of([rps * share for rps in measurement.requests_per_s.samples])

@@ -17,10 +17,13 @@ from autotune import knobs as knobs_table
 from autotune.knobs import ATTENTION_IMPLEMENTATIONS, BASE_KNOBS, KNOB_TABLE, LOAD_KEY_KNOBS, PLACEMENT_KNOBS, VISION_KNOBS, knob  # noqa: F401 (re-exported)
 from autotune.models import ModelRef
 from autotune.serving import ServingCapacity
-from autotune.units import parse_memory, parse_min_quality  # noqa: F401 (re-exported)
+from autotune.units import parse_gpu_list, parse_memory, parse_min_quality  # noqa: F401 (re-exported)
 
 DType = Literal["fp32", "fp16", "bf16"]  # the names of autotune/dtypes.py's registry (a test keeps them equal)
 Objective = Literal["throughput", "latency", "goodput"]  # the names of autotune/objectives.py's registry
+OBJECTIVE_HELP = ("throughput: max generated tokens/s; latency: min request latency; goodput: max requests/s within every "
+                  "--slo limit; several, comma-separated (e.g. throughput,latency): a multi-objective study whose Pareto "
+                  "front is kept, best.yaml holding the best under the SLOs or, without --slo, the front's knee")
 SCHEMA_VERSION = 1
 
 
@@ -243,10 +246,8 @@ class Measurement(_Strict):
     workload_over_limit_share: float | None = Field(default=None, description="share of the workload's requests over max_length")
     workload_truncated: int | None = Field(default=None, description="timed requests over max_length, truncated to fit")
     padding_share: float | None = Field(default=None, description="padded tokens / all tokens the timed batches processed")
-    goodput_rps: Stat | None = Field(default=None, description="requests/s within every --slo limit (set by the study "
-                                     "from its --slo: requests_per_s times the share of requests within every limit)")
-    request_output_tokens: list[int] | None = Field(default=None, description="a workload's timed requests' output lengths, as "
-                                                    "served (the capacity simulation draws from them)")
+    goodput_rps: Stat | None = Field(default=None, description="requests/s within every --slo limit (set by the study, slo.goodput)")
+    request_output_tokens: list[int] | None = Field(default=None, description="a workload's timed output lengths (capacity draws them)")
 
     @property
     def throughput(self) -> Stat:
@@ -374,8 +375,7 @@ class TrialRecord(_Strict):
     slo_violations: list[str] = Field(default=[], description="the --slo limits this measurement broke, e.g. 'ttft_p95 612 ms > 500 ms'")
     objective_values: dict[str, float] = Field(default={}, description="a multi-objective study: each objective's measured "
                                                "value (objective_value is the first's)")
-    on_pareto_front: bool | None = Field(default=None, description="a multi-objective study: on the front of its objectives "
-                                         "when trials.jsonl was written (None: single objective, or nothing measured)")
+    on_pareto_front: bool | None = Field(default=None, description="multi-objective: on the front when trials.jsonl was written")
 
 
 # ------------------------------------------------------------------------------ user request
@@ -401,35 +401,26 @@ class TuneSpec(_Strict):
                                       "time the confirmation is expected to need kept free; the confirmation is never skipped")
     trial_timeout_s: float = Field(default=900.0, gt=0, le=MAX_TRIAL_S, description="kill a worker stuck in one trial after this many seconds")
     memory_budget_gib: float | None = Field(default=None, gt=0, description="usable device memory, e.g. 24GiB; also a constraint")
-    objective: Objective = Field(default="throughput", description="throughput: max generated tokens/s; latency: min request "
-                                 "latency; goodput: max requests/s within every --slo limit; several, comma-separated "
-                                 "(e.g. throughput,latency): a multi-objective study whose Pareto front is kept, best.yaml "
-                                 "holding the best under the SLOs or, without --slo, the front's knee")
-    objectives: list[Objective] = Field(default=[], description="every objective of a multi-objective study, the first "
-                                        "being `objective` (empty: one objective)")
+    objective: Objective = Field(default="throughput", description=OBJECTIVE_HELP)
+    objectives: list[Objective] = Field(default=[], description="a multi-objective study's objectives, `objective` first (empty: one)")
 
     @model_validator(mode="before")
     @classmethod
     def _split_objectives(cls, data):
-        """--objective throughput,latency -> objective throughput, objectives [throughput, latency]."""
-        if isinstance(data, dict) and isinstance(data.get("objective"), str) and "," in data["objective"]:
-            from autotune.objectives import parse_objectives
+        from autotune.objectives import split_objective_field
 
-            names = parse_objectives(data["objective"])
-            data = {**data, "objective": names[0], "objectives": names if len(names) > 1 else []}
-        return data
+        return split_objective_field(data)
 
     @model_validator(mode="after")
-    def _goodput_needs_an_slo(self):
-        if "goodput" in self.all_objectives and not self.slo:
-            raise ValueError("--objective goodput counts the requests within --slo's limits; give --slo too, "
-                             "e.g. --slo ttft_p95=500ms,tpot_p95=50ms")
+    def _objectives_have_their_inputs(self):
+        from autotune.objectives import check_inputs
+
+        check_inputs(self.all_objectives, bool(self.slo))
         return self
 
     @property
     def knee_choice(self) -> bool:
-        """A multi-objective study without --slo: best.yaml holds its Pareto front's knee, which
-        no single-objective confirmation can re-rank (autotune/study/pareto.py)."""
+        """Multi-objective without --slo: best.yaml holds the front's knee (no confirmation re-ranks it)."""
         return len(self.objectives) > 1 and not self.slo
 
     @property
@@ -475,14 +466,7 @@ class TuneSpec(_Strict):
     @field_validator("gpus", mode="before")
     @classmethod
     def _parse_gpus(cls, value):
-        if isinstance(value, str):
-            try:
-                value = [int(v) for v in value.split(",") if v.strip()]
-            except ValueError:
-                raise ValueError(f"cannot read {value!r}; list GPU indices like 0,1,2,3") from None
-        if value is not None and (not value or len(set(value)) != len(value) or min(value) < 0):
-            raise ValueError(f"{value} is not a list of distinct GPU indices like 0,1,2,3")
-        return value
+        return parse_gpu_list(value)
 
     @field_validator("confirm_top")
     @classmethod
@@ -501,18 +485,16 @@ class TuneSpec(_Strict):
     @field_validator("slo")
     @classmethod
     def _slo_syntax(cls, value: str | None) -> str | None:
-        return value if value is None or cls._limits(value) else value
-
-    @staticmethod
-    def _limits(slo: str | None) -> list:
         from autotune.slo import parse_slo  # a leaf; imported here, where --slo is read
 
-        return parse_slo(slo) if slo else []
+        return value if value is None or parse_slo(value) else value
 
     @property
     def slo_limits(self) -> list:
         """The parsed --slo (autotune.slo.SloLimit), [] without one."""
-        return self._limits(self.slo)
+        from autotune.slo import parse_slo
+
+        return parse_slo(self.slo) if self.slo else []
 
     @field_validator("memory_budget_gib", mode="before")
     @classmethod

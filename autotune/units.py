@@ -38,3 +38,15 @@ def parse_min_quality(text: str) -> tuple[Literal["relative", "absolute"], float
         raise ValueError(f"--min-quality {text} is out of range: {what}; {fix}" if mode == "absolute"
                          else f"--min-quality {text} is {what}; {fix}")
     return mode, value
+
+
+def parse_gpu_list(value):
+    """'0,1,2,3' (or a list) -> distinct GPU indices; None stays None."""
+    if isinstance(value, str):
+        try:
+            value = [int(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            raise ValueError(f"cannot read {value!r}; list GPU indices like 0,1,2,3") from None
+    if value is not None and (not value or len(set(value)) != len(value) or min(value) < 0):
+        raise ValueError(f"{value} is not a list of distinct GPU indices like 0,1,2,3")
+    return value
