@@ -292,6 +292,8 @@ def replay_command(
     requests: int = typer.Option(300, "--requests", help="requests replayed at each rate (the first 10% warm the queue up)"),
     device: Optional[str] = typer.Option(None, "--device", help="cuda:N or cpu; default: the device it was tuned on"),
     seed: int = typer.Option(0, "--seed", help="seed of the arrivals and the drawn requests"),
+    slo: Optional[str] = typer.Option(None, "--slo", help="judge the capacity against these limits instead of the "
+                                      "study's --slo (same form, e.g. ttft_p95=2s,tpot_p95=60ms)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report here; default: replay.json beside the best.yaml"),
 ) -> None:
     """Check the capacity against reality: measure the config's service times on its workload, compute
@@ -312,7 +314,7 @@ def replay_command(
         raise AutotuneError(f"--requests {requests}: replay between 112 (100 counted after the warm-up) and 100000 requests per rate")
     say = lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
     try:
-        report = replay_deployment(config, device=device, fractions=fractions, n_requests=requests, seed=seed, note=say)
+        report = replay_deployment(config, device=device, fractions=fractions, n_requests=requests, seed=seed, slo=slo, note=say)
     except ValueError as e:
         raise AutotuneError(f"{config}: {e}") from e
     except KeyboardInterrupt:

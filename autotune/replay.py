@@ -247,16 +247,20 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
 
 
 def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n_requests: int, seed: int = 0,
-                      repeats: int = 3, note: Callable[[str], None] = lambda text: None) -> dict:
+                      repeats: int = 3, slo: str | None = None, note: Callable[[str], None] = lambda text: None) -> dict:
     """The capacity check of a best.yaml: its model loaded here as it was tuned, its workload (the
-    fixed shape when it had none) and its --slo; returns a JSON-ready report."""
+    fixed shape when it had none) and its --slo (or `slo`, when given); returns a JSON-ready report."""
     from autotune.loading import load_model
     from autotune.deploy import read_deployment
     from autotune.measure.traffic import workload_sampler
     from autotune.models import relocate
     from autotune.slo import parse_slo
 
+    if slo:
+        parse_slo(slo)  # a bad --slo is refused before anything is read or loaded
     config = read_deployment(path)
+    slo = slo or config.slo
+    limits = parse_slo(slo) if slo else []
     candidate = config.settings
     if candidate.has_images or config.measured.output_tokens_per_s is None:
         raise ValueError("a replay sends text requests that generate; this best.yaml serves images or scores (a reranker)")
@@ -265,11 +269,10 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
     model, tokenizer = load_model(ref, candidate, device)
     text_config = getattr(model.config, "text_config", None) or model.config
     sampler = workload_sampler(config.measured.workload, candidate.new_tokens, tokenizer, ref.config())
-    limits = parse_slo(config.slo) if config.slo else []
     found, rows = capacity_check(model, candidate, device, int(text_config.vocab_size), sampler, limits,
                                  fractions=fractions, n_requests=n_requests, seed=seed, repeats=repeats, note=note)
     return {
-        "best_yaml": str(path), "device": device, "settings": candidate.label(), "slo": config.slo or "",
+        "best_yaml": str(path), "device": device, "settings": candidate.label(), "slo": slo or "", "study_slo": config.slo or "",
         "workload": sampler.workload.describe(), "requests_per_rate": n_requests, "seed": seed,
         "capacity_rps": found.rate_rps, "saturation_rps": found.saturation_rps, "capacity_reason": found.reason,
         "recorded_capacity_rps": config.capacity.rate_rps if config.capacity else None,
