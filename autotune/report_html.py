@@ -27,7 +27,7 @@ from autotune.report import objectives_front_markdown, study_objectives
 REPORT_FILE = "report.html"
 PARETO_DIV_ID = "pareto-front"
 PARETO_TITLE = "Pareto front"
-OBJECTIVES_DIV_ID = "objectives-front"
+OBJECTIVES_DIV_ID = "objectives-front-figure"
 FIGURE_HEIGHT_PX = 520
 # Trials that could not run or went over a constraint are drawn in this grey, whatever their settings.
 INFEASIBLE_GREY = "#b0b0b0"
@@ -271,6 +271,19 @@ def _front_table(records: list[TrialRecord], objective: str) -> str:
             f"<th>spread</th><th>peak GiB</th>{'<th>quality</th>' if with_quality else ''}</tr>{''.join(rows)}</table>")
 
 
+def _objectives_table(records: list[TrialRecord], names: list[str], best: DeploymentConfig | None) -> str:
+    """The front of a multi-objective study as a table (the rows `autotune show` prints)."""
+    text = objectives_front_markdown(records, names, best.trial_number if best else None)
+    if text is None:
+        return "<p class='note'>Nothing on the front yet.</p>"
+    caption, header, _, *rows = text.split("\n")
+    cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
+    head = "".join(f"<th{' class=l' if i == 1 else ''}>{html.escape(c)}</th>" for i, c in enumerate(cells(header)))
+    body = "".join("<tr>" + "".join(f"<td{' class=l' if i == 1 else ''}>{html.escape(c)}</td>" for i, c in enumerate(cells(row)))
+                   + "</tr>" for row in rows)
+    return f"<p class='note'>{html.escape(caption)}</p><table id='objectives-table'><tr>{head}</tr>{body}</table>"
+
+
 def _trial_table(records: list[TrialRecord], objective: str) -> str:
     from autotune.report import _LEFT_ALIGNED, trial_columns, trial_rows
     from autotune.study.results import baseline_record
@@ -312,7 +325,8 @@ def objectives_figure(records: list[TrialRecord], names: list[str], best: Deploy
         fig.add_trace(go.Scatter(x=[point(chosen[0])[0]], y=[point(chosen[0])[1]], mode="markers", name="best.yaml",
                                  marker={"symbol": "star", "size": 18, "color": "#d62728"}, hoverinfo="skip"))
     direction = lambda d: "higher is better" if d.maximize else "lower is better"  # noqa: E731
-    fig.update_layout(title={"text": f"{x_def.title} × {y_def.title}"}, height=460,
+    fig.update_layout(title={"text": f"{x_def.title} × {y_def.title}"}, height=460, template="plotly_white",
+                      legend={"orientation": "h", "y": -0.2},
                       xaxis_title=f"{x_def.title} ({unit(x_def)}, {direction(x_def)})",
                       yaxis_title=f"{y_def.title} ({unit(y_def)}, {direction(y_def)})")
     return fig
@@ -352,8 +366,7 @@ def render_report(records: list[TrialRecord], study: optuna.Study | None, object
     if names:
         sections.append("<section id='objectives-front'><h2>Pareto front of the objectives</h2>")
         sections.append(figure_html(objectives_figure(records, names, best), OBJECTIVES_DIV_ID))
-        front = objectives_front_markdown(records, names, best.trial_number if best else None) or "nothing on the front yet"
-        sections.append(f"<pre class='note'>{html.escape(front)}</pre>")
+        sections.append(_objectives_table(records, names, best))
         if best is not None and best.chosen_by:
             sections.append(f"<p class='note'>best.yaml holds #{best.trial_number}: {html.escape(best.chosen_by)}.</p>")
         sections.append("</section>")

@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 from autotune.analysis import importances, pareto_front
-from autotune.report_html import PARETO_DIV_ID, REPORT_FILE, write_report, write_report_or_warn
+from autotune.report_html import (OBJECTIVES_DIV_ID, PARETO_DIV_ID, REPORT_FILE, _objectives_table, render_report, write_report,
+                                  write_report_or_warn)
 from autotune.spec import Candidate, Measurement, QualityReport, Stat, TrialOutcome, TrialRecord
 from autotune.study import RECORD_ATTR
 from tests.conftest import assert_ok, read_records, run_cli, write_space
@@ -235,3 +236,23 @@ def test_report_renders_the_pareto_plot_in_headless_chromium(report_study: Path,
     coloured = int((region.max(axis=2) - region.min(axis=2) > 60).sum())
     assert non_white > 0.005 * region.shape[0] * region.shape[1], f"plot area is blank: {non_white} non-white pixels"
     assert coloured > 300, f"no markers drawn: {coloured} coloured pixels"
+
+
+def test_a_multi_objective_report_draws_the_objectives_front_and_stars_the_chosen_point(tmp_path: Path) -> None:
+    """The front of throughput × latency: dominated trial #2 is a dot but not on the front line,
+    best.yaml's trial (#1) is the star and the starred row of the table."""
+    recs = [_record(0, tok_s=10, latency_s=0.1), _record(1, tok_s=30, latency_s=0.3, batch_size=2),
+            _record(2, tok_s=20, latency_s=0.5, batch_size=4), _record(3, tok_s=60, latency_s=0.9, batch_size=8)]
+    for r in recs:
+        r.objective_values = {"throughput": r.objective_value, "latency": r.outcome.measurement.request_latency_s.median}
+
+    class Best:  # the two fields of a DeploymentConfig the section reads
+        trial_number, chosen_by = 1, "the Pareto front's knee"
+
+    page = render_report(recs, None, "throughput", None)
+    data, layout = _plotly_figure(page, OBJECTIVES_DIV_ID)
+    front = next(t for t in data if t["name"] == "Pareto front")
+    assert sorted(front["x"]) == [10, 30, 60] and len(next(t for t in data if t["name"] == "measured")["x"]) == 4
+    assert layout["yaxis"]["title"]["text"] == "request latency (ms, lower is better)"
+    starred = _objectives_table(recs, ["throughput", "latency"], Best())
+    assert "<td>1*</td>" in starred and "<td>2</td>" not in starred  # #2 is dominated by #1
