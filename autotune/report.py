@@ -270,6 +270,8 @@ def objectives_front_markdown(recs: list[TrialRecord], names: list[str], chosen:
         values = " | ".join(f"{r.objective_values[n] * d.scale:,.{0 if d.latency else 2}f}" for n, d in zip(names, defs))
         lines.append(f"| {r.number}{'*' if r.number == chosen else ''} | {r.candidate.label()} | {values} | "
                      f"{r.outcome.measurement.peak_memory_gib:.2f} |")
+    if chosen is not None and chosen not in {r.number for r in front}:
+        lines[0] += f"; best.yaml's #{chosen} is off this front of the search's figures: the confirmation chose it on its own"
     return "\n".join(lines)
 
 

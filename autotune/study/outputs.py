@@ -52,7 +52,8 @@ def build_deployment(ctx: StudyContext, best: TrialRecord, base: TrialRecord | N
         slo=ctx.spec.slo,
         objectives=ctx.spec.objectives,
         objective_values=best.objective_values,
-        chosen_by=("the Pareto front's knee" if ctx.spec.knee_choice else "the best by the first objective within the SLO")
+        chosen_by=("the Pareto front's knee" if ctx.spec.knee_choice else "the best by the first objective within the SLO, as the confirmation re-measured the top k "
+                   "(its figures, not the search's, decide; a tie within the noise goes to lower memory)")
         if ctx.spec.objectives else "",
         capacity=capacity,
         quality=best.outcome.quality,
