@@ -58,6 +58,9 @@ class ReplayResult:
     mean_batch_size: float  # over the batches holding counted requests
     batches: int
     duration_s: float  # the whole replay, warm-up included
+    # Every batch served, warm-up included: (requests, longest output, seconds from its start to
+    # its first token and to its end): what the service model is checked against.
+    batch_log: tuple[tuple[int, int, float, float], ...] = ()
 
 
 def replay(requests: Sequence[Request], arrivals_s: Sequence[float], batch_size: int, run_batch: RunBatch, *,
@@ -81,6 +84,7 @@ def replay(requests: Sequence[Request], arrivals_s: Sequence[float], batch_size:
     counted_batches = counted_batch_requests = 0
     window_start_s: float | None = None
     waiting: deque[int] = deque()
+    batch_log: list[tuple[int, int, float, float]] = []
     start = clock()
     next_arrival = served = 0
     end_s = 0.0
@@ -97,6 +101,7 @@ def replay(requests: Sequence[Request], arrivals_s: Sequence[float], batch_size:
         end_s = clock() - start
         first_s = now_s + timing.first_token_s
         longest = max(requests[i].output_tokens for i in members)
+        batch_log.append((len(members), longest, timing.first_token_s, end_s - now_s))
         served += len(members)
         if members[-1] >= warmup:
             window_start_s = now_s if window_start_s is None else window_start_s
@@ -114,7 +119,8 @@ def replay(requests: Sequence[Request], arrivals_s: Sequence[float], batch_size:
         rate_rps=rate_rps, requests=len(e2e), ttft_s=Percentiles.of(ttft), tpot_s=Percentiles.of(tpot) if tpot else None,
         e2e_s=Percentiles.of(e2e), wait_s=Percentiles.of(wait),
         throughput_rps=counted_batch_requests / max(end_s - (window_start_s or 0.0), 1e-9),
-        mean_batch_size=counted_batch_requests / max(counted_batches, 1), batches=counted_batches, duration_s=end_s)
+        mean_batch_size=counted_batch_requests / max(counted_batches, 1), batches=counted_batches, duration_s=end_s,
+        batch_log=tuple(batch_log))
 
 
 def generate_runner(model, candidate, device: str, vocab_size: int) -> RunBatch:
@@ -172,6 +178,18 @@ class Comparison:
     rate_rps: float
     simulated: SimResult
     replayed: ReplayResult
+    service_ratio: float | None = None  # median over the replay's batches: its time / the service model's mean for it
+
+    @staticmethod
+    def service_ratio_of(replayed: ReplayResult, service) -> float | None:
+        """How far the service model (capacity.ServiceModel) is from the replay's own batches: the
+        median of each batch's time over the model's mean time for its size and longest output
+        (1.0: the model is right on average; above 1: real batches take longer)."""
+        import statistics
+
+        ratios = [total_s / service.mean_batch_s(k, longest) for k, longest, _, total_s in replayed.batch_log
+                  if k <= service.batch_size]
+        return statistics.median(ratios) if ratios else None
 
     def rows(self) -> list[tuple[str, float, float, float]]:
         """(figure, simulated, replayed, relative error of the simulation) per latency p95."""
@@ -184,12 +202,14 @@ class Comparison:
 
 
 def comparison_markdown(rows: Sequence[Comparison]) -> str:
-    lines = ["| load | rate (req/s) | figure | simulated | replayed | error | mean batch sim / replay | requests |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| load | rate (req/s) | figure | simulated | replayed | error | mean batch sim / replay | batch time replayed / modelled | requests |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for c in rows:
         for figure, sim, rep, err in c.rows():
+            ratio = f"{c.service_ratio:.2f}" if c.service_ratio is not None else "–"
             lines.append(f"| {c.fraction:.0%} | {c.rate_rps:.3g} | {figure} | {sim * 1000:,.1f} ms | {rep * 1000:,.1f} ms | "
-                         f"{err:+.1%} | {c.simulated.mean_batch_size:.2f} / {c.replayed.mean_batch_size:.2f} | {c.replayed.requests} |")
+                         f"{err:+.1%} | {c.simulated.mean_batch_size:.2f} / {c.replayed.mean_batch_size:.2f} | {ratio} | "
+                         f"{c.replayed.requests} |")
     return "\n".join(lines)
 
 
@@ -238,7 +258,7 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
         # two differ by the service times alone (a longer simulation near capacity drifts further).
         simulated = simulate(service, rate, output_tokens=outputs, n_requests=n_requests, seed=seed)
         replayed = replay(requests, arrival_times(n_requests, rate, seed), candidate.batch_size, runner, rate_rps=rate)
-        comparisons.append(Comparison(fraction, rate, simulated, replayed))
+        comparisons.append(Comparison(fraction, rate, simulated, replayed, Comparison.service_ratio_of(replayed, service)))
         figures = "; ".join(f"{name} simulated {sim * 1000:,.1f} ms, replayed {rep * 1000:,.1f} ms ({err:+.1%})"
                             for name, sim, rep, err in comparisons[-1].rows())
         note(f"{fraction:.0%} of capacity ({rate:.3g} req/s): replayed {replayed.requests} requests in "
@@ -279,7 +299,10 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
         "rows": [{"fraction": c.fraction, "rate_rps": c.rate_rps, "figure": figure, "simulated_s": sim, "replayed_s": rep,
                   "error": err, "mean_batch_simulated": c.simulated.mean_batch_size,
                   "mean_batch_replayed": c.replayed.mean_batch_size, "requests": c.replayed.requests,
+                  "batch_time_replayed_over_modelled": c.service_ratio,
                   "replay_s": c.replayed.duration_s}
                  for c in rows for figure, sim, rep, err in c.rows()],
+        "batch_logs": {f"{c.fraction:g}": [{"requests": k, "longest_output": longest, "first_token_s": first_s, "total_s": total_s}
+                                           for k, longest, first_s, total_s in c.replayed.batch_log] for c in rows},
         "markdown": comparison_markdown(rows),
     }

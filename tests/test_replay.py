@@ -58,6 +58,24 @@ def test_on_a_virtual_clock_the_replay_is_the_simulation(rate_rps: float) -> Non
     assert rep.throughput_rps == pytest.approx(sim.throughput_rps)
 
 
+def test_the_service_ratio_says_how_far_real_batches_are_from_the_model() -> None:
+    """Batches that take exactly the model's time give 1.0; a server 1.5x slower than its
+    measured service times gives 1.5 (what the GPU replay's gap is read against)."""
+    from autotune.replay import Comparison
+
+    for slowdown in (1.0, 1.5):
+        vc = VirtualClock()
+        base = vc.runner(SERVICE)
+
+        def slower(requests, base=base, vc=vc, slowdown=slowdown):
+            timing = base(requests)
+            vc.now += (slowdown - 1) * timing.total_s
+            return BatchTiming(timing.first_token_s * slowdown, timing.total_s * slowdown)
+
+        rep = replay([Request(16, 32)] * 300, arrival_times(300, 30.0, seed=1), 8, slower, clock=vc.clock, sleep=vc.sleep)
+        assert len(rep.batch_log) >= rep.batches and Comparison.service_ratio_of(rep, SERVICE) == pytest.approx(slowdown)
+
+
 def test_batches_fill_up_to_batch_size_under_overload_and_stay_single_when_idle() -> None:
     vc = VirtualClock()
     requests = [Request(4, 8)] * 200

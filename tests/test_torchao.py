@@ -317,10 +317,17 @@ def test_each_method_loads_on_cuda_and_generate_compiles(name: str, tensor: str,
     ids = torch.randint(0, model.config.vocab_size, (2, 16), device="cuda:0")
     kwargs = {**generate_kwargs(cand), "min_new_tokens": 8}
     assert kwargs["cache_implementation"] == "static"
-    compiled = [model.generate(ids, **kwargs) for _ in range(2)]  # the second call runs the compiled graph
-    eager = model.generate(ids, **kwargs, disable_compile=True)
-    assert compiled[0].shape == (2, 24) and torch.equal(compiled[0], compiled[1])
-    assert (compiled[1] == eager).float().mean() > 0.9  # compiled kernels may round differently on a rare token
+    scored = {**kwargs, "return_dict_in_generate": True, "output_logits": True}
+    compiled = [model.generate(ids, **scored) for _ in range(2)]  # the second call runs the compiled graph
+    eager = model.generate(ids, **scored, disable_compile=True)
+    assert compiled[0].sequences.shape == (2, 24) and torch.equal(compiled[0].sequences, compiled[1].sequences)
+    # Compiled kernels round differently (fp8's fused activation quantization most), and on a
+    # random model's near-flat logits one flipped token changes every greedy token after it (the
+    # H100, 2026-12-06: 5 of 16 fp8 tokens differed). So the first step is compared, where both
+    # see the same prompt: the same token, and logits that point the same way.
+    first_compiled, first_eager = compiled[1].logits[0].float(), eager.logits[0].float()
+    assert torch.equal(compiled[1].sequences[:, 16], eager.sequences[:, 16])
+    assert torch.nn.functional.cosine_similarity(first_compiled, first_eager, dim=-1).min() > 0.99
 
 
 @needs_torchao
