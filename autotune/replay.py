@@ -125,47 +125,22 @@ def replay(requests: Sequence[Request], arrivals_s: Sequence[float], batch_size:
 
 def generate_runner(model, candidate, device: str, vocab_size: int) -> RunBatch:
     """run_batch for a loaded model: the batch left-padded as the measurement pads it
-    (traffic.batch_inputs), generate() to its longest output with the candidate's generate kwargs,
-    the first generated token's time taken by a streamer."""
-    import torch
-    from transformers.generation.streamers import BaseStreamer
-
+    (traffic.batch_inputs) and timed as the measurement times it (traffic.timed_batch_generate:
+    one generate() to its longest output, the first token's time from a streamer)."""
     from autotune.loading import generate_kwargs
-    from autotune.measure.throughput import _synchronize
-    from autotune.measure.traffic import WorkloadBatch, _pad_token, batch_inputs
+    from autotune.measure.traffic import WorkloadBatch, _pad_token, batch_inputs, timed_batch_generate
 
     base, pad = generate_kwargs(candidate), _pad_token(model)
     calls = [0]
-
-    class FirstToken(BaseStreamer):
-        """generate() puts the prompt first, then each step's tokens (copied to the host)."""
-
-        def __init__(self) -> None:
-            self.puts, self.first_s = 0, None
-
-        def put(self, value) -> None:
-            self.puts += 1
-            if self.puts == 2:
-                self.first_s = time.perf_counter()
-
-        def end(self) -> None:
-            pass
 
     def run(requests: Sequence[Request]) -> BatchTiming:
         start = time.perf_counter()
         batch = WorkloadBatch(tuple(requests), 0)
         calls[0] += 1
         input_ids, attention_mask = batch_inputs(batch, vocab_size, pad, 5000 + calls[0], device)
-        n_new = batch.new_tokens
-        streamer = FirstToken()
-        with torch.inference_mode():
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer,
-                                 **{**base, "max_new_tokens": n_new, "min_new_tokens": n_new, "pad_token_id": pad})
-        _synchronize(device)
-        end = time.perf_counter()
-        if tuple(out.shape) != (len(requests), input_ids.shape[1] + n_new):
-            raise RuntimeError(f"generate returned shape {tuple(out.shape)}: the replay would time the wrong work")
-        return BatchTiming(first_token_s=(streamer.first_s or end) - start, total_s=end - start)
+        built_s = time.perf_counter() - start  # building the inputs is service time too
+        first_s, total_s = timed_batch_generate(model, input_ids, attention_mask, base, pad, batch.new_tokens, device)
+        return BatchTiming(first_token_s=built_s + first_s, total_s=built_s + total_s)
 
     return run
 

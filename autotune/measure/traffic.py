@@ -32,8 +32,10 @@ Building a batch (`build_batches`):
   max_length: the KV cache then holds more than the worst-case shape, and the peak memory (over
   the whole window) includes it.
 
-Timing a batch: generate(new=1) of the batch (its TTFT, t1) then generate(new=G) (its whole time,
-T), as the fixed shape interleaves them. Per request i of that batch, with own output o_i:
+Timing a batch: one generate(new=G) of it, as a server runs it (`timed_batch_generate`): its whole
+time T, and t1, the time its first generated token reaches the host (a streamer's clock; the
+replay, autotune/replay.py, times its batches with the same function). Per request i of that
+batch, with own output o_i:
 
 - ttft_s = t1: every request's first token exists when the batch's prefill and first step end.
 - request_latency_s = T: generate() returns the batch when its longest request is done, so a
@@ -169,6 +171,42 @@ def _pad_token(model) -> int:
     return int(pad)
 
 
+def timed_batch_generate(model, input_ids, attention_mask, base_kwargs: dict, pad: int, n_new: int, device: str,
+                         before_each_run: Callable[[], None] = lambda: None) -> tuple[float, float]:
+    """One generate() of a batch to n_new tokens, as a server runs it: (seconds to its first
+    generated token, seconds to its end). The first token's time is a streamer's clock when
+    generate() hands it the first generated token (generate copies each step's tokens to the host,
+    which waits for the device; the streamer's first put is the prompt)."""
+    import torch
+    from transformers.generation.streamers import BaseStreamer
+
+    class FirstToken(BaseStreamer):
+        def __init__(self) -> None:
+            self.puts, self.first_s = 0, None
+
+        def put(self, value) -> None:
+            self.puts += 1
+            if self.puts == 2:
+                self.first_s = time.perf_counter()
+
+        def end(self) -> None:
+            pass
+
+    before_each_run()
+    streamer = FirstToken()
+    kwargs = {**base_kwargs, "max_new_tokens": n_new, "min_new_tokens": n_new, "pad_token_id": pad}
+    _synchronize(device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(input_ids=input_ids, attention_mask=attention_mask, streamer=streamer, **kwargs)
+    _synchronize(device)
+    end = time.perf_counter()
+    expected = (input_ids.shape[0], input_ids.shape[1] + n_new)
+    if tuple(out.shape) != expected:
+        raise RuntimeError(f"generate returned shape {tuple(out.shape)}, expected {expected}: the measurement would be wrong")
+    return (streamer.first_s or end) - start, end - start
+
+
 def measure_workload(
     model, candidate: Candidate, device: str, batches: list[WorkloadBatch], vocab_size: int, *,
     workload: dict, over_limit_share: float, before_each_run: Callable[[], None] = lambda: None,
@@ -176,8 +214,6 @@ def measure_workload(
     """The worst-case check, then each batch timed once (see the module docstring). `workload`:
     the section measured (recorded with the figures); `over_limit_share`: the workload's share of
     requests over the candidate's max_length (`WorkloadSampler.over_limit`)."""
-    import torch
-
     if not batches:
         raise ValueError("a workload measurement needs at least one batch")
     if candidate.has_images:
@@ -185,19 +221,8 @@ def measure_workload(
     worst_case = _generate_runner(model, candidate, device, vocab_size, None, before_each_run)
     base_kwargs, pad = generate_kwargs(candidate), _pad_token(model)
 
-    def timed(input_ids, attention_mask, n_new: int) -> float:
-        before_each_run()
-        kwargs = {**base_kwargs, "max_new_tokens": n_new, "min_new_tokens": n_new, "pad_token_id": pad}
-        _synchronize(device)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        _synchronize(device)
-        elapsed = time.perf_counter() - start
-        expected = (input_ids.shape[0], input_ids.shape[1] + n_new)
-        if tuple(out.shape) != expected:
-            raise RuntimeError(f"generate returned shape {tuple(out.shape)}, expected {expected}: the measurement would be wrong")
-        return elapsed
+    def timed(input_ids, attention_mask, n_new: int) -> tuple[float, float]:
+        return timed_batch_generate(model, input_ids, attention_mask, base_kwargs, pad, n_new, device, before_each_run)
 
     with MemoryTracker(device, num_gpus=candidate.num_gpus) as tracker:
         warm_start = time.perf_counter()
@@ -214,8 +239,12 @@ def measure_workload(
             input_ids, attention_mask = batch_inputs(batch, vocab_size, pad, 1234 + index, device)
             if candidate.compile:  # a new static-cache shape compiles: never time that
                 timed(input_ids, attention_mask, batch.new_tokens)
-            first.append(timed(input_ids, attention_mask, 1))
-            whole.append(timed(input_ids, attention_mask, batch.new_tokens) if batch.new_tokens > 1 else first[-1])
+            # One generate() per batch, its first token timed inside it: a new batch shape's first
+            # run, as a server meets it (timing generate(new=1) first would warm the shape for the
+            # whole run: the GPU replay of 2026-12-06 ran 9-36% slower than service times measured so).
+            t1, t = timed(input_ids, attention_mask, batch.new_tokens)
+            first.append(t1)
+            whole.append(t)
             del input_ids, attention_mask
         measure_s = time.perf_counter() - measure_start
     memory = tracker.result()
