@@ -33,6 +33,7 @@ REFUSED_BEFORE_ANY_STUDY = {
     "test_data_bounds.py::test_cli_refuses_outside_images_and_allow_data_outside_reaches_the_quality_setup",
     "test_samplers.py::test_unknown_sampler_is_a_one_line_error",
     "test_scaleout.py::test_gpus_refuses_sqlite_and_needs_gpus",
+    "test_objectives.py::test_cli_refuses_goodput_without_an_slo_in_one_line_and_writes_nothing",
     "test_slo.py::test_cli_refuses_a_bad_slo_with_one_line_and_no_output",
     "test_study_quality.py::test_bad_quality_options",
     "test_study_quality.py::test_label_metric_on_unlabelled_data",
