@@ -306,9 +306,11 @@ def arrival_times(n_requests: int, rate_rps: float, seed: int = 0) -> list[float
     return out
 
 
-def _draw(n_requests: int, seed: int, lengths: tuple[int, ...]) -> _Draws:
-    # One generator per stream, so a different length list leaves the arrivals and service draws as they were.
-    outputs, service = (random.Random(f"{seed}:{stream}") for stream in ("outputs", "service"))
+def _draw(n_requests: int, seed: int, lengths: tuple[int, ...], draw_seed: int | None = None) -> _Draws:
+    # One generator per stream, so a different length list leaves the arrivals and service draws as
+    # they were; draw_seed (default: seed) redraws the output lengths and service times alone.
+    other = seed if draw_seed is None else draw_seed
+    outputs, service = (random.Random(f"{other}:{stream}") for stream in ("outputs", "service"))
     return _Draws(
         unit_gaps=_unit_gaps(n_requests, seed),
         output_tokens=lengths * n_requests if len(lengths) == 1 else tuple(outputs.choice(lengths) for _ in range(n_requests)),
@@ -393,13 +395,15 @@ def _run(service: ServiceModel, rate_rps: float, draws: _Draws, warmup: int) -> 
 
 def simulate(service: ServiceModel, rate_rps: float, *, output_tokens: int | Sequence[int],
              n_requests: int = DEFAULT_N_REQUESTS, seed: int = 0,
-             warmup_fraction: float = DEFAULT_WARMUP_FRACTION) -> SimResult:
+             warmup_fraction: float = DEFAULT_WARMUP_FRACTION, draw_seed: int | None = None) -> SimResult:
     """Poisson arrivals at rate_rps into the static-batching server (module docstring), n_requests
     of them; statistics over those after the first warmup_fraction. output_tokens: one length for
-    every request, or a list each request draws its length from."""
+    every request, or a list each request draws its length from. `draw_seed` (default `seed`)
+    redraws the output lengths and service times while the arrivals stay those of `seed`: how
+    much a finite run's percentiles move by the service draws alone."""
     lengths = _output_lengths(output_tokens, service)
     warmup = _check_run(rate_rps, n_requests, warmup_fraction)
-    return _run(service, float(rate_rps), _draw(n_requests, seed, lengths), warmup)
+    return _run(service, float(rate_rps), _draw(n_requests, seed, lengths, draw_seed), warmup)
 
 
 # ------------------------------------------------------------------------------ capacity

@@ -154,6 +154,11 @@ class Comparison:
     simulated: SimResult
     replayed: ReplayResult
     service_ratio: float | None = None  # median over the replay's batches: its time / the service model's mean for it
+    # Per figure (e.g. "e2e_p95"): the 5th and 95th percentile of the simulated figure over
+    # BAND_DRAWS simulations of the same arrivals with other output-length and service draws: how
+    # far a run of this many requests moves by chance. A replay inside it is as close as the
+    # simulation can say.
+    band: dict[str, tuple[float, float]] | None = None
 
     @staticmethod
     def service_ratio_of(replayed: ReplayResult, service) -> float | None:
@@ -166,6 +171,12 @@ class Comparison:
                   if k <= service.batch_size]
         return statistics.median(ratios) if ratios else None
 
+    def within_band(self, figure: str, replayed: float) -> bool | None:
+        if not self.band or figure not in self.band:
+            return None
+        low, high = self.band[figure]
+        return low <= replayed <= high
+
     def rows(self) -> list[tuple[str, float, float, float]]:
         """(figure, simulated, replayed, relative error of the simulation) per latency p95."""
         out = []
@@ -177,15 +188,39 @@ class Comparison:
 
 
 def comparison_markdown(rows: Sequence[Comparison]) -> str:
-    lines = ["| load | rate (req/s) | figure | simulated | replayed | error | mean batch sim / replay | batch time replayed / modelled | requests |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| load | rate (req/s) | figure | simulated | simulated 5-95% band | replayed | error | in band | "
+             "mean batch sim / replay | batch time replayed / modelled | requests |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in rows:
         for figure, sim, rep, err in c.rows():
             ratio = f"{c.service_ratio:.2f}" if c.service_ratio is not None else "–"
-            lines.append(f"| {c.fraction:.0%} | {c.rate_rps:.3g} | {figure} | {sim * 1000:,.1f} ms | {rep * 1000:,.1f} ms | "
-                         f"{err:+.1%} | {c.simulated.mean_batch_size:.2f} / {c.replayed.mean_batch_size:.2f} | {ratio} | "
+            band = c.band.get(figure) if c.band else None
+            band_text = f"{band[0] * 1000:,.1f}-{band[1] * 1000:,.1f} ms" if band else "–"
+            inside = {True: "yes", False: "no", None: "–"}[c.within_band(figure, rep)]
+            lines.append(f"| {c.fraction:.0%} | {c.rate_rps:.3g} | {figure} | {sim * 1000:,.1f} ms | {band_text} | {rep * 1000:,.1f} ms | "
+                         f"{err:+.1%} | {inside} | {c.simulated.mean_batch_size:.2f} / {c.replayed.mean_batch_size:.2f} | {ratio} | "
                          f"{c.replayed.requests} |")
     return "\n".join(lines)
+
+
+BAND_DRAWS = 40
+
+
+def simulated_band(service, rate_rps: float, outputs: list[int], n_requests: int, seed: int,
+                   draws: int = BAND_DRAWS) -> dict[str, tuple[float, float]]:
+    """The 5th-95th percentile range of each simulated p95 over `draws` simulations of the same
+    arrivals (seed) with other output-length and service draws (capacity.simulate's draw_seed)."""
+    from autotune.capacity import simulate
+    from autotune.slo import percentile
+
+    runs = [simulate(service, rate_rps, output_tokens=outputs, n_requests=n_requests, seed=seed, draw_seed=10_000 + i)
+            for i in range(draws)]
+    band = {}
+    for name in ("ttft", "tpot", "e2e"):
+        values = [getattr(r, f"{name}_s").p95 for r in runs if getattr(r, f"{name}_s") is not None]
+        if values:
+            band[f"{name}_p95"] = (percentile(values, 5), percentile(values, 95))
+    return band
 
 
 def service_batch_sizes(batch_size: int) -> list[int]:
@@ -232,8 +267,9 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
         # The same n_requests and seed: the simulation sees the replay's own arrival times, so the
         # two differ by the service times alone (a longer simulation near capacity drifts further).
         simulated = simulate(service, rate, output_tokens=outputs, n_requests=n_requests, seed=seed)
+        band = simulated_band(service, rate, outputs, n_requests, seed)
         replayed = replay(requests, arrival_times(n_requests, rate, seed), candidate.batch_size, runner, rate_rps=rate)
-        comparisons.append(Comparison(fraction, rate, simulated, replayed, Comparison.service_ratio_of(replayed, service)))
+        comparisons.append(Comparison(fraction, rate, simulated, replayed, Comparison.service_ratio_of(replayed, service), band))
         figures = "; ".join(f"{name} simulated {sim * 1000:,.1f} ms, replayed {rep * 1000:,.1f} ms ({err:+.1%})"
                             for name, sim, rep, err in comparisons[-1].rows())
         note(f"{fraction:.0%} of capacity ({rate:.3g} req/s): replayed {replayed.requests} requests in "
@@ -275,6 +311,7 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
                   "error": err, "mean_batch_simulated": c.simulated.mean_batch_size,
                   "mean_batch_replayed": c.replayed.mean_batch_size, "requests": c.replayed.requests,
                   "batch_time_replayed_over_modelled": c.service_ratio,
+                  "simulated_band_s": c.band.get(figure) if c.band else None, "within_band": c.within_band(figure, rep),
                   "replay_s": c.replayed.duration_s}
                  for c in rows for figure, sim, rep, err in c.rows()],
         "batch_logs": {f"{c.fraction:g}": [{"requests": k, "longest_output": longest, "first_token_s": first_s, "total_s": total_s}

@@ -147,3 +147,16 @@ def test_replay_refuses_bad_flags_in_one_line(tmp_path, args: list[str], message
 
     result = run_cli("replay", str(tmp_path / "best.yaml"), *args)
     assert result.returncode == 2 and message in result.stderr and result.stderr.count("\n") == 1, result.stderr
+
+
+def test_the_simulated_band_is_a_point_without_randomness_and_widens_with_it() -> None:
+    """Same arrivals, other service and output draws: a deterministic service model with one
+    output length has nothing to redraw (the band is the simulated value); measured spread does."""
+    from autotune.replay import simulated_band
+
+    fixed = simulated_band(SERVICE, 30.0, [32], 400, seed=2, draws=5)
+    sim = simulate(SERVICE, 30.0, output_tokens=[32], n_requests=400, seed=2)
+    assert fixed["e2e_p95"] == pytest.approx((sim.e2e_s.p95, sim.e2e_s.p95))
+    spread = ServiceModel.from_samples({1: ([0.04, 0.05, 0.09], [0.008, 0.010, 0.016]), 8: ([0.1, 0.12, 0.2], [0.012, 0.015, 0.03])})
+    low, high = simulated_band(spread, 20.0, [8, 16, 32, 64], 400, seed=2, draws=10)["e2e_p95"]
+    assert high > low * 1.02
