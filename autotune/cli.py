@@ -292,6 +292,8 @@ def replay_command(
     requests: int = typer.Option(300, "--requests", help="requests replayed at each rate (the first 10% warm the queue up)"),
     device: Optional[str] = typer.Option(None, "--device", help="cuda:N or cpu; default: the device it was tuned on"),
     seed: int = typer.Option(0, "--seed", help="seed of the arrivals and the drawn requests"),
+    repeats: int = typer.Option(6, "--repeats", help="batches measured per batch size for the service model (its tail "
+                                "is its slowest samples: 3 make a p95 of the slowest one)"),
     slo: Optional[str] = typer.Option(None, "--slo", help="judge the capacity against these limits instead of the "
                                       "study's --slo (same form, e.g. ttft_p95=2s,tpot_p95=60ms)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report here; default: replay.json beside the best.yaml"),
@@ -310,11 +312,14 @@ def replay_command(
         raise AutotuneError(f"--at {at}: cannot read it; give fractions of the capacity like 0.5,0.8,1.0") from None
     if not fractions or any(not 0 < f <= 2 for f in fractions):
         raise AutotuneError(f"--at {at}: fractions must be above 0 and at most 2 (200% of the capacity), e.g. 0.5,0.8,1.0")
+    if not 3 <= repeats <= 100:
+        raise AutotuneError(f"--repeats {repeats}: measure 3 to 100 batches per batch size")
     if not 112 <= requests <= 100_000:
         raise AutotuneError(f"--requests {requests}: replay between 112 (100 counted after the warm-up) and 100000 requests per rate")
     say = lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
     try:
-        report = replay_deployment(config, device=device, fractions=fractions, n_requests=requests, seed=seed, slo=slo, note=say)
+        report = replay_deployment(config, device=device, fractions=fractions, n_requests=requests, seed=seed, slo=slo,
+                                   repeats=repeats, note=say)
     except ValueError as e:
         raise AutotuneError(f"{config}: {e}") from e
     except KeyboardInterrupt:

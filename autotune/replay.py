@@ -304,7 +304,7 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
                                  fractions=fractions, n_requests=n_requests, seed=seed, repeats=repeats, note=note)
     return {
         "best_yaml": str(path), "device": device, "settings": candidate.label(), "slo": slo or "", "study_slo": config.slo or "",
-        "workload": sampler.workload.describe(), "requests_per_rate": n_requests, "seed": seed,
+        "workload": sampler.workload.describe(), "requests_per_rate": n_requests, "seed": seed, "repeats": repeats,
         "capacity_rps": found.rate_rps, "saturation_rps": found.saturation_rps, "capacity_reason": found.reason,
         "recorded_capacity_rps": config.capacity.rate_rps if config.capacity else None,
         "rows": [{"fraction": c.fraction, "rate_rps": c.rate_rps, "figure": figure, "simulated_s": sim, "replayed_s": rep,

@@ -141,6 +141,7 @@ def test_the_capacity_check_runs_end_to_end_on_cpu(tiny_model) -> None:
     (["--requests", "10"], "between 112"),
     ([], "cannot read"),  # no best.yaml there
     (["--slo", "ttft_p95=2"], "no unit"),
+    (["--repeats", "2"], "3 to 100 batches"),
 ])
 def test_replay_refuses_bad_flags_in_one_line(tmp_path, args: list[str], message: str) -> None:
     from tests.conftest import run_cli
