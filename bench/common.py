@@ -42,3 +42,12 @@ def tune_target(tune_args: list[str]):
     ref = resolve_model(arg("--model"), random_weights="--random-weights" in tune_args)
     budget = parse_memory(arg("--memory-budget")) if arg("--memory-budget") else None
     return ref, budget, detect_device(arg("--device"))
+
+
+def worker_bench_target(args: argparse.Namespace):
+    """For a bench that drives workers itself (`--out OUT ... -- TUNE ARGS`): the tune arguments
+    without the `--`, the model reference, budget and DeviceInfo they name, OUT created."""
+    tune_args = [a for a in args.tune_args if a != "--"]
+    ref, budget, info = tune_target(tune_args)
+    args.out.mkdir(parents=True, exist_ok=True)
+    return tune_args, ref, budget, info

@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import tune_target  # noqa: E402
+from common import worker_bench_target  # noqa: E402
 
 SEED = {"dtype": "bf16", "attn_implementation": "sdpa", "batch_size": 8, "max_length": 576, "new_tokens": 64}
 
@@ -130,16 +130,14 @@ def main() -> None:
     parser.add_argument("--workers-dir", type=Path, help="the workers' logs (default OUT/workers)")
     parser.add_argument("tune_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
-    tune_args = [a for a in args.tune_args if a != "--"]
 
     from autotune.memory_model import ModelShape
     from autotune.space import unsupported_reason
     from autotune.spec import Candidate, TrialOutcome
     from autotune.worker import WorkerClient, WorkRequest
 
-    ref, budget, info = tune_target(tune_args)
+    _, ref, budget, info = worker_bench_target(args)
     device = info.device
-    args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     bandwidth = copy_bandwidth_gb_s(device)
     bf16_gb = bf16_bytes_per_token(ModelShape.from_config(ref.config())) / 1e9

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import tune_target  # noqa: E402
+from common import worker_bench_target  # noqa: E402
 from knob_values import SEED, bf16_bytes_per_token, copy_bandwidth_gb_s  # noqa: E402
 
 
@@ -43,16 +43,14 @@ def main() -> None:
     parser.add_argument("--deadline-s", type=float, default=None, help="start no measurement after this many seconds")
     parser.add_argument("tune_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
-    tune_args = [a for a in args.tune_args if a != "--"]
 
     from autotune.deploy import read_deployment
     from autotune.memory_model import ModelShape
     from autotune.spec import Candidate
     from autotune.worker import WorkerClient, WorkRequest
 
-    ref, budget, info = tune_target(tune_args)
+    _, ref, budget, info = worker_bench_target(args)
     device = info.device
-    args.out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     configs: dict[str, Candidate] = {"seed (bf16 sdpa b=8)": Candidate(**SEED)}
     for path in args.best:
