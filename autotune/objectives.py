@@ -27,6 +27,8 @@ class ObjectiveDef:
     maximize: bool
     help: str
     figure: Callable[[Measurement], Stat | None]
+    title: str  # how views name it ("request latency")
+    fixed_unit: str | None = None  # None: the measurement's throughput unit (tok/s, or pairs/s for a reranker)
     needs_slo: bool = False
     latency: bool = False  # seconds, shown in ms
 
@@ -55,20 +57,14 @@ class ObjectiveDef:
         return value / base if self.maximize else base / value
 
     def unit(self, m: Measurement | None) -> str:
-        if self.latency:
-            return "ms"
-        if self.name == "goodput":
-            return "req/s"
+        if self.fixed_unit is not None:
+            return self.fixed_unit
         return m.throughput_unit if m is not None else "tok/s"
 
     @property
     def scale(self) -> float:
         """From the stored figure to the shown one (latency: s to ms)."""
         return 1000.0 if self.latency else 1.0
-
-    @property
-    def title(self) -> str:
-        return {"latency": "request latency"}.get(self.name, self.name)
 
     def format(self, m: Measurement, spread: bool = True) -> str:
         stat = self.figure(m)
@@ -80,9 +76,12 @@ class ObjectiveDef:
 
 OBJECTIVES: dict[str, ObjectiveDef] = {
     o.name: o for o in (
-        ObjectiveDef("throughput", True, "max generated tokens/s (pairs/s for a reranker)", lambda m: m.throughput),
-        ObjectiveDef("latency", False, "min request latency", lambda m: m.request_latency_s, latency=True),
-        ObjectiveDef("goodput", True, "max requests/s within every --slo limit", lambda m: m.goodput_rps, needs_slo=True),
+        ObjectiveDef("throughput", True, "max generated tokens/s (pairs/s for a reranker)", lambda m: m.throughput,
+                     title="throughput"),
+        ObjectiveDef("latency", False, "min request latency", lambda m: m.request_latency_s, title="request latency",
+                     fixed_unit="ms", latency=True),
+        ObjectiveDef("goodput", True, "max requests/s within every --slo limit", lambda m: m.goodput_rps, title="goodput",
+                     fixed_unit="req/s", needs_slo=True),
     )
 }
 
