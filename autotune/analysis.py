@@ -14,6 +14,7 @@ from optuna.trial import TrialState as OptunaState
 from autotune.objectives import objective as objective_def
 from autotune.spec import Stat, TrialRecord
 from autotune.study.context import RECORD_ATTR  # the study owns how records are stored on trials
+from autotune.study.pareto import non_dominated
 
 # PED-ANOVA (Optuna's default evaluator) needs trials to compare; with one trial it returns equal
 # shares for every knob, which reads like a finding and is not one.
@@ -47,18 +48,12 @@ def _goodness(record: TrialRecord, objective: str, with_quality: bool) -> tuple[
     return coords + (record.outcome.quality.score,) if with_quality else coords
 
 
-def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
-
-
 def pareto_front(records: list[TrialRecord], objective: str) -> list[TrialRecord]:
     """The non-dominated feasible measured trials over (objective, peak memory[, quality]), by
     ascending peak memory. A trial is dominated when another is at least as good on every
     dimension and better on one; exact ties all stay on the front."""
-    candidates = front_candidates(records)
     with_quality = quality_on_front(records)
-    coords = {r.number: _goodness(r, objective, with_quality) for r in candidates}
-    front = [r for r in candidates if not any(_dominates(coords[o.number], coords[r.number]) for o in candidates)]
+    front = non_dominated(front_candidates(records), lambda r: _goodness(r, objective, with_quality))
     return sorted(front, key=lambda r: (r.outcome.measurement.peak_memory_gib, r.number))
 
 

@@ -13,9 +13,22 @@ A front of one point is its own choice.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from autotune.objectives import objective as objective_def
 from autotune.spec import TrialRecord
+
+
+def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """Coordinates oriented so that higher is better: a is at least as good everywhere and better once."""
+    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+
+def non_dominated(records: list[TrialRecord], coords: Callable[[TrialRecord], tuple[float, ...]]) -> list[TrialRecord]:
+    """The records no other one dominates (exact ties all stay), in their given order; the front
+    both the objectives' front here and analysis.pareto_front (objective × memory) take."""
+    at = {r.number: coords(r) for r in records}
+    return [r for r in records if not any(dominates(at[o.number], at[r.number]) for o in records)]
 
 
 def _candidates(recs: list[TrialRecord], names: list[str]) -> list[TrialRecord]:
@@ -30,14 +43,8 @@ def _oriented(r: TrialRecord, names: list[str]) -> tuple[float, ...]:
 def objective_front(recs: list[TrialRecord], names: list[str]) -> list[TrialRecord]:
     """Feasible measured trials no other one is at least as good as on every objective and better
     on one (exact ties all stay), by the first objective, best first."""
-    pool = _candidates(recs, names)
-    coords = {r.number: _oriented(r, names) for r in pool}
-
-    def dominated(r: TrialRecord) -> bool:
-        mine = coords[r.number]
-        return any(all(o >= m for o, m in zip(coords[x.number], mine)) and coords[x.number] != mine for x in pool)
-
-    return sorted((r for r in pool if not dominated(r)), key=lambda r: (objective_def(names[0]).key(r.objective_values[names[0]]), r.number))
+    front = non_dominated(_candidates(recs, names), lambda r: _oriented(r, names))
+    return sorted(front, key=lambda r: (objective_def(names[0]).key(r.objective_values[names[0]]), r.number))
 
 
 def knee(front: list[TrialRecord], names: list[str]) -> TrialRecord | None:
