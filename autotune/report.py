@@ -253,26 +253,36 @@ def study_objectives(recs: list[TrialRecord]) -> list[str]:
     return next((list(r.objective_values) for r in recs if len(r.objective_values) > 1), [])
 
 
-def objectives_front_markdown(recs: list[TrialRecord], names: list[str], chosen: int | None) -> str | None:
+def objectives_front_rows(recs: list[TrialRecord], names: list[str],
+                          chosen: int | None) -> tuple[str, list[str], list[list[str]]] | None:
     """A multi-objective study's Pareto front over its objectives (autotune/study/pareto.py), best
-    first by the first objective, the chosen point starred; None when nothing is on it yet."""
+    first by the first objective, the chosen point starred: (caption, header, rows), the cells
+    `show` and report.html print; None when nothing is on it yet."""
     from autotune.study.pareto import objective_front
 
     front = objective_front(recs, names)
     if not front:
         return None
     defs = [objective_def(n) for n in names]
-    head = " | ".join(f"{d.title} ({d.unit(front[0].outcome.measurement)})" for d in defs)
-    lines = [f"Pareto front of {' × '.join(names)} ({len(front)} of "
-             f"{sum(1 for r in recs if r.state == 'measured')} feasible measured trials; * = best.yaml's point)",
-             f"| # | settings | {head} | peak GiB |", "|--:|---|" + "--:|" * len(defs) + "--:|"]
-    for r in front:
-        values = " | ".join(f"{r.objective_values[n] * d.scale:,.{0 if d.latency else 2}f}" for n, d in zip(names, defs))
-        lines.append(f"| {r.number}{'*' if r.number == chosen else ''} | {r.candidate.label()} | {values} | "
-                     f"{r.outcome.measurement.peak_memory_gib:.2f} |")
+    header = ["#", "settings", *(f"{d.title} ({d.unit(front[0].outcome.measurement)})" for d in defs), "peak GiB"]
+    rows = [[f"{r.number}{'*' if r.number == chosen else ''}", r.candidate.label(),
+             *(f"{r.objective_values[n] * d.scale:,.{0 if d.latency else 2}f}" for n, d in zip(names, defs)),
+             f"{r.outcome.measurement.peak_memory_gib:.2f}"] for r in front]
+    caption = (f"Pareto front of {' × '.join(names)} ({len(front)} of "
+               f"{sum(1 for r in recs if r.state == 'measured')} feasible measured trials; * = best.yaml's point)")
     if chosen is not None and chosen not in {r.number for r in front}:
-        lines[0] += f"; best.yaml's #{chosen} is off this front of the search's figures: the confirmation chose it on its own"
-    return "\n".join(lines)
+        caption += f"; best.yaml's #{chosen} is off this front of the search's figures: the confirmation chose it on its own"
+    return caption, header, rows
+
+
+def objectives_front_markdown(recs: list[TrialRecord], names: list[str], chosen: int | None) -> str | None:
+    """objectives_front_rows as the caption and a markdown table."""
+    table = objectives_front_rows(recs, names, chosen)
+    if table is None:
+        return None
+    caption, header, rows = table
+    lines = [caption, "| " + " | ".join(header) + " |", "|--:|---|" + "--:|" * (len(header) - 2)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def print_results(console: Console, recs: list[TrialRecord], config: DeploymentConfig | None, objective: str, out: Path) -> None:

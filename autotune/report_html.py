@@ -22,7 +22,7 @@ from autotune.analysis import Importances, front_candidates, importances, object
 from autotune.atomic import atomic_write_text
 from autotune.spec import DeploymentConfig, TrialRecord
 from autotune.objectives import objective as objective_def
-from autotune.report import objectives_front_markdown, study_objectives
+from autotune.report import objectives_front_rows, study_objectives
 
 REPORT_FILE = "report.html"
 PARETO_DIV_ID = "pareto-front"
@@ -273,13 +273,12 @@ def _front_table(records: list[TrialRecord], objective: str) -> str:
 
 def _objectives_table(records: list[TrialRecord], names: list[str], best: DeploymentConfig | None) -> str:
     """The front of a multi-objective study as a table (the rows `autotune show` prints)."""
-    text = objectives_front_markdown(records, names, best.trial_number if best else None)
-    if text is None:
+    table = objectives_front_rows(records, names, best.trial_number if best else None)
+    if table is None:
         return "<p class='note'>Nothing on the front yet.</p>"
-    caption, header, _, *rows = text.split("\n")
-    cells = lambda line: [c.strip() for c in line.strip().strip("|").split("|")]  # noqa: E731
-    head = "".join(f"<th{' class=l' if i == 1 else ''}>{html.escape(c)}</th>" for i, c in enumerate(cells(header)))
-    body = "".join("<tr>" + "".join(f"<td{' class=l' if i == 1 else ''}>{html.escape(c)}</td>" for i, c in enumerate(cells(row)))
+    caption, header, rows = table
+    head = "".join(f"<th{' class=l' if i == 1 else ''}>{html.escape(c)}</th>" for i, c in enumerate(header))
+    body = "".join("<tr>" + "".join(f"<td{' class=l' if i == 1 else ''}>{html.escape(c)}</td>" for i, c in enumerate(row))
                    + "</tr>" for row in rows)
     return f"<p class='note'>{html.escape(caption)}</p><table id='objectives-table'><tr>{head}</tr>{body}</table>"
 
