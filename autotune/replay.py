@@ -167,8 +167,7 @@ class Comparison:
         (1.0: the model is right on average; above 1: real batches take longer)."""
         import statistics
 
-        ratios = [total_s / service.mean_batch_s(k, longest) for k, longest, _, total_s in replayed.batch_log
-                  if k <= service.batch_size]
+        ratios = [total_s / service.mean_batch_s(k, longest) for k, longest, _, total_s in replayed.batch_log]
         return statistics.median(ratios) if ratios else None
 
     def within_band(self, figure: str, replayed: float) -> bool | None:
@@ -245,10 +244,10 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
     from autotune.measure.traffic import build_batches, fit_request, measure_workload
 
     points = {}
+    _, share = sampler.over_limit(candidate.max_length)
     for k in service_batch_sizes(candidate.batch_size):
         at_k = candidate.model_copy(update={"batch_size": k})
         batches = build_batches(sampler.draw(repeats * k, seed + k, candidate.max_length), k, candidate.max_length)
-        _, share = sampler.over_limit(candidate.max_length)
         points[k] = measure_workload(model, at_k, device, batches, vocab_size, workload={}, over_limit_share=share)
         note(f"service time at batch {k}: TTFT p50 {points[k].ttft_s.median * 1000:,.1f} ms, "
              f"e2e p50 {points[k].request_latency_s.median:.3f} s")
@@ -287,11 +286,10 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
     from autotune.models import relocate
     from autotune.slo import parse_slo
 
-    if slo:
-        parse_slo(slo)  # a bad --slo is refused before anything is read or loaded
+    limits = parse_slo(slo) if slo else None  # a bad --slo is refused before anything is read or loaded
     config = read_deployment(path)
-    slo = slo or config.slo
-    limits = parse_slo(slo) if slo else []
+    if limits is None:
+        slo, limits = config.slo, parse_slo(config.slo) if config.slo else []
     candidate = config.settings
     if candidate.has_images or config.measured.output_tokens_per_s is None:
         raise ValueError("a replay sends text requests that generate; this best.yaml serves images or scores (a reranker)")

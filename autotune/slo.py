@@ -138,7 +138,7 @@ def goodput_share(measurement: Measurement, limits: list[SloLimit]) -> float:
     (Measurement.request_output_tokens says which): a request without a TPOT meets a TPOT limit."""
     per_request = {"ttft": measurement.ttft_s.samples, "e2e": measurement.request_latency_s.samples}
     n = len(per_request["ttft"])
-    if measurement.tpot_s is not None:
+    if measurement.tpot_s is not None and any(limit.latency == "tpot" for limit in limits):
         tpot = list(measurement.tpot_s.samples)
         outputs = measurement.request_output_tokens
         if len(tpot) == n:
