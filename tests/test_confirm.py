@@ -371,19 +371,20 @@ def test_an_oom_in_the_confirmation_is_retried_in_a_fresh_worker(tmp_path: Path)
 def test_a_tight_timeout_keeps_time_for_the_confirmation(tmp_path: Path) -> None:
     """Issue 20: under a --timeout the search would use up, the search stops early to keep the
     confirmation's expected time, the confirmation runs (it is never skipped), and best.yaml says
-    whether its winner is confirmed. Every measurement starts 3 s late (a planted sleep), so trials
-    and confirmation requests take a known time on a busy machine: about 4.5 s each on the loaded
-    model, 8-14 s for the first (worker start and load). The confirmation of the top 2 (2 rounds x
-    2 requests, and a load) is estimated at about 20 s, so the search stops after 2 or 3 of the 6
-    trials it would otherwise run in the 40 s (on 2 busy cores, 2026-12-06: 2 trials in 20 s,
-    stopped 20 s early, the confirmation estimated at 23 s took 17 s)."""
+    whether its winner is confirmed. Every measurement starts 6 s late (a planted sleep), so trials
+    and confirmation requests take a known time whatever the machine: the sleep, not the tiny
+    model, sets it (6-7 s each on the loaded model, more for the first: worker start and load). The
+    confirmation of the top 2 (2 rounds x 2 requests) is estimated at about 25 s, so the search
+    stops after 2 or 3 of the 6 trials it would otherwise run in the 40 s. (With a 3 s sleep an idle
+    2-core machine, 2026-12-06, ran all 6 trials, 3.2 s each, and the confirmation inside the 40 s:
+    nothing had to stop early and the test failed; a busy one stopped after 2.)"""
     import json
 
     from tests.conftest import cli_env
 
     space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=[1, 2, 3, 4, 5, 6])
     out = tmp_path / "out"
-    env = cli_env(AUTOTUNE_FAULTS=json.dumps({"sleep_before_measurement_s": 3.0}))
+    env = cli_env(AUTOTUNE_FAULTS=json.dumps({"sleep_before_measurement_s": 6.0}))
     result = run_cli("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--trials", "6",
                      "--out", str(out), "--device", "cpu", "--confirm-top", "2", "--confirm-repeats", "4",
                      "--timeout", "40", env=env)
