@@ -371,7 +371,16 @@ def _build_random(ref: ModelRef, device: str, tmp: Path) -> None:
     # Initialise on the target device: a 7B model initialises on a GPU in about a second, but
     # takes minutes on CPU. Weights are saved in the config's dtype, like a real checkpoint.
     torch.manual_seed(0)
-    with torch.device(device):
+    try:
+        with torch.device(device):
+            model = auto_class.from_config(config, dtype=config_dtype)
+    except torch.OutOfMemoryError:
+        if device == "cpu":
+            raise
+        # A model larger than the GPU (one meant to run offloaded) is built in host memory: slower, same bytes.
+        print(f"building {ref.name} on the CPU: it does not fit in {device}'s free memory", flush=True)
+        torch.cuda.empty_cache()
+        torch.manual_seed(0)
         model = auto_class.from_config(config, dtype=config_dtype)
     save_checkpoint(model, tmp)
     del model

@@ -160,6 +160,33 @@ def test_materialized_random_checkpoint_loads(tmp_path: Path, monkeypatch: pytes
     assert model.get_input_embeddings().weight.shape == (1024, 64)
 
 
+def test_a_random_model_too_big_for_the_gpu_is_built_on_the_cpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A model meant to run offloaded does not fit the GPU in full: its checkpoint is built in host
+    memory instead of failing the trial (the offload GPU test's OOM), with the same weights."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    monkeypatch.setenv("AUTOTUNE_CACHE_DIR", str(tmp_path / "cache"))
+    ref = resolve_model("tiny-qwen2", random_weights=True)
+    expected = AutoModelForCausalLM.from_pretrained(materialize(ref, "cpu")).state_dict()
+    shutil.rmtree(tmp_path / "cache")
+    real = AutoModelForCausalLM.from_config
+    devices: list[str] = []
+
+    def from_config(*args, **kwargs):
+        devices.append(str(torch.get_default_device()))
+        if devices[-1].startswith("cuda"):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 44.00 MiB.")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_config", from_config)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)  # no CUDA on this machine
+    path = materialize(ref, "cuda:0")
+    assert devices == ["cuda:0", "cpu"]
+    built = AutoModelForCausalLM.from_pretrained(path).state_dict()
+    assert built.keys() == expected.keys() and all(torch.equal(built[k], expected[k]) for k in expected)
+
+
 # ------------------------------------------------------------------------------ rebuildable caches in RAM
 
 

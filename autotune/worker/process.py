@@ -200,11 +200,13 @@ class _Worker:
             self._cap_spread_devices(cand.num_gpus)
             start = time.perf_counter()
             try:
-                materialize(self.ref, self.device)  # cached after the first build on this machine
-                prepare_s = time.perf_counter() - start
                 with self._memory_cap_lifted():
-                    # Quantizing and saving a copy for later loads is preparation, like building the
-                    # checkpoint; the trial's own load below reads the copy under the budget.
+                    # Building the random-weight checkpoint (cached after the first build on this
+                    # machine) and quantizing a copy for later loads are preparation, not the
+                    # candidate: a model that only fits offloaded must still be built in full once.
+                    # The trial's own load below reads the files under the budget.
+                    materialize(self.ref, self.device)
+                    prepare_s = time.perf_counter() - start
                     prepare_s += ensure_prequantized(self.ref, cand, self.device)
                 start = time.perf_counter()
                 self.model, self.tokenizer = load_model_for_trial(self.ref, cand, self.device)
