@@ -50,16 +50,23 @@ to back, none waiting): the concurrency reported with it. Above it the queue gro
 
 Capacity
 --------
-The largest rate below saturation_rps at which every SLO limit given (--slo's limits,
-autotune/slo.py: TTFT, TPOT or end-to-end latency at p50, p90, p95 or p99) holds in the
-simulation, found by bisection in log rate between a tiny rate (TINY_FRACTION of saturation, where
-batches are almost always of one request) and saturation_rps, until the failing rate is within
-rel_tol of the meeting one. Every rate sees the same random numbers: arrival gaps are one set of
-unit exponential draws scaled by 1/rate, and the output lengths and service draws are the same
-sequences (common random numbers). Comparing two rates then compares the rates, not the noise, and
-the answer is deterministic for a seed. Latency is not proven monotone in rate (the batches
-change with it); the answer is a boundary where the rate meets every limit and one rel_tol higher
-does not, for that seed. When even the tiny rate misses a limit, the capacity is 0 with that limit.
+The largest rate R below saturation_rps such that every SLO limit given (--slo's limits,
+autotune/slo.py: TTFT, TPOT or end-to-end latency at p50, p90, p95 or p99) holds in the simulation
+at R and at every lighter load scanned below it. Latency is not monotone in rate: batches grow with
+load, and where a batch's time barely grows with its size (decode bound by per-step overhead, not
+by the batch) small batches queue worse at a light load than full ones at a heavier one; the H100
+replay of 2026-12-06 measured such service times (a p95 TTFT over its limit near 0.4 req/s, at or
+under it again towards 4 req/s in the same simulation). A server cannot choose its load, so the
+capacity is the first miss from below, not the highest rate that meets the limits. It is found by
+a scan of SCAN_POINTS rates spaced evenly in log rate from a tiny rate (TINY_FRACTION of
+saturation, where batches are almost always of one request) to saturation, then bisection between
+the last scanned rate that meets every limit and the first that misses, until the two are within
+rel_tol. Scanned rates above the first miss that meet every limit again are reported
+(Capacity.meets_again_rps): the config would hold that heavier load, not the lighter one between.
+Every rate sees the same random numbers: arrival gaps are one set of unit exponential draws scaled
+by 1/rate, and the output lengths and service draws are the same sequences (common random
+numbers). Comparing two rates then compares the rates, not the noise, and the answer is
+deterministic for a seed. When even the tiny rate misses a limit, the capacity is 0 with that limit.
 """
 
 from __future__ import annotations
@@ -79,6 +86,9 @@ if TYPE_CHECKING:  # annotations only: spec pulls in the knob tables, this modul
 # The "tiny rate" a capacity search starts from, as a fraction of saturation: batches are then of
 # one request nearly always, so a limit it misses is missed by the config itself, not by load.
 TINY_FRACTION = 1e-3
+# Rates scanned between the tiny rate and saturation (three decades): neighbours 1.6x apart, so a
+# band of misses narrower than that below the capacity can go unseen; 16 runs of 20,000 requests.
+SCAN_POINTS = 16
 MIN_COUNTED_REQUESTS = 100  # fewer after the warm-up leave no p99 to speak of
 DEFAULT_N_REQUESTS = 20_000  # p95 to about ±1% at moderate load, in well under a second
 DEFAULT_WARMUP_FRACTION = 0.1
@@ -424,7 +434,7 @@ def missed(result: SimResult, limits: Sequence[SloLimit]) -> list[tuple[str, flo
 
 @dataclass(frozen=True)
 class Capacity:
-    """The largest arrival rate meeting the SLO, and what holding it looks like."""
+    """The largest arrival rate meeting the SLO at it and every lighter load, and what holding it looks like."""
 
     rate_rps: float  # 0 when even a tiny rate misses a limit
     concurrency: float  # mean requests in the system at rate_rps (Little's law); batch_size at saturation
@@ -432,6 +442,8 @@ class Capacity:
     limited_by: str  # the limit a slightly higher rate misses ("ttft_p95", ...), or "saturation"
     reason: str  # one line with the numbers
     simulated: SimResult | None  # the simulation at rate_rps; at the tiny rate when capacity is 0; None at saturation
+    # (lowest, highest) scanned rate above the first miss that meets every limit again; None when none does
+    meets_again_rps: tuple[float, float] | None = None
 
 
 def _describe(missed: list[tuple[str, float, float]]) -> str:
@@ -457,25 +469,37 @@ def capacity(service: ServiceModel, limits: Sequence[SloLimit], *, output_tokens
     tiny = saturation * TINY_FRACTION
     warmup = _check_run(tiny, n_requests, warmup_fraction)
     draws = _draw(n_requests, seed, lengths)
-    meets = _run(service, tiny, draws, warmup)
-    if misses := missed(meets, limits):
+    scanned = [tiny * (1 / TINY_FRACTION) ** (i / SCAN_POINTS) for i in range(SCAN_POINTS)]  # saturation excluded
+    results = [(rate, _run(service, rate, draws, warmup)) for rate in scanned]
+    first_miss = next((i for i, (_, result) in enumerate(results) if missed(result, limits)), None)
+    again = [rate for rate, result in results[(first_miss or len(results)) + 1:] if not missed(result, limits)]
+    meets_again = (again[0], again[-1]) if first_miss is not None and again else None
+    again_words = (f"; meets every limit again at the scanned rates {meets_again[0]:.4g}-{meets_again[1]:.4g} req/s (larger batches "
+                   f"serve faster than small ones queue): the lighter load is the limit" if meets_again else "")
+    if first_miss == 0:
+        meets = results[0][1]
+        misses = missed(meets, limits)
         return Capacity(rate_rps=0.0, concurrency=0.0, saturation_rps=saturation, limited_by=misses[0][0], simulated=meets,
-                        reason=f"even {tiny:.4g} req/s (batches of about {meets.mean_batch_size:.3g}) misses {_describe(misses)}")
+                        reason=f"even {tiny:.4g} req/s (batches of about {meets.mean_batch_size:.3g}) misses "
+                               f"{_describe(misses)}{again_words}", meets_again_rps=meets_again)
 
-    low_rps, high_rps = tiny, saturation
-    high_missed: list[tuple[str, float, float]] = []  # at saturation itself: nothing simulated, the queue is unstable
+    if first_miss is None:  # every scanned rate meets: the boundary lies between the last one and saturation
+        (low_rps, meets), high_rps, high_missed = results[-1], saturation, []
+    else:
+        (low_rps, meets), (high_rps, high_result) = results[first_miss - 1], results[first_miss]
+        high_missed = missed(high_result, limits)
     while high_rps > low_rps * (1 + rel_tol):
-        mid_rps = math.sqrt(low_rps * high_rps)  # bisection in log rate: the bracket spans three decades
+        mid_rps = math.sqrt(low_rps * high_rps)  # bisection in log rate
         result = _run(service, mid_rps, draws, warmup)
         if misses := missed(result, limits):
             high_rps, high_missed = mid_rps, misses
         else:
             low_rps, meets = mid_rps, result
-    if high_missed:
+    if high_missed:  # at saturation itself nothing is simulated: the queue is unstable
         limited_by = high_missed[0][0]
-        reason = f"{high_rps:.4g} req/s misses {_describe(high_missed)}"
+        reason = f"{high_rps:.4g} req/s misses {_describe(high_missed)}{again_words}"
     else:
         limited_by = "saturation"
         reason = f"meets every limit up to within {rel_tol:.0%} of saturation ({saturation:.4g} req/s)"
     return Capacity(rate_rps=low_rps, concurrency=meets.concurrency, saturation_rps=saturation,
-                    limited_by=limited_by, reason=reason, simulated=meets)
+                    limited_by=limited_by, reason=reason, simulated=meets, meets_again_rps=meets_again)

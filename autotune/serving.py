@@ -38,11 +38,15 @@ class ServingCapacity(BaseModel):
     batch_sizes: list[int] = Field(description="the measured batch sizes the simulation interpolates between")
     simulated_p95_s: dict[str, float] = Field(default={}, description="ttft/tpot/e2e p95 simulated at rate_rps")
     output_tokens: list[int] = Field(default=[], description="the output lengths requests drew from (one entry: every request's)")
+    meets_again_rps: list[float] = Field(default=[], description="[lowest, highest] scanned rate above the capacity that meets "
+                                         "the SLO again (small batches queue worse than full ones); empty when none does")
 
     def summary(self) -> str:
         within = f" within {self.slo}" if self.slo else ""
         return (f"capacity: {_rate(self.rate_rps)} requests/s{within} (about {self.concurrency:,.1f} concurrent; "
-                f"saturation {_rate(self.saturation_rps)} requests/s; limited by {self.limited_by})")
+                f"saturation {_rate(self.saturation_rps)} requests/s; limited by {self.limited_by})"
+                + (f"; meets the SLO again at {_rate(self.meets_again_rps[0])}-{_rate(self.meets_again_rps[1])} requests/s, "
+                   f"not at the lighter loads between" if self.meets_again_rps else ""))
 
 
 def _rate(rps: float) -> str:
@@ -76,4 +80,5 @@ def serving_capacity(recs: list[TrialRecord], best: TrialRecord, limits: list[Sl
         rate_rps=result.rate_rps, concurrency=result.concurrency, saturation_rps=result.saturation_rps,
         limited_by=result.limited_by, reason=result.reason,
         slo=",".join(lim.label() for lim in simulated_limits),
-        batch_sizes=sorted(points), simulated_p95_s=simulated, output_tokens=sorted(outputs))
+        batch_sizes=sorted(points), simulated_p95_s=simulated, output_tokens=sorted(outputs),
+        meets_again_rps=list(result.meets_again_rps or ()))

@@ -107,7 +107,7 @@ def test_a_limit_missed_even_at_a_tiny_rate_gives_zero_with_the_reason():
         found = capacity(SPREAD, slo, output_tokens=128)
         assert (found.rate_rps, found.concurrency, found.limited_by) == (0.0, 0.0, limit)
         assert found.reason.startswith("even ") and limit in found.reason and "\n" not in found.reason
-        assert found.saturation_rps > 0
+        assert found.saturation_rps > 0 and found.meets_again_rps is None
 
 
 def test_tpot_depends_only_on_the_tpot_samples():
@@ -131,6 +131,29 @@ def test_tpot_of_larger_batches_limits_the_rate_that_fills_them():
     assert found.limited_by == "tpot_p95"
     assert 0 < found.rate_rps < 0.5 * found.saturation_rps
     assert found.simulated.tpot_s.p95 <= 0.02
+
+
+# Small batches slower per request than full ones (a batch of 32 runs 64 tokens faster than a batch
+# of 1: per-step overhead, as the H100 replay of 2026-12-06 measured): a light load queues behind
+# slow single requests and misses a TTFT limit that a heavier load, served in full batches, meets.
+OVERHEAD_BOUND = ServiceModel.from_samples({1: ([0.1], [0.08]), 32: ([0.8], [0.03])})
+
+
+def test_capacity_is_the_first_miss_from_below_when_latency_is_not_monotone_in_rate():
+    slo = parse_slo("ttft_p95=4.5s")
+    found = capacity(OVERHEAD_BOUND, slo, output_tokens=64)
+    assert found.limited_by == "ttft_p95" and 0 < found.rate_rps < 0.2
+    assert simulate(OVERHEAD_BOUND, found.rate_rps, output_tokens=64).ttft_s.p95 <= 4.5
+    assert simulate(OVERHEAD_BOUND, 1.02 * found.rate_rps, output_tokens=64).ttft_s.p95 > 4.5
+    # Heavier loads meet the limit again: reported, and true in the simulation, but not the capacity.
+    low, high = found.meets_again_rps
+    assert 1.0 < low < high < found.saturation_rps
+    assert all(simulate(OVERHEAD_BOUND, rate, output_tokens=64).ttft_s.p95 <= 4.5 for rate in (low, high))
+    assert simulate(OVERHEAD_BOUND, 0.5, output_tokens=64).ttft_s.p95 > 4.5  # the band between misses
+    assert "meets every limit again" in found.reason and "lighter load is the limit" in found.reason
+    # Under a limit every rate meets up to saturation there is nothing to report.
+    monotone = capacity(OVERHEAD_BOUND, parse_slo("ttft_p95=6s"), output_tokens=64)
+    assert monotone.meets_again_rps is None and monotone.rate_rps > 10 and "again" not in monotone.reason
 
 
 def test_no_slo_means_saturation():

@@ -63,3 +63,17 @@ def test_a_workloads_output_lengths_feed_the_simulation() -> None:
     a, b = serving_capacity([fixed], fixed, []), serving_capacity([long], long, [])
     assert a.output_tokens == [10] and b.output_tokens == [10, 40, 40, 80]
     assert b.saturation_rps < a.saturation_rps / 3  # a full batch of 8 almost surely runs to 80 tokens, not 10
+
+
+def test_a_heavier_load_that_meets_the_slo_again_is_recorded_and_said() -> None:
+    """A batch of 1 slower per request than a full batch (per-step overhead): light loads queue
+    behind single requests and miss ttft_p95, heavier ones meet it again; best.yaml keeps the
+    conservative capacity and records the band, and the summary says it."""
+    best = _record(1, batch=32, ttft_s=0.8, tpot_s=0.03)  # 0.8 + 9 x 0.03 = 1.07 s for 32 requests
+    recs = [best, _record(2, batch=1, ttft_s=0.1, tpot_s=0.3)]  # 2.8 s for one
+    cap = serving_capacity(recs, best, parse_slo("ttft_p95=2.5s"))
+    assert cap.limited_by == "ttft_p95" and 0 < cap.rate_rps < 1
+    assert len(cap.meets_again_rps) == 2 and cap.rate_rps < cap.meets_again_rps[0] <= cap.meets_again_rps[1] < cap.saturation_rps
+    assert "meets the SLO again at" in cap.summary() and "not at the lighter loads between" in cap.summary()
+    plain = serving_capacity([best], best, parse_slo("ttft_p95=2.5s"))
+    assert plain.meets_again_rps == [] and "again" not in plain.summary()
