@@ -304,6 +304,7 @@ def replay_command(
     latencies next to the replayed ones."""
     import json
 
+    from autotune.atomic import atomic_write_text
     from autotune.replay import replay_deployment
 
     try:
@@ -317,19 +318,27 @@ def replay_command(
     if not 112 <= requests <= 100_000:
         raise AutotuneError(f"--requests {requests}: replay between 112 (100 counted after the warm-up) and 100000 requests per rate")
     say = lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
+    target = json_out or config.parent / "replay.json"
+    saved: list[dict] = []
+
+    def save(report: dict) -> None:  # after the capacity and after every rate: a stopped run keeps what it measured
+        try:
+            atomic_write_text(target, json.dumps(report, indent=2) + "\n")
+        except OSError as e:
+            raise AutotuneError(f"--json {target}: cannot write ({e.strerror}); pass a writable path") from e
+        saved[:] = [report]
+
+    if not target.parent.is_dir():
+        raise AutotuneError(f"--json {target}: its folder does not exist; pass a path in an existing folder")
     try:
         report = replay_deployment(config, device=device, fractions=fractions, n_requests=requests, seed=seed, slo=slo,
-                                   repeats=repeats, note=say)
+                                   repeats=repeats, note=say, save=save)
     except ValueError as e:
         raise AutotuneError(f"{config}: {e}") from e
     except KeyboardInterrupt:
-        err_console.print("interrupted: nothing replayed")
+        done = f"the capacity and {len({r['fraction'] for r in saved[0]['rows']})} rate(s) are in {target}" if saved else "nothing was measured yet"
+        err_console.print(f"interrupted: {done}")
         raise typer.Exit(130) from None
-    target = json_out or config.parent / "replay.json"
-    try:
-        target.write_text(json.dumps(report, indent=2) + "\n")
-    except OSError as e:
-        raise AutotuneError(f"--json {target}: cannot write ({e.strerror}); pass a writable path") from e
     say(report["markdown"])
     say(f"wrote {target}")
 

@@ -232,13 +232,39 @@ def service_batch_sizes(batch_size: int) -> list[int]:
     return sizes + [batch_size]
 
 
+@dataclass(frozen=True)
+class ServicePointSummary:
+    """What the service model was built from at one batch size (replay.json keeps it: a capacity is
+    only as right as these)."""
+
+    batch_size: int
+    ttft_p50_s: float
+    tpot_p50_s: float | None
+    tpot_p95_s: float | None
+    e2e_p50_s: float
+    requests: int  # timed requests (the batches measured × batch_size)
+
+    @classmethod
+    def of(cls, batch_size: int, m) -> ServicePointSummary:
+        from autotune.slo import percentile
+
+        tpot = m.tpot_s.samples if m.tpot_s is not None else None
+        return cls(batch_size, m.ttft_s.median, m.tpot_s.median if tpot else None, percentile(tpot, 95) if tpot else None,
+                   m.request_latency_s.median, len(m.ttft_s.samples))
+
+
+Checkpoint = Callable[[object, list[ServicePointSummary], list[Comparison]], None]
+
+
 def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limits, *, fractions: Sequence[float],
-                   n_requests: int, seed: int = 0, repeats: int = 3,
-                   note: Callable[[str], None] = lambda text: None) -> tuple[object, list[Comparison]]:
+                   n_requests: int, seed: int = 0, repeats: int = 3, note: Callable[[str], None] = lambda text: None,
+                   checkpoint: Checkpoint = lambda found, points, rows: None) -> tuple[object, list[Comparison]]:
     """Measure the config's service times on the workload at service_batch_sizes (each `repeats`
     batches, traffic.measure_workload), compute its capacity under `limits` (autotune.slo.SloLimit)
     from them, then at each fraction of it simulate and replay the same n_requests arrivals (the
     simulation with the replay's arrival times; the output lengths drawn from the same requests).
+    `checkpoint(capacity, service points, comparisons so far)` runs once the capacity is known and
+    after every rate, so a run stopped in a long replay keeps what it measured.
     Returns (capacity.Capacity, the comparisons)."""
     from autotune.capacity import ServiceModel, arrival_times, capacity, simulate
     from autotune.measure.traffic import build_batches, fit_request, measure_workload
@@ -252,10 +278,12 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
         note(f"service time at batch {k}: TTFT p50 {points[k].ttft_s.median * 1000:,.1f} ms, "
              f"e2e p50 {points[k].request_latency_s.median:.3f} s")
     service = ServiceModel.from_measurements(points)
+    summaries = [ServicePointSummary.of(k, m) for k, m in sorted(points.items())]
     requests = [fit_request(r, candidate.max_length)[0] for r in sampler.draw(n_requests, seed + 10_007, candidate.max_length)]
     outputs = [r.output_tokens for r in requests]
     found = capacity(service, limits, output_tokens=outputs)
     note(f"capacity {found.rate_rps:.4g} req/s ({found.reason})")
+    checkpoint(found, summaries, [])
     if found.rate_rps <= 0:
         return found, []
     runner = generate_runner(model, candidate, device, vocab_size)
@@ -263,6 +291,9 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
     comparisons = []
     for fraction in fractions:
         rate = fraction * found.rate_rps
+        # The arrivals alone take n_requests / rate: a capacity near 0 makes a long replay, said before it starts.
+        note(f"{fraction:.0%} of capacity ({rate:.3g} req/s): replaying {n_requests} requests, arrivals over about "
+             f"{n_requests / rate:,.0f} s")
         # The same n_requests and seed: the simulation sees the replay's own arrival times, so the
         # two differ by the service times alone (a longer simulation near capacity drifts further).
         simulated = simulate(service, rate, output_tokens=outputs, n_requests=n_requests, seed=seed)
@@ -273,13 +304,19 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
                             for name, sim, rep, err in comparisons[-1].rows())
         note(f"{fraction:.0%} of capacity ({rate:.3g} req/s): replayed {replayed.requests} requests in "
              f"{replayed.duration_s:.1f} s; {figures}")
+        checkpoint(found, summaries, comparisons)
     return found, comparisons
 
 
 def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n_requests: int, seed: int = 0,
-                      repeats: int = 3, slo: str | None = None, note: Callable[[str], None] = lambda text: None) -> dict:
+                      repeats: int = 3, slo: str | None = None, note: Callable[[str], None] = lambda text: None,
+                      save: Callable[[dict], None] = lambda report: None) -> dict:
     """The capacity check of a best.yaml: its model loaded here as it was tuned, its workload (the
-    fixed shape when it had none) and its --slo (or `slo`, when given); returns a JSON-ready report."""
+    fixed shape when it had none) and its --slo (or `slo`, when given); returns a JSON-ready report.
+    `save(report so far)` runs once the capacity is known and after every rate ("complete": false
+    until the last)."""
+    from dataclasses import asdict
+
     from autotune.loading import load_model
     from autotune.deploy import read_deployment
     from autotune.measure.traffic import workload_sampler
@@ -298,21 +335,36 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
     model, tokenizer = load_model(ref, candidate, device)
     text_config = getattr(model.config, "text_config", None) or model.config
     sampler = workload_sampler(config.measured.workload, candidate.new_tokens, tokenizer, ref.config())
-    found, rows = capacity_check(model, candidate, device, int(text_config.vocab_size), sampler, limits,
-                                 fractions=fractions, n_requests=n_requests, seed=seed, repeats=repeats, note=note)
-    return {
-        "best_yaml": str(path), "device": device, "settings": candidate.label(), "slo": slo or "", "study_slo": config.slo or "",
-        "workload": sampler.workload.describe(), "requests_per_rate": n_requests, "seed": seed, "repeats": repeats,
-        "capacity_rps": found.rate_rps, "saturation_rps": found.saturation_rps, "capacity_reason": found.reason,
-        "recorded_capacity_rps": config.capacity.rate_rps if config.capacity else None,
-        "rows": [{"fraction": c.fraction, "rate_rps": c.rate_rps, "figure": figure, "simulated_s": sim, "replayed_s": rep,
-                  "error": err, "mean_batch_simulated": c.simulated.mean_batch_size,
-                  "mean_batch_replayed": c.replayed.mean_batch_size, "requests": c.replayed.requests,
-                  "batch_time_replayed_over_modelled": c.service_ratio,
-                  "simulated_band_s": c.band.get(figure) if c.band else None, "within_band": c.within_band(figure, rep),
-                  "replay_s": c.replayed.duration_s}
-                 for c in rows for figure, sim, rep, err in c.rows()],
-        "batch_logs": {f"{c.fraction:g}": [{"requests": k, "longest_output": longest, "first_token_s": first_s, "total_s": total_s}
-                                           for k, longest, first_s, total_s in c.replayed.batch_log] for c in rows},
-        "markdown": comparison_markdown(rows),
-    }
+
+    def report(found, points: list[ServicePointSummary], rows: list[Comparison]) -> dict:
+        return {
+            "best_yaml": str(path), "device": device, "settings": candidate.label(), "slo": slo or "", "study_slo": config.slo or "",
+            "workload": sampler.workload.describe(), "requests_per_rate": n_requests, "seed": seed, "repeats": repeats,
+            "complete": len(rows) == len(fractions) or found.rate_rps <= 0, "fractions": list(fractions),
+            "service_points": [asdict(point) for point in points],
+            "capacity_rps": found.rate_rps, "saturation_rps": found.saturation_rps, "capacity_reason": found.reason,
+            "meets_again_rps": list(found.meets_again_rps or ()),
+            "recorded_capacity_rps": config.capacity.rate_rps if config.capacity else None,
+            "rows": [{"fraction": c.fraction, "rate_rps": c.rate_rps, "figure": figure, "simulated_s": sim, "replayed_s": rep,
+                      "error": err, "mean_batch_simulated": c.simulated.mean_batch_size,
+                      "mean_batch_replayed": c.replayed.mean_batch_size, "requests": c.replayed.requests,
+                      "batch_time_replayed_over_modelled": c.service_ratio,
+                      "simulated_band_s": c.band.get(figure) if c.band else None, "within_band": c.within_band(figure, rep),
+                      "replay_s": c.replayed.duration_s}
+                     for c in rows for figure, sim, rep, err in c.rows()],
+            "batch_logs": {f"{c.fraction:g}": [{"requests": k, "longest_output": longest, "first_token_s": first_s,
+                                                "total_s": total_s} for k, longest, first_s, total_s in c.replayed.batch_log]
+                           for c in rows},
+            "markdown": comparison_markdown(rows),
+        }
+
+    latest: list[dict] = []
+
+    def checkpoint(found, points: list[ServicePointSummary], rows: list[Comparison]) -> None:
+        latest[:] = [report(found, points, rows)]
+        save(latest[0])
+
+    # checkpoint runs once the capacity is known and after every rate: latest holds the last report.
+    capacity_check(model, candidate, device, int(text_config.vocab_size), sampler, limits, fractions=fractions,
+                   n_requests=n_requests, seed=seed, repeats=repeats, note=note, checkpoint=checkpoint)
+    return latest[0]

@@ -123,9 +123,15 @@ def test_the_capacity_check_runs_end_to_end_on_cpu(tiny_model) -> None:
     cand = Candidate(dtype="fp32", batch_size=4, max_length=64, new_tokens=8)
     sampler = WorkloadSampler(parse_workload_flag("prompt=8-40,output=2-16"), new_tokens=8)
     notes: list[str] = []
+    saved: list[tuple] = []
     found, rows = capacity_check(model, cand, "cpu", model.config.vocab_size, sampler, parse_slo("e2e_p95=400ms"),
-                                 fractions=[0.5], n_requests=120, note=notes.append)
+                                 fractions=[0.5], n_requests=120, note=notes.append,
+                                 checkpoint=lambda *args: saved.append((args[0], list(args[1]), list(args[2]))))
     assert found.rate_rps > 0 and len(rows) == 1
+    # Kept twice: once the capacity is known (nothing replayed yet), then after the rate.
+    assert [(f, len(r)) for f, _, r in saved] == [(found, 0), (found, 1)]
+    assert [p.batch_size for p in saved[0][1]] == [1, 2, 4] and all(p.requests == 3 * p.batch_size and p.e2e_p50_s > 0 for p in saved[0][1])
+    assert any("arrivals over about" in n for n in notes)
     row = rows[0]
     assert row.replayed.requests == row.simulated.requests == 108  # the same arrivals, the same warm-up
     assert row.rate_rps == pytest.approx(0.5 * found.rate_rps)
@@ -161,3 +167,28 @@ def test_the_simulated_band_is_a_point_without_randomness_and_widens_with_it() -
     spread = ServiceModel.from_samples({1: ([0.04, 0.05, 0.09], [0.008, 0.010, 0.016]), 8: ([0.1, 0.12, 0.2], [0.012, 0.015, 0.03])})
     low, high = simulated_band(spread, 20.0, [8, 16, 32, 64], 400, seed=2, draws=10)["e2e_p95"]
     assert high > low * 1.02
+
+
+@pytest.mark.slow
+def test_the_replay_command_writes_its_report_after_the_capacity_and_each_rate(tmp_path) -> None:
+    """`autotune replay` on a best.yaml of a CPU study with a workload and an SLO: replay.json holds
+    the service points, the capacity and every rate, marked complete."""
+    import json
+
+    from tests.conftest import assert_ok, run_cli, write_space
+
+    space = write_space(tmp_path / "space.yaml", dtype=["fp32"], batch_size=[4], max_length=[64], new_tokens=8)
+    out = tmp_path / "out"
+    assert_ok(run_cli("tune", "--model", "tiny-qwen2", "--random-weights", "--space", str(space), "--trials", "1",
+                      "--workload", "prompt=8-40,output=2-16", "--slo", "e2e_p95=2s", "--out", str(out), "--device", "cpu",
+                      "--confirm-top", "0"))
+    result = run_cli("replay", str(out / "best.yaml"), "--at", "0.5", "--requests", "112", "--repeats", "3",
+                     "--json", str(tmp_path / "r.json"))
+    assert_ok(result)
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["complete"] is True and report["fractions"] == [0.5]
+    assert [p["batch_size"] for p in report["service_points"]] == [1, 2, 4]
+    assert report["capacity_rps"] > 0 and {r["fraction"] for r in report["rows"]} == {0.5}
+    assert "arrivals over about" in result.stdout
+    missing = run_cli("replay", str(out / "best.yaml"), "--json", str(tmp_path / "nowhere" / "r.json"))
+    assert missing.returncode == 2 and "folder does not exist" in missing.stderr
