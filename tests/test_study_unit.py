@@ -256,11 +256,20 @@ def test_fitted_before_needs_a_fit_at_a_shape_no_smaller_with_the_same_load() ->
 
 
 def test_expected_trial_time_is_the_median_of_comparable_trials() -> None:
-    durations = [(True, 40.0), (False, 5.0), (False, 7.0), (False, 30.0), (True, 60.0)]
+    durations = [(True, False, 40.0), (False, False, 5.0), (False, False, 7.0), (False, False, 30.0), (True, False, 60.0)]
     assert expected_trial_s(durations, reload=True) == 50.0
     assert expected_trial_s(durations, reload=False) == 7.0
-    assert expected_trial_s([(False, 5.0)], reload=True) is None  # no load seen yet: nothing to judge by
+    assert expected_trial_s([(False, False, 5.0)], reload=True) is None  # no load seen yet: nothing to judge by
     assert expected_trial_s([], reload=False) is None
+
+
+def test_a_compiled_trial_is_judged_by_compiled_ones_once_there_are_some() -> None:
+    """The H100 study of 2026-12-06: uncompiled loads of 20-40 s, then a compiled load that ran 150 s."""
+    uncompiled = [(True, False, 25.0), (True, False, 35.0)]
+    assert expected_trial_s(uncompiled, reload=True, compiled=True) == 30.0  # none compiled yet: the loads' median
+    timed = uncompiled + [(True, True, 150.0)]
+    assert expected_trial_s(timed, reload=True, compiled=True) == 150.0
+    assert expected_trial_s(timed, reload=True, compiled=False) == 30.0
 
 
 def test_a_trial_that_would_overrun_the_timeout_is_not_started() -> None:
@@ -272,11 +281,11 @@ def test_a_trial_that_would_overrun_the_timeout_is_not_started() -> None:
     ctx = SimpleNamespace(spec=SimpleNamespace(timeout_s=78.0))
     loaded = _cand().load_key
     started = time.monotonic() - 60.0  # 18 s left
-    durations = [(True, 46.0), (False, 6.0)]
+    durations = [(True, False, 46.0), (False, False, 6.0)]
     assert _too_late_for(ctx, _cand(batch=2), loaded, started, durations) == ""  # ~6 s on the loaded model
     reason = _too_late_for(ctx, _cand(attn="eager"), loaded, started, durations)  # a load: ~46 s
     assert "--timeout 78s" in reason and "a model load" in reason and "about 46s" in reason
-    assert _too_late_for(ctx, _cand(attn="eager"), loaded, started, [(False, 6.0)]) == ""  # no load timed yet
+    assert _too_late_for(ctx, _cand(attn="eager"), loaded, started, [(False, False, 6.0)]) == ""  # no load timed yet
     assert _too_late_for(SimpleNamespace(spec=SimpleNamespace(timeout_s=None)), _cand(attn="eager"), loaded, started,
                          durations) == ""
 
@@ -312,7 +321,7 @@ def test_the_search_stops_early_to_keep_the_confirmations_time() -> None:
 
     loaded = _cand().load_key
     started = time.monotonic() - 60.0  # 18 s left
-    durations = [(True, 46.0), (False, 6.0)]
+    durations = [(True, False, 46.0), (False, False, 6.0)]
     assert _too_late_for(ctx, _cand(batch=8), loaded, started, durations, reserve_s=10.0) == ""  # 6 + 10 <= 18
     reason = _too_late_for(ctx, _cand(batch=8), loaded, started, durations, reserve_s=reserve)  # 6 + 17 > 18
     assert "stopping the search 18s early to keep 17s for confirming the top 2" in reason and "about 6s" in reason

@@ -47,16 +47,23 @@ def _stop_reason(ctx: StudyContext, done: dict, started: float, duplicates_in_a_
     return ""
 
 
-def expected_trial_s(durations: list[tuple[bool, float]], reload: bool) -> float | None:
+TrialTime = tuple[bool, bool, float]  # (loaded a model, compiled, seconds) of a trial run in the worker
+
+
+def expected_trial_s(durations: list[TrialTime], reload: bool, compiled: bool = False) -> float | None:
     """How long a trial is likely to take: the median of this run's trials that ran in the worker
     with the same need to load a model (a load and its bisection cost far more than a trial on the
-    loaded model). None without such a trial yet."""
-    same = [seconds for reloaded, seconds in durations if reloaded == reload]
+    loaded model) and the same compile flag (a compiled load on the H100, 2026-12-06, took over
+    150 s where the uncompiled ones had taken 20-40 s, and a study judged by those overran its
+    --timeout); without a trial of the same compile flag yet, the median of those with the same need
+    to load. None without such a trial yet."""
+    same_load = [(was_compiled, seconds) for reloaded, was_compiled, seconds in durations if reloaded == reload]
+    same = [seconds for was_compiled, seconds in same_load if was_compiled == compiled] or [seconds for _, seconds in same_load]
     return statistics.median(same) if same else None
 
 
 def _too_late_for(ctx: StudyContext, cand: Candidate, loaded_key: tuple | None, started: float,
-                  durations: list[tuple[bool, float]], reserve_s: float = 0.0) -> str:
+                  durations: list[TrialTime], reserve_s: float = 0.0) -> str:
     """Why the next trial should not start: it is likely to finish after --timeout less `reserve_s`,
     the time kept for the confirmation (confirmation_reserve_s). A trial is never cut once running,
     so without this a study overran --timeout by a whole trial (a model load, a compile) - 21% over
@@ -65,7 +72,7 @@ def _too_late_for(ctx: StudyContext, cand: Candidate, loaded_key: tuple | None, 
     if ctx.spec.timeout_s is None:
         return ""
     left = ctx.spec.timeout_s - (time.monotonic() - started)
-    expected = expected_trial_s(durations, reload=cand.load_key != loaded_key)
+    expected = expected_trial_s(durations, reload=cand.load_key != loaded_key, compiled=cand.compile)
     if expected is None or expected + reserve_s <= left:
         return ""
     next_trial = (f"the next trial ({cand.label()}{', a model load' if cand.load_key != loaded_key else ''}) would take "

@@ -17,7 +17,7 @@ from autotune.errors import AutotuneError
 from autotune.space import suggest, unsupported_reason
 from autotune.spec import LOAD_KEY_KNOBS, Candidate, TrialOutcome, TrialRecord
 from autotune.storage import OWNER_ATTR, Heartbeat
-from autotune.study.budget import _stop_reason, _too_late_for, confirmation_reserve_s
+from autotune.study.budget import TrialTime, _stop_reason, _too_late_for, confirmation_reserve_s
 from autotune.study.claims import _fail_stale, _fail_unrun, _in_flight_elsewhere, _rival, _wait_for_others
 from autotune.study.context import CLAIM_ATTR, DEFERRED_ATTR, ProgressSink, StudyContext, _Silent
 from autotune.study.health import SYSTEMATIC_FAILURES, SystematicFailureError, out_of_space_error, systematic_failure
@@ -68,7 +68,7 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
     pending: list[tuple[optuna.Trial, Candidate]] = []
     follow_ups: set[int] = set()  # trial numbers asked with the loaded model's load-key fixed
     replacements_left = 0  # follow-ups answered without the model (duplicate, inferred) are re-asked
-    durations: list[tuple[bool, float]] = []  # (loaded a model, seconds) of the trials run in the worker
+    durations: list[TrialTime] = []  # (loaded a model, compiled, seconds) of the trials run in the worker
     ran_in_worker: list[TrialRecord] = []  # this run's trials the worker was asked to run, for `systematic_failure`
     body_failed = False
     run_log = {"started_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "owner": ctx.owner, "trials": []}
@@ -153,10 +153,12 @@ def run_study(ctx: StudyContext, progress: ProgressSink | None = None, ask_batch
                 elif too_big is not None:
                     outcome = TrialOutcome(status="oom", predicted=True, reason=too_big)
                 else:
-                    ran_at = time.perf_counter()
+                    ran_at, expected_load = time.perf_counter(), cand.load_key != loaded_key
                     outcome, spawn_s, holds = _run_candidate(ctx, worker, trial.number, cand, done)
                     if holds is not None:  # the worker ran it (else a known boundary answered it for free)
-                        durations.append((outcome.reloaded, time.perf_counter() - ran_at - outcome.prepare_s))
+                        # A killed worker (trial timeout) reports no load: it was one if one was due.
+                        durations.append((outcome.reloaded or expected_load, cand.compile,
+                                          time.perf_counter() - ran_at - outcome.prepare_s))
                         loaded_key = cand.load_key if holds else None
             except BaseException:
                 # Ctrl-C or a crash of the parent's own code: the trial in flight is lost, nothing else.
