@@ -56,7 +56,7 @@ def main() -> None:
     for path in args.best:
         configs[f"best of {path.parent.name}"] = read_deployment(path).settings
     for spec in args.config:
-        name, _, changes = spec.partition("=")
+        name, _, changes = spec.rpartition("=")  # the changes hold no "=": a name may (b=1)
         configs[name] = Candidate(**{**SEED, **{k: _value(v) for k, v in (c.split(":", 1) for c in changes.split(","))}})
     bandwidth = copy_bandwidth_gb_s(device)
     bf16_gb = bf16_bytes_per_token(ModelShape.from_config(ref.config())) / 1e9
@@ -107,7 +107,7 @@ def markdown(result: dict) -> str:
     seed_out, seed_dec = _stat(seed["output"]), _stat(seed["decode"])
     limit = result.get("decode_limit_tok_s")
     lines = ["| config | settings | output tok/s (spread) | × seed | decode tok/s (spread) | × seed | TPOT ms | "
-             "decode / bf16 bandwidth limit | peak GiB | samples |", "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             "batch-1 decode / bf16 bandwidth limit | peak GiB | samples |", "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for name, entry in result["configs"].items():
         out, dec = _stat(entry["output"]), _stat(entry["decode"])
         if out is None:
@@ -115,7 +115,9 @@ def markdown(result: dict) -> str:
             continue
         lines.append(f"| {name} | {entry['candidate']} | {out[0]:,.1f} ({out[1]:.0f}%) | "
                      f"{out[0] / seed_out[0]:.2f} | {dec[0]:,.1f} ({dec[1]:.0f}%) | {dec[0] / seed_dec[0]:.2f} | "
-                     f"{statistics.median(entry['tpot_ms']):.1f} | {dec[0] / limit:.0%} | {max(entry['peak_gib']):.2f} | "
+                     f"{statistics.median(entry['tpot_ms']):.1f} | "
+                     # The limit is batch 1's: one step reads the weights once for the whole batch.
+                     f"{f'{dec[0] / limit:.0%}' if entry['settings']['batch_size'] == 1 else '–'} | {max(entry['peak_gib']):.2f} | "
                      f"{len(entry['output'])} |" if seed_out and limit else
                      f"| {name} | {entry['candidate']} | {out[0]:,.1f} | – | {dec[0]:,.1f} | – | – | – | – | {len(entry['output'])} |")
     if limit:
