@@ -352,3 +352,41 @@ def test_gpu_study_with_torchao_and_compile(tmp_path: Path) -> None:
                 assert r.state == "unsupported" and ">= 8.9" in r.outcome.reason
             else:
                 assert r.state == "measured", (name, compiled, r.outcome.reason)
+
+
+@needs_torchao
+@pytest.mark.gpu
+def test_the_cpu_simulation_of_int4_and_fp8_numerics_matches_torchao_on_the_gpu() -> None:
+    """bench/quant_numerics_quality.py applies int4 (tinygemm) and fp8 numerics on CPU (BENCHMARKS
+    §15): its dequantized weights equal what torchao's GPU tensors hold. int4: the weight read back
+    through the tinygemm kernel itself (an identity input); fp8: Float8Tensor.dequantize()."""
+    import importlib.util as iu
+
+    import torch
+    from torchao.quantization import quantize_
+
+    from autotune.system import detect_device
+
+    spec = iu.spec_from_file_location("qnq", Path(__file__).parents[1] / "bench" / "quant_numerics_quality.py")
+    qnq = iu.module_from_spec(spec)
+    spec.loader.exec_module(qnq)
+    torch.manual_seed(0)
+    weight = torch.randn(256, 576, dtype=torch.bfloat16)  # 576 inputs: from_hp pads them to 1024
+    for name in ("torchao-int4wo", "torchao-fp8"):
+        if unsupported_reason(_cand(quantization=name), detect_device("cuda:0")) is not None:
+            continue  # fp8 needs SM 8.9
+        simulated = torch.nn.Sequential(torch.nn.Linear(576, 256, bias=False, dtype=torch.bfloat16))
+        simulated[0].weight.data = weight.clone()
+        if name == "torchao-int4wo":
+            qnq.int_weights(simulated, 4)
+        else:
+            qnq.fp8_dynamic(simulated)
+        real = torch.nn.Sequential(torch.nn.Linear(576, 256, bias=False, dtype=torch.bfloat16, device="cuda:0"))
+        real[0].weight.data = weight.to("cuda:0")
+        quantize_(real, get_method(name).ao_config())
+        if name == "torchao-int4wo":
+            eye = torch.eye(576, dtype=torch.bfloat16, device="cuda:0")
+            read_back = torch.nn.functional.linear(eye, real[0].weight).t().cpu()
+        else:
+            read_back = real[0].weight.dequantize(torch.bfloat16).cpu()
+        assert torch.allclose(read_back.float(), simulated[0].weight.float(), rtol=1e-2, atol=1e-3), name
