@@ -54,9 +54,9 @@ The largest rate R below saturation_rps such that every SLO limit given (--slo's
 autotune/slo.py: TTFT, TPOT or end-to-end latency at p50, p90, p95 or p99) holds in the simulation
 at R and at every lighter load scanned below it. Latency is not monotone in rate: batches grow with
 load, and where a batch's time barely grows with its size (decode bound by per-step overhead, not
-by the batch) small batches queue worse at a light load than full ones at a heavier one; the H100
-replay of 2026-12-06 measured such service times (a p95 TTFT over its limit near 0.4 req/s, at or
-under it again towards 4 req/s in the same simulation). A server cannot choose its load, so the
+by the batch) small batches queue worse at a light load than full ones at a heavier one. The H100
+replay of 2026-12-06 measured such service times (batches of 16 and 32 no slower end to end than
+batches of 2 to 8; its capacity came out 0.41 req/s). A server cannot choose its load, so the
 capacity is the first miss from below, not the highest rate that meets the limits. It is found by
 a scan of SCAN_POINTS rates spaced evenly in log rate from a tiny rate (TINY_FRACTION of
 saturation, where batches are almost always of one request) to saturation, then bisection between
@@ -477,10 +477,10 @@ def capacity(service: ServiceModel, limits: Sequence[SloLimit], *, output_tokens
     again_words = (f"; meets every limit again at the scanned rates {meets_again[0]:.4g}-{meets_again[1]:.4g} req/s (larger batches "
                    f"serve faster than small ones queue): the lighter load is the limit" if meets_again else "")
     if first_miss == 0:
-        meets = results[0][1]
-        misses = missed(meets, limits)
-        return Capacity(rate_rps=0.0, concurrency=0.0, saturation_rps=saturation, limited_by=misses[0][0], simulated=meets,
-                        reason=f"even {tiny:.4g} req/s (batches of about {meets.mean_batch_size:.3g}) misses "
+        at_tiny = results[0][1]
+        misses = missed(at_tiny, limits)
+        return Capacity(rate_rps=0.0, concurrency=0.0, saturation_rps=saturation, limited_by=misses[0][0], simulated=at_tiny,
+                        reason=f"even {tiny:.4g} req/s (batches of about {at_tiny.mean_batch_size:.3g}) misses "
                                f"{_describe(misses)}{again_words}", meets_again_rps=meets_again)
 
     if first_miss is None:  # every scanned rate meets: the boundary lies between the last one and saturation
