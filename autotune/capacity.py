@@ -470,24 +470,25 @@ def capacity(service: ServiceModel, limits: Sequence[SloLimit], *, output_tokens
     warmup = _check_run(tiny, n_requests, warmup_fraction)
     draws = _draw(n_requests, seed, lengths)
     scanned = [tiny * (1 / TINY_FRACTION) ** (i / SCAN_POINTS) for i in range(SCAN_POINTS)]  # saturation excluded
-    results = [(rate, _run(service, rate, draws, warmup)) for rate in scanned]
-    first_miss = next((i for i, (_, result) in enumerate(results) if missed(result, limits)), None)
-    again = [rate for rate, result in results[(first_miss or len(results)) + 1:] if not missed(result, limits)]
-    meets_again = (again[0], again[-1]) if first_miss is not None and again else None
+    scan = []  # (rate, its simulation, the limits it misses)
+    for rate in scanned:
+        result = _run(service, rate, draws, warmup)
+        scan.append((rate, result, missed(result, limits)))
+    first_miss = next((i for i, (_, _, misses) in enumerate(scan) if misses), None)
+    again = [] if first_miss is None else [rate for rate, _, misses in scan[first_miss + 1:] if not misses]
+    meets_again = (again[0], again[-1]) if again else None
     again_words = (f"; meets every limit again at the scanned rates {meets_again[0]:.4g}-{meets_again[1]:.4g} req/s (larger batches "
                    f"serve faster than small ones queue): the lighter load is the limit" if meets_again else "")
     if first_miss == 0:
-        at_tiny = results[0][1]
-        misses = missed(at_tiny, limits)
+        _, at_tiny, misses = scan[0]
         return Capacity(rate_rps=0.0, concurrency=0.0, saturation_rps=saturation, limited_by=misses[0][0], simulated=at_tiny,
                         reason=f"even {tiny:.4g} req/s (batches of about {at_tiny.mean_batch_size:.3g}) misses "
                                f"{_describe(misses)}{again_words}", meets_again_rps=meets_again)
 
     if first_miss is None:  # every scanned rate meets: the boundary lies between the last one and saturation
-        (low_rps, meets), high_rps, high_missed = results[-1], saturation, []
+        (low_rps, meets, _), high_rps, high_missed = scan[-1], saturation, []
     else:
-        (low_rps, meets), (high_rps, high_result) = results[first_miss - 1], results[first_miss]
-        high_missed = missed(high_result, limits)
+        (low_rps, meets, _), (high_rps, _, high_missed) = scan[first_miss - 1], scan[first_miss]
     while high_rps > low_rps * (1 + rel_tol):
         mid_rps = math.sqrt(low_rps * high_rps)  # bisection in log rate
         result = _run(service, mid_rps, draws, warmup)
