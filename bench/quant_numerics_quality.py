@@ -103,13 +103,16 @@ def main() -> None:
     ref = resolve_model(None)
     data = Path(autotune.data.__file__).parent / "bundled" / "text.jsonl"
     reference_path = args.out / "reference.json"
+    def cand(dtype: str = "bf16", quantization: str = "none") -> Candidate:  # the shape does not enter quality
+        return Candidate(dtype=dtype, quantization=quantization, batch_size=1, max_length=512, new_tokens=32)
+
     configs = [  # (name, candidate loaded by autotune, the numerics applied after the load)
-        ("reference (fp32)", Candidate(dtype="fp32", batch_size=1, max_length=512, new_tokens=32), None),
-        ("bf16", Candidate(dtype="bf16", batch_size=1, max_length=512, new_tokens=32), None),
-        ("torchao-int8wo (real, CPU)", Candidate(dtype="bf16", quantization="torchao-int8wo", batch_size=1, max_length=512, new_tokens=32), None),
-        ("int4 tinygemm numerics (simulated)", Candidate(dtype="bf16", batch_size=1, max_length=512, new_tokens=32), lambda m: int_weights(m, 4)),
-        ("fp8 dynamic numerics (simulated)", Candidate(dtype="bf16", batch_size=1, max_length=512, new_tokens=32), fp8_dynamic),
-        ("int2 groups of 128 (broken)", Candidate(dtype="bf16", batch_size=1, max_length=512, new_tokens=32), lambda m: int_weights(m, 2)),
+        ("reference (fp32)", cand("fp32"), None),
+        ("bf16", cand(), None),
+        ("torchao-int8wo (real, CPU)", cand(quantization="torchao-int8wo"), None),
+        ("int4 tinygemm numerics (simulated)", cand(), lambda m: int_weights(m, 4)),
+        ("fp8 dynamic numerics (simulated)", cand(), fp8_dynamic),
+        ("int2 groups of 128 (broken)", cand(), lambda m: int_weights(m, 2)),
     ]
     rows = []
     for index, (name, cand, numerics) in enumerate(configs):
