@@ -40,7 +40,6 @@ Group = Literal["load", "request", "vision", "placement"]
 Pick = Literal["prefer", "min", "max", "space", "default", "most_faithful", "first_supported", "ascending", "none"]
 
 MAX_SIDE = 16384  # pixels per side of an image or video frame
-ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2")  # the attention kernels' names (the registry of attn_implementation)
 
 
 @dataclass(frozen=True)
@@ -172,7 +171,15 @@ def _quantization_rank(name: str) -> int:
 
 
 def _attention() -> tuple:
-    return ATTENTION_IMPLEMENTATIONS
+    from autotune.attention import ATTENTION_KINDS
+
+    return tuple(ATTENTION_KINDS)
+
+
+def _vision_attention() -> tuple:
+    from autotune.attention import ATTENTION_KINDS
+
+    return tuple(k.name for k in ATTENTION_KINDS.values() if k.vision)
 
 
 def _cache_implementations() -> tuple:
@@ -237,7 +244,7 @@ KNOB_TABLE: tuple[Knob, ...] = (
          sampled=False, carried_with="images_per_prompt", space_default="1280x720", reference="default"),
     Knob("video_size", "vision", str, "WIDTHxHEIGHT of the videos' frames",
          sampled=False, carried_with="video_frames", space_default="640x360", reference="default"),
-    Knob("vision_attn_implementation", "vision", str, "attention kernel of the vision tower", choices=_attention,
+    Knob("vision_attn_implementation", "vision", str, "attention kernel of the vision tower", choices=_vision_attention,
          baseline="prefer", preferred="sdpa", reference="prefer", load_key=True,
          label=LabelPart(3, lambda c: f" vit={c.vision_attn_implementation}" if c.vision_attn_implementation else "")),
     # Multi-GPU: the model spread over N GPUs (transformers' device_map across them, each capped at

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autotune import kv_cache
+from autotune.attention import register_custom_attention
 from autotune.checkpoint_io import save_checkpoint
 from autotune.dtypes import DTYPES
 from autotune.errors import DeploymentFileError
@@ -226,6 +227,7 @@ def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cac
         import psutil
 
         extra = {"device_map": "auto", "max_memory": plan.max_memory(psutil.virtual_memory().total)}
+    register_custom_attention()  # autotune's own kernels (sdpa_gqa) load by name
     with _conversion_failures(candidate):
         if cached is not None and (cached / "config.json").is_file():
             # The quantization config travels in the saved config.json.

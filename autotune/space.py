@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-import importlib.util
 import itertools
 import json
 from pathlib import Path
@@ -15,6 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from autotune import kv_cache
+from autotune.attention import ATTENTION_KINDS
 from autotune.errors import SpaceError, pydantic_message
 from autotune.knobs import KNOB_TABLE, knob, ordered, pick
 from autotune.quant import get_method
@@ -139,7 +139,7 @@ def unsupported_reason(candidate: Candidate, device: DeviceInfo) -> str | None:
     if device.type == "cuda" and candidate.dtype == "bf16" and not device.bf16_supported:
         return f"bf16 is not supported by {device.name}"
     for attn in {candidate.attn_implementation, candidate.vision_attn_implementation} - {None}:
-        reason = _attention_reason(attn, candidate, device)
+        reason = ATTENTION_KINDS[attn].unsupported_reason(candidate.dtype, device.type)
         if reason:
             return reason
     if candidate.compile and device.type != "cuda":
@@ -181,12 +181,3 @@ def offload_unsupported_reason(candidate: Candidate, device_type: str) -> str | 
     return None
 
 
-def _attention_reason(attn: str, candidate: Candidate, device: DeviceInfo) -> str | None:
-    if attn == "flash_attention_2":
-        if device.type != "cuda":
-            return "flash_attention_2 needs a CUDA GPU"
-        if importlib.util.find_spec("flash_attn") is None:
-            return "flash_attention_2: the flash-attn package is not installed (pip install flash-attn)"
-        if candidate.dtype == "fp32":
-            return "flash_attention_2 runs only in fp16/bf16"
-    return None

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from autotune import knobs as knobs_table
-from autotune.knobs import ATTENTION_IMPLEMENTATIONS, BASE_KNOBS, KNOB_TABLE, LOAD_KEY_KNOBS, PLACEMENT_KNOBS, VISION_KNOBS, knob  # noqa: F401 (re-exported)
+from autotune.knobs import BASE_KNOBS, KNOB_TABLE, LOAD_KEY_KNOBS, PLACEMENT_KNOBS, VISION_KNOBS, knob  # noqa: F401 (re-exported)
 from autotune.models import ModelRef
 from autotune.serving import ServingCapacity
 from autotune.units import parse_gpu_list, parse_memory, parse_min_quality  # noqa: F401 (re-exported)

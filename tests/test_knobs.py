@@ -24,7 +24,8 @@ from autotune.export.base import uncovered_rules
 from autotune.knobs import KNOB_TABLE, Knob
 from autotune.quant import QUANTIZATION_METHODS
 from autotune.space import load_space, space_digest
-from autotune.spec import ATTENTION_IMPLEMENTATIONS, Candidate, DType, SearchSpace, TuneSpec
+from autotune.attention import ATTENTION_KINDS
+from autotune.spec import Candidate, DType, SearchSpace, TuneSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPORT_INPUTS = Path(__file__).parent / "golden" / "export" / "inputs"
@@ -95,7 +96,7 @@ def test_registries_agree_with_the_types() -> None:
     assert set(typing.get_args(DType)) == set(DTYPES)
     assert knobs.knob("dtype").values() == tuple(DTYPES)
     assert knobs.knob("quantization").values() == tuple(QUANTIZATION_METHODS)
-    assert knobs.knob("attn_implementation").values() == ATTENTION_IMPLEMENTATIONS
+    assert knobs.knob("attn_implementation").values() == tuple(ATTENTION_KINDS)
     for method in QUANTIZATION_METHODS.values():
         assert method.bytes_per_weight is None or 0 < method.bytes_per_weight < 4, method.name
         if method.name != "none":

@@ -80,6 +80,9 @@ RULES: dict[str, Rule] = {
         "(fa3 on Hopper, flashinfer elsewhere; torch_native is its SDPA backend)"),
     "attn_implementation=eager": approximate(
         "transformers' eager attention has no SGLang counterpart: attention-backend is left to SGLang's choice"),
+    "attn_implementation=sdpa_gqa": approximate(
+        "autotune's sdpa_gqa (sdpa with grouped-query decode packed) has no SGLang counterpart; SGLang's own kernels read each "
+        "key/value head once as well: attention-backend is left to SGLang's choice"),
     "vision_attn_implementation=sdpa": exact(),
     "vision_attn_implementation=flash_attention_2": approximate("the vision tower's FlashAttention-2 is written as fa3 (Hopper)"),
     "vision_attn_implementation=eager": approximate("the vision tower's eager attention is written as sdpa, the same math in one kernel"),

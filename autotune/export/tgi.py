@@ -71,6 +71,8 @@ RULES: dict[str, Rule] = {
     "attn_implementation=flash_attention_2": approximate("TGI picks its own attention kernels (flashinfer, flashdecoding, paged); none is set"),
     "attn_implementation=sdpa": approximate("TGI picks its own attention kernels (flashinfer, flashdecoding, paged); none is set"),
     "attn_implementation=eager": approximate("TGI picks its own attention kernels (flashinfer, flashdecoding, paged); none is set"),
+    "attn_implementation=sdpa_gqa": approximate(
+        "autotune's sdpa_gqa has no TGI counterpart: TGI picks its own attention kernels (flashinfer, flashdecoding, paged); none is set"),
     "vision_attn_implementation=sdpa": approximate("TGI has no setting for the vision tower's attention kernel"),
     "vision_attn_implementation=flash_attention_2": approximate("TGI has no setting for the vision tower's attention kernel"),
     "vision_attn_implementation=eager": approximate("TGI has no setting for the vision tower's attention kernel"),

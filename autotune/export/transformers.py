@@ -37,6 +37,7 @@ from autotune.kv_cache import generation_config_settings
 from autotune.loading import generate_kwargs
 from autotune.models import ModelRef
 from autotune.quant import get_method
+from autotune.attention import ATTENTION_KINDS
 from autotune.spec import DeploymentConfig
 
 NAME = "transformers"
@@ -58,6 +59,8 @@ RULES: dict[str, Rule] = {
     "attn_implementation=sdpa": exact(),
     "attn_implementation=eager": exact(),
     "attn_implementation=flash_attention_2": exact(),
+    "attn_implementation=sdpa_gqa": exact(
+        "autotune's own attention function: the script registers it from the autotune package before loading"),
     "vision_attn_implementation=sdpa": exact(),
     "vision_attn_implementation=eager": exact(),
     "vision_attn_implementation=flash_attention_2": exact(),
@@ -164,13 +167,16 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     if "compile_config" in settings:
         imports.append("CompileConfig")
 
+    # autotune's own attention kernels (autotune/attention.py) are registered with transformers by name.
+    custom_attention_imports = (["from autotune.attention import register_custom_attention"]
+                                if ATTENTION_KINDS[s.attn_implementation].forward is not None else [])
     lines = ['"""transformers: load the model as autotune measured it (written by autotune export).', ""]
     lines += [_docstring_text(c) for line in d.header for c in wrap(line)]
     lines += ["", "With autotune installed, the same load in one line, from the kwargs file written next to this one:",
               "    from autotune import load_deployment",
               f'    model, tokenizer, generate_kwargs = load_deployment("<this file\'s name>{KWARGS_SUFFIX}")',
               '"""', "", "import torch", f"from transformers import {', '.join(sorted(imports))}",
-              *method.config_import_lines, "",
+              *method.config_import_lines, *custom_attention_imports, "",
               f"MODEL = {_py(model)}", ""]
     lines += [f"# {c}" for c in wrap(length_comment)]
     lines += [f"MAX_LENGTH = {s.max_length}  # prompt + new tokens per request, the measured worst case",
@@ -183,8 +189,10 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
         lines += [f"CAPACITY_REQUESTS_PER_S = {config.capacity.rate_rps:.4g}"]
     if vision:
         lines += _vision_constants(d, config)
-    lines += ["", "", "def load():", '    """Return (model, processor or tokenizer) loaded as measured."""',
-              f"    model = {auto_model}.from_pretrained(", "        MODEL,"]
+    lines += ["", "", "def load():", '    """Return (model, processor or tokenizer) loaded as measured."""']
+    if custom_attention_imports:
+        lines.append(f"    register_custom_attention()  # makes attn_implementation={_py(s.attn_implementation)} loadable by name")
+    lines += [f"    model = {auto_model}.from_pretrained(", "        MODEL,"]
     lines += [f"        {kwarg}" for kwarg in kwargs]
     lines += ["    )", "    model.eval()"]
     if "cache_config" in settings:

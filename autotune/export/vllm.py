@@ -82,6 +82,9 @@ RULES: dict[str, Rule] = {
     "attn_implementation=eager": approximate(
         "transformers' eager attention has no vLLM counterpart (vLLM runs its own paged-attention kernels): attention-backend "
         "is left to vLLM's automatic choice"),
+    "attn_implementation=sdpa_gqa": approximate(
+        "autotune's sdpa_gqa (sdpa with grouped-query decode packed) has no vLLM counterpart; vLLM's own paged-attention "
+        "kernels read each key/value head once as well: attention-backend is left to vLLM's automatic choice"),
     "vision_attn_implementation=sdpa": exact(),
     "vision_attn_implementation=flash_attention_2": exact(),
     "vision_attn_implementation=eager": approximate("the vision tower's eager attention is written as TORCH_SDPA, the same math in one kernel"),
