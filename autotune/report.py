@@ -62,6 +62,8 @@ def _result_text(r: TrialRecord, objective: str) -> str:
             text += f" (over budget by {r.constraints['over_budget_gib']:.2f} GiB)"
         if r.slo_violations:
             text += f" (SLO: {'; '.join(r.slo_violations)})"
+        if m.compile_stats is not None and m.compile_stats.problems():  # why a compiled candidate may be slow
+            text += escape(f" (compile: {'; '.join(m.compile_stats.problems())})")
         return f"[{style}]{r.state}[/]: {text}{_retry_text(r)}"
     return f"[{style}]{r.state}[/]: {r.outcome.reason[:140]}{_retry_text(r)}"
 

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from autotune import knobs as knobs_table
 from autotune.knobs import BASE_KNOBS, KNOB_TABLE, LOAD_KEY_KNOBS, PLACEMENT_KNOBS, VISION_KNOBS, knob  # noqa: F401 (re-exported)
+from autotune.measure.compile_stats import CompileStats
 from autotune.models import ModelRef
 from autotune.serving import ServingCapacity
 from autotune.units import parse_gpu_list, parse_memory, parse_min_quality  # noqa: F401 (re-exported)
@@ -86,10 +87,8 @@ class SearchSpace(_Strict):
     @model_validator(mode="after")
     def _room_for_prompt(self) -> SearchSpace:
         if min(self.max_length) <= self.new_tokens:
-            raise ValueError(
-                f"max_length {min(self.max_length)} leaves no prompt token for new_tokens={self.new_tokens}; "
-                "raise max_length or lower new_tokens"
-            )
+            raise ValueError(f"max_length {min(self.max_length)} leaves no prompt token for new_tokens={self.new_tokens}; "
+                             "raise max_length or lower new_tokens")
         return self
 
     @model_validator(mode="after")
@@ -248,6 +247,7 @@ class Measurement(_Strict):
     padding_share: float | None = Field(default=None, description="padded tokens / all tokens the timed batches processed")
     goodput_rps: Stat | None = Field(default=None, description="requests/s within every --slo limit (set by the study, slo.goodput)")
     request_output_tokens: list[int] | None = Field(default=None, description="a workload's timed output lengths (capacity draws them)")
+    compile_stats: CompileStats | None = Field(default=None, description="compiled candidates: what torch.compile did")
 
     @property
     def throughput(self) -> Stat:

@@ -153,3 +153,7 @@ def test_static_cache_candidate_warms_both_shapes(tiny_model: torch.nn.Module) -
     m = measure_generation(tiny_model, cand, "cpu", repeats=3, vocab_size=1024, before_each_run=lambda: calls.append(1))
     assert len(calls) == 2 + 2 * 3
     assert len(m.output_tokens_per_s.samples) == 3
+    # compiled candidates carry what torch.compile did: on CPU nothing is compiled
+    assert m.compile_stats is not None and m.compile_stats.graphs == 0 and not m.compile_stats.problems()
+    assert measure_generation(tiny_model, cand.model_copy(update={"compile": False}), "cpu", repeats=1,
+                              vocab_size=1024).compile_stats is None

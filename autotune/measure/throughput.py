@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from autotune.measure.compile_stats import compile_stats, snapshot
 from autotune.measure.memory import MemoryTracker
 from autotune.spec import Candidate, Measurement, Stat
 from autotune.loading import generate_kwargs
@@ -107,6 +108,7 @@ def measure_generation(
     batch, prompt, new = candidate.batch_size, candidate.prompt_tokens, candidate.new_tokens
     timed_generate = _generate_runner(model, candidate, device, vocab_size, vision, before_each_run)
 
+    compiled = snapshot() if candidate.compile else None
     with MemoryTracker(device, num_gpus=candidate.num_gpus) as tracker:
         warm_start = time.perf_counter()
         # First runs at a new shape are 2-8x slower: never time them. generate(new) runs the
@@ -115,6 +117,7 @@ def measure_generation(
         if candidate.compile:  # a static cache of prompt+1 is another compiled shape
             timed_generate(1)
         warmup_s = time.perf_counter() - warm_start
+        warmed = snapshot() if compiled else None
         measure_start = time.perf_counter()
         prefill_times, full_times = [], []
         for _ in range(repeats):
@@ -122,6 +125,7 @@ def measure_generation(
             full_times.append(timed_generate(new))
         measure_s = time.perf_counter() - measure_start
     memory = tracker.result()
+    stats = compile_stats(compiled, warmed, snapshot()) if compiled and warmed else None
     preprocess_times = [preprocess_again() for _ in range(repeats)] if preprocess_again else None
 
     # Decode time per repeat is full minus prefill of the same repeat (interleaved, so drift in
@@ -135,6 +139,7 @@ def measure_generation(
         ttft_s=Stat.of(prefill_times),
         tpot_s=Stat.of([t / (new - 1) for t in decode_times]),
         request_latency_s=Stat.of(full_times),
+        compile_stats=stats,
         **_window_fields(memory, warmup_s, measure_s, batch, full_times, vision, preprocess_times),
     )
 

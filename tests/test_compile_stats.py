@@ -1,0 +1,67 @@
+"""autotune/measure/compile_stats.py: dynamo's and inductor's counters around a measurement, on
+real torch.compile runs (the eager backend: dynamo traces, graph-breaks and recompiles as it does
+on the GPU, without a C++ toolchain), and the note a trial line prints for them."""
+
+from __future__ import annotations
+
+import torch
+
+from autotune.measure.compile_stats import CompileStats, compile_stats, snapshot
+from autotune.report import _result_text
+from autotune.spec import Candidate, Measurement, Stat, TrialOutcome, TrialRecord
+
+
+def _with_break(x):
+    y = x * 2
+    print("a print dynamo cannot trace")  # a graph break
+    return y + 1
+
+
+def _clean(x):
+    return torch.relu(x * 2) + 1
+
+
+def test_counts_graphs_breaks_and_recompiles_while_timed() -> None:
+    torch._dynamo.reset()
+    f = torch.compile(_with_break, backend="eager", dynamic=False)
+    before = snapshot()
+    f(torch.ones(3))  # the warm-up
+    warmed = snapshot()
+    f(torch.ones(3))
+    f(torch.ones(5))  # a new shape during the timed runs: a recompile the timing pays for
+    stats = compile_stats(before, warmed, snapshot())
+    assert stats.graph_breaks >= 1 and "print" in (stats.first_break or "")
+    assert stats.graphs >= 2 and stats.graphs_while_timed >= 1
+    assert stats.cudagraph_skips == 0
+    problems = stats.problems()
+    assert any("graph break" in p for p in problems) and any("during the timed runs" in p for p in problems)
+
+
+def test_a_clean_compile_has_no_problems() -> None:
+    torch._dynamo.reset()
+    f = torch.compile(_clean, backend="eager", dynamic=False)
+    before = snapshot()
+    f(torch.ones(4))
+    warmed = snapshot()
+    f(torch.ones(4))
+    stats = compile_stats(before, warmed, snapshot())
+    assert stats == CompileStats(graphs=1, graph_breaks=0, cudagraph_skips=0, graphs_while_timed=0)
+    assert stats.problems() == []
+
+
+def test_the_trial_line_says_what_went_wrong_with_the_compile() -> None:
+    one = Stat.of([1.0])
+    m = Measurement(output_tokens_per_s=Stat.of([100.0]), prefill_tokens_per_s=one, decode_tokens_per_s=one,
+                    requests_per_s=one, ttft_s=one, tpot_s=one, request_latency_s=one, peak_memory_gib=1.0,
+                    warmup_s=1.0, measure_s=1.0,
+                    compile_stats=CompileStats(graphs=9, graph_breaks=3, cudagraph_skips=2, graphs_while_timed=0,
+                                               first_break="Failed to trace [builtin] operator"))
+    record = TrialRecord(number=1, state="measured", candidate=Candidate(dtype="bf16", compile=True, batch_size=1,
+                                                                        max_length=64, new_tokens=8),
+                         outcome=TrialOutcome(status="ok", measurement=m), objective_value=100.0)
+    text = _result_text(record, "throughput")
+    assert "3 graph break(s)" in text and "CUDA graphs skipped for 2 graph(s)" in text
+    assert r"\[builtin]" in text  # escaped for rich's markup
+    clean = m.model_copy(update={"compile_stats": CompileStats(graphs=1, graph_breaks=0, cudagraph_skips=0, graphs_while_timed=0)})
+    assert "compile:" not in _result_text(record.model_copy(update={"outcome": TrialOutcome(status="ok", measurement=clean)}),
+                                          "throughput")
