@@ -304,6 +304,13 @@ def print_results(console: Console, recs: list[TrialRecord], config: DeploymentC
         console.print(f"SLO violations ({len(violated)} measured candidate{'s' if len(violated) != 1 else ''}, never the best):")
         for r in violated:
             console.print(f"  #{r.number} {r.candidate.label()}: {'; '.join(r.slo_violations)}", markup=False, highlight=False)
+    unclean = [r for r in recs if r.outcome.measurement is not None and r.outcome.measurement.compile_stats is not None
+               and r.outcome.measurement.compile_stats.problems() and r.state != "duplicate"]
+    if unclean:  # a compiled candidate that broke into graphs or ran without CUDA graphs is slower than it could be
+        console.print(f"compile problems ({len(unclean)} compiled candidate{'s' if len(unclean) != 1 else ''}):")
+        for r in unclean:
+            console.print(f"  #{r.number} {r.candidate.label()}: {'; '.join(r.outcome.measurement.compile_stats.problems())}",
+                          markup=False, highlight=False)
     error = memory_model_error(recs)
     if error is not None:
         console.print(f"memory model: predicted peak within {error.median_abs_pct:.1f}% of the measured one (median; worst "

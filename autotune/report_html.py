@@ -59,6 +59,8 @@ def _hover(r: TrialRecord, objective: str) -> str:
         lines.append(f"over budget by {r.constraints['over_budget_gib']:.2f} GiB")
     if r.slo_violations:
         lines.append("SLO: " + "; ".join(r.slo_violations))
+    if m.compile_stats is not None and m.compile_stats.problems():
+        lines.append("compile: " + "; ".join(m.compile_stats.problems()))
     return "<br>".join(html.escape(line) for line in lines)
 
 

@@ -65,3 +65,28 @@ def test_the_trial_line_says_what_went_wrong_with_the_compile() -> None:
     clean = m.model_copy(update={"compile_stats": CompileStats(graphs=1, graph_breaks=0, cudagraph_skips=0, graphs_while_timed=0)})
     assert "compile:" not in _result_text(record.model_copy(update={"outcome": TrialOutcome(status="ok", measurement=clean)}),
                                           "throughput")
+
+
+def test_show_lists_the_compiled_candidates_with_compile_problems(tmp_path) -> None:
+    from rich.console import Console
+
+    from autotune.report import print_results
+
+    one = Stat.of([1.0])
+
+    def record(number: int, stats: CompileStats | None) -> TrialRecord:
+        m = Measurement(output_tokens_per_s=Stat.of([100.0 + number]), prefill_tokens_per_s=one, decode_tokens_per_s=one,
+                        requests_per_s=one, ttft_s=one, tpot_s=one, request_latency_s=one, peak_memory_gib=1.0,
+                        warmup_s=1.0, measure_s=1.0, compile_stats=stats)
+        return TrialRecord(number=number, state="measured",
+                           candidate=Candidate(dtype="bf16", compile=stats is not None, batch_size=number, max_length=64, new_tokens=8),
+                           outcome=TrialOutcome(status="ok", measurement=m), objective_value=100.0 + number)
+
+    recs = [record(1, None), record(2, CompileStats(graphs=1, graph_breaks=0, cudagraph_skips=0, graphs_while_timed=0)),
+            record(3, CompileStats(graphs=3, graph_breaks=0, cudagraph_skips=3, graphs_while_timed=0))]
+    console = Console(record=True, width=200)
+    print_results(console, recs, None, "throughput", tmp_path)
+    text = console.export_text()
+    assert "compile problems (1 compiled candidate):" in text
+    assert "#3 bf16 sdpa compile b=3" in text and "CUDA graphs skipped for 3 graph(s)" in text
+    assert "#2 bf16" not in text.split("compile problems")[1]
