@@ -272,3 +272,27 @@ def test_a_study_under_a_workload_records_per_request_samples_and_show_prints_it
     line = next(line for line in shown.stdout.splitlines() if line.startswith("workload: "))
     assert "prompt tokens uniform 8-24; output tokens uniform 2-6" in line
     assert "0.0% of requests over max_length" in line and "p50/p95/p99 TTFT" in line
+
+
+def test_compiled_candidates_count_only_graphs_compiled_inside_the_timed_runs(tiny_model, monkeypatch) -> None:
+    """Each batch's shape is compiled by an untimed run before its timed one: graphs compiled then
+    are expected, graphs compiled inside a timed run are not (their compile time is in the figure)."""
+    import autotune.measure.traffic as traffic
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda x: x * 2 + 1, backend="eager", dynamic=False)
+    real = traffic.timed_batch_generate
+    shapes = iter(range(2, 1000))
+
+    def compiling(*args, **kwargs):
+        compiled(torch.ones(next(shapes)))  # a new shape on every call: one graph each
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(traffic, "timed_batch_generate", compiling)
+    cand = Candidate(dtype="fp32", batch_size=2, max_length=32, new_tokens=4, compile=True)
+    m = _measure(tiny_model, cand, "prompt=8-20,output=2-4")
+    batches = REPEATS
+    # calls: the first batch untimed, then per batch an untimed compile run and the timed run
+    assert m.compile_stats is not None and m.compile_stats.graphs == 1 + 2 * batches
+    assert m.compile_stats.graphs_while_timed == batches
+    assert _measure(tiny_model, cand.model_copy(update={"compile": False}), "prompt=8-20,output=2-4").compile_stats is None

@@ -63,6 +63,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from autotune.loading import generate_kwargs
+from autotune.measure.compile_stats import compile_stats, snapshot
 from autotune.measure.memory import MemoryTracker
 from autotune.measure.throughput import _generate_runner, _synchronize, _window_fields
 from autotune.spec import Candidate, Measurement, Stat
@@ -224,6 +225,11 @@ def measure_workload(
     def timed(input_ids, attention_mask, n_new: int) -> tuple[float, float]:
         return timed_batch_generate(model, input_ids, attention_mask, base_kwargs, pad, n_new, device, before_each_run)
 
+    # Compiled: each batch's shape is compiled by an untimed run first, so only graphs compiled
+    # inside the timed runs themselves count as compiled while timed.
+    compiled = snapshot() if candidate.compile else None
+    graphs_while_timed = 0
+
     with MemoryTracker(device, num_gpus=candidate.num_gpus) as tracker:
         warm_start = time.perf_counter()
         worst_case(candidate.new_tokens)  # the claimed worst case runs (and peaks) first, as for the fixed shape
@@ -242,12 +248,18 @@ def measure_workload(
             # One generate() per batch, its first token timed inside it: a new batch shape's first
             # run, as a server meets it (timing generate(new=1) first would warm the shape for the
             # whole run: the GPU replay of 2026-12-06 ran 9-36% slower than service times measured so).
+            before = snapshot() if compiled else None
             t1, t = timed(input_ids, attention_mask, batch.new_tokens)
+            if before is not None:
+                graphs_while_timed += snapshot().graphs - before.graphs
             first.append(t1)
             whole.append(t)
             del input_ids, attention_mask
         measure_s = time.perf_counter() - measure_start
     memory = tracker.result()
+    stats = None
+    if compiled is not None:
+        stats = compile_stats(compiled, compiled, snapshot()).model_copy(update={"graphs_while_timed": graphs_while_timed})
 
     ttft, tpot, e2e = [], [], []
     decode_rates = []
@@ -274,5 +286,6 @@ def measure_workload(
         workload_truncated=sum(b.truncated for b in batches),
         padding_share=padding_share(batches),
         request_output_tokens=[r.output_tokens for b in batches for r in b.requests],
+        compile_stats=stats,
         **_window_fields(memory, warmup_s, measure_s, size, whole, None, None),
     )
