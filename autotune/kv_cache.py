@@ -75,8 +75,10 @@ CACHE_IMPLEMENTATIONS: dict[str, CacheKind] = {k.name: k for k in (
 )}
 
 # torch.compile modes offered (torch._inductor.list_mode_options()); "lite" is left out until it is
-# checked on the GPU box's torch.
-COMPILE_MODES = ("reduce-overhead", "default", "max-autotune-no-cudagraphs")
+# checked on the GPU box's torch. max-autotune is CUDA graphs plus inductor's kernel autotuning
+# (longer compiles): a lever for batch-1 decode, where reduce-overhead reached 56% of the bandwidth
+# limit (BENCHMARKS §17).
+COMPILE_MODES = ("reduce-overhead", "default", "max-autotune-no-cudagraphs", "max-autotune")
 DEFAULT_COMPILE_MODE = "reduce-overhead"  # transformers' CompileConfig default
 
 

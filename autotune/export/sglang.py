@@ -141,6 +141,7 @@ RULES: dict[str, Rule] = {
     "compile_mode=reduce-overhead": approximate(COMPILE_MODE_NOTE.format(mode="reduce-overhead", server="SGLang")),
     "compile_mode=default": approximate(COMPILE_MODE_NOTE.format(mode="default", server="SGLang")),
     "compile_mode=max-autotune-no-cudagraphs": approximate(COMPILE_MODE_NOTE.format(mode="max-autotune-no-cudagraphs", server="SGLang")),
+    "compile_mode=max-autotune": approximate(COMPILE_MODE_NOTE.format(mode="max-autotune", server="SGLang")),
     "prefill_chunk_size=0": approximate(
         "measured without chunked prefill: written as chunked-prefill-size -1 (SGLang's off); its scheduler still batches "
         "prefills its own way"),

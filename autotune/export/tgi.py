@@ -134,6 +134,7 @@ RULES: dict[str, Rule] = {
     "compile_mode=reduce-overhead": approximate(COMPILE_MODE_NOTE.format(mode="reduce-overhead", server="TGI")),
     "compile_mode=default": approximate(COMPILE_MODE_NOTE.format(mode="default", server="TGI")),
     "compile_mode=max-autotune-no-cudagraphs": approximate(COMPILE_MODE_NOTE.format(mode="max-autotune-no-cudagraphs", server="TGI")),
+    "compile_mode=max-autotune": approximate(COMPILE_MODE_NOTE.format(mode="max-autotune", server="TGI")),
     "prefill_chunk_size=0": approximate("measured without chunked prefill; TGI chunks prefills by default (PREFILL_CHUNKING)"),
     "prefill_chunk_size>0": approximate(
         "chunked prefill is TGI's default; the measured chunk bounds max-batch-prefill-tokens (batch x chunk tokens), "

@@ -112,6 +112,7 @@ RULES: dict[str, Rule] = {
     "compile_mode=reduce-overhead": exact(),
     "compile_mode=default": exact(),
     "compile_mode=max-autotune-no-cudagraphs": exact(),
+    "compile_mode=max-autotune": exact(),
     "prefill_chunk_size=0": exact(),
     "prefill_chunk_size>0": exact(),
 }

@@ -145,6 +145,7 @@ RULES: dict[str, Rule] = {
     "compile_mode=reduce-overhead": approximate(COMPILE_MODE_NOTE.format(mode="reduce-overhead", server="vLLM")),
     "compile_mode=default": approximate(COMPILE_MODE_NOTE.format(mode="default", server="vLLM")),
     "compile_mode=max-autotune-no-cudagraphs": approximate(COMPILE_MODE_NOTE.format(mode="max-autotune-no-cudagraphs", server="vLLM")),
+    "compile_mode=max-autotune": approximate(COMPILE_MODE_NOTE.format(mode="max-autotune", server="vLLM")),
     "prefill_chunk_size=0": approximate(
         "measured without chunked prefill; vLLM chunks prefills by default (enable-chunked-prefill), which it is left to"),
     "prefill_chunk_size>0": approximate(
