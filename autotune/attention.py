@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
+from autotune.kv_cache import module_installed
+
 
 @dataclass(frozen=True)
 class AttentionKind:
@@ -36,17 +38,11 @@ class AttentionKind:
     def unsupported_reason(self, dtype: str, device_type: str) -> str | None:
         if self.needs_cuda and device_type != "cuda":
             return f"{self.name} needs a CUDA GPU"
-        if self.package is not None and not _installed(self.package):
+        if self.package is not None and not module_installed(self.package):
             return f"{self.name}: the {self.pip} package is not installed (pip install {self.pip})"
         if self.half_only and dtype not in ("fp16", "bf16"):
             return f"{self.name} runs only in fp16/bf16"
         return None
-
-
-def _installed(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
 
 
 def sdpa_gqa_attention_forward(module, query, key, value, attention_mask, dropout: float = 0.0,

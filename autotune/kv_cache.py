@@ -47,7 +47,7 @@ class CacheKind:
             if not hasattr(cache_utils, "Fp8QuantizedLayer"):
                 return (f"cache_implementation {self.name}: transformers {transformers.__version__} has no fp8 KV-cache backend "
                         "(added in 5.24); upgrade transformers or use quantized-hqq / quantized-quanto")
-        if self.package is not None and not _installed(self.package):
+        if self.package is not None and not module_installed(self.package):
             return f"cache_implementation {self.name}: the {self.pip} package is not installed (pip install {self.pip})"
         return None
 
@@ -56,7 +56,8 @@ class CacheKind:
         return None if self.backend is None else {"backend": self.backend}
 
 
-def _installed(module: str) -> bool:
+def module_installed(module: str) -> bool:
+    """Whether `module` (dotted names included) can be imported here, without importing it."""
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a missing parent package of a dotted name

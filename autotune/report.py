@@ -11,6 +11,7 @@ from rich.table import Table
 
 from autotune.analysis import Importances, objective_stat, pareto_front, quality_on_front
 from autotune.knobs import cells as knob_cells
+from autotune.measure.compile_stats import compile_problems
 from autotune.knobs import column_groups
 from autotune.spec import Candidate, DeploymentConfig, TrialRecord
 from autotune.study.results import baseline_record, best_record
@@ -62,8 +63,8 @@ def _result_text(r: TrialRecord, objective: str) -> str:
             text += f" (over budget by {r.constraints['over_budget_gib']:.2f} GiB)"
         if r.slo_violations:
             text += f" (SLO: {'; '.join(r.slo_violations)})"
-        if m.compile_stats is not None and m.compile_stats.problems():  # why a compiled candidate may be slow
-            text += escape(f" (compile: {'; '.join(m.compile_stats.problems())})")
+        if problems := compile_problems(m):  # why a compiled candidate may be slow
+            text += escape(f" (compile: {'; '.join(problems)})")
         return f"[{style}]{r.state}[/]: {text}{_retry_text(r)}"
     return f"[{style}]{r.state}[/]: {r.outcome.reason[:140]}{_retry_text(r)}"
 
@@ -304,13 +305,11 @@ def print_results(console: Console, recs: list[TrialRecord], config: DeploymentC
         console.print(f"SLO violations ({len(violated)} measured candidate{'s' if len(violated) != 1 else ''}, never the best):")
         for r in violated:
             console.print(f"  #{r.number} {r.candidate.label()}: {'; '.join(r.slo_violations)}", markup=False, highlight=False)
-    unclean = [r for r in recs if r.outcome.measurement is not None and r.outcome.measurement.compile_stats is not None
-               and r.outcome.measurement.compile_stats.problems() and r.state != "duplicate"]
+    unclean = [(r, problems) for r in recs if r.state != "duplicate" and (problems := compile_problems(r.outcome.measurement))]
     if unclean:  # a compiled candidate that broke into graphs or ran without CUDA graphs is slower than it could be
         console.print(f"compile problems ({len(unclean)} compiled candidate{'s' if len(unclean) != 1 else ''}):")
-        for r in unclean:
-            console.print(f"  #{r.number} {r.candidate.label()}: {'; '.join(r.outcome.measurement.compile_stats.problems())}",
-                          markup=False, highlight=False)
+        for r, problems in unclean:
+            console.print(f"  #{r.number} {r.candidate.label()}: {'; '.join(problems)}", markup=False, highlight=False)
     error = memory_model_error(recs)
     if error is not None:
         console.print(f"memory model: predicted peak within {error.median_abs_pct:.1f}% of the measured one (median; worst "

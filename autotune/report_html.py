@@ -20,6 +20,7 @@ import optuna
 
 from autotune.analysis import Importances, front_candidates, importances, objective_stat, pareto_front, quality_on_front
 from autotune.atomic import atomic_write_text
+from autotune.measure.compile_stats import compile_problems
 from autotune.spec import DeploymentConfig, TrialRecord
 from autotune.objectives import objective as objective_def
 from autotune.report import objectives_front_rows, study_objectives
@@ -59,8 +60,8 @@ def _hover(r: TrialRecord, objective: str) -> str:
         lines.append(f"over budget by {r.constraints['over_budget_gib']:.2f} GiB")
     if r.slo_violations:
         lines.append("SLO: " + "; ".join(r.slo_violations))
-    if m.compile_stats is not None and m.compile_stats.problems():
-        lines.append("compile: " + "; ".join(m.compile_stats.problems()))
+    if problems := compile_problems(m):
+        lines.append("compile: " + "; ".join(problems))
     return "<br>".join(html.escape(line) for line in lines)
 
 

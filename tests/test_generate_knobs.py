@@ -104,7 +104,7 @@ def test_supported_on_cpu() -> None:
 def test_quantized_backends_are_unsupported_where_missing(monkeypatch) -> None:
     import transformers.cache_utils as cache_utils
 
-    monkeypatch.setattr(kv_cache, "_installed", lambda module: False)
+    monkeypatch.setattr(kv_cache, "module_installed", lambda module: False)
     hqq = kv_cache.unsupported_reason(cand(cache_implementation="quantized-hqq"), "cuda")
     assert hqq == "cache_implementation quantized-hqq: the hqq package is not installed (pip install hqq)"
     assert "pip install optimum-quanto" in kv_cache.unsupported_reason(cand(cache_implementation="quantized-quanto"), "cuda")

@@ -54,16 +54,24 @@ def snapshot() -> Snapshot:
     return Snapshot(counters["stats"]["unique_graphs"], dict(counters["graph_break"]), counters["inductor"]["cudagraph_skips"])
 
 
-def compile_stats(before: Snapshot, warmed: Snapshot, after: Snapshot) -> CompileStats:
-    """Snapshots taken before the warm-up, after it, and after the timed runs."""
+def compile_stats(before: Snapshot, after: Snapshot, graphs_while_timed: int) -> CompileStats:
+    """Snapshots taken before the warm-up and after the timed runs; `graphs_while_timed`: the graphs
+    the caller saw compiled inside its timed runs (snapshots around them)."""
     new_breaks = [reason for reason in after.breaks if reason not in before.breaks]
     return CompileStats(
         graphs=after.graphs - before.graphs,
         graph_breaks=after.break_count - before.break_count,
         cudagraph_skips=after.cudagraph_skips - before.cudagraph_skips,
-        graphs_while_timed=after.graphs - warmed.graphs,
+        graphs_while_timed=graphs_while_timed,
         first_break=_short(new_breaks[0]) if new_breaks else None,
     )
+
+
+def compile_problems(measurement) -> list[str]:
+    """The compile problems of a measurement (autotune.spec.Measurement or None): empty for an
+    uncompiled candidate, a clean compile or no measurement."""
+    stats = getattr(measurement, "compile_stats", None)
+    return stats.problems() if stats is not None else []
 
 
 def _short(reason: str) -> str:

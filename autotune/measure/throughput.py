@@ -125,7 +125,10 @@ def measure_generation(
             full_times.append(timed_generate(new))
         measure_s = time.perf_counter() - measure_start
     memory = tracker.result()
-    stats = compile_stats(compiled, warmed, snapshot()) if compiled and warmed else None
+    stats = None
+    if compiled is not None and warmed is not None:
+        after = snapshot()
+        stats = compile_stats(compiled, after, graphs_while_timed=after.graphs - warmed.graphs)
     preprocess_times = [preprocess_again() for _ in range(repeats)] if preprocess_again else None
 
     # Decode time per repeat is full minus prefill of the same repeat (interleaved, so drift in

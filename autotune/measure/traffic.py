@@ -257,9 +257,7 @@ def measure_workload(
             del input_ids, attention_mask
         measure_s = time.perf_counter() - measure_start
     memory = tracker.result()
-    stats = None
-    if compiled is not None:
-        stats = compile_stats(compiled, compiled, snapshot()).model_copy(update={"graphs_while_timed": graphs_while_timed})
+    stats = compile_stats(compiled, snapshot(), graphs_while_timed) if compiled is not None else None
 
     ttft, tpot, e2e = [], [], []
     decode_rates = []
