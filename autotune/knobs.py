@@ -194,6 +194,12 @@ def _compile_modes() -> tuple:
     return COMPILE_MODES
 
 
+def _stop_checks() -> tuple:
+    from autotune.kv_cache import STOP_CHECKS
+
+    return STOP_CHECKS
+
+
 def _images_label(c: Candidate) -> str:
     return f" img={c.images_per_prompt}x{c.max_pixels}px" if c.images_per_prompt else ""
 
@@ -289,6 +295,14 @@ KNOB_TABLE: tuple[Knob, ...] = (
          column=Column("offload", 1, cell=lambda v: f"{v} GiB" if v else "–"),
          label=LabelPart(5, lambda c: f" offload={c.cpu_offload_gib}GiB" if c.cpu_offload_gib else ""),
          rule_keys=("cpu_offload_gib>0",)),
+    # When generate() reads its stop flag (autotune/kv_cache.py): the tokens are the same, but the
+    # deferred check lets the host queue the next decode step while the GPU runs this one. In the
+    # load-key: the load wraps the model's generate().
+    Knob("stop_check", "load", str, "when generate() reads its stop flag: sync (after every step, waiting for the GPU: "
+         "transformers' default on CUDA) or deferred (one step late: transformers' DeferredStopCheck; CUDA only)",
+         choices=_stop_checks, baseline="prefer", preferred="sync", reference="default", load_key=True,
+         added_later=True, may_leave_out=True, column=Column("stop", 4, cell=lambda v: v or "–", left=True),
+         label=LabelPart(13, lambda c: f" stop={c.stop_check}" if c.stop_check else "")),
 )
 
 KNOB = {k.name: k for k in KNOB_TABLE}

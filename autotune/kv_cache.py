@@ -13,11 +13,20 @@ Facts (transformers 5.17 and 5.24, /work/notes/issue19-apis.md §2, §3, §5):
   (the answers are the unchunked ones); it cannot split raw multimodal inputs.
 - `CompileConfig(mode=...)`: transformers' default mode is "reduce-overhead" (CUDA graphs); a
   CompileConfig is not JSON, so best.yaml carries the mode and the load builds the object.
+- The stop check (5.17-5.25, generation/utils.py): after every decode step generate() reads
+  `unfinished_sequences.max() == 0` on the host (`StopCheck`), which waits for the GPU to finish
+  that step before the host prepares and queues the next one: the host's per-step Python is added
+  to the GPU's time instead of hidden behind it. transformers' own `DeferredStopCheck` reads the
+  flag one step late (a pinned copy and an event) and undoes the one extra forward an EOS stop
+  costs; its `is_supported` allows it on mps only ("we should enable it for cuda if we observe
+  perf gains"). `stop_check: deferred` allows it on CUDA for the model it was loaded into.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -83,6 +92,11 @@ COMPILE_MODES = ("reduce-overhead", "default", "max-autotune-no-cudagraphs", "ma
 DEFAULT_COMPILE_MODE = "reduce-overhead"  # transformers' CompileConfig default
 
 
+# When generate() reads its stop flag: "sync" (transformers' default on CUDA: every step waits for
+# the GPU) or "deferred" (transformers' DeferredStopCheck: one step late). Same tokens either way.
+STOP_CHECKS = ("sync", "deferred")
+
+
 def cache_kind(candidate: Candidate) -> CacheKind:
     """The KV cache the candidate generates with (absent: a static one with compile, else dynamic)."""
     if candidate.cache_implementation is not None:
@@ -102,6 +116,10 @@ def unsupported_reason(candidate: Candidate, device_type: str) -> str | None:
     if not candidate.compile and candidate.compile_mode not in (None, DEFAULT_COMPILE_MODE):
         return (f"compile_mode {candidate.compile_mode} applies only with compile: true; the uncompiled candidate is "
                 f"measured once, as compile_mode {DEFAULT_COMPILE_MODE}")
+    if candidate.stop_check == "deferred":
+        reason = deferred_stop_check_unavailable(device_type)
+        if reason:
+            return reason
     if candidate.prefill_chunk_size and candidate.has_images:
         return ("prefill_chunk_size with images or video: transformers cannot split the raw multimodal inputs into "
                 "prefill chunks; use prefill_chunk_size 0 for visual requests")
@@ -162,3 +180,65 @@ def kv_bytes_factor(candidate: Candidate, dtype_bytes: float) -> float:
     if kind.kv_bits is not None:
         return min(dtype_bytes, kind.kv_bits / 8)
     return dtype_bytes
+
+
+def deferred_stop_check_unavailable(device_type: str) -> str | None:
+    if device_type != "cuda":
+        return ("stop_check deferred: CUDA only (transformers' DeferredStopCheck records a device event, which torch has "
+                "no CPU form of; on CPU the host does the work itself, so there is no wait to hide)")
+    from transformers.generation import utils as generation_utils
+
+    if not hasattr(generation_utils, "DeferredStopCheck"):
+        import transformers
+
+        return (f"stop_check deferred: transformers {transformers.__version__} has no DeferredStopCheck (5.17 has it); "
+                "upgrade transformers or use stop_check sync")
+    return None
+
+
+# Set while a model loaded with stop_check deferred runs generate(): the patched is_supported
+# below then answers for CUDA as transformers answers for mps. A context variable, not a global
+# switch, so another model in the same process keeps transformers' own choice.
+_DEFERRING: ContextVar[bool] = ContextVar("autotune_deferred_stop_check", default=False)
+
+
+def _allow_deferred_stop_check_on_cuda() -> None:
+    """Patch DeferredStopCheck.is_supported once per process (idempotent)."""
+    import torch
+    from transformers.generation import utils as generation_utils
+
+    check = generation_utils.DeferredStopCheck
+    stock = check.is_supported
+    if getattr(stock, "autotune_patched", False):
+        return
+
+    def is_supported(device, cache, cache_is_returned: bool, is_assistant: bool) -> bool:
+        if _DEFERRING.get() and torch.device(device).type == "cuda":
+            # transformers' own conditions (the assistant, the cache it must be able to crop), as on mps
+            return stock(torch.device("mps"), cache, cache_is_returned, is_assistant)
+        return stock(device, cache, cache_is_returned, is_assistant)
+
+    is_supported.autotune_patched = True  # type: ignore[attr-defined]
+    check.is_supported = staticmethod(is_supported)
+
+
+def defer_stop_check(model) -> None:
+    """Make `model.generate` read its stop flag one step late on CUDA (transformers'
+    DeferredStopCheck), for this model only. The transformers export's script calls this too."""
+    _allow_deferred_stop_check_on_cuda()
+    generate = model.generate
+
+    @functools.wraps(generate)
+    def deferred_generate(*args, **kwargs):
+        token = _DEFERRING.set(True)
+        try:
+            return generate(*args, **kwargs)
+        finally:
+            _DEFERRING.reset(token)
+
+    model.generate = deferred_generate
+
+
+def apply_stop_check(model, candidate: Candidate) -> None:
+    if candidate.stop_check == "deferred":
+        defer_stop_check(model)

@@ -238,6 +238,7 @@ def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cac
     model.eval()
     _check_quantized(model, candidate)
     kv_cache.apply_generation_config(model, candidate)
+    kv_cache.apply_stop_check(model, candidate)
     if plan is not None:
         model.autotune_offload = plan  # the worker records it with the measured offloaded_gib
     if device == "cpu":

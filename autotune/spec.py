@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from autotune import knobs as knobs_table
 from autotune.knobs import BASE_KNOBS, KNOB_TABLE, LOAD_KEY_KNOBS, PLACEMENT_KNOBS, VISION_KNOBS, knob  # noqa: F401 (re-exported)
+from autotune.fingerprint import Fingerprint  # noqa: F401 (re-exported)
 from autotune.measure.compile_stats import CompileStats
 from autotune.models import ModelRef
 from autotune.serving import ServingCapacity
@@ -64,6 +65,7 @@ class SearchSpace(_Strict):
     compile_mode: list[str] | None = Field(default=None, description=knob("compile_mode").help)
     prefill_chunk_size: list[int] | None = Field(default=None, description=knob("prefill_chunk_size").help)
     cpu_offload_gib: list[int] | None = Field(default=None, description=knob("cpu_offload_gib").help)
+    stop_check: list[str] | None = Field(default=None, description=knob("stop_check").help)
     workload: dict | None = Field(default=None, description="a non-default workload, normalised (autotune/workload.py)")
 
     @field_validator(*(k.name for k in KNOB_TABLE))
@@ -164,13 +166,15 @@ class Candidate(_Strict):
     compile_mode: str | None = None
     prefill_chunk_size: int | None = Field(default=None, ge=0)
 
-    @field_validator("cache_implementation", "compile_mode")
+    cpu_offload_gib: int = Field(default=knob("cpu_offload_gib").default, ge=0, description="GiB of weights offloaded to host memory")
+    stop_check: str | None = None
+
+    @field_validator("cache_implementation", "compile_mode", "stop_check")
     @classmethod
     def _known_generate_setting(cls, value, info):
         if value is not None:
             knob(info.field_name).check(value)
         return value
-    cpu_offload_gib: int = Field(default=knob("cpu_offload_gib").default, ge=0, description="GiB of weights offloaded to host memory")
 
     @property
     def prompt_tokens(self) -> int:
@@ -329,26 +333,6 @@ class TrialOutcome(_Strict):
     first_attempt: str = Field(default="", description="an out-of-memory answer that evidence of fitting contradicted, or a "
                                                        "failure in a worker that had run before, so the trial ran "
                                                        "again in a fresh worker; this is the first attempt's reason")
-
-
-# ------------------------------------------------------------------------------ system
-
-
-class Fingerprint(_Strict):
-    device: str
-    device_name: str
-    device_memory_gib: float
-    driver: str | None = None
-    cuda: str | None = None
-    cpu: str
-    cpu_cores: int
-    host_memory_gib: float
-    python: str
-    torch: str
-    transformers: str
-    bitsandbytes: str | None = None
-    optuna: str
-    autotune: str
 
 
 # ------------------------------------------------------------------------------ study records

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import psutil
 
 from autotune.errors import DeviceError
-from autotune.spec import Fingerprint
+from autotune.fingerprint import Fingerprint
 
 GIB = 2**30
 

@@ -7,6 +7,9 @@ random model in bf16 on the GPU, batch 1, 512-token prompt, 64 new tokens, each 
 
   generate (the tool's measurement)  generate() with min_new_tokens, as the worker runs it
   generate, no min_new_tokens        the same without the min-length logits processor
+  generate, deferred stop check      generate() with transformers' own DeferredStopCheck (the stop
+                                     flag read one step late, no per-step synchronisation), which
+                                     transformers 5.17-5.25 switch on for mps only
   decode loop                        the same compiled forward (generate's own compiled call) in
                                      a plain loop: argmax on the GPU, no per-step synchronisation
   one step, GPU time                 CUDA events around one compiled step: the GPU's share
@@ -58,18 +61,30 @@ def main() -> None:
         if cuda:
             torch.cuda.synchronize()
 
-    def generate(n: int, min_new: bool) -> tuple[float, int]:
+    from transformers.generation import utils as generation_utils
+
+    stock_is_supported = generation_utils.DeferredStopCheck.is_supported
+
+    def deferred_is_supported(device, cache, cache_is_returned, is_assistant):
+        return not is_assistant and (cache is None or cache.is_croppable or not cache_is_returned)
+
+    def generate(n: int, min_new: bool, deferred: bool = False) -> tuple[float, int]:
         kwargs = {"min_new_tokens": n} if min_new else {}
-        sync()
-        t = time.perf_counter()
-        result = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
-                                pad_token_id=pad, cache_implementation="static", **kwargs)
-        sync()
+        generation_utils.DeferredStopCheck.is_supported = staticmethod(deferred_is_supported if deferred else stock_is_supported)
+        try:
+            sync()
+            t = time.perf_counter()
+            result = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, do_sample=False,
+                                    pad_token_id=pad, cache_implementation="static", **kwargs)
+            sync()
+        finally:
+            generation_utils.DeferredStopCheck.is_supported = staticmethod(stock_is_supported)
         return time.perf_counter() - t, result.shape[1] - prompt
 
-    def per_token_generate(min_new: bool) -> float:
-        t1, _ = generate(1, min_new)
-        tn, n = generate(new, min_new)
+    def per_token_generate(min_new: bool, deferred: bool = False) -> float:
+        t1, _ = generate(1, min_new, deferred)
+        tn, n = generate(new, min_new, deferred)
+        assert n == new, f"generated {n} tokens, not {new}"
         return (tn - t1) / max(n - 1, 1) * 1000
 
     def decode_loop() -> tuple[float, float | None]:
@@ -100,6 +115,8 @@ def main() -> None:
     variants = {
         "generate (the tool's measurement)": lambda: per_token_generate(True),
         "generate, no min_new_tokens": lambda: per_token_generate(False),
+        # torch has no CPU events, which DeferredStopCheck records: CUDA only.
+        "generate, deferred stop check": lambda: per_token_generate(True, deferred=True) if cuda else None,
         "decode loop (compiled forward, no per-step sync)": lambda: decode_loop()[0],
         "one step, GPU time (CUDA events)": lambda: decode_loop()[1],
     }

@@ -1,4 +1,4 @@
-"""Generate-time knobs (issue 19): cache_implementation, compile_mode, prefill_chunk_size.
+"""Generate-time knobs (issue 19): cache_implementation, compile_mode, prefill_chunk_size, stop_check.
 
 Unit tests (validation, unsupported reasons on CPU, generate kwargs, memory model, exports), a CPU
 fidelity check of chunked prefill through transformers, a short CPU study (slow) and a GPU test
@@ -86,6 +86,7 @@ def test_knobs_are_sampled_when_set_and_values_checked(tmp_path: Path) -> None:
     ({"cache_implementation": "quantized-fp8", "compile": True}, "only with a static KV cache"),
     ({"compile_mode": "default"}, "applies only with compile: true"),
     ({"prefill_chunk_size": 8, "max_pixels": 200704, "images_per_prompt": 1}, "cannot split the raw multimodal inputs"),
+    ({"stop_check": "deferred"}, "stop_check deferred: CUDA only"),
 ])
 def test_unsupported_reasons(changes: dict, reason: str) -> None:
     got = kv_cache.unsupported_reason(cand(**changes), "cpu")
@@ -112,6 +113,70 @@ def test_quantized_backends_are_unsupported_where_missing(monkeypatch) -> None:
         assert kv_cache.unsupported_reason(cand(cache_implementation="quantized-fp8"), "cuda") is None
         monkeypatch.delattr(cache_utils, "Fp8QuantizedLayer")
     assert "(added in 5.24)" in kv_cache.unsupported_reason(cand(cache_implementation="quantized-fp8"), "cuda")
+
+
+def test_deferred_stop_check_needs_transformers_to_have_it(monkeypatch) -> None:
+    from transformers.generation import utils as generation_utils
+
+    assert kv_cache.unsupported_reason(cand(stop_check="deferred"), "cuda") is None
+    assert kv_cache.unsupported_reason(cand(stop_check="sync"), "cpu") is None
+    monkeypatch.delattr(generation_utils, "DeferredStopCheck")
+    assert "has no DeferredStopCheck" in kv_cache.unsupported_reason(cand(stop_check="deferred"), "cuda")
+
+
+# ------------------------------------------------------------------------------ the stop check
+
+
+def test_deferred_stop_check_is_switched_on_for_cuda_inside_that_models_generate_only() -> None:
+    """transformers' DeferredStopCheck.is_supported answers True for CUDA while a model loaded with
+    stop_check deferred generates, and transformers' own answer (False) anywhere else: outside
+    generate(), and inside the generate() of a model loaded without it. (The deferred check itself
+    records device events, which CPUs lack: its run is the GPU test below.)"""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+    from transformers.generation import utils as generation_utils
+
+    from autotune.loading import load_model
+    from autotune.models import resolve_model
+
+    cuda = torch.device("cuda")
+
+    class Probe(LogitsProcessor):
+        """Asks, during a decode step, what generate() would have asked after the prefill."""
+
+        def __init__(self):
+            self.answers = []
+
+        def __call__(self, input_ids, scores):
+            self.answers.append(generation_utils.DeferredStopCheck.is_supported(cuda, None, False, False))
+            return scores
+
+    ref = resolve_model("tiny-qwen2", random_weights=True)
+    plain = Candidate(dtype="fp32", batch_size=1, max_length=16, new_tokens=4)
+    deferred_model, _ = load_model(ref, plain.model_copy(update={"stop_check": "deferred"}), "cpu")
+    plain_model, _ = load_model(ref, plain, "cpu")
+    ids = torch.randint(0, 1000, (1, 8), generator=torch.Generator().manual_seed(0))
+    answers = {}
+    for name, model in (("deferred", deferred_model), ("plain", plain_model)):
+        probe = Probe()
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0,
+                                 logits_processor=LogitsProcessorList([probe]))
+        assert out.shape == (1, 12)
+        answers[name] = set(probe.answers)
+    assert answers == {"deferred": {True}, "plain": {False}}
+    assert generation_utils.DeferredStopCheck.is_supported(cuda, None, False, False) is False  # reset after generate
+    # transformers' own conditions still hold inside: an assistant model never defers
+    assert generation_utils.DeferredStopCheck.is_supported(torch.device("mps"), None, False, True) is False
+
+
+def test_stop_check_export() -> None:
+    py = export(_config(stop_check="deferred"), "transformers").text
+    assert "from autotune.kv_cache import defer_stop_check" in py and "    defer_stop_check(model)" in py
+    compile(py, "snippet", "exec")
+    assert "defer_stop_check" not in export(_config(stop_check="sync"), "transformers").text
+    assert "reading its stop flag one step late" in export(_config(stop_check="deferred"), "vllm").text
+    assert "stop_check" not in export(_config(), "transformers").extra_files[".best.yaml"]
 
 
 # ------------------------------------------------------------------------------ generate kwargs
@@ -337,6 +402,41 @@ def test_offloaded_caches_on_gpu(kind: str) -> None:
         out = model.generate(input_ids=ids, min_new_tokens=8, **generate_kwargs(c))
         expected = model.generate(input_ids=ids, min_new_tokens=8, **generate_kwargs(plain))
     assert torch.equal(out, expected)
+
+
+@pytest.mark.gpu
+def test_deferred_stop_check_on_gpu(monkeypatch) -> None:
+    """Compiled with CUDA graphs, stop_check deferred generates the sync check's tokens, and its
+    decode loop goes through transformers' DeferredStopCheck (not the synchronising StopCheck)."""
+    import torch
+    from transformers.generation import utils as generation_utils
+
+    from autotune.loading import load_model
+    from autotune.models import resolve_model
+
+    calls = {"deferred": 0}
+    stock_call = generation_utils.DeferredStopCheck.__call__
+
+    def counting_call(self, *args, **kwargs):
+        calls["deferred"] += 1
+        return stock_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(generation_utils.DeferredStopCheck, "__call__", counting_call)
+    ref = resolve_model("tiny-qwen2", random_weights=True)
+    sync = Candidate(dtype="bf16", batch_size=2, max_length=48, new_tokens=8, compile=True, stop_check="sync")
+    deferred = sync.model_copy(update={"stop_check": "deferred"})
+    assert unsupported_reason(deferred, _gpu()) is None
+    ids = torch.randint(0, 1000, (2, 40), generator=torch.Generator().manual_seed(0)).to("cuda:0")
+    outs = {}
+    for c in (sync, deferred):
+        model, _ = load_model(ref, c, "cuda:0")
+        with torch.inference_mode():
+            model.generate(input_ids=ids, min_new_tokens=8, **generate_kwargs(c))  # compiles
+            before = calls["deferred"]
+            outs[c.stop_check] = model.generate(input_ids=ids, min_new_tokens=8, **generate_kwargs(c))
+        assert (calls["deferred"] > before) == (c.stop_check == "deferred")
+    assert outs["deferred"].shape == (2, 48)
+    assert torch.equal(outs["deferred"], outs["sync"])
 
 
 def _gpu() -> DeviceInfo:

@@ -579,6 +579,8 @@ OFFLOADED_KV_ALTERNATIVE = "the KV cache on the GPU (re-measure with cache_imple
 QUANTIZED_4BIT_NOTE = "{server} has no 4-bit KV cache like transformers' {backend} (4-bit, per group)"
 COMPILE_MODE_NOTE = ("the torch.compile mode {mode} was measured in transformers' generate(); {server} compiles and "
                      "captures CUDA graphs with its own settings")
+STOP_CHECK_NOTE = ("autotune measured transformers' generate() reading its stop flag {how}; {server} runs its own decode loop "
+                   "and scheduler, so there is nothing to set")
 CHUNK_NOTE = ("transformers chunked each sequence's prefill into {chunk}-token pieces; {server} chunks the prefills of its "
               "running batch in one token budget, written as {chunk} x the measured batch size {batch} = {budget}")
 
@@ -593,4 +595,6 @@ def generate_knobs(s) -> list[tuple[str, str]]:
     if s.prefill_chunk_size is not None:
         keys.append(("prefill_chunk_size>0" if s.prefill_chunk_size else "prefill_chunk_size=0",
                      f"prefill_chunk_size {s.prefill_chunk_size}"))
+    if s.stop_check is not None:
+        keys.append((f"stop_check={s.stop_check}", f"stop_check {s.stop_check}"))
     return keys

@@ -43,7 +43,7 @@ from autotune.export.base import (
     start,
     tensor_parallel,
     unexportable,
-    CHUNK_NOTE, COMPILE_MODE_NOTE, OFFLOADED_KV_ALTERNATIVE, OFFLOADED_KV_NOTE, PAGED_KV_NOTE, QUANTIZED_4BIT_NOTE, generate_knobs,
+    CHUNK_NOTE, COMPILE_MODE_NOTE, STOP_CHECK_NOTE, OFFLOADED_KV_ALTERNATIVE, OFFLOADED_KV_NOTE, PAGED_KV_NOTE, QUANTIZED_4BIT_NOTE, generate_knobs,
 )
 from autotune.dtypes import DTYPES
 from autotune.spec import DeploymentConfig
@@ -142,6 +142,8 @@ RULES: dict[str, Rule] = {
     "compile_mode=default": approximate(COMPILE_MODE_NOTE.format(mode="default", server="SGLang")),
     "compile_mode=max-autotune-no-cudagraphs": approximate(COMPILE_MODE_NOTE.format(mode="max-autotune-no-cudagraphs", server="SGLang")),
     "compile_mode=max-autotune": approximate(COMPILE_MODE_NOTE.format(mode="max-autotune", server="SGLang")),
+    "stop_check=sync": approximate(STOP_CHECK_NOTE.format(how="after every step", server="SGLang")),
+    "stop_check=deferred": approximate(STOP_CHECK_NOTE.format(how="one step late", server="SGLang")),
     "prefill_chunk_size=0": approximate(
         "measured without chunked prefill: written as chunked-prefill-size -1 (SGLang's off); its scheduler still batches "
         "prefills its own way"),

@@ -36,7 +36,7 @@ from autotune.export.base import (
     start,
     tensor_parallel,
     unexportable,
-    COMPILE_MODE_NOTE, OFFLOADED_KV_ALTERNATIVE, OFFLOADED_KV_NOTE, PAGED_KV_NOTE, QUANTIZED_4BIT_NOTE, generate_knobs,
+    COMPILE_MODE_NOTE, STOP_CHECK_NOTE, OFFLOADED_KV_ALTERNATIVE, OFFLOADED_KV_NOTE, PAGED_KV_NOTE, QUANTIZED_4BIT_NOTE, generate_knobs,
 )
 from autotune.dtypes import DTYPES
 from autotune.spec import DeploymentConfig
@@ -135,6 +135,8 @@ RULES: dict[str, Rule] = {
     "compile_mode=default": approximate(COMPILE_MODE_NOTE.format(mode="default", server="TGI")),
     "compile_mode=max-autotune-no-cudagraphs": approximate(COMPILE_MODE_NOTE.format(mode="max-autotune-no-cudagraphs", server="TGI")),
     "compile_mode=max-autotune": approximate(COMPILE_MODE_NOTE.format(mode="max-autotune", server="TGI")),
+    "stop_check=sync": approximate(STOP_CHECK_NOTE.format(how="after every step", server="TGI")),
+    "stop_check=deferred": approximate(STOP_CHECK_NOTE.format(how="one step late", server="TGI")),
     "prefill_chunk_size=0": approximate("measured without chunked prefill; TGI chunks prefills by default (PREFILL_CHUNKING)"),
     "prefill_chunk_size>0": approximate(
         "chunked prefill is TGI's default; the measured chunk bounds max-batch-prefill-tokens (batch x chunk tokens), "

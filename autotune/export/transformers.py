@@ -115,6 +115,9 @@ RULES: dict[str, Rule] = {
     "compile_mode=max-autotune": exact(),
     "prefill_chunk_size=0": exact(),
     "prefill_chunk_size>0": exact(),
+    "stop_check=sync": exact(),
+    "stop_check=deferred": exact("autotune's defer_stop_check switches transformers' DeferredStopCheck on for CUDA; needs "
+                                 "autotune installed where the script runs"),
 }
 
 
@@ -168,16 +171,19 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     if "compile_config" in settings:
         imports.append("CompileConfig")
 
-    # autotune's own attention kernels (autotune/attention.py) are registered with transformers by name.
-    custom_attention_imports = (["from autotune.attention import register_custom_attention"]
-                                if ATTENTION_KINDS[s.attn_implementation].forward is not None else [])
+    # What the script needs from autotune: its own attention kernels (autotune/attention.py),
+    # registered with transformers by name, and the deferred stop check (autotune/kv_cache.py).
+    autotune_imports = (["from autotune.attention import register_custom_attention"]
+                        if ATTENTION_KINDS[s.attn_implementation].forward is not None else [])
+    if s.stop_check == "deferred":
+        autotune_imports.append("from autotune.kv_cache import defer_stop_check")
     lines = ['"""transformers: load the model as autotune measured it (written by autotune export).', ""]
     lines += [_docstring_text(c) for line in d.header for c in wrap(line)]
     lines += ["", "With autotune installed, the same load in one line, from the kwargs file written next to this one:",
               "    from autotune import load_deployment",
               f'    model, tokenizer, generate_kwargs = load_deployment("<this file\'s name>{KWARGS_SUFFIX}")',
               '"""', "", "import torch", f"from transformers import {', '.join(sorted(imports))}",
-              *method.config_import_lines, *custom_attention_imports, "",
+              *method.config_import_lines, *autotune_imports, "",
               f"MODEL = {_py(model)}", ""]
     lines += [f"# {c}" for c in wrap(length_comment)]
     lines += [f"MAX_LENGTH = {s.max_length}  # prompt + new tokens per request, the measured worst case",
@@ -191,7 +197,7 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     if vision:
         lines += _vision_constants(d, config)
     lines += ["", "", "def load():", '    """Return (model, processor or tokenizer) loaded as measured."""']
-    if custom_attention_imports:
+    if ATTENTION_KINDS[s.attn_implementation].forward is not None:
         lines.append(f"    register_custom_attention()  # makes attn_implementation={_py(s.attn_implementation)} loadable by name")
     lines += [f"    model = {auto_model}.from_pretrained(", "        MODEL,"]
     lines += [f"        {kwarg}" for kwarg in kwargs]
@@ -202,6 +208,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
                   f"    model.generation_config.cache_config = {_py(settings['cache_config'])}"]
     if "compile_config" in settings:
         lines.append(f"    model.generation_config.compile_config = CompileConfig(mode={_py(settings['compile_config']['mode'])})")
+    if s.stop_check == "deferred":
+        lines.append("    defer_stop_check(model)  # generate() reads its stop flag one step late, as measured")
     if vision:
         lines += ["    processor = AutoProcessor.from_pretrained(MODEL)",
                   "    processor.image_processor.size = IMAGE_SIZE  # the pixel bound every image was measured at",
@@ -314,7 +322,7 @@ _LATER_TOP_LEVEL_DEFAULTS = {"confirmed": None, "confirmation_note": "", "slo": 
 
 # Candidate fields added later, with their defaults (and the offload's measured figures): left out
 # of the dump at the default.
-_LATER_DEFAULTS = {"num_gpus": 1, "cache_implementation": None, "compile_mode": None, "prefill_chunk_size": None,
+_LATER_DEFAULTS = {"num_gpus": 1, "cache_implementation": None, "compile_mode": None, "prefill_chunk_size": None, "stop_check": None,
                    "cpu_offload_gib": 0, "offloaded_gib": None, "offload_gpu_max_memory_gib": None,
                    # the workload's figures of a Measurement (None under the fixed default shape)
                    "workload": None, "workload_over_limit_share": None, "workload_truncated": None, "padding_share": None,

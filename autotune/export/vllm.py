@@ -40,7 +40,7 @@ from autotune.export.base import (
     start,
     tensor_parallel,
     unexportable,
-    CHUNK_NOTE, COMPILE_MODE_NOTE, OFFLOADED_KV_ALTERNATIVE, OFFLOADED_KV_NOTE, PAGED_KV_NOTE, QUANTIZED_4BIT_NOTE, generate_knobs,
+    CHUNK_NOTE, COMPILE_MODE_NOTE, STOP_CHECK_NOTE, OFFLOADED_KV_ALTERNATIVE, OFFLOADED_KV_NOTE, PAGED_KV_NOTE, QUANTIZED_4BIT_NOTE, generate_knobs,
 )
 from autotune.dtypes import DTYPES
 from autotune.spec import DeploymentConfig
@@ -146,6 +146,8 @@ RULES: dict[str, Rule] = {
     "compile_mode=default": approximate(COMPILE_MODE_NOTE.format(mode="default", server="vLLM")),
     "compile_mode=max-autotune-no-cudagraphs": approximate(COMPILE_MODE_NOTE.format(mode="max-autotune-no-cudagraphs", server="vLLM")),
     "compile_mode=max-autotune": approximate(COMPILE_MODE_NOTE.format(mode="max-autotune", server="vLLM")),
+    "stop_check=sync": approximate(STOP_CHECK_NOTE.format(how="after every step", server="vLLM")),
+    "stop_check=deferred": approximate(STOP_CHECK_NOTE.format(how="one step late", server="vLLM")),
     "prefill_chunk_size=0": approximate(
         "measured without chunked prefill; vLLM chunks prefills by default (enable-chunked-prefill), which it is left to"),
     "prefill_chunk_size>0": approximate(
