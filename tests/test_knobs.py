@@ -118,7 +118,7 @@ def test_load_key_request_shape_and_label_are_as_before_the_table() -> None:
     # Values written by the code before the table (commit 6cbaf21): studies store them. The
     # tuples (in memory only) end with the generate-time knobs of issue 19 (None: left out); the
     # names studies store (load-key name, boundary key) leave them out at their default.
-    assert FULL.load_key == ("bf16", "bnb-nf4", "eager", True, "sdpa", 2, None, None, 0)
+    assert FULL.load_key == ("bf16", "bnb-nf4", "eager", True, "sdpa", 2, None, None, 0, None)
     assert FULL.request_shape == (8, 2048, 64, 200704, 2, 8, "1280x720", "640x360", None)
     assert knobs.boundary_shape(FULL) == (2048, 64, 200704, 2, 8, "1280x720", "640x360")
     assert FULL.label() == "bf16 bnb-nf4 eager vit=sdpa compile gpus=2 b=8 len=2048 img=2x200704px video=8f"

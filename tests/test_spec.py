@@ -173,7 +173,7 @@ def test_candidate_prompt_tokens_and_load_key() -> None:
     c = Candidate(dtype="bf16", quantization="bnb-nf4", attn_implementation="eager", compile=True,
                   batch_size=4, max_length=128, new_tokens=16)
     assert c.prompt_tokens == 112
-    assert c.load_key == ("bf16", "bnb-nf4", "eager", True, None, 1, None, None, 0)  # no vision tower kernel; 1 GPU; no KV cache or compile mode set
+    assert c.load_key == ("bf16", "bnb-nf4", "eager", True, None, 1, None, None, 0, None)  # no vision tower kernel; 1 GPU; no KV cache or compile mode set
 
 
 def test_candidate_load_key_ignores_shape() -> None:
@@ -183,7 +183,7 @@ def test_candidate_load_key_ignores_shape() -> None:
     c = Candidate(dtype="bf16", batch_size=1, max_length=32, new_tokens=4)
     d = Candidate(dtype="fp32", batch_size=1, max_length=32, new_tokens=4, vision_attn_implementation="eager")
     # Image resolution and count change the inputs, not the model; the vision tower's kernel does.
-    assert a.load_key == b.load_key == ("fp32", "none", "sdpa", False, None, 1, None, None, 0)
+    assert a.load_key == b.load_key == ("fp32", "none", "sdpa", False, None, 1, None, None, 0, None)
     assert a.load_key != c.load_key and a.load_key != d.load_key
 
 

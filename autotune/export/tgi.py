@@ -36,9 +36,11 @@ from autotune.export.base import (
     start,
     tensor_parallel,
     unexportable,
-    COMPILE_MODE_NOTE, STOP_CHECK_NOTE, OFFLOADED_KV_ALTERNATIVE, OFFLOADED_KV_NOTE, PAGED_KV_NOTE, QUANTIZED_4BIT_NOTE, generate_knobs,
 )
 from autotune.dtypes import DTYPES
+from autotune.export.generate_notes import (
+    COMPILE_MODE_NOTE, STOP_CHECK_NOTE, OFFLOADED_KV_ALTERNATIVE, OFFLOADED_KV_NOTE, PAGED_KV_NOTE, QUANTIZED_4BIT_NOTE, generate_knobs,
+)
 from autotune.spec import DeploymentConfig
 
 NAME = "tgi"

@@ -28,11 +28,11 @@ from autotune.export.base import (
     is_vision,
     start,
     tensor_parallel,
-    generate_knobs,
     unexportable,
     wrap,
 )
 from autotune.dtypes import DTYPES
+from autotune.export.generate_notes import generate_knobs
 from autotune.kv_cache import generation_config_settings
 from autotune.loading import generate_kwargs
 from autotune.models import ModelRef
