@@ -337,11 +337,20 @@ def test_cpu_study_with_generate_knobs(tmp_path: Path) -> None:
     import transformers.cache_utils as cache_utils
 
     space = write_space(tmp_path / "space.yaml", dtype=["fp32"], attn_implementation=["sdpa"], batch_size=[1],
-                        cache_implementation=["dynamic", "static", "quantized-fp8", "offloaded"], prefill_chunk_size=[0, 8])
+                        cache_implementation=["dynamic", "static", "quantized-fp8", "offloaded"], prefill_chunk_size=[0, 8],
+                        stop_check=["sync", "deferred"])
     out = tmp_path / "out"
-    assert_ok(run_cli("tune", "--space", str(space), "--trials", "8", "--sampler", "grid", "--out", str(out),
+    assert_ok(run_cli("tune", "--space", str(space), "--trials", "16", "--sampler", "grid", "--out", str(out),
                       "--device", "cpu", "--confirm-top", "0"))
-    recs = {(r.candidate.cache_implementation, r.candidate.prefill_chunk_size): r for r in read_records(out)}
+    records = [r for r in read_records(out) if r.state != "duplicate"]
+    assert len(records) == 16, [(r.state, r.candidate.label()) for r in records]
+    for r in records:  # the deferred stop check is answered without a load on CPU
+        if r.candidate.stop_check == "deferred":
+            assert r.state == "unsupported", r.outcome.reason
+            if r.candidate.cache_implementation != "offloaded":  # else the cache's own reason comes first
+                assert "stop_check deferred: CUDA only" in r.outcome.reason, r.outcome.reason
+    recs = {(r.candidate.cache_implementation, r.candidate.prefill_chunk_size): r for r in records
+            if r.candidate.stop_check == "sync"}
     assert len(recs) == 8
     for kind in ("dynamic", "static"):
         for chunk in (0, 8):
