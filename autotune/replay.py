@@ -243,6 +243,10 @@ class ServicePointSummary:
     tpot_p95_s: float | None
     e2e_p50_s: float
     requests: int  # timed requests (the batches measured × batch_size)
+    # The samples the service model was built from (capacity.ServiceModel.from_samples): a replay
+    # report can be simulated again with another model (bench/resimulate_replay.py).
+    prefill_samples_s: tuple[float, ...] = ()
+    tpot_samples_s: tuple[float, ...] | None = None
 
     @classmethod
     def of(cls, batch_size: int, m) -> ServicePointSummary:
@@ -250,10 +254,18 @@ class ServicePointSummary:
 
         tpot = m.tpot_s.samples if m.tpot_s is not None else None
         return cls(batch_size, m.ttft_s.median, m.tpot_s.median if tpot else None, percentile(tpot, 95) if tpot else None,
-                   m.request_latency_s.median, len(m.ttft_s.samples))
+                   m.request_latency_s.median, len(m.ttft_s.samples), tuple(m.ttft_s.samples),
+                   tuple(tpot) if tpot is not None else None)
 
 
 Checkpoint = Callable[[object, list[ServicePointSummary], list[Comparison]], None]
+
+
+def replay_requests(sampler, max_length: int, n_requests: int, seed: int) -> list[Request]:
+    """The requests a capacity check replays (and simulates the output lengths of), fitted to max_length."""
+    from autotune.measure.traffic import fit_request
+
+    return [fit_request(r, max_length)[0] for r in sampler.draw(n_requests, seed + 10_007, max_length)]
 
 
 def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limits, *, fractions: Sequence[float],
@@ -267,7 +279,7 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
     after every rate, so a run stopped in a long replay keeps what it measured.
     Returns (capacity.Capacity, the comparisons)."""
     from autotune.capacity import ServiceModel, arrival_times, capacity, simulate
-    from autotune.measure.traffic import build_batches, fit_request, measure_workload
+    from autotune.measure.traffic import build_batches, measure_workload
 
     points = {}
     _, share = sampler.over_limit(candidate.max_length)
@@ -279,7 +291,7 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
              f"e2e p50 {points[k].request_latency_s.median:.3f} s")
     service = ServiceModel.from_measurements(points)
     summaries = [ServicePointSummary.of(k, m) for k, m in sorted(points.items())]
-    requests = [fit_request(r, candidate.max_length)[0] for r in sampler.draw(n_requests, seed + 10_007, candidate.max_length)]
+    requests = replay_requests(sampler, candidate.max_length, n_requests, seed)
     outputs = [r.output_tokens for r in requests]
     found = capacity(service, limits, output_tokens=outputs)
     note(f"capacity {found.rate_rps:.4g} req/s ({found.reason})")
@@ -335,6 +347,8 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
     model, tokenizer = load_model(ref, candidate, device)
     text_config = getattr(model.config, "text_config", None) or model.config
     sampler = workload_sampler(config.measured.workload, candidate.new_tokens, tokenizer, ref.config())
+    # The output lengths the simulation draws from (capacity_check's own requests): kept in the report.
+    outputs = [r.output_tokens for r in replay_requests(sampler, candidate.max_length, n_requests, seed)]
 
     def report(found, points: list[ServicePointSummary], rows: list[Comparison]) -> dict:
         return {
@@ -342,7 +356,8 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
             "workload": sampler.workload.describe(), "requests_per_rate": n_requests, "seed": seed, "repeats": repeats,
             "complete": len(rows) == len(fractions) or found.rate_rps <= 0, "fractions": list(fractions),
             "service_points": [asdict(point) for point in points],
-            "capacity_rps": found.rate_rps, "saturation_rps": found.saturation_rps, "capacity_reason": found.reason,
+            "output_tokens": outputs, "capacity_rps": found.rate_rps, "saturation_rps": found.saturation_rps,
+            "capacity_reason": found.reason,
             "meets_again_rps": list(found.meets_again_rps or ()),
             "recorded_capacity_rps": config.capacity.rate_rps if config.capacity else None,
             "rows": [{"fraction": c.fraction, "rate_rps": c.rate_rps, "figure": figure, "simulated_s": sim, "replayed_s": rep,
