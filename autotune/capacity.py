@@ -26,13 +26,6 @@ The model
   the coupling that gives the widest service-time spread, the conservative one. Between measured
   sizes a < k < b the two quantiles are interpolated linearly in k; below the smallest measured
   size the smallest size's are used (a smaller batch is rarely slower: conservative).
-- Smoothing (ServiceModel(smooth=True)): a handful of timed batches has no tail above its slowest,
-  so a p95 drawn from six samples is never slower than the slowest of six. A smoothed draw
-  multiplies the quantile by exp(h·z), z standard normal (one per batch, shared by prefill and
-  tpot), h the kernel bandwidth of the point's log samples by Silverman's rule (0.9 · min(sd,
-  IQR / 1.34) · n^(-1/5), over its distinct timings: a batch's requests share one). That is a
-  smoothed bootstrap: the samples' shape (two modes stay two) with tails as wide as their spread
-  says. Without it (the default) draws are the samples themselves.
 - Output lengths: one fixed length, or a list every request draws its length from.
 - Per request, with wait = batch start - arrival:
     TTFT = wait + prefill_s(k)   when its first token exists (what a streaming server could send);
@@ -131,36 +124,14 @@ class ServicePoint:
         if self.tpot_s is not None:
             object.__setattr__(self, "tpot_s", _sorted_seconds("tpot_s", self.tpot_s))
 
-    @property
-    def log_bandwidth(self) -> tuple[float, float]:
-        """Silverman's kernel bandwidth of the log prefill and log tpot samples (0: one timing)."""
-        return _silverman_log(self.prefill_s), _silverman_log(self.tpot_s) if self.tpot_s is not None else 0.0
-
-
-def _silverman_log(sorted_samples: tuple[float, ...]) -> float:
-    """0.9 · min(sd, IQR / 1.34) · n^(-1/5) of the distinct samples' logs (0 for fewer than two; the
-    sd alone when the IQR is 0)."""
-    logs = sorted({math.log(v) for v in sorted_samples})
-    n = len(logs)
-    if n < 2:
-        return 0.0
-    mean = sum(logs) / n
-    sd = math.sqrt(sum((x - mean) ** 2 for x in logs) / (n - 1))
-    iqr = percentile(logs, 75) - percentile(logs, 25)
-    spread = min(sd, iqr / 1.34) if iqr > 0 else sd
-    return 0.9 * spread * n ** -0.2
-
 
 @dataclass(frozen=True, eq=False)
 class ServiceModel:
     """Service time of a batch of k requests, from measured points {batch size: ServicePoint}."""
 
     points: Mapping[int, ServicePoint]
-    smooth: bool = False  # smoothed draws (module docstring): tails beyond the slowest sample
     # Per k in 1..batch_size: the measured sizes to blend and the weight of the upper one.
     _blend: tuple[tuple[ServicePoint, ServicePoint, float], ...] = field(init=False, repr=False)
-    # Per k: the blended log bandwidths of prefill and tpot (zeros when not smoothing).
-    _bandwidth: tuple[tuple[float, float], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.points:
@@ -181,24 +152,17 @@ class ServiceModel:
                 blend.append((self.points[a], self.points[b], (k - a) / (b - a)))
         object.__setattr__(self, "points", dict(self.points))
         object.__setattr__(self, "_blend", tuple(blend))
-        bandwidths = []
-        for a, b, w in blend:
-            (pa, ta), (pb, tb) = (a.log_bandwidth, b.log_bandwidth) if self.smooth else ((0.0, 0.0), (0.0, 0.0))
-            bandwidths.append(((1 - w) * pa + w * pb, (1 - w) * ta + w * tb))
-        object.__setattr__(self, "_bandwidth", tuple(bandwidths))
 
     @classmethod
-    def from_samples(cls, points: Mapping[int, tuple[Sequence[float], Sequence[float] | None]], *,
-                     smooth: bool = False) -> ServiceModel:
+    def from_samples(cls, points: Mapping[int, tuple[Sequence[float], Sequence[float] | None]]) -> ServiceModel:
         """{batch_size: (prefill samples, tpot samples or None)}, seconds."""
-        return cls({size: ServicePoint(tuple(pre), None if tpot is None else tuple(tpot)) for size, (pre, tpot) in points.items()},
-                   smooth=smooth)
+        return cls({size: ServicePoint(tuple(pre), None if tpot is None else tuple(tpot)) for size, (pre, tpot) in points.items()})
 
     @classmethod
-    def from_measurements(cls, measurements: Mapping[int, Measurement], *, smooth: bool = False) -> ServiceModel:
+    def from_measurements(cls, measurements: Mapping[int, Measurement]) -> ServiceModel:
         """{batch_size: the Measurement of a config at that batch size} (ttft_s and tpot_s samples)."""
         return cls.from_samples({size: (m.ttft_s.samples, None if m.tpot_s is None else m.tpot_s.samples)
-                                 for size, m in measurements.items()}, smooth=smooth)
+                                 for size, m in measurements.items()})
 
     @property
     def batch_size(self) -> int:
@@ -228,9 +192,9 @@ class ServiceModel:
             raise ValueError("this service model decodes nothing (no tpot samples); its requests have one output token")
         return (1 - w) * _quantile(a.tpot_s, u) + w * _quantile(b.tpot_s, u)
 
-    def _draw(self, k: int, u: float, z: float = 0.0) -> tuple[float, float]:
+    def _draw(self, k: int, u: float) -> tuple[float, float]:
         """prefill_s and tpot_s (0 when nothing is decoded) of one batch: the simulation's hot path,
-        one call per batch, k and u already known to be valid; z the smoothing's normal draw."""
+        one call per batch, k and u already known to be valid."""
         a, b, w = self._blend[k - 1]
         prefill_s = _quantile(a.prefill_s, u)
         tpot_s = _quantile(a.tpot_s, u) if a.tpot_s is not None else 0.0
@@ -238,9 +202,6 @@ class ServiceModel:
             prefill_s = (1 - w) * prefill_s + w * _quantile(b.prefill_s, u)
             if b.tpot_s is not None:
                 tpot_s = (1 - w) * tpot_s + w * _quantile(b.tpot_s, u)
-        if self.smooth and z:
-            h_prefill, h_tpot = self._bandwidth[k - 1]
-            prefill_s, tpot_s = prefill_s * math.exp(h_prefill * z), tpot_s * math.exp(h_tpot * z)
         return prefill_s, tpot_s
 
     def batch_s(self, k: int, longest_output_tokens: int, u: float) -> float:
@@ -250,18 +211,14 @@ class ServiceModel:
         return self.prefill_s(k, u) + (longest_output_tokens - 1) * self.tpot_s(k, u)
 
     def mean_batch_s(self, k: int, mean_longest_output_tokens: float) -> float:
-        """E[service time of a batch of k]: the quantile draws average to the samples' means (times
-        exp(h²/2) when smoothed), and the output length is drawn apart from u, so the mean is
-        prefill + (E[L] - 1) * tpot."""
+        """E[service time of a batch of k]: the quantile draws average to the samples' means, and
+        the output length is drawn apart from u, so the mean is prefill + (E[L] - 1) * tpot."""
         a, b, w = self._check(k, 0.0)
         mean = lambda samples: sum(samples) / len(samples)  # noqa: E731
-        # A smoothed draw's factor exp(h·z) has mean exp(h²/2).
-        h_prefill, h_tpot = self._bandwidth[k - 1]
-        prefill = ((1 - w) * mean(a.prefill_s) + w * mean(b.prefill_s)) * math.exp(h_prefill ** 2 / 2)
+        prefill = (1 - w) * mean(a.prefill_s) + w * mean(b.prefill_s)
         if a.tpot_s is None or b.tpot_s is None:
             return prefill
-        tpot = ((1 - w) * mean(a.tpot_s) + w * mean(b.tpot_s)) * math.exp(h_tpot ** 2 / 2)
-        return prefill + (mean_longest_output_tokens - 1) * tpot
+        return prefill + (mean_longest_output_tokens - 1) * ((1 - w) * mean(a.tpot_s) + w * mean(b.tpot_s))
 
 
 # ------------------------------------------------------------------------------ output lengths
@@ -341,7 +298,6 @@ class _Draws:
     unit_gaps: tuple[float, ...]  # Exp(1): the gaps at rate r are these / r
     output_tokens: tuple[int, ...]  # per request
     batch_u: tuple[float, ...]  # per batch (at most one batch per request): the service quantile
-    batch_z: tuple[float, ...]  # per batch: the smoothing's standard normal draw (its own stream)
 
 
 def _unit_gaps(n_requests: int, seed: int) -> tuple[float, ...]:
@@ -364,12 +320,11 @@ def _draw(n_requests: int, seed: int, lengths: tuple[int, ...], draw_seed: int |
     # One generator per stream, so a different length list leaves the arrivals and service draws as
     # they were; draw_seed (default: seed) redraws the output lengths and service times alone.
     other = seed if draw_seed is None else draw_seed
-    outputs, service, smoothing = (random.Random(f"{other}:{stream}") for stream in ("outputs", "service", "smoothing"))
+    outputs, service = (random.Random(f"{other}:{stream}") for stream in ("outputs", "service"))
     return _Draws(
         unit_gaps=_unit_gaps(n_requests, seed),
         output_tokens=lengths * n_requests if len(lengths) == 1 else tuple(outputs.choice(lengths) for _ in range(n_requests)),
         batch_u=tuple(service.random() for _ in range(n_requests)),
-        batch_z=tuple(smoothing.gauss(0.0, 1.0) for _ in range(n_requests)),
     )
 
 
@@ -411,10 +366,10 @@ def _run(service: ServiceModel, rate_rps: float, draws: _Draws, warmup: int) -> 
         while last < n and last - first < cap and arrival_s[last] <= start_s:
             last += 1
         k = last - first
-        u, z = draws.batch_u[batch_no], draws.batch_z[batch_no]
+        u = draws.batch_u[batch_no]
         batch_no += 1
         longest = max(draws.output_tokens[first:last]) if varied else draws.output_tokens[0]
-        prefill_s, per_token_s = service._draw(k, u, z)
+        prefill_s, per_token_s = service._draw(k, u)
         batch_s = prefill_s + (longest - 1) * per_token_s
         free_at_s = start_s + batch_s
         if last > warmup:

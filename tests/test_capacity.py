@@ -84,44 +84,6 @@ def test_the_spread_of_the_samples_enters_the_latency():
     assert result.e2e_s.mean == pytest.approx(1.4, rel=0.05)  # each sample drawn a fifth of the time
 
 
-def _p95_at_a_tiny_rate(service: ServiceModel, seed: int = 0) -> float:
-    """At a rate where nobody waits, the e2e p95 is the service time's own p95."""
-    return simulate(service, 1e-4, output_tokens=1, n_requests=4_000, seed=seed).e2e_s.p95
-
-
-def test_smoothing_gives_six_samples_a_tail_beyond_their_slowest():
-    """Six samples of a lognormal service time (sigma 0.3): the plain model's p95 is at most the
-    slowest of the six, so over many such sets it sits below the true p95; the smoothed model's
-    is on average nearer to it. The known answer: p95 = exp(1.645 * 0.3)."""
-    import random
-
-    truth = math.exp(1.645 * 0.3)
-    rng = random.Random(7)
-    errors = {False: [], True: []}
-    for trial in range(60):
-        samples = [rng.lognormvariate(0.0, 0.3) for _ in range(6)]
-        for smooth in (False, True):
-            p95 = _p95_at_a_tiny_rate(ServiceModel.from_samples({1: (samples, None)}, smooth=smooth), seed=trial)
-            if not smooth:
-                assert p95 <= max(samples) + 1e-12
-            errors[smooth].append(p95 / truth - 1)
-    mean_abs = {smooth: sum(abs(e) for e in errs) / len(errs) for smooth, errs in errors.items()}
-    bias = {smooth: sum(errs) / len(errs) for smooth, errs in errors.items()}
-    assert bias[False] < -0.03  # the plain model's p95 sits low
-    assert abs(bias[True]) < abs(bias[False])
-    assert mean_abs[True] < mean_abs[False]
-
-
-def test_smoothed_mean_matches_the_saturation_formula():
-    """mean_batch_s (hence saturation) counts the smoothing's exp(h^2 / 2): the simulated mean
-    service time at a tiny rate agrees with it."""
-    service = ServiceModel.from_samples({1: ([0.8, 1.0, 1.1, 1.5], [0.01, 0.012, 0.02, 0.03])}, smooth=True)
-    result = simulate(service, 1e-4, output_tokens=20, n_requests=20_000)
-    assert result.e2e_s.mean == pytest.approx(service.mean_batch_s(1, 20), rel=0.03)
-    plain = ServiceModel.from_samples({1: ([0.8, 1.0, 1.1, 1.5], [0.01, 0.012, 0.02, 0.03])})
-    assert service.mean_batch_s(1, 20) > plain.mean_batch_s(1, 20)
-
-
 # ------------------------------------------------------------------------------ capacity
 
 

@@ -188,6 +188,15 @@ def test_the_replay_command_writes_its_report_after_the_capacity_and_each_rate(t
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["complete"] is True and report["fractions"] == [0.5]
     assert [p["batch_size"] for p in report["service_points"]] == [1, 2, 4]
+    # the service model's own samples and the simulated output lengths: the report can be simulated again
+    from autotune.capacity import ServiceModel, simulate
+
+    service = ServiceModel.from_samples({p["batch_size"]: (p["prefill_samples_s"], p["tpot_samples_s"])
+                                         for p in report["service_points"]})
+    assert len(report["output_tokens"]) == 112 and all(2 <= n <= 16 for n in report["output_tokens"])
+    row = report["rows"][0]
+    again = simulate(service, row["rate_rps"], output_tokens=report["output_tokens"], n_requests=112, seed=report["seed"])
+    assert getattr(again, row["figure"].removesuffix("_p95") + "_s").p95 == pytest.approx(row["simulated_s"])
     assert report["capacity_rps"] > 0 and {r["fraction"] for r in report["rows"]} == {0.5}
     assert "arrivals over about" in result.stdout
     missing = run_cli("replay", str(out / "best.yaml"), "--json", str(tmp_path / "nowhere" / "r.json"))
