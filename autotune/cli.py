@@ -294,8 +294,6 @@ def replay_command(
     seed: int = typer.Option(0, "--seed", help="seed of the arrivals and the drawn requests"),
     repeats: int = typer.Option(6, "--repeats", help="batches measured per batch size for the service model (its tail "
                                 "is its slowest samples: 3 make a p95 of the slowest one)"),
-    remeasure: bool = typer.Option(False, "--remeasure", help="measure the service times again before every rate "
-                                   "after the first and simulate it with them (for machines whose speed drifts over minutes)"),
     slo: Optional[str] = typer.Option(None, "--slo", help="judge the capacity against these limits instead of the "
                                       "study's --slo (same form, e.g. ttft_p95=2s,tpot_p95=60ms)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report here; default: replay.json beside the best.yaml"),
@@ -334,7 +332,7 @@ def replay_command(
         raise AutotuneError(f"--json {target}: its folder does not exist; pass a path in an existing folder")
     try:
         report = replay_deployment(config, device=device, fractions=fractions, n_requests=requests, seed=seed, slo=slo,
-                                   repeats=repeats, remeasure=remeasure, note=say, save=save)
+                                   repeats=repeats, note=say, save=save)
     except ValueError as e:
         raise AutotuneError(f"{config}: {e}") from e
     except KeyboardInterrupt:

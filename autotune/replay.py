@@ -159,9 +159,6 @@ class Comparison:
     # far a run of this many requests moves by chance. A replay inside it is as close as the
     # simulation can say.
     band: dict[str, tuple[float, float]] | None = None
-    # The service points this rate was simulated with when they were measured again right before
-    # it (capacity_check's remeasure); None: the first measurement's.
-    service_points: tuple[ServicePointSummary, ...] | None = None
 
     @staticmethod
     def service_ratio_of(replayed: ReplayResult, service) -> float | None:
@@ -271,10 +268,17 @@ def replay_requests(sampler, max_length: int, n_requests: int, seed: int) -> lis
     return [fit_request(r, max_length)[0] for r in sampler.draw(n_requests, seed + 10_007, max_length)]
 
 
-def _measure_service(model, candidate, device: str, vocab_size: int, sampler, seed: int, repeats: int,
-                     note: Callable[[str], None]) -> dict[int, object]:
-    """{batch size: traffic.measure_workload's Measurement} at service_batch_sizes, `repeats`
-    batches each, drawn with the same seeds every time (a re-measurement times the same batches)."""
+def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limits, *, fractions: Sequence[float],
+                   n_requests: int, seed: int = 0, repeats: int = 3, note: Callable[[str], None] = lambda text: None,
+                   checkpoint: Checkpoint = lambda found, points, rows: None) -> tuple[object, list[Comparison]]:
+    """Measure the config's service times on the workload at service_batch_sizes (each `repeats`
+    batches, traffic.measure_workload), compute its capacity under `limits` (autotune.slo.SloLimit)
+    from them, then at each fraction of it simulate and replay the same n_requests arrivals (the
+    simulation with the replay's arrival times; the output lengths drawn from the same requests).
+    `checkpoint(capacity, service points, comparisons so far)` runs once the capacity is known and
+    after every rate, so a run stopped in a long replay keeps what it measured.
+    Returns (capacity.Capacity, the comparisons)."""
+    from autotune.capacity import ServiceModel, arrival_times, capacity, simulate
     from autotune.measure.traffic import build_batches, measure_workload
 
     points = {}
@@ -285,26 +289,6 @@ def _measure_service(model, candidate, device: str, vocab_size: int, sampler, se
         points[k] = measure_workload(model, at_k, device, batches, vocab_size, workload={}, over_limit_share=share)
         note(f"service time at batch {k}: TTFT p50 {points[k].ttft_s.median * 1000:,.1f} ms, "
              f"e2e p50 {points[k].request_latency_s.median:.3f} s")
-    return points
-
-
-def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limits, *, fractions: Sequence[float],
-                   n_requests: int, seed: int = 0, repeats: int = 3, remeasure: bool = False,
-                   note: Callable[[str], None] = lambda text: None,
-                   checkpoint: Checkpoint = lambda found, points, rows: None) -> tuple[object, list[Comparison]]:
-    """Measure the config's service times on the workload at service_batch_sizes (each `repeats`
-    batches, traffic.measure_workload), compute its capacity under `limits` (autotune.slo.SloLimit)
-    from them, then at each fraction of it simulate and replay the same n_requests arrivals (the
-    simulation with the replay's arrival times; the output lengths drawn from the same requests).
-    `remeasure`: before every rate after the first, measure the service times again and simulate
-    that rate with them (a machine whose speed drifts over minutes is then predicted from the
-    minute before, not from the start); the rates stay fractions of the first capacity.
-    `checkpoint(capacity, service points, comparisons so far)` runs once the capacity is known and
-    after every rate, so a run stopped in a long replay keeps what it measured.
-    Returns (capacity.Capacity, the comparisons)."""
-    from autotune.capacity import ServiceModel, arrival_times, capacity, simulate
-
-    points = _measure_service(model, candidate, device, vocab_size, sampler, seed, repeats, note)
     service = ServiceModel.from_measurements(points)
     summaries = [ServicePointSummary.of(k, m) for k, m in sorted(points.items())]
     requests = replay_requests(sampler, candidate.max_length, n_requests, seed)
@@ -317,14 +301,8 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
     runner = generate_runner(model, candidate, device, vocab_size)
     runner(requests[:1])  # the replay's first generate() (a streamer attached) is not timed
     comparisons = []
-    for i, fraction in enumerate(fractions):
+    for fraction in fractions:
         rate = fraction * found.rate_rps
-        measured_again = None
-        if remeasure and i > 0:
-            note(f"measuring the service times again before {fraction:.0%} of capacity")
-            again = _measure_service(model, candidate, device, vocab_size, sampler, seed, repeats, note)
-            service = ServiceModel.from_measurements(again)
-            measured_again = tuple(ServicePointSummary.of(k, m) for k, m in sorted(again.items()))
         # The arrivals alone take n_requests / rate: a capacity near 0 makes a long replay, said before it starts.
         note(f"{fraction:.0%} of capacity ({rate:.3g} req/s): replaying {n_requests} requests, arrivals over about "
              f"{n_requests / rate:,.0f} s")
@@ -333,8 +311,7 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
         simulated = simulate(service, rate, output_tokens=outputs, n_requests=n_requests, seed=seed)
         band = simulated_band(service, rate, outputs, n_requests, seed)
         replayed = replay(requests, arrival_times(n_requests, rate, seed), candidate.batch_size, runner, rate_rps=rate)
-        comparisons.append(Comparison(fraction, rate, simulated, replayed, Comparison.service_ratio_of(replayed, service), band,
-                                      measured_again))
+        comparisons.append(Comparison(fraction, rate, simulated, replayed, Comparison.service_ratio_of(replayed, service), band))
         figures = "; ".join(f"{name} simulated {sim * 1000:,.1f} ms, replayed {rep * 1000:,.1f} ms ({err:+.1%})"
                             for name, sim, rep, err in comparisons[-1].rows())
         note(f"{fraction:.0%} of capacity ({rate:.3g} req/s): replayed {replayed.requests} requests in "
@@ -344,8 +321,7 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
 
 
 def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n_requests: int, seed: int = 0,
-                      repeats: int = 3, remeasure: bool = False, slo: str | None = None,
-                      note: Callable[[str], None] = lambda text: None,
+                      repeats: int = 3, slo: str | None = None, note: Callable[[str], None] = lambda text: None,
                       save: Callable[[dict], None] = lambda report: None) -> dict:
     """The capacity check of a best.yaml: its model loaded here as it was tuned, its workload (the
     fixed shape when it had none) and its --slo (or `slo`, when given); returns a JSON-ready report.
@@ -378,9 +354,6 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
         return {
             "best_yaml": str(path), "device": device, "settings": candidate.label(), "slo": slo or "", "study_slo": config.slo or "",
             "workload": sampler.workload.describe(), "requests_per_rate": n_requests, "seed": seed, "repeats": repeats,
-            "remeasure": remeasure,
-            "service_points_per_rate": {f"{c.fraction:g}": [asdict(point) for point in c.service_points]
-                                        for c in rows if c.service_points is not None},
             "complete": len(rows) == len(fractions) or found.rate_rps <= 0, "fractions": list(fractions),
             "service_points": [asdict(point) for point in points],
             "output_tokens": outputs, "capacity_rps": found.rate_rps, "saturation_rps": found.saturation_rps,
@@ -408,5 +381,5 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
 
     # checkpoint runs once the capacity is known and after every rate: latest holds the last report.
     capacity_check(model, candidate, device, int(text_config.vocab_size), sampler, limits, fractions=fractions,
-                   n_requests=n_requests, seed=seed, repeats=repeats, remeasure=remeasure, note=note, checkpoint=checkpoint)
+                   n_requests=n_requests, seed=seed, repeats=repeats, note=note, checkpoint=checkpoint)
     return latest[0]

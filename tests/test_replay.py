@@ -140,35 +140,6 @@ def test_the_capacity_check_runs_end_to_end_on_cpu(tiny_model) -> None:
     assert any("batch 4" in n for n in notes) and any("50% of capacity" in n for n in notes)
 
 
-def test_remeasure_simulates_each_later_rate_with_service_times_measured_right_before_it(tiny_model, monkeypatch) -> None:
-    """With remeasure, the service times are measured again before the second rate (not before the
-    first, which follows the first measurement), and that rate is simulated with them alone."""
-    from autotune import replay as replay_module
-    from autotune.capacity import ServiceModel, simulate
-
-    model = tiny_model
-    cand = Candidate(dtype="fp32", batch_size=2, max_length=64, new_tokens=8)
-    sampler = WorkloadSampler(parse_workload_flag("prompt=8-40,output=2-16"), new_tokens=8)
-    measured: list[dict] = []
-    real = replay_module._measure_service
-
-    def spy(*args, **kwargs):
-        measured.append(real(*args, **kwargs))
-        return measured[-1]
-
-    monkeypatch.setattr(replay_module, "_measure_service", spy)
-    found, rows = capacity_check(model, cand, "cpu", model.config.vocab_size, sampler, parse_slo("e2e_p95=400ms"),
-                                 fractions=[0.5, 0.4], n_requests=112, remeasure=True)
-    assert len(measured) == 2 and len(rows) == 2
-    assert rows[0].service_points is None
-    assert [p.batch_size for p in rows[1].service_points] == [1, 2]
-    assert rows[1].service_points[0].prefill_samples_s == tuple(measured[1][1].ttft_s.samples)
-    again = simulate(ServiceModel.from_measurements(measured[1]), rows[1].rate_rps,
-                     output_tokens=[r.output_tokens for r in replay_module.replay_requests(sampler, 64, 112, 0)], n_requests=112)
-    assert rows[1].simulated.e2e_s.p95 == pytest.approx(again.e2e_s.p95)
-    assert rows[1].rate_rps == pytest.approx(0.4 * found.rate_rps)  # still a fraction of the first capacity
-
-
 @pytest.mark.parametrize("args, message", [
     (["--at", "0"], "fractions must be above 0"),
     (["--at", "half"], "cannot read it"),
