@@ -139,10 +139,11 @@ def test_space_digests_are_as_before_the_table(name: str, digest: str) -> None:
     space = load_space(ROOT / "search_spaces" / f"{name}.yaml")
     # The files as they were before issue 19 added the torchao methods to the GPU spaces (and
     # compile with its mode and the static cache it needs to llm-7b-24gib, where torchao makes
-    # compile x quantization a real pair, and sdpa_gqa to the attention kernels).
+    # compile x quantization a real pair, sdpa_gqa to the attention kernels, and the stop check).
     space = space.model_copy(update={"quantization": [q for q in space.quantization if not q.startswith("torchao-")],
                                      "attn_implementation": [a for a in space.attn_implementation if a != "sdpa_gqa"],
                                      "compile": [c for c in space.compile if c is False], "compile_mode": None,
+                                     "stop_check": None,
                                      "cache_implementation": [c for c in space.cache_implementation or [] if c != "static"] or None})
     assert space_digest(space) == digest
 
