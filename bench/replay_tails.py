@@ -14,15 +14,20 @@ import statistics
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from autotune.slo import percentile  # noqa: E402  (replay.json's own p95s interpolate the same way)
+
 
 def _p95(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(int(0.95 * len(ordered)), len(ordered) - 1)]
+    return percentile(sorted(values), 95)
 
 
 def main() -> None:
     report = json.loads(Path(sys.argv[1]).read_text())
     points = {p["batch_size"]: p for p in report["service_points"]}
+    if not all(p.get("prefill_samples_s") for p in points.values()):
+        sys.exit(f"error: {sys.argv[1]} has no service samples (written before replay.json kept them); run the replay again")
     print("| load | batch | batches | prefill p50 / p95 ms (measured p50 / max) | above measured max | "
           "tpot p50 / p95 ms (measured p50 / max) | above measured max |")
     print("|---|--:|--:|---|--:|---|--:|")
