@@ -19,13 +19,16 @@ Facts (transformers 5.17 and 5.24, /work/notes/issue19-apis.md §2, §3, §5):
   to the GPU's time instead of hidden behind it. transformers' own `DeferredStopCheck` reads the
   flag one step late (a pinned copy and an event) and undoes the one extra forward an EOS stop
   costs; its `is_supported` allows it on mps only ("we should enable it for cuda if we observe
-  perf gains"). `stop_check: deferred` allows it on CUDA for the model it was loaded into.
+  perf gains"). `stop_check: deferred` allows it on CUDA for the model it was loaded into, and
+  `stop_check: sync` keeps it off there whatever a later transformers decides.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -196,14 +199,18 @@ def deferred_stop_check_unavailable(device_type: str) -> str | None:
     return None
 
 
-# Set while a model loaded with stop_check deferred runs generate(): the patched is_supported
-# below then answers for CUDA as transformers answers for mps. A context variable, not a global
-# switch, so another model in the same process keeps transformers' own choice.
-_DEFERRING: ContextVar[bool] = ContextVar("autotune_deferred_stop_check", default=False)
+# Set while a model loaded with a stop_check runs generate(): under "deferred" the patched
+# is_supported below answers for CUDA as transformers answers for mps; under "sync" it answers no,
+# so that sync stays sync should transformers one day defer on CUDA by itself; unset (a model
+# loaded without the knob) it is transformers' own answer. A context variable, not a global
+# switch: another model in the same process keeps its own, and a streamer's generate() thread
+# sets its own.
+_STOP_CHECK: ContextVar[str | None] = ContextVar("autotune_stop_check", default=None)
 
 
-def _allow_deferred_stop_check_on_cuda() -> None:
-    """Patch DeferredStopCheck.is_supported once per process (idempotent)."""
+def _patch_is_supported() -> None:
+    """Patch DeferredStopCheck.is_supported once per process (idempotent). Its arguments pass
+    through as given, so a transformers that adds one keeps working."""
     import torch
     from transformers.generation import utils as generation_utils
 
@@ -212,33 +219,47 @@ def _allow_deferred_stop_check_on_cuda() -> None:
     if getattr(stock, "autotune_patched", False):
         return
 
-    def is_supported(device, cache, cache_is_returned: bool, is_assistant: bool) -> bool:
-        if _DEFERRING.get() and torch.device(device).type == "cuda":
+    def is_supported(device, *args, **kwargs) -> bool:
+        mode = _STOP_CHECK.get()
+        if mode == "sync":
+            return False
+        if mode == "deferred" and torch.device(device).type == "cuda":
             # transformers' own conditions (the assistant, the cache it must be able to crop), as on mps
-            return stock(torch.device("mps"), cache, cache_is_returned, is_assistant)
-        return stock(device, cache, cache_is_returned, is_assistant)
+            return stock(torch.device("mps"), *args, **kwargs)
+        return stock(device, *args, **kwargs)
 
     is_supported.autotune_patched = True  # type: ignore[attr-defined]
     check.is_supported = staticmethod(is_supported)
 
 
-def defer_stop_check(model) -> None:
-    """Make `model.generate` read its stop flag one step late on CUDA (transformers'
-    DeferredStopCheck), for this model only. The transformers export's script calls this too."""
-    _allow_deferred_stop_check_on_cuda()
+@contextmanager
+def stop_check_mode(mode: str) -> Iterator[None]:
+    """generate() calls inside read their stop flag as `mode` says ("sync" or "deferred")."""
+    if mode not in STOP_CHECKS:
+        raise ValueError(f"stop_check {mode!r}: use one of {', '.join(STOP_CHECKS)}")
+    _patch_is_supported()
+    token = _STOP_CHECK.set(mode)
+    try:
+        yield
+    finally:
+        _STOP_CHECK.reset(token)
+
+
+def set_stop_check(model, mode: str) -> None:
+    """Make `model.generate` read its stop flag as `mode` says, for this model only: "deferred"
+    one step late on CUDA (transformers' DeferredStopCheck), "sync" after every step. The
+    transformers export's script calls this too. The wrapper is this object's attribute: a
+    deepcopy of the model still generates through the original, and pickling the model fails."""
     generate = model.generate
 
     @functools.wraps(generate)
-    def deferred_generate(*args, **kwargs):
-        token = _DEFERRING.set(True)
-        try:
+    def generate_with_stop_check(*args, **kwargs):
+        with stop_check_mode(mode):
             return generate(*args, **kwargs)
-        finally:
-            _DEFERRING.reset(token)
 
-    model.generate = deferred_generate
+    model.generate = generate_with_stop_check
 
 
 def apply_stop_check(model, candidate: Candidate) -> None:
-    if candidate.stop_check == "deferred":
-        defer_stop_check(model)
+    if candidate.stop_check is not None:
+        set_stop_check(model, candidate.stop_check)

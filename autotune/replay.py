@@ -244,7 +244,7 @@ class ServicePointSummary:
     e2e_p50_s: float
     requests: int  # timed requests (the batches measured × batch_size)
     # The samples the service model was built from (capacity.ServiceModel.from_samples): a replay
-    # report can be simulated again with another model (bench/resimulate_replay.py).
+    # report can be simulated again (e.g. with another service model).
     prefill_samples_s: tuple[float, ...] = ()
     tpot_samples_s: tuple[float, ...] | None = None
 

@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from autotune import knobs as knobs_table
-from autotune.knobs import BASE_KNOBS, KNOB_TABLE, LOAD_KEY_KNOBS, PLACEMENT_KNOBS, VISION_KNOBS, knob  # noqa: F401 (re-exported)
 from autotune.fingerprint import Fingerprint  # noqa: F401 (re-exported)
+from autotune.knobs import BASE_KNOBS, KNOB_TABLE, LOAD_KEY_KNOBS, PLACEMENT_KNOBS, VISION_KNOBS, knob  # noqa: F401 (re-exported)
 from autotune.measure.compile_stats import CompileStats
 from autotune.models import ModelRef
 from autotune.serving import ServingCapacity

@@ -127,11 +127,13 @@ def test_deferred_stop_check_needs_transformers_to_have_it(monkeypatch) -> None:
 # ------------------------------------------------------------------------------ the stop check
 
 
-def test_deferred_stop_check_is_switched_on_for_cuda_inside_that_models_generate_only() -> None:
-    """transformers' DeferredStopCheck.is_supported answers True for CUDA while a model loaded with
-    stop_check deferred generates, and transformers' own answer (False) anywhere else: outside
-    generate(), and inside the generate() of a model loaded without it. (The deferred check itself
-    records device events, which CPUs lack: its run is the GPU test below.)"""
+def test_the_stop_check_is_switched_inside_that_models_generate_only() -> None:
+    """transformers' DeferredStopCheck.is_supported, asked during decoding: True for CUDA inside
+    the generate() of a model loaded with stop_check deferred; False for mps (where transformers
+    itself defers) inside a sync model's, so sync stays sync should transformers defer on its own;
+    transformers' own answers (CUDA no, mps yes) in a model loaded without the knob and outside
+    generate(). (The deferred check itself records device events, which CPUs lack: its run is the
+    GPU test below.)"""
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
     from transformers.generation import utils as generation_utils
@@ -139,43 +141,62 @@ def test_deferred_stop_check_is_switched_on_for_cuda_inside_that_models_generate
     from autotune.loading import load_model
     from autotune.models import resolve_model
 
-    cuda = torch.device("cuda")
-
     class Probe(LogitsProcessor):
         """Asks, during a decode step, what generate() would have asked after the prefill."""
 
         def __init__(self):
-            self.answers = []
+            self.answers = set()
 
         def __call__(self, input_ids, scores):
-            self.answers.append(generation_utils.DeferredStopCheck.is_supported(cuda, None, False, False))
+            for device in ("cuda", "mps"):
+                self.answers.add((device, generation_utils.DeferredStopCheck.is_supported(torch.device(device), None, False, False)))
             return scores
 
     ref = resolve_model("tiny-qwen2", random_weights=True)
     plain = Candidate(dtype="fp32", batch_size=1, max_length=16, new_tokens=4)
-    deferred_model, _ = load_model(ref, plain.model_copy(update={"stop_check": "deferred"}), "cpu")
-    plain_model, _ = load_model(ref, plain, "cpu")
     ids = torch.randint(0, 1000, (1, 8), generator=torch.Generator().manual_seed(0))
     answers = {}
-    for name, model in (("deferred", deferred_model), ("plain", plain_model)):
+    for mode in ("deferred", "sync", None):
+        model, _ = load_model(ref, plain.model_copy(update={"stop_check": mode}), "cpu")
         probe = Probe()
         with torch.inference_mode():
             out = model.generate(input_ids=ids, max_new_tokens=4, min_new_tokens=4, do_sample=False, pad_token_id=0,
                                  logits_processor=LogitsProcessorList([probe]))
         assert out.shape == (1, 12)
-        answers[name] = set(probe.answers)
-    assert answers == {"deferred": {True}, "plain": {False}}
-    assert generation_utils.DeferredStopCheck.is_supported(cuda, None, False, False) is False  # reset after generate
+        answers[mode] = dict(probe.answers)
+    assert answers == {"deferred": {"cuda": True, "mps": True}, "sync": {"cuda": False, "mps": False},
+                       None: {"cuda": False, "mps": True}}
+    # outside any generate(): transformers' own answers
+    assert generation_utils.DeferredStopCheck.is_supported(torch.device("cuda"), None, False, False) is False
+    assert generation_utils.DeferredStopCheck.is_supported(torch.device("mps"), None, False, False) is True
     # transformers' own conditions still hold inside: an assistant model never defers
-    assert generation_utils.DeferredStopCheck.is_supported(torch.device("mps"), None, False, True) is False
+    with kv_cache.stop_check_mode("deferred"):
+        assert generation_utils.DeferredStopCheck.is_supported(torch.device("cuda"), None, False, True) is False
+    with pytest.raises(ValueError, match="use one of sync, deferred"):
+        with kv_cache.stop_check_mode("later"):
+            pass
+
+
+def test_sync_and_deferred_twins_share_their_quality() -> None:
+    """The stop check changes when generate() stops, not which tokens it makes: one quality key."""
+    from autotune.study.reference import _quality_key_name
+
+    c = cand()
+    assert _quality_key_name(c.model_copy(update={"stop_check": "deferred"})) == _quality_key_name(c)
+    assert _quality_key_name(c.model_copy(update={"stop_check": "sync"})) == _quality_key_name(c)
+    assert _quality_key_name(c.model_copy(update={"compile_mode": "default"})) != _quality_key_name(c)
 
 
 def test_stop_check_export() -> None:
     py = export(_config(stop_check="deferred"), "transformers").text
-    assert "from autotune.kv_cache import defer_stop_check" in py and "    defer_stop_check(model)" in py
+    assert "from autotune.kv_cache import set_stop_check" in py and '    set_stop_check(model, "deferred")' in py
     compile(py, "snippet", "exec")
-    assert "defer_stop_check" not in export(_config(stop_check="sync"), "transformers").text
-    assert "reading its stop flag one step late" in export(_config(stop_check="deferred"), "vllm").text
+    sync = export(_config(stop_check="sync"), "transformers").text
+    assert "set_stop_check" not in sync and "stop=sync" in sync
+    for server in ("vllm", "sglang", "tgi"):
+        for mode, how in (("deferred", "one step late"), ("sync", "after every step")):
+            text = export(_config(stop_check=mode), server).text
+            assert f"reading its stop flag {how}" in text and "nothing to set" in text, (server, mode)
     assert "stop_check" not in export(_config(), "transformers").extra_files[".best.yaml"]
 
 

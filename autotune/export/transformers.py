@@ -115,9 +115,10 @@ RULES: dict[str, Rule] = {
     "compile_mode=max-autotune": exact(),
     "prefill_chunk_size=0": exact(),
     "prefill_chunk_size>0": exact(),
-    "stop_check=sync": exact(),
-    "stop_check=deferred": exact("autotune's defer_stop_check switches transformers' DeferredStopCheck on for CUDA; needs "
-                                 "autotune installed where the script runs"),
+    "stop_check=sync": exact("transformers 5.17-5.25 read the stop flag after every step on CUDA by default; nothing is set"),
+    "stop_check=deferred": exact("autotune's set_stop_check switches transformers' DeferredStopCheck (transformers >= 5.17) "
+                                 "on for CUDA; needs autotune installed where the script runs; on CPU generate() keeps the "
+                                 "synchronous check"),
 }
 
 
@@ -176,7 +177,7 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     autotune_imports = (["from autotune.attention import register_custom_attention"]
                         if ATTENTION_KINDS[s.attn_implementation].forward is not None else [])
     if s.stop_check == "deferred":
-        autotune_imports.append("from autotune.kv_cache import defer_stop_check")
+        autotune_imports.append("from autotune.kv_cache import set_stop_check")
     lines = ['"""transformers: load the model as autotune measured it (written by autotune export).', ""]
     lines += [_docstring_text(c) for line in d.header for c in wrap(line)]
     lines += ["", "With autotune installed, the same load in one line, from the kwargs file written next to this one:",
@@ -209,7 +210,7 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     if "compile_config" in settings:
         lines.append(f"    model.generation_config.compile_config = CompileConfig(mode={_py(settings['compile_config']['mode'])})")
     if s.stop_check == "deferred":
-        lines.append("    defer_stop_check(model)  # generate() reads its stop flag one step late, as measured")
+        lines.append('    set_stop_check(model, "deferred")  # generate() reads its stop flag one step late, as measured')
     if vision:
         lines += ["    processor = AutoProcessor.from_pretrained(MODEL)",
                   "    processor.image_processor.size = IMAGE_SIZE  # the pixel bound every image was measured at",

@@ -177,7 +177,9 @@ def timed_batch_generate(model, input_ids, attention_mask, base_kwargs: dict, pa
     """One generate() of a batch to n_new tokens, as a server runs it: (seconds to its first
     generated token, seconds to its end). The first token's time is a streamer's clock when
     generate() hands it the first generated token (generate copies each step's tokens to the host,
-    which waits for the device; the streamer's first put is the prompt)."""
+    which waits for the device; the streamer's first put is the prompt). Under stop_check deferred
+    generate() hands each token over one step late, after queueing the next step: the time a
+    streaming client of that generate() would see too."""
     import torch
     from transformers.generation.streamers import BaseStreamer
 

@@ -67,6 +67,8 @@ def _load_key_name(cand: Candidate) -> str:
 
 def _quality_key_name(cand: Candidate) -> str:
     """What quality depends on: the load, and for vision models the input resolution and frames
-    (fewer visual tokens can change the answer); never the batch size or max length."""
+    (fewer visual tokens can change the answer); never the batch size or max length, nor the stop
+    check (when generate() reads its stop flag: the same tokens either way)."""
+    load = _load_key_name(cand.model_copy(update={"stop_check": None}))
     vision = [str(v) for v in (cand.max_pixels, cand.video_frames) if v is not None]
-    return "|".join([_load_key_name(cand), *vision]) if vision else _load_key_name(cand)
+    return "|".join([load, *vision]) if vision else load
