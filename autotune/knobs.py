@@ -3,8 +3,8 @@
 Each row says once what the rest of autotune used to restate per file: the knob's group, its
 type, its allowed values (a registry for names, bounds for numbers), its default, how the untuned
 baseline and the quality reference pick it, whether memory grows with it (the dominating-
-infeasible shortcut), whether it is part of the load-key, its column and label in the report,
-and the compatibility-rule keys every exporter must have for it.
+infeasible shortcut), whether it is part of the load-key (and of the quality key), its column
+and label in the report, and the compatibility-rule keys every exporter must have for it.
 
 Derived from the table: SearchSpace.knobs (the Optuna parameters, in table order),
 Candidate.load_key / request_shape / label, space.suggest / baseline_params / space_digest /
@@ -88,6 +88,9 @@ class Knob:
     # The space may leave it out (None) although its group is load or request: a generate-time
     # knob whose absence means today's behaviour (see `optional`).
     may_leave_out: bool = False
+    # A load-key knob whose values generate the same tokens: left out of the quality key, so
+    # quality is measured once for all of its values (quality_key_name).
+    same_answers: bool = False
     column: Column | None = None
     label: LabelPart | None = None
     # The compatibility-rule keys each exporter must have for this knob (None: one per choice,
@@ -301,7 +304,7 @@ KNOB_TABLE: tuple[Knob, ...] = (
     Knob("stop_check", "load", str, "when generate() reads its stop flag: sync (after every step, waiting for the GPU: "
          "transformers' default on CUDA) or deferred (one step late: transformers' DeferredStopCheck; CUDA only)",
          choices=_stop_checks, baseline="prefer", preferred="sync", reference="default", load_key=True,
-         added_later=True, may_leave_out=True, column=Column("stop", 4, cell=lambda v: v or "–", left=True),
+         same_answers=True, added_later=True, may_leave_out=True, column=Column("stop", 4, cell=lambda v: v or "–", left=True),
          label=LabelPart(13, lambda c: f" stop={c.stop_check}" if c.stop_check else "")),
 )
 
@@ -344,11 +347,13 @@ def label(c: Candidate) -> str:
     return "".join(p.render(c) for p in parts)
 
 
-def load_key_name(c: Candidate) -> str:
+def load_key_name(c: Candidate, *, quality: bool = False) -> str:
     """The load-key as a name (study attributes: cached quality, batch boundaries). A knob added
-    later is left out at its default, so resumed studies keep their names."""
+    later is left out at its default, so resumed studies keep their names. `quality`: the part of
+    it answers depend on, without the same_answers knobs."""
     return "|".join(str(getattr(c, k.name)) for k in KNOB_TABLE
-                    if k.load_key and not (k.added_later and getattr(c, k.name) == k.default))
+                    if k.load_key and not (k.added_later and getattr(c, k.name) == k.default)
+                    and not (quality and k.same_answers))
 
 
 def boundary_shape(c: Candidate) -> tuple:

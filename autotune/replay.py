@@ -269,12 +269,13 @@ def replay_requests(sampler, max_length: int, n_requests: int, seed: int) -> lis
 
 
 def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limits, *, fractions: Sequence[float],
-                   n_requests: int, seed: int = 0, repeats: int = 3, note: Callable[[str], None] = lambda text: None,
+                   requests: Sequence[Request], seed: int = 0, repeats: int = 3, note: Callable[[str], None] = lambda text: None,
                    checkpoint: Checkpoint = lambda found, points, rows: None) -> tuple[object, list[Comparison]]:
     """Measure the config's service times on the workload at service_batch_sizes (each `repeats`
     batches, traffic.measure_workload), compute its capacity under `limits` (autotune.slo.SloLimit)
-    from them, then at each fraction of it simulate and replay the same n_requests arrivals (the
-    simulation with the replay's arrival times; the output lengths drawn from the same requests).
+    from them, then at each fraction of it simulate and replay `requests` (replay_requests) on the
+    same arrivals (the simulation with the replay's arrival times; its output lengths drawn from
+    the same requests).
     `checkpoint(capacity, service points, comparisons so far)` runs once the capacity is known and
     after every rate, so a run stopped in a long replay keeps what it measured.
     Returns (capacity.Capacity, the comparisons)."""
@@ -291,7 +292,7 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
              f"e2e p50 {points[k].request_latency_s.median:.3f} s")
     service = ServiceModel.from_measurements(points)
     summaries = [ServicePointSummary.of(k, m) for k, m in sorted(points.items())]
-    requests = replay_requests(sampler, candidate.max_length, n_requests, seed)
+    n_requests = len(requests)
     outputs = [r.output_tokens for r in requests]
     found = capacity(service, limits, output_tokens=outputs)
     note(f"capacity {found.rate_rps:.4g} req/s ({found.reason})")
@@ -347,8 +348,8 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
     model, tokenizer = load_model(ref, candidate, device)
     text_config = getattr(model.config, "text_config", None) or model.config
     sampler = workload_sampler(config.measured.workload, candidate.new_tokens, tokenizer, ref.config())
-    # The output lengths the simulation draws from (capacity_check's own requests): kept in the report.
-    outputs = [r.output_tokens for r in replay_requests(sampler, candidate.max_length, n_requests, seed)]
+    requests = replay_requests(sampler, candidate.max_length, n_requests, seed)
+    outputs = [r.output_tokens for r in requests]  # the lengths the simulation draws from: kept in the report
 
     def report(found, points: list[ServicePointSummary], rows: list[Comparison]) -> dict:
         return {
@@ -381,5 +382,5 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
 
     # checkpoint runs once the capacity is known and after every rate: latest holds the last report.
     capacity_check(model, candidate, device, int(text_config.vocab_size), sampler, limits, fractions=fractions,
-                   n_requests=n_requests, seed=seed, repeats=repeats, note=note, checkpoint=checkpoint)
+                   requests=requests, seed=seed, repeats=repeats, note=note, checkpoint=checkpoint)
     return latest[0]

@@ -9,7 +9,7 @@ from dataclasses import astuple
 
 import pytest
 from autotune.capacity import ServiceModel, arrival_times, simulate
-from autotune.replay import BatchTiming, capacity_check, generate_runner, replay, service_batch_sizes
+from autotune.replay import BatchTiming, capacity_check, generate_runner, replay, replay_requests, service_batch_sizes
 from autotune.slo import parse_slo
 from autotune.spec import Candidate
 from autotune.workload import Request, WorkloadSampler, parse_workload_flag
@@ -125,7 +125,7 @@ def test_the_capacity_check_runs_end_to_end_on_cpu(tiny_model) -> None:
     notes: list[str] = []
     saved: list[tuple] = []
     found, rows = capacity_check(model, cand, "cpu", model.config.vocab_size, sampler, parse_slo("e2e_p95=400ms"),
-                                 fractions=[0.5], n_requests=120, note=notes.append,
+                                 fractions=[0.5], requests=replay_requests(sampler, cand.max_length, 120, 0), note=notes.append,
                                  checkpoint=lambda *args: saved.append((args[0], list(args[1]), list(args[2]))))
     assert found.rate_rps > 0 and len(rows) == 1
     # Kept twice: once the capacity is known (nothing replayed yet), then after the rate.

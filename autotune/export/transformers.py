@@ -174,8 +174,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
 
     # What the script needs from autotune: its own attention kernels (autotune/attention.py),
     # registered with transformers by name, and the deferred stop check (autotune/kv_cache.py).
-    autotune_imports = (["from autotune.attention import register_custom_attention"]
-                        if ATTENTION_KINDS[s.attn_implementation].forward is not None else [])
+    custom_attention = ATTENTION_KINDS[s.attn_implementation].forward is not None
+    autotune_imports = ["from autotune.attention import register_custom_attention"] if custom_attention else []
     if s.stop_check == "deferred":
         autotune_imports.append("from autotune.kv_cache import set_stop_check")
     lines = ['"""transformers: load the model as autotune measured it (written by autotune export).', ""]
@@ -198,7 +198,7 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     if vision:
         lines += _vision_constants(d, config)
     lines += ["", "", "def load():", '    """Return (model, processor or tokenizer) loaded as measured."""']
-    if ATTENTION_KINDS[s.attn_implementation].forward is not None:
+    if custom_attention:
         lines.append(f"    register_custom_attention()  # makes attn_implementation={_py(s.attn_implementation)} loadable by name")
     lines += [f"    model = {auto_model}.from_pretrained(", "        MODEL,"]
     lines += [f"        {kwarg}" for kwarg in kwargs]

@@ -67,8 +67,8 @@ def _load_key_name(cand: Candidate) -> str:
 
 def _quality_key_name(cand: Candidate) -> str:
     """What quality depends on: the load, and for vision models the input resolution and frames
-    (fewer visual tokens can change the answer); never the batch size or max length, nor the stop
-    check (when generate() reads its stop flag: the same tokens either way)."""
-    load = _load_key_name(cand.model_copy(update={"stop_check": None}))
+    (fewer visual tokens can change the answer); never the batch size or max length, nor a load
+    knob whose values generate the same tokens (the knob table's same_answers: the stop check)."""
+    load = load_key_name(cand, quality=True)
     vision = [str(v) for v in (cand.max_pixels, cand.video_frames) if v is not None]
     return "|".join([load, *vision]) if vision else load
