@@ -25,7 +25,10 @@ The model
   makes a slow prefill go with a slow decode, as a slow repeat (clocks, contention) has both:
   the coupling that gives the widest service-time spread, the conservative one. Between measured
   sizes a < k < b the two quantiles are interpolated linearly in k; below the smallest measured
-  size the smallest size's are used (a smaller batch is rarely slower: conservative).
+  size the smallest size's are used (a smaller batch is rarely slower: conservative). A compiled
+  server (CUDA graphs recorded for a few batch sizes, `bucket_sizes`) pads a batch of k to the
+  smallest of them >= k and takes its time: `ServiceModel(rounds_up=True)` uses the smallest
+  measured size >= k instead of interpolating.
 - Output lengths: one fixed length, or a list every request draws its length from.
 - Per request, with wait = batch start - arrival:
     TTFT = wait + prefill_s(k)   when its first token exists (what a streaming server could send);
@@ -97,6 +100,26 @@ DEFAULT_WARMUP_FRACTION = 0.1
 # ------------------------------------------------------------------------------ service model
 
 
+def bucket_sizes(batch_size: int) -> list[int]:
+    """The batch sizes a capacity check measures, and the row counts a compiled server pads a batch
+    to (one set of CUDA graphs per size, so a handful, not batch_size of them; dynamo recompiles at
+    most 8 times per function by default): the powers of two below batch_size, and batch_size."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    sizes, k = [], 1
+    while k < batch_size:
+        sizes.append(k)
+        k *= 2
+    return sizes + [batch_size]
+
+
+def bucket_of(k: int, batch_size: int) -> int:
+    """The rows a compiled server of batch_size runs a batch of k requests as: the smallest bucket >= k."""
+    if not 1 <= k <= batch_size:
+        raise ValueError(f"a batch of {k} is outside 1..{batch_size}")
+    return next(size for size in bucket_sizes(batch_size) if size >= k)
+
+
 def _sorted_seconds(name: str, values: Sequence[float]) -> tuple[float, ...]:
     seconds = tuple(float(v) for v in values)
     if not seconds:
@@ -130,6 +153,9 @@ class ServiceModel:
     """Service time of a batch of k requests, from measured points {batch size: ServicePoint}."""
 
     points: Mapping[int, ServicePoint]
+    # True for a compiled server, which pads a batch to a measured size (bucket_sizes): a batch of k
+    # takes the smallest measured size >= k's times, not an interpolation between two sizes.
+    rounds_up: bool = False
     # Per k in 1..batch_size: the measured sizes to blend and the weight of the upper one.
     _blend: tuple[tuple[ServicePoint, ServicePoint, float], ...] = field(init=False, repr=False)
 
@@ -145,7 +171,7 @@ class ServiceModel:
         blend = []
         for k in range(1, sizes[-1] + 1):
             i = bisect.bisect_left(sizes, k)
-            if sizes[i] == k or i == 0:  # measured, or below the smallest size: take that size's
+            if sizes[i] == k or i == 0 or self.rounds_up:  # measured, below the smallest size, or padded up to sizes[i]
                 blend.append((self.points[sizes[i]], self.points[sizes[i]], 0.0))
             else:
                 a, b = sizes[i - 1], sizes[i]
@@ -154,15 +180,17 @@ class ServiceModel:
         object.__setattr__(self, "_blend", tuple(blend))
 
     @classmethod
-    def from_samples(cls, points: Mapping[int, tuple[Sequence[float], Sequence[float] | None]]) -> ServiceModel:
+    def from_samples(cls, points: Mapping[int, tuple[Sequence[float], Sequence[float] | None]], *,
+                     rounds_up: bool = False) -> ServiceModel:
         """{batch_size: (prefill samples, tpot samples or None)}, seconds."""
-        return cls({size: ServicePoint(tuple(pre), None if tpot is None else tuple(tpot)) for size, (pre, tpot) in points.items()})
+        return cls({size: ServicePoint(tuple(pre), None if tpot is None else tuple(tpot)) for size, (pre, tpot) in points.items()},
+                   rounds_up=rounds_up)
 
     @classmethod
-    def from_measurements(cls, measurements: Mapping[int, Measurement]) -> ServiceModel:
+    def from_measurements(cls, measurements: Mapping[int, Measurement], *, rounds_up: bool = False) -> ServiceModel:
         """{batch_size: the Measurement of a config at that batch size} (ttft_s and tpot_s samples)."""
         return cls.from_samples({size: (m.ttft_s.samples, None if m.tpot_s is None else m.tpot_s.samples)
-                                 for size, m in measurements.items()})
+                                 for size, m in measurements.items()}, rounds_up=rounds_up)
 
     @property
     def batch_size(self) -> int:

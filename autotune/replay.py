@@ -5,6 +5,10 @@ The server is the one the simulation models: one process, static batching. When 
 requests have arrived, it takes up to batch_size of them, first come first served, left-pads them to
 the longest prompt and runs one generate() to the longest output (autotune/measure/traffic.py
 builds the batch as the measurement does); requests that arrive meanwhile wait for the next batch.
+A compiled config's server runs CUDA graphs recorded for a few batch sizes: it pads a batch with
+filler rows to the smallest of them that holds it (traffic.serving_rows), and its KV cache has one
+length, fixed before anything is timed (fix_static_cache_length), so a warmed-up server compiles
+nothing while serving (each rate's `compiled_graphs` says whether that held).
 
 Arrivals: Poisson at the rate, `capacity.arrival_times` (the simulation's own stream for the seed).
 Request i is admitted once the wall clock has passed start + arrival_i. The loop is single-threaded
@@ -125,10 +129,11 @@ def replay(requests: Sequence[Request], arrivals_s: Sequence[float], batch_size:
 
 def generate_runner(model, candidate, device: str, vocab_size: int) -> RunBatch:
     """run_batch for a loaded model: the batch left-padded as the measurement pads it
-    (traffic.batch_inputs) and timed as the measurement times it (traffic.timed_batch_generate:
+    (traffic.batch_inputs; a compiled candidate's batch padded with filler rows to its bucket,
+    traffic.serving_rows) and timed as the measurement times it (traffic.timed_batch_generate:
     one generate() to its longest output, the first token's time from a streamer)."""
     from autotune.loading import generate_kwargs
-    from autotune.measure.traffic import WorkloadBatch, _pad_token, batch_inputs, timed_batch_generate
+    from autotune.measure.traffic import WorkloadBatch, _pad_token, batch_inputs, serving_rows, timed_batch_generate
 
     base, pad = generate_kwargs(candidate), _pad_token(model)
     calls = [0]
@@ -137,7 +142,8 @@ def generate_runner(model, candidate, device: str, vocab_size: int) -> RunBatch:
         start = time.perf_counter()
         batch = WorkloadBatch(tuple(requests), 0)
         calls[0] += 1
-        input_ids, attention_mask = batch_inputs(batch, vocab_size, pad, 5000 + calls[0], device)
+        input_ids, attention_mask = batch_inputs(batch, vocab_size, pad, 5000 + calls[0], device,
+                                                 rows=serving_rows(candidate, len(requests)))
         built_s = time.perf_counter() - start  # building the inputs is service time too
         first_s, total_s = timed_batch_generate(model, input_ids, attention_mask, base, pad, batch.new_tokens, device)
         return BatchTiming(first_token_s=built_s + first_s, total_s=built_s + total_s)
@@ -159,6 +165,9 @@ class Comparison:
     # far a run of this many requests moves by chance. A replay inside it is as close as the
     # simulation can say.
     band: dict[str, tuple[float, float]] | None = None
+    # Graphs torch.compile compiled during the replay (dynamo's count): 0 when every batch met a
+    # shape compiled before, as a warmed-up compiled server does; eager candidates compile none.
+    compiled_graphs: int = 0
 
     @staticmethod
     def service_ratio_of(replayed: ReplayResult, service) -> float | None:
@@ -222,16 +231,6 @@ def simulated_band(service, rate_rps: float, outputs: list[int], n_requests: int
     return band
 
 
-def service_batch_sizes(batch_size: int) -> list[int]:
-    """The batch sizes the check measures: powers of two below batch_size, and batch_size (a queue's
-    partial batches take interpolated times between them, as the study's smaller batches feed it)."""
-    sizes, k = [], 1
-    while k < batch_size:
-        sizes.append(k)
-        k *= 2
-    return sizes + [batch_size]
-
-
 @dataclass(frozen=True)
 class ServicePointSummary:
     """What the service model was built from at one batch size (replay.json keeps it: a capacity is
@@ -268,29 +267,60 @@ def replay_requests(sampler, max_length: int, n_requests: int, seed: int) -> lis
     return [fit_request(r, max_length)[0] for r in sampler.draw(n_requests, seed + 10_007, max_length)]
 
 
+def fix_static_cache_length(model, candidate, device: str, vocab_size: int, served: Sequence[Request]) -> int:
+    """Fix the static KV cache's length of a compiled candidate before anything is timed, and return
+    it. transformers allocates every static cache at the longest length generate() has seen
+    (`_previous_max_cache_length`, 5.17-5.25), and a new length is a new shape, compiled anew. One
+    untimed generate() of one request with the longest prompt and the longest output among `served`
+    (at least max_length in all: the worst-case check runs at max_length) sets it, as a server sizes
+    its cache for the longest request it admits; a batch's prompt padding plus its longest output
+    then never exceeds it."""
+    from autotune.loading import generate_kwargs
+    from autotune.measure.traffic import WorkloadBatch, _pad_token, batch_inputs, timed_batch_generate
+
+    longest_prompt = max(r.prompt_tokens for r in served)
+    longest_output = max(r.output_tokens for r in served)
+    prompt = max(longest_prompt, candidate.max_length - longest_output)
+    pad = _pad_token(model)
+    input_ids, attention_mask = batch_inputs(WorkloadBatch((Request(prompt, longest_output),), 0), vocab_size, pad, 4999, device)
+    timed_batch_generate(model, input_ids, attention_mask, generate_kwargs(candidate), pad, longest_output, device)
+    return prompt + longest_output
+
+
 def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limits, *, fractions: Sequence[float],
                    requests: Sequence[Request], seed: int = 0, repeats: int = 3, note: Callable[[str], None] = lambda text: None,
                    checkpoint: Checkpoint = lambda found, points, rows: None) -> tuple[object, list[Comparison]]:
-    """Measure the config's service times on the workload at service_batch_sizes (each `repeats`
+    """Measure the config's service times on the workload at capacity.bucket_sizes (each `repeats`
     batches, traffic.measure_workload), compute its capacity under `limits` (autotune.slo.SloLimit)
     from them, then at each fraction of it simulate and replay `requests` (replay_requests) on the
     same arrivals (the simulation with the replay's arrival times; its output lengths drawn from
     the same requests).
+    A compiled candidate is served as a compiled server runs: every batch padded to a bucket
+    (traffic.serving_rows), so the service model takes a bucket's times for the batches it pads
+    (ServiceModel rounds_up), and the KV cache fixed first at the longest prompt plus the longest
+    output of every batch to come (`fix_static_cache_length`), so no batch meets a new shape while timed.
     `checkpoint(capacity, service points, comparisons so far)` runs once the capacity is known and
     after every rate, so a run stopped in a long replay keeps what it measured.
     Returns (capacity.Capacity, the comparisons)."""
-    from autotune.capacity import ServiceModel, arrival_times, capacity, simulate
+    from autotune.capacity import ServiceModel, arrival_times, bucket_sizes, capacity, simulate
+    from autotune.measure.compile_stats import snapshot
     from autotune.measure.traffic import build_batches, measure_workload
 
     points = {}
     _, share = sampler.over_limit(candidate.max_length)
-    for k in service_batch_sizes(candidate.batch_size):
+    service_batches = {k: build_batches(sampler.draw(repeats * k, seed + k, candidate.max_length), k, candidate.max_length)
+                       for k in bucket_sizes(candidate.batch_size)}
+    if candidate.compile:
+        served = [r for batches in service_batches.values() for b in batches for r in b.requests] + list(requests)
+        tokens = fix_static_cache_length(model, candidate, device, vocab_size, served)
+        note(f"compiled: batches padded to {bucket_sizes(candidate.batch_size)} rows, the static KV cache fixed at "
+             f"{tokens} tokens")
+    for k, batches in service_batches.items():
         at_k = candidate.model_copy(update={"batch_size": k})
-        batches = build_batches(sampler.draw(repeats * k, seed + k, candidate.max_length), k, candidate.max_length)
         points[k] = measure_workload(model, at_k, device, batches, vocab_size, workload={}, over_limit_share=share)
         note(f"service time at batch {k}: TTFT p50 {points[k].ttft_s.median * 1000:,.1f} ms, "
              f"e2e p50 {points[k].request_latency_s.median:.3f} s")
-    service = ServiceModel.from_measurements(points)
+    service = ServiceModel.from_measurements(points, rounds_up=candidate.compile)
     summaries = [ServicePointSummary.of(k, m) for k, m in sorted(points.items())]
     n_requests = len(requests)
     outputs = [r.output_tokens for r in requests]
@@ -311,8 +341,14 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
         # two differ by the service times alone (a longer simulation near capacity drifts further).
         simulated = simulate(service, rate, output_tokens=outputs, n_requests=n_requests, seed=seed)
         band = simulated_band(service, rate, outputs, n_requests, seed)
+        before = snapshot()
         replayed = replay(requests, arrival_times(n_requests, rate, seed), candidate.batch_size, runner, rate_rps=rate)
-        comparisons.append(Comparison(fraction, rate, simulated, replayed, Comparison.service_ratio_of(replayed, service), band))
+        compiled_graphs = snapshot().graphs - before.graphs
+        comparisons.append(Comparison(fraction, rate, simulated, replayed, Comparison.service_ratio_of(replayed, service), band,
+                                      compiled_graphs))
+        if compiled_graphs:
+            note(f"{fraction:.0%} of capacity: {compiled_graphs} graph(s) compiled while replaying: those batches' times "
+                 "include compiling")
         figures = "; ".join(f"{name} simulated {sim * 1000:,.1f} ms, replayed {rep * 1000:,.1f} ms ({err:+.1%})"
                             for name, sim, rep, err in comparisons[-1].rows())
         note(f"{fraction:.0%} of capacity ({rate:.3g} req/s): replayed {replayed.requests} requests in "
@@ -366,7 +402,7 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
                       "mean_batch_replayed": c.replayed.mean_batch_size, "requests": c.replayed.requests,
                       "batch_time_replayed_over_modelled": c.service_ratio,
                       "simulated_band_s": c.band.get(figure) if c.band else None, "within_band": c.within_band(figure, rep),
-                      "replay_s": c.replayed.duration_s}
+                      "replay_s": c.replayed.duration_s, "graphs_compiled_while_replaying": c.compiled_graphs}
                      for c in rows for figure, sim, rep, err in c.rows()],
             "batch_logs": {f"{c.fraction:g}": [{"requests": k, "longest_output": longest, "first_token_s": first_s,
                                                 "total_s": total_s} for k, longest, first_s, total_s in c.replayed.batch_log]

@@ -5,7 +5,9 @@ batch_size); this module picks its inputs from the study's records and keeps the
 Inputs: the best config's own measurement (the confirmation's pooled one when there is one) and
 every other measured trial of the same settings at a smaller batch size, so that the queue's
 partial batches take the measured times of smaller batches (interpolated between them) rather
-than the full batch's. Output lengths: under a workload, the output lengths of the requests the
+than the full batch's. A compiled config's server pads a batch to a bucket (capacity.bucket_sizes,
+traffic.serving_rows): only trials at its bucket sizes feed it, and a partial batch takes the next
+measured size up (ServiceModel rounds_up), never an interpolation. Output lengths: under a workload, the output lengths of the requests the
 measurement timed (each request of the simulation draws one of them); under the fixed shape, the
 space's new_tokens. Every --slo limit is simulated at its own percentile.
 """
@@ -55,7 +57,7 @@ def _rate(rps: float) -> str:
 
 def serving_capacity(recs: list[TrialRecord], best: TrialRecord, limits: list[SloLimit]) -> ServingCapacity | None:
     """The capacity of `best` under `limits` (None when it has no measurement to simulate)."""
-    from autotune.capacity import ServiceModel, capacity
+    from autotune.capacity import ServiceModel, bucket_sizes, capacity
     from autotune.knobs import boundary_shape
 
     def same_but_batch(c) -> bool:  # the grouping the batch-size bisection uses (knobs.boundary_shape)
@@ -66,11 +68,14 @@ def serving_capacity(recs: list[TrialRecord], best: TrialRecord, limits: list[Sl
     points = {r.candidate.batch_size: r.outcome.measurement for r in recs
               if r.state in _SERVICE_STATES and r.outcome.measurement is not None
               and r.candidate.batch_size < best.candidate.batch_size and same_but_batch(r.candidate)}
+    compiled = best.candidate.compile
+    if compiled:  # its server runs the bucket sizes only
+        points = {k: m for k, m in points.items() if k in bucket_sizes(best.candidate.batch_size)}
     points[best.candidate.batch_size] = best.outcome.measurement
     measurement = best.outcome.measurement
     decodes = measurement.tpot_s is not None
     simulated_limits = [lim for lim in limits if decodes or lim.latency != "tpot"]  # a reranker has no TPOT
-    service = ServiceModel.from_measurements(points)
+    service = ServiceModel.from_measurements(points, rounds_up=compiled)
     outputs = (measurement.request_output_tokens or [best.candidate.new_tokens]) if decodes else [1]
     result = capacity(service, simulated_limits, output_tokens=outputs)
     sim = result.simulated

@@ -179,6 +179,26 @@ def test_interpolation_between_measured_batch_sizes():
     assert [spread.prefill_s(2, u) for u in (0.1, 0.5, 0.9)] == pytest.approx([2.0, 3.0, 4.0])
 
 
+def test_bucket_sizes_are_powers_of_two_and_the_batch_and_a_batch_pads_to_the_next():
+    assert cap.bucket_sizes(1) == [1]
+    assert cap.bucket_sizes(8) == [1, 2, 4, 8]
+    assert cap.bucket_sizes(12) == [1, 2, 4, 8, 12]
+    assert [cap.bucket_of(k, 12) for k in (1, 2, 3, 5, 8, 9, 12)] == [1, 2, 4, 8, 8, 12, 12]
+    with pytest.raises(ValueError, match="outside 1..12"):
+        cap.bucket_of(13, 12)
+
+
+def test_a_compiled_server_takes_the_next_measured_size_up_not_an_interpolation():
+    samples = {2: ([1.0], [0.1]), 6: ([3.0], [0.5])}
+    padded = ServiceModel.from_samples(samples, rounds_up=True)
+    assert [padded.prefill_s(k, 0.5) for k in (1, 2, 3, 5, 6)] == [1.0, 1.0, 3.0, 3.0, 3.0]
+    assert padded.tpot_s(4, 0.5) == 0.5 and padded.mean_batch_s(3, 11.0) == pytest.approx(3.0 + 10 * 0.5)
+    # The same light load queues longer behind padded batches than behind interpolated ones.
+    light = dict(output_tokens=11, n_requests=4000, seed=3)
+    eager = ServiceModel.from_samples(samples)
+    assert simulate(padded, 0.3, **light).e2e_s.p95 > simulate(eager, 0.3, **light).e2e_s.p95
+
+
 def test_the_simulation_draws_what_the_public_methods_say():
     for k in range(1, 9):
         for u in (0.0, 0.2, 0.5, 0.7, 0.999):

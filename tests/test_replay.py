@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import astuple
 
 import pytest
-from autotune.capacity import ServiceModel, arrival_times, simulate
-from autotune.replay import BatchTiming, capacity_check, generate_runner, replay, replay_requests, service_batch_sizes
+from autotune.capacity import ServiceModel, arrival_times, bucket_sizes, simulate
+from autotune.replay import BatchTiming, capacity_check, generate_runner, replay, replay_requests
 from autotune.slo import parse_slo
 from autotune.spec import Candidate
 from autotune.workload import Request, WorkloadSampler, parse_workload_flag
@@ -98,10 +98,27 @@ def test_bad_replay_inputs_say_what_is_wrong(call, message: str) -> None:
         call(VirtualClock().runner(SERVICE))
 
 
-def test_service_batch_sizes_are_powers_of_two_and_the_batch() -> None:
-    assert service_batch_sizes(1) == [1]
-    assert service_batch_sizes(8) == [1, 2, 4, 8]
-    assert service_batch_sizes(12) == [1, 2, 4, 8, 12]
+def test_a_compiled_candidate_runs_each_batch_padded_to_its_bucket(tiny_model) -> None:
+    """Filler rows of one token each take a compiled server's batch to its bucket (one CUDA-graph
+    shape per bucket); an eager candidate runs the requests as they are. On CPU generate() does not
+    compile, so this checks the rows generate() gets, and that it runs them."""
+    model = tiny_model
+    seen: list[tuple[int, int, list[int]]] = []
+    generate = model.generate
+
+    def recording(*args, **kwargs):
+        mask = kwargs["attention_mask"]
+        seen.append((*mask.shape, mask.sum(dim=1).tolist()))
+        return generate(*args, **kwargs)
+
+    model.generate = recording
+    try:
+        for compiled in (True, False):
+            cand = Candidate(dtype="fp32", batch_size=8, max_length=64, new_tokens=8, compile=compiled)
+            generate_runner(model, cand, "cpu", model.config.vocab_size)([Request(5, 2), Request(9, 3), Request(7, 4)])
+    finally:
+        del model.generate
+    assert seen == [(4, 9, [5, 9, 7, 1]), (3, 9, [5, 9, 7])]
 
 
 def test_the_model_runner_times_a_real_padded_batch_with_its_first_token(tiny_model) -> None:
@@ -138,6 +155,55 @@ def test_the_capacity_check_runs_end_to_end_on_cpu(tiny_model) -> None:
     figures = {name for name, *_ in row.rows()}
     assert figures == {"ttft_p95", "tpot_p95", "e2e_p95"}
     assert any("batch 4" in n for n in notes) and any("50% of capacity" in n for n in notes)
+
+
+def test_a_compiled_candidates_check_fixes_the_cache_length_and_takes_bucket_times(tiny_model) -> None:
+    """A compiled candidate (eager on CPU: generate() compiles on accelerators only): the KV cache is
+    fixed first at the longest prompt plus the longest output of every batch it will run, and a
+    replayed batch of 3 is run as 4 rows."""
+    model = tiny_model
+    cand = Candidate(dtype="fp32", batch_size=4, max_length=64, new_tokens=8, compile=True)
+    sampler = WorkloadSampler(parse_workload_flag("prompt=8-40,output=2-16"), new_tokens=8)
+    requests = replay_requests(sampler, cand.max_length, 112, 0)
+    notes: list[str] = []
+    rows_seen: set[int] = set()
+    generate = model.generate
+
+    def recording(*args, **kwargs):
+        rows_seen.add(kwargs["input_ids"].shape[0])
+        return generate(*args, **kwargs)
+
+    model.generate = recording
+    try:
+        found, rows = capacity_check(model, cand, "cpu", model.config.vocab_size, sampler, parse_slo("e2e_p95=5s"),
+                                     fractions=[1.0], requests=requests, note=notes.append)
+    finally:
+        del model.generate
+    fixed = [n for n in notes if "static KV cache fixed at" in n]
+    # Service batches are drawn for 1, 2 and 4 with seeds 1, 2 and 4, 3 batches each (seed + k).
+    served = [r for k in (1, 2, 4) for r in sampler.draw(3 * k, k, cand.max_length)] + requests
+    longest = max(r.prompt_tokens for r in served) + max(r.output_tokens for r in served)
+    assert fixed and fixed[0].endswith(f"{max(longest, cand.max_length)} tokens")
+    assert rows_seen == {1, 2, 4}  # partial batches of 3 ran as 4
+    assert found.rate_rps > 0 and rows[0].compiled_graphs == 0
+
+
+@pytest.mark.gpu
+def test_a_compiled_replay_on_gpu_compiles_nothing_while_timed() -> None:
+    """On CUDA (CUDA graphs): after the cache length is fixed and each bucket measured, the replay's
+    batches (partial ones padded) meet only compiled shapes."""
+    from autotune.loading import load_model
+    from autotune.models import resolve_model
+
+    ref = resolve_model("tiny-qwen2", random_weights=True)
+    cand = Candidate(dtype="bf16", batch_size=4, max_length=96, new_tokens=8, compile=True, compile_mode="reduce-overhead")
+    model, _ = load_model(ref, cand, "cuda:0")
+    sampler = WorkloadSampler(parse_workload_flag("prompt=8-60,output=2-24"), new_tokens=8)
+    found, rows = capacity_check(model, cand, "cuda:0", model.config.vocab_size, sampler, [], fractions=[0.5, 1.0],
+                                 requests=replay_requests(sampler, cand.max_length, 112, 0))
+    assert found.rate_rps > 0 and len(rows) == 2
+    assert [row.compiled_graphs for row in rows] == [0, 0]
+    assert rows[1].replayed.mean_batch_size > 1  # partial and full batches both ran
 
 
 @pytest.mark.parametrize("args, message", [

@@ -10,14 +10,15 @@ from autotune.serving import serving_capacity
 from autotune.spec import Candidate, Measurement, Stat, TrialOutcome, TrialRecord
 
 
-def _record(number: int, batch: int, ttft_s: float, tpot_s: float, state: str = "measured", dtype: str = "bf16") -> TrialRecord:
+def _record(number: int, batch: int, ttft_s: float, tpot_s: float, state: str = "measured", dtype: str = "bf16",
+            compile: bool = False) -> TrialRecord:
     def stat(v: float) -> Stat:
         return Stat.of([v, v, v])
 
     m = Measurement(output_tokens_per_s=stat(1.0), prefill_tokens_per_s=stat(1.0), decode_tokens_per_s=stat(1.0),
                     requests_per_s=stat(1.0), ttft_s=stat(ttft_s), tpot_s=stat(tpot_s), request_latency_s=stat(ttft_s + 9 * tpot_s),
                     peak_memory_gib=1.0, warmup_s=0.1, measure_s=1.0)
-    cand = Candidate(dtype=dtype, batch_size=batch, max_length=64, new_tokens=10)
+    cand = Candidate(dtype=dtype, batch_size=batch, max_length=64, new_tokens=10, compile=compile)
     return TrialRecord(number=number, state=state, candidate=cand, outcome=TrialOutcome(status="ok", measurement=m))
 
 
@@ -37,6 +38,18 @@ def test_smaller_batches_of_the_same_settings_feed_the_simulation_and_others_do_
     cap = serving_capacity(recs, best, parse_slo("e2e_p95=2s"))
     assert cap.batch_sizes == [1, 4, 8]
     assert 0 < cap.rate_rps < cap.saturation_rps and cap.simulated_p95_s["e2e"] <= 2.0
+
+
+def test_a_compiled_config_is_fed_its_bucket_sizes_only_and_pads_up_to_them() -> None:
+    """A compiled server pads a batch to a bucket (1, 2, 4, 8, 12 for batch 12): a trial at batch 6
+    is no time of anything it runs, and a partial batch takes the next measured bucket's time."""
+    def recs(compile: bool) -> list[TrialRecord]:
+        return [_record(1, batch=12, ttft_s=0.2, tpot_s=0.02, compile=compile),
+                *(_record(n, batch=k, ttft_s=0.05 + 0.01 * k, tpot_s=0.01, compile=compile) for n, k in ((2, 1), (3, 4), (4, 6)))]
+
+    compiled, eager = recs(True), recs(False)
+    assert serving_capacity(compiled, compiled[0], parse_slo("e2e_p95=2s")).batch_sizes == [1, 4, 12]
+    assert serving_capacity(eager, eager[0], parse_slo("e2e_p95=2s")).batch_sizes == [1, 4, 6, 12]
 
 
 def test_an_e2e_limit_the_batch_cannot_meet_gives_zero_and_says_why() -> None:

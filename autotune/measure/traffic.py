@@ -149,18 +149,35 @@ def padding_share(batches: list[WorkloadBatch]) -> float:
     return 1 - sum(b.useful_tokens for b in batches) / processed if processed else 0.0
 
 
-def batch_inputs(batch: WorkloadBatch, vocab_size: int, pad_id: int, seed: int, device: str = "cpu"):
+def serving_rows(candidate: Candidate, k: int) -> int:
+    """The rows generate() runs a batch of k requests as. A compiled candidate's decode steps replay
+    CUDA graphs recorded per batch shape, and every new batch size compiles anew (a graph each,
+    dynamo's recompile limit is 8 per function): its server pads a batch to the smallest of a few
+    sizes >= k (capacity.bucket_of: powers of two, and batch_size), the sizes a capacity check
+    measures. An eager candidate runs the k rows as they are."""
+    from autotune.capacity import bucket_of
+
+    return bucket_of(k, candidate.batch_size) if candidate.compile else k
+
+
+def batch_inputs(batch: WorkloadBatch, vocab_size: int, pad_id: int, seed: int, device: str = "cpu", rows: int | None = None):
     """(input_ids, attention_mask) of the batch, left-padded: random ids from the lower vocabulary
-    (as the fixed shape's; throughput does not depend on them), pad_id with mask 0 before them."""
+    (as the fixed shape's; throughput does not depend on them), pad_id with mask 0 before them.
+    `rows` (> the requests; serving_rows) adds filler rows of one prompt token each, left-padded
+    like a short request: they generate alongside and are nobody's answer."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
     width = batch.prompt_length
-    input_ids = torch.full((len(batch.requests), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch.requests), width), dtype=torch.long)
-    for row, (request, pad) in enumerate(zip(batch.requests, batch.left_padding())):
-        input_ids[row, pad:] = torch.randint(0, max(2, min(vocab_size, 32000)), (request.prompt_tokens,), generator=generator)
-        attention_mask[row, pad:] = 1
+    rows = len(batch.requests) if rows is None else rows
+    if rows < len(batch.requests):
+        raise ValueError(f"rows {rows} is fewer than the batch's {len(batch.requests)} requests")
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((rows, width), dtype=torch.long)
+    lengths = [r.prompt_tokens for r in batch.requests] + [1] * (rows - len(batch.requests))
+    for row, length in enumerate(lengths):
+        input_ids[row, width - length:] = torch.randint(0, max(2, min(vocab_size, 32000)), (length,), generator=generator)
+        attention_mask[row, width - length:] = 1
     return input_ids.to(device), attention_mask.to(device)
 
 
