@@ -302,6 +302,31 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
     `checkpoint(capacity, service points, comparisons so far)` runs once the capacity is known and
     after every rate, so a run stopped in a long replay keeps what it measured.
     Returns (capacity.Capacity, the comparisons)."""
+    with _room_to_compile(candidate.compile):
+        return _capacity_check(model, candidate, device, vocab_size, sampler, limits, fractions=fractions, requests=requests,
+                               seed=seed, repeats=repeats, note=note, checkpoint=checkpoint)
+
+
+# A compiled server compiles a graph per bucket and per attention-mask form (a batch without padding
+# takes another path than a padded one): more than dynamo's 8 recompiles per function, after which
+# it would run new shapes eagerly, slowly and without saying so in the figures. transformers raises
+# the same limit to 64 for chunked prefill; here only while the check runs.
+RECOMPILE_LIMIT = 64
+
+
+def _room_to_compile(compiled: bool):
+    import contextlib
+
+    if not compiled:
+        return contextlib.nullcontext()
+    import torch._dynamo
+
+    return torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit))
+
+
+def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, limits, *, fractions: Sequence[float],
+                    requests: Sequence[Request], seed: int, repeats: int, note: Callable[[str], None],
+                    checkpoint: Checkpoint) -> tuple[object, list[Comparison]]:
     from autotune.capacity import ServiceModel, arrival_times, bucket_sizes, capacity, simulate
     from autotune.measure.compile_stats import snapshot
     from autotune.measure.traffic import build_batches, measure_workload
