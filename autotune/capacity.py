@@ -27,8 +27,9 @@ The model
   sizes a < k < b the two quantiles are interpolated linearly in k; below the smallest measured
   size the smallest size's are used (a smaller batch is rarely slower: conservative). A compiled
   server (CUDA graphs recorded for a few batch sizes, `bucket_sizes`) pads a batch of k to the
-  smallest of them >= k and takes its time: `ServiceModel(rounds_up=True)` uses the smallest
-  measured size >= k instead of interpolating.
+  smallest of them >= k and runs as that many rows: `ServiceModel(rounds_up=True)` uses the
+  smallest measured size >= k instead of interpolating (slightly conservative for the prefill: the
+  measured batches' prompts are padded to the longest of more requests than k).
 - Output lengths: one fixed length, or a list every request draws its length from.
 - Per request, with wait = batch start - arrival:
     TTFT = wait + prefill_s(k)   when its first token exists (what a streaming server could send);
@@ -102,8 +103,8 @@ DEFAULT_WARMUP_FRACTION = 0.1
 
 def bucket_sizes(batch_size: int) -> list[int]:
     """The batch sizes a capacity check measures, and the row counts a compiled server pads a batch
-    to (one set of CUDA graphs per size, so a handful, not batch_size of them; dynamo recompiles at
-    most 8 times per function by default): the powers of two below batch_size, and batch_size."""
+    to (one set of CUDA graphs per size: about log2(batch_size) of them, not batch_size): the
+    powers of two below batch_size, and batch_size."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     sizes, k = [], 1

@@ -166,7 +166,8 @@ class Comparison:
     # simulation can say.
     band: dict[str, tuple[float, float]] | None = None
     # Graphs torch.compile compiled during the replay (dynamo's count): 0 when every batch met a
-    # shape compiled before, as a warmed-up compiled server does; eager candidates compile none.
+    # shape compiled before, as a warmed-up compiled server does (past dynamo's recompile limit the
+    # check fails rather than run eagerly, _room_to_compile); eager candidates compile none.
     compiled_graphs: int = 0
 
     @staticmethod
@@ -257,7 +258,16 @@ class ServicePointSummary:
                    tuple(tpot) if tpot is not None else None)
 
 
-Checkpoint = Callable[[object, list[ServicePointSummary], list[Comparison]], None]
+@dataclass(frozen=True)
+class ServerShape:
+    """How the check's server ran the config (replay.json keeps it: a report simulated again needs it)."""
+
+    pads_to_buckets: bool  # batches padded to bucket_sizes (a compiled config); the service model rounds up
+    buckets: tuple[int, ...]  # the batch sizes measured (and, when padding, the rows a batch runs as)
+    static_cache_tokens: int | None  # the static KV cache's fixed length (transformers' own figure); None: not static or not known
+
+
+Checkpoint = Callable[[object, list[ServicePointSummary], list[Comparison], ServerShape], None]
 
 
 def replay_requests(sampler, max_length: int, n_requests: int, seed: int) -> list[Request]:
@@ -267,14 +277,21 @@ def replay_requests(sampler, max_length: int, n_requests: int, seed: int) -> lis
     return [fit_request(r, max_length)[0] for r in sampler.draw(n_requests, seed + 10_007, max_length)]
 
 
-def fix_static_cache_length(model, candidate, device: str, vocab_size: int, served: Sequence[Request]) -> int:
-    """Fix the static KV cache's length of a compiled candidate before anything is timed, and return
-    it. transformers allocates every static cache at the longest length generate() has seen
-    (`_previous_max_cache_length`, 5.17-5.25), and a new length is a new shape, compiled anew. One
-    untimed generate() of one request with the longest prompt and the longest output among `served`
-    (at least max_length in all: the worst-case check runs at max_length) sets it, as a server sizes
-    its cache for the longest request it admits; a batch's prompt padding plus its longest output
-    then never exceeds it."""
+# Where transformers keeps the length every later static cache is allocated at (the longest seen).
+_STATIC_CACHE_LENGTH_ATTR = "_previous_max_cache_length"
+
+
+def fix_static_cache_length(model, candidate, device: str, vocab_size: int, served: Sequence[Request]) -> int | None:
+    """Fix the length of a static-cache candidate's KV cache before anything is timed, and return the
+    length transformers then holds (None when this transformers keeps none: then a longer batch
+    later allocates a longer cache, a new shape that a compiled config compiles while timed; the
+    replay's compiled_graphs would show it). transformers 5.17-5.25 allocate every static cache at
+    the longest length generate() has seen (`_previous_max_cache_length`). One untimed generate()
+    of one request with the longest prompt and the longest output among `served` (at least
+    max_length in all: the worst-case check runs at max_length) sets it, as a server sizes its
+    cache for the longest request it admits; no batch's prompt padding plus longest output exceeds
+    it. Where the workload's longest prompt plus longest output exceed max_length, the cache is
+    longer than the study's worst case (more memory, slower attention): the check says so."""
     from autotune.loading import generate_kwargs
     from autotune.measure.traffic import WorkloadBatch, _pad_token, batch_inputs, timed_batch_generate
 
@@ -284,33 +301,38 @@ def fix_static_cache_length(model, candidate, device: str, vocab_size: int, serv
     pad = _pad_token(model)
     input_ids, attention_mask = batch_inputs(WorkloadBatch((Request(prompt, longest_output),), 0), vocab_size, pad, 4999, device)
     timed_batch_generate(model, input_ids, attention_mask, generate_kwargs(candidate), pad, longest_output, device)
-    return prompt + longest_output
+    length = model.__dict__.get(_STATIC_CACHE_LENGTH_ATTR)
+    return int(length) if length is not None else None
 
 
 def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limits, *, fractions: Sequence[float],
                    requests: Sequence[Request], seed: int = 0, repeats: int = 3, note: Callable[[str], None] = lambda text: None,
-                   checkpoint: Checkpoint = lambda found, points, rows: None) -> tuple[object, list[Comparison]]:
+                   checkpoint: Checkpoint = lambda found, points, rows, server: None) -> tuple[object, list[Comparison]]:
     """Measure the config's service times on the workload at capacity.bucket_sizes (each `repeats`
     batches, traffic.measure_workload), compute its capacity under `limits` (autotune.slo.SloLimit)
     from them, then at each fraction of it simulate and replay `requests` (replay_requests) on the
     same arrivals (the simulation with the replay's arrival times; its output lengths drawn from
     the same requests).
-    A compiled candidate is served as a compiled server runs: every batch padded to a bucket
-    (traffic.serving_rows), so the service model takes a bucket's times for the batches it pads
-    (ServiceModel rounds_up), and the KV cache fixed first at the longest prompt plus the longest
-    output of every batch to come (`fix_static_cache_length`), so no batch meets a new shape while timed.
-    `checkpoint(capacity, service points, comparisons so far)` runs once the capacity is known and
-    after every rate, so a run stopped in a long replay keeps what it measured.
+    A compiled candidate is served as a compiled server runs (traffic.pads_to_buckets): every batch
+    padded to a bucket (traffic.serving_rows), so the service model takes a bucket's times for the
+    batches it pads (ServiceModel rounds_up), and dynamo given room for a graph per bucket. A
+    static KV cache is fixed first at the longest prompt plus the longest output of every batch to
+    come (`fix_static_cache_length`), so no batch meets a new cache shape while timed.
+    `checkpoint(capacity, service points, comparisons so far, ServerShape)` runs once the capacity
+    is known and after every rate, so a run stopped in a long replay keeps what it measured.
     Returns (capacity.Capacity, the comparisons)."""
-    with _room_to_compile(candidate.compile):
+    from autotune.measure.traffic import pads_to_buckets
+
+    with _room_to_compile(pads_to_buckets(candidate)):
         return _capacity_check(model, candidate, device, vocab_size, sampler, limits, fractions=fractions, requests=requests,
                                seed=seed, repeats=repeats, note=note, checkpoint=checkpoint)
 
 
 # A compiled server compiles a graph per bucket and per attention-mask form (a batch without padding
-# takes another path than a padded one): more than dynamo's 8 recompiles per function, after which
-# it would run new shapes eagerly, slowly and without saying so in the figures. transformers raises
-# the same limit to 64 for chunked prefill; here only while the check runs.
+# takes another path than a padded one), which can be more than dynamo's default 8 recompiles per
+# function; past the limit dynamo would run new shapes eagerly, slowly and without a word. While the
+# check runs the limit is 64 (transformers 5.17 sets the same for chunked prefill,
+# generation/utils.py), and hitting it fails the check instead of running on eagerly.
 RECOMPILE_LIMIT = 64
 
 
@@ -321,37 +343,53 @@ def _room_to_compile(compiled: bool):
         return contextlib.nullcontext()
     import torch._dynamo
 
-    return torch._dynamo.config.patch(recompile_limit=max(RECOMPILE_LIMIT, torch._dynamo.config.recompile_limit))
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6's name
+    changes = {name: max(RECOMPILE_LIMIT, getattr(config, name))}
+    if hasattr(config, "fail_on_recompile_limit_hit"):
+        changes["fail_on_recompile_limit_hit"] = True
+    return config.patch(changes)
 
 
 def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, limits, *, fractions: Sequence[float],
                     requests: Sequence[Request], seed: int, repeats: int, note: Callable[[str], None],
                     checkpoint: Checkpoint) -> tuple[object, list[Comparison]]:
     from autotune.capacity import ServiceModel, arrival_times, bucket_sizes, capacity, simulate
+    from autotune.kv_cache import cache_kind
     from autotune.measure.compile_stats import snapshot
-    from autotune.measure.traffic import build_batches, measure_workload
+    from autotune.measure.traffic import build_batches, measure_workload, pads_to_buckets
 
     points = {}
     _, share = sampler.over_limit(candidate.max_length)
+    buckets = bucket_sizes(candidate.batch_size)
     service_batches = {k: build_batches(sampler.draw(repeats * k, seed + k, candidate.max_length), k, candidate.max_length)
-                       for k in bucket_sizes(candidate.batch_size)}
-    if candidate.compile:
+                       for k in buckets}
+    padded, tokens = pads_to_buckets(candidate), None
+    if padded:
+        note(f"compiled: each batch padded to {buckets} rows")
+    if cache_kind(candidate).static:
         served = [r for batches in service_batches.values() for b in batches for r in b.requests] + list(requests)
         tokens = fix_static_cache_length(model, candidate, device, vocab_size, served)
-        note(f"compiled: batches padded to {bucket_sizes(candidate.batch_size)} rows, the static KV cache fixed at "
-             f"{tokens} tokens")
+        if tokens is None:
+            note(f"this transformers keeps no {_STATIC_CACHE_LENGTH_ATTR}: the static KV cache grows with the longest "
+                 "batch so far, and a longer one allocates (and, compiled, compiles) while timed")
+        else:
+            longer = f", longer than max_length {candidate.max_length}: more memory and attention than the study's worst case" \
+                if tokens > candidate.max_length else ""
+            note(f"the static KV cache fixed at {tokens} tokens (the longest prompt plus the longest output){longer}")
+    server = ServerShape(padded, tuple(buckets), tokens)
     for k, batches in service_batches.items():
         at_k = candidate.model_copy(update={"batch_size": k})
         points[k] = measure_workload(model, at_k, device, batches, vocab_size, workload={}, over_limit_share=share)
         note(f"service time at batch {k}: TTFT p50 {points[k].ttft_s.median * 1000:,.1f} ms, "
              f"e2e p50 {points[k].request_latency_s.median:.3f} s")
-    service = ServiceModel.from_measurements(points, rounds_up=candidate.compile)
+    service = ServiceModel.from_measurements(points, rounds_up=padded)
     summaries = [ServicePointSummary.of(k, m) for k, m in sorted(points.items())]
     n_requests = len(requests)
     outputs = [r.output_tokens for r in requests]
     found = capacity(service, limits, output_tokens=outputs)
     note(f"capacity {found.rate_rps:.4g} req/s ({found.reason})")
-    checkpoint(found, summaries, [])
+    checkpoint(found, summaries, [], server)
     if found.rate_rps <= 0:
         return found, []
     runner = generate_runner(model, candidate, device, vocab_size)
@@ -378,7 +416,7 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
                             for name, sim, rep, err in comparisons[-1].rows())
         note(f"{fraction:.0%} of capacity ({rate:.3g} req/s): replayed {replayed.requests} requests in "
              f"{replayed.duration_s:.1f} s; {figures}")
-        checkpoint(found, summaries, comparisons)
+        checkpoint(found, summaries, comparisons, server)
     return found, comparisons
 
 
@@ -412,12 +450,15 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
     requests = replay_requests(sampler, candidate.max_length, n_requests, seed)
     outputs = [r.output_tokens for r in requests]  # the lengths the simulation draws from: kept in the report
 
-    def report(found, points: list[ServicePointSummary], rows: list[Comparison]) -> dict:
+    def report(found, points: list[ServicePointSummary], rows: list[Comparison], server: ServerShape) -> dict:
         return {
             "best_yaml": str(path), "device": device, "settings": candidate.label(), "slo": slo or "", "study_slo": config.slo or "",
             "workload": sampler.workload.describe(), "requests_per_rate": n_requests, "seed": seed, "repeats": repeats,
             "complete": len(rows) == len(fractions) or found.rate_rps <= 0, "fractions": list(fractions),
             "service_points": [asdict(point) for point in points],
+            # A compiled server's batches were padded to its buckets: simulate it again with
+            # ServiceModel(rounds_up=True); its cache length is what the service times were measured at.
+            "server": asdict(server),
             "output_tokens": outputs, "capacity_rps": found.rate_rps, "saturation_rps": found.saturation_rps,
             "capacity_reason": found.reason,
             "meets_again_rps": list(found.meets_again_rps or ()),
@@ -437,8 +478,8 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
 
     latest: list[dict] = []
 
-    def checkpoint(found, points: list[ServicePointSummary], rows: list[Comparison]) -> None:
-        latest[:] = [report(found, points, rows)]
+    def checkpoint(found, points: list[ServicePointSummary], rows: list[Comparison], server: ServerShape) -> None:
+        latest[:] = [report(found, points, rows, server)]
         save(latest[0])
 
     # checkpoint runs once the capacity is known and after every rate: latest holds the last report.

@@ -6,8 +6,8 @@ Inputs: the best config's own measurement (the confirmation's pooled one when th
 every other measured trial of the same settings at a smaller batch size, so that the queue's
 partial batches take the measured times of smaller batches (interpolated between them) rather
 than the full batch's. A compiled config's server pads a batch to a bucket (capacity.bucket_sizes,
-traffic.serving_rows): only trials at its bucket sizes feed it, and a partial batch takes the next
-measured size up (ServiceModel rounds_up), never an interpolation. Output lengths: under a workload, the output lengths of the requests the
+traffic.pads_to_buckets): only trials at its bucket sizes feed it, and a partial batch takes the
+next measured size up (ServiceModel rounds_up), never an interpolation. Output lengths: under a workload, the output lengths of the requests the
 measurement timed (each request of the simulation draws one of them); under the fixed shape, the
 space's new_tokens. Every --slo limit is simulated at its own percentile.
 """
@@ -37,7 +37,8 @@ class ServingCapacity(BaseModel):
     slo: str = Field(default="", description="the limits simulated ('' without --slo: capacity is saturation)")
     # Files written before every percentile was simulated listed their non-p95 limits here.
     not_simulated: list[str] = Field(default=[], description="--slo limits not simulated (always empty since every percentile is)")
-    batch_sizes: list[int] = Field(description="the measured batch sizes the simulation interpolates between")
+    batch_sizes: list[int] = Field(description="the measured batch sizes the simulation interpolates between (a compiled "
+                                   "config's: its bucket sizes, a partial batch taking the next one up)")
     simulated_p95_s: dict[str, float] = Field(default={}, description="ttft/tpot/e2e p95 simulated at rate_rps")
     output_tokens: list[int] = Field(default=[], description="the output lengths requests drew from (one entry: every request's)")
     meets_again_rps: list[float] = Field(default=[], description="[lowest, highest] scanned rate above the capacity that meets "
@@ -59,6 +60,7 @@ def serving_capacity(recs: list[TrialRecord], best: TrialRecord, limits: list[Sl
     """The capacity of `best` under `limits` (None when it has no measurement to simulate)."""
     from autotune.capacity import ServiceModel, bucket_sizes, capacity
     from autotune.knobs import boundary_shape
+    from autotune.measure.traffic import pads_to_buckets
 
     def same_but_batch(c) -> bool:  # the grouping the batch-size bisection uses (knobs.boundary_shape)
         return c.load_key == best.candidate.load_key and boundary_shape(c) == boundary_shape(best.candidate)
@@ -68,14 +70,15 @@ def serving_capacity(recs: list[TrialRecord], best: TrialRecord, limits: list[Sl
     points = {r.candidate.batch_size: r.outcome.measurement for r in recs
               if r.state in _SERVICE_STATES and r.outcome.measurement is not None
               and r.candidate.batch_size < best.candidate.batch_size and same_but_batch(r.candidate)}
-    compiled = best.candidate.compile
-    if compiled:  # its server runs the bucket sizes only
-        points = {k: m for k, m in points.items() if k in bucket_sizes(best.candidate.batch_size)}
+    padded = pads_to_buckets(best.candidate)
+    if padded:  # its server runs the bucket sizes only
+        buckets = set(bucket_sizes(best.candidate.batch_size))
+        points = {k: m for k, m in points.items() if k in buckets}
     points[best.candidate.batch_size] = best.outcome.measurement
     measurement = best.outcome.measurement
     decodes = measurement.tpot_s is not None
     simulated_limits = [lim for lim in limits if decodes or lim.latency != "tpot"]  # a reranker has no TPOT
-    service = ServiceModel.from_measurements(points, rounds_up=compiled)
+    service = ServiceModel.from_measurements(points, rounds_up=padded)
     outputs = (measurement.request_output_tokens or [best.candidate.new_tokens]) if decodes else [1]
     result = capacity(service, simulated_limits, output_tokens=outputs)
     sim = result.simulated

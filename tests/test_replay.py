@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import astuple
 
 import pytest
-from autotune.capacity import ServiceModel, arrival_times, bucket_sizes, simulate
+from autotune.capacity import ServiceModel, arrival_times, simulate
+from autotune.measure.traffic import WorkloadBatch, batch_inputs
 from autotune.replay import BatchTiming, capacity_check, generate_runner, replay, replay_requests
 from autotune.slo import parse_slo
 from autotune.spec import Candidate
@@ -119,6 +120,8 @@ def test_a_compiled_candidate_runs_each_batch_padded_to_its_bucket(tiny_model) -
     finally:
         del model.generate
     assert seen == [(4, 9, [5, 9, 7, 1]), (3, 9, [5, 9, 7])]
+    with pytest.raises(ValueError, match="fewer than the batch's 3 requests"):
+        batch_inputs(WorkloadBatch((Request(5, 2), Request(9, 3), Request(7, 4)), 0), 100, 0, 1, rows=2)
 
 
 def test_the_model_runner_times_a_real_padded_batch_with_its_first_token(tiny_model) -> None:
@@ -157,35 +160,48 @@ def test_the_capacity_check_runs_end_to_end_on_cpu(tiny_model) -> None:
     assert any("batch 4" in n for n in notes) and any("50% of capacity" in n for n in notes)
 
 
-def test_a_compiled_candidates_check_fixes_the_cache_length_and_takes_bucket_times(tiny_model) -> None:
-    """A compiled candidate (eager on CPU: generate() compiles on accelerators only): the KV cache is
-    fixed first at the longest prompt plus the longest output of every batch it will run, and a
-    replayed batch of 3 is run as 4 rows."""
+def test_a_compiled_candidates_check_fixes_the_cache_length_and_makes_room_to_compile(tiny_model) -> None:
+    """A compiled candidate (eager on CPU: generate() compiles on accelerators only): the static KV
+    cache is fixed first at the longest prompt plus the longest output of every batch it will run
+    (here longer than max_length, which the check says), batches run as bucket rows, and dynamo's
+    recompile limit is raised (and hitting it fails) only while the check runs."""
+    import torch._dynamo
+
+    from autotune.loading import forget_static_cache
+
     model = tiny_model
-    cand = Candidate(dtype="fp32", batch_size=4, max_length=64, new_tokens=8, compile=True)
+    forget_static_cache(model)  # the module's model may carry another test's static cache length
+    cand = Candidate(dtype="fp32", batch_size=4, max_length=48, new_tokens=8, compile=True)
     sampler = WorkloadSampler(parse_workload_flag("prompt=8-40,output=2-16"), new_tokens=8)
     requests = replay_requests(sampler, cand.max_length, 112, 0)
     notes: list[str] = []
-    rows_seen: set[int] = set()
+    servers: list = []
+    seen: list[tuple[int, int, bool]] = []
     generate = model.generate
 
     def recording(*args, **kwargs):
-        rows_seen.add(kwargs["input_ids"].shape[0])
+        config = torch._dynamo.config
+        seen.append((kwargs["input_ids"].shape[0], config.recompile_limit, config.fail_on_recompile_limit_hit))
         return generate(*args, **kwargs)
 
     model.generate = recording
     try:
         found, rows = capacity_check(model, cand, "cpu", model.config.vocab_size, sampler, parse_slo("e2e_p95=5s"),
-                                     fractions=[1.0], requests=requests, note=notes.append)
+                                     fractions=[1.0], requests=requests, note=notes.append,
+                                     checkpoint=lambda *args: servers.append(args[3]))
     finally:
         del model.generate
-    fixed = [n for n in notes if "static KV cache fixed at" in n]
-    # Service batches are drawn for 1, 2 and 4 with seeds 1, 2 and 4, 3 batches each (seed + k).
-    served = [r for k in (1, 2, 4) for r in sampler.draw(3 * k, k, cand.max_length)] + requests
-    longest = max(r.prompt_tokens for r in served) + max(r.output_tokens for r in served)
-    assert fixed and fixed[0].endswith(f"{max(longest, cand.max_length)} tokens")
-    assert rows_seen == {1, 2, 4}  # partial batches of 3 ran as 4
-    assert found.rate_rps > 0 and rows[0].compiled_graphs == 0
+    server = servers[-1]
+    assert server.pads_to_buckets and server.buckets == (1, 2, 4)
+    # transformers' own figure: the cache every later generate() allocates, after one of the longest
+    # prompt (40 at most) and the longest output (16 at most) of everything served.
+    assert server.static_cache_tokens == model.__dict__["_previous_max_cache_length"]
+    assert 48 < server.static_cache_tokens <= 40 + 16
+    assert any(f"fixed at {server.static_cache_tokens} tokens" in n and "longer than max_length 48" in n for n in notes)
+    assert {n for n, _, _ in seen} <= {1, 2, 4}  # a partial batch runs as its bucket's rows
+    assert {(limit, fail) for _, limit, fail in seen} == {(64, True)}
+    assert torch._dynamo.config.recompile_limit == 8 and not torch._dynamo.config.fail_on_recompile_limit_hit
+    assert found.rate_rps > 0 and len(rows) == 1
 
 
 @pytest.mark.gpu

@@ -11,14 +11,14 @@ from autotune.spec import Candidate, Measurement, Stat, TrialOutcome, TrialRecor
 
 
 def _record(number: int, batch: int, ttft_s: float, tpot_s: float, state: str = "measured", dtype: str = "bf16",
-            compile: bool = False) -> TrialRecord:
+            compiled: bool = False) -> TrialRecord:
     def stat(v: float) -> Stat:
         return Stat.of([v, v, v])
 
     m = Measurement(output_tokens_per_s=stat(1.0), prefill_tokens_per_s=stat(1.0), decode_tokens_per_s=stat(1.0),
                     requests_per_s=stat(1.0), ttft_s=stat(ttft_s), tpot_s=stat(tpot_s), request_latency_s=stat(ttft_s + 9 * tpot_s),
                     peak_memory_gib=1.0, warmup_s=0.1, measure_s=1.0)
-    cand = Candidate(dtype=dtype, batch_size=batch, max_length=64, new_tokens=10, compile=compile)
+    cand = Candidate(dtype=dtype, batch_size=batch, max_length=64, new_tokens=10, compile=compiled)
     return TrialRecord(number=number, state=state, candidate=cand, outcome=TrialOutcome(status="ok", measurement=m))
 
 
@@ -43,13 +43,16 @@ def test_smaller_batches_of_the_same_settings_feed_the_simulation_and_others_do_
 def test_a_compiled_config_is_fed_its_bucket_sizes_only_and_pads_up_to_them() -> None:
     """A compiled server pads a batch to a bucket (1, 2, 4, 8, 12 for batch 12): a trial at batch 6
     is no time of anything it runs, and a partial batch takes the next measured bucket's time."""
-    def recs(compile: bool) -> list[TrialRecord]:
-        return [_record(1, batch=12, ttft_s=0.2, tpot_s=0.02, compile=compile),
-                *(_record(n, batch=k, ttft_s=0.05 + 0.01 * k, tpot_s=0.01, compile=compile) for n, k in ((2, 1), (3, 4), (4, 6)))]
+    def recs(compiled: bool) -> list[TrialRecord]:
+        return [_record(1, batch=12, ttft_s=0.2, tpot_s=0.02, compiled=compiled),
+                *(_record(n, batch=k, ttft_s=0.05 + 0.01 * k, tpot_s=0.01, compiled=compiled) for n, k in ((2, 1), (3, 4), (4, 6)))]
 
     compiled, eager = recs(True), recs(False)
-    assert serving_capacity(compiled, compiled[0], parse_slo("e2e_p95=2s")).batch_sizes == [1, 4, 12]
-    assert serving_capacity(eager, eager[0], parse_slo("e2e_p95=2s")).batch_sizes == [1, 4, 6, 12]
+    padded = serving_capacity(compiled, compiled[0], parse_slo("e2e_p95=500ms"))
+    interpolated = serving_capacity(eager, eager[0], parse_slo("e2e_p95=500ms"))
+    assert padded.batch_sizes == [1, 4, 12] and interpolated.batch_sizes == [1, 4, 6, 12]
+    # Batches of 5 to 11 take batch 12's 0.38 s when padded, 0.19-0.37 s interpolated: fewer requests/s.
+    assert 0 < padded.rate_rps < interpolated.rate_rps
 
 
 def test_an_e2e_limit_the_batch_cannot_meet_gives_zero_and_says_why() -> None:

@@ -149,21 +149,26 @@ def padding_share(batches: list[WorkloadBatch]) -> float:
     return 1 - sum(b.useful_tokens for b in batches) / processed if processed else 0.0
 
 
+def pads_to_buckets(candidate: Candidate) -> bool:
+    """Whether the candidate's server pads each batch to a bucket size (capacity.bucket_sizes): a
+    compiled candidate's decode steps replay CUDA graphs recorded per batch shape, and every new
+    batch size compiles anew, so its server runs a few sizes, not every size up to batch_size."""
+    return candidate.compile
+
+
 def serving_rows(candidate: Candidate, k: int) -> int:
-    """The rows generate() runs a batch of k requests as. A compiled candidate's decode steps replay
-    CUDA graphs recorded per batch shape, and every new batch size compiles anew (a graph each,
-    dynamo's recompile limit is 8 per function): its server pads a batch to the smallest of a few
-    sizes >= k (capacity.bucket_of: powers of two, and batch_size), the sizes a capacity check
-    measures. An eager candidate runs the k rows as they are."""
+    """The rows generate() runs a batch of k requests as: the smallest bucket >= k
+    (capacity.bucket_of: powers of two, and batch_size; the sizes a capacity check measures) where
+    the server pads to buckets, else the k rows as they are."""
     from autotune.capacity import bucket_of
 
-    return bucket_of(k, candidate.batch_size) if candidate.compile else k
+    return bucket_of(k, candidate.batch_size) if pads_to_buckets(candidate) else k
 
 
 def batch_inputs(batch: WorkloadBatch, vocab_size: int, pad_id: int, seed: int, device: str = "cpu", rows: int | None = None):
     """(input_ids, attention_mask) of the batch, left-padded: random ids from the lower vocabulary
     (as the fixed shape's; throughput does not depend on them), pad_id with mask 0 before them.
-    `rows` (> the requests; serving_rows) adds filler rows of one prompt token each, left-padded
+    `rows` (>= the requests; serving_rows) adds filler rows of one prompt token each, left-padded
     like a short request: they generate alongside and are nobody's answer."""
     import torch
 
