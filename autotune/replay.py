@@ -313,7 +313,7 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
     from them, then at each fraction of it simulate and replay `requests` (replay_requests) on the
     same arrivals (the simulation with the replay's arrival times; its output lengths drawn from
     the same requests).
-    A compiled candidate is served as a compiled server runs (traffic.pads_to_buckets): every batch
+    A compiled candidate is served as a compiled server runs (serving.pads_to_buckets): every batch
     padded to a bucket (traffic.serving_rows), so the service model takes a bucket's times for the
     batches it pads (ServiceModel rounds_up), and dynamo given room for a graph per bucket. A
     static KV cache is fixed first at the longest prompt plus the longest output of every batch to
@@ -321,7 +321,7 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
     `checkpoint(capacity, service points, comparisons so far, ServerShape)` runs once the capacity
     is known and after every rate, so a run stopped in a long replay keeps what it measured.
     Returns (capacity.Capacity, the comparisons)."""
-    from autotune.measure.traffic import pads_to_buckets
+    from autotune.serving import pads_to_buckets
 
     with _room_to_compile(pads_to_buckets(candidate)):
         return _capacity_check(model, candidate, device, vocab_size, sampler, limits, fractions=fractions, requests=requests,
@@ -357,7 +357,8 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
     from autotune.capacity import ServiceModel, arrival_times, bucket_sizes, capacity, simulate
     from autotune.kv_cache import cache_kind
     from autotune.measure.compile_stats import snapshot
-    from autotune.measure.traffic import build_batches, measure_workload, pads_to_buckets
+    from autotune.measure.traffic import build_batches, measure_workload
+    from autotune.serving import pads_to_buckets
 
     points = {}
     _, share = sampler.over_limit(candidate.max_length)

@@ -6,7 +6,7 @@ Inputs: the best config's own measurement (the confirmation's pooled one when th
 every other measured trial of the same settings at a smaller batch size, so that the queue's
 partial batches take the measured times of smaller batches (interpolated between them) rather
 than the full batch's. A compiled config's server pads a batch to a bucket (capacity.bucket_sizes,
-traffic.pads_to_buckets): only trials at its bucket sizes feed it, and a partial batch takes the
+pads_to_buckets): only trials at its bucket sizes feed it, and a partial batch takes the
 next measured size up (ServiceModel rounds_up), never an interpolation. Output lengths: under a workload, the output lengths of the requests the
 measurement timed (each request of the simulation draws one of them); under the fixed shape, the
 space's new_tokens. Every --slo limit is simulated at its own percentile.
@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
     from autotune.slo import SloLimit
-    from autotune.spec import TrialRecord
+    from autotune.spec import Candidate, TrialRecord
 
 # Trials whose timings are real service times of a config that runs (over budget is not one).
 _SERVICE_STATES = ("measured", "slo_violated", "low_quality")
@@ -52,6 +52,13 @@ class ServingCapacity(BaseModel):
                    f"not at the lighter loads between" if self.meets_again_rps else ""))
 
 
+def pads_to_buckets(candidate: Candidate) -> bool:
+    """Whether the candidate's server pads each batch to a bucket size (capacity.bucket_sizes): a
+    compiled candidate's decode steps replay CUDA graphs recorded per batch shape, and every new
+    batch size compiles anew, so its server runs a few sizes, not every size up to batch_size."""
+    return candidate.compile
+
+
 def _rate(rps: float) -> str:
     return f"{rps:,.2f}" if rps >= 10 else f"{rps:.3g}"
 
@@ -60,7 +67,6 @@ def serving_capacity(recs: list[TrialRecord], best: TrialRecord, limits: list[Sl
     """The capacity of `best` under `limits` (None when it has no measurement to simulate)."""
     from autotune.capacity import ServiceModel, bucket_sizes, capacity
     from autotune.knobs import boundary_shape
-    from autotune.measure.traffic import pads_to_buckets
 
     def same_but_batch(c) -> bool:  # the grouping the batch-size bisection uses (knobs.boundary_shape)
         return c.load_key == best.candidate.load_key and boundary_shape(c) == boundary_shape(best.candidate)

@@ -149,18 +149,12 @@ def padding_share(batches: list[WorkloadBatch]) -> float:
     return 1 - sum(b.useful_tokens for b in batches) / processed if processed else 0.0
 
 
-def pads_to_buckets(candidate: Candidate) -> bool:
-    """Whether the candidate's server pads each batch to a bucket size (capacity.bucket_sizes): a
-    compiled candidate's decode steps replay CUDA graphs recorded per batch shape, and every new
-    batch size compiles anew, so its server runs a few sizes, not every size up to batch_size."""
-    return candidate.compile
-
-
 def serving_rows(candidate: Candidate, k: int) -> int:
     """The rows generate() runs a batch of k requests as: the smallest bucket >= k
     (capacity.bucket_of: powers of two, and batch_size; the sizes a capacity check measures) where
     the server pads to buckets, else the k rows as they are."""
     from autotune.capacity import bucket_of
+    from autotune.serving import pads_to_buckets
 
     return bucket_of(k, candidate.batch_size) if pads_to_buckets(candidate) else k
 
