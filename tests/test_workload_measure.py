@@ -296,3 +296,28 @@ def test_compiled_candidates_count_only_graphs_compiled_inside_the_timed_runs(ti
     assert m.compile_stats is not None and m.compile_stats.graphs == 1 + 2 * batches
     assert m.compile_stats.graphs_while_timed == batches
     assert _measure(tiny_model, cand.model_copy(update={"compile": False}), "prompt=8-20,output=2-4").compile_stats is None
+
+
+def test_with_the_cache_length_fixed_each_batch_is_timed_cold(tiny_model, monkeypatch) -> None:
+    """rewarm_each_batch=False (the capacity check, after fixing the cache length): no untimed re-run
+    of a batch's own inputs before its timed run, so the timed run meets its shape as a server does."""
+    import autotune.measure.traffic as traffic
+
+    runs: list[int] = []
+    real = traffic.timed_batch_generate
+
+    def counting(model, input_ids, *args, **kwargs):
+        runs.append(int(input_ids[0, -1]))  # the batch's inputs, by a token of its first row
+        return real(model, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(traffic, "timed_batch_generate", counting)
+    cand = Candidate(dtype="fp32", batch_size=2, max_length=32, new_tokens=4, compile=True)
+    workload = parse_workload_flag("prompt=8-20,output=2-4")
+    sampler = WorkloadSampler(workload, new_tokens=cand.new_tokens)
+    batches = build_batches(sampler.draw(REPEATS * 2, 0, cand.max_length), 2, cand.max_length)
+    for rewarm, expected in ((None, 1 + 2 * REPEATS), (False, 1 + REPEATS)):
+        runs.clear()
+        measure_workload(tiny_model, cand, "cpu", batches, 1024, workload={}, over_limit_share=0.0, rewarm_each_batch=rewarm)
+        assert len(runs) == expected  # the first batch's path warmed once, then each batch once or twice
+        timed = runs[1:]
+        assert (len(set(timed)) < len(timed)) == (rewarm is None)  # twice: the same inputs back to back

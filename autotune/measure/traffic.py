@@ -52,7 +52,10 @@ G >= 2), requests_per_s = batch_size / T.
 
 Warm-up: after the worst case, the first batch is run once untimed (the padded batches take
 another code path than the unpadded worst case: a 4-D attention mask). Compiled candidates (a
-static cache) compile each new shape: each batch is then run once more untimed before it is timed. Text requests only: vision inputs and rerankers take the fixed shape (the study
+static cache) compile each new shape: each batch is then run once more untimed before it is timed,
+except where the caller fixed the cache length first (`rewarm_each_batch=False`, the capacity
+check): then every batch's decode shape is the one the warm-up compiled, and each batch is timed
+cold, as a server meets it (its eager prefill's new shape included). Text requests only: vision inputs and rerankers take the fixed shape (the study
 refuses a workload for them).
 """
 
@@ -229,8 +232,10 @@ def timed_batch_generate(model, input_ids, attention_mask, base_kwargs: dict, pa
 def measure_workload(
     model, candidate: Candidate, device: str, batches: list[WorkloadBatch], vocab_size: int, *,
     workload: dict, over_limit_share: float, before_each_run: Callable[[], None] = lambda: None,
+    rewarm_each_batch: bool | None = None,
 ) -> Measurement:
-    """The worst-case check, then each batch timed once (see the module docstring). `workload`:
+    """The worst-case check, then each batch timed once (see the module docstring). `rewarm_each_batch`:
+    run each batch untimed before timing it (None: when compiled). `workload`:
     the section measured (recorded with the figures); `over_limit_share`: the workload's share of
     requests over the candidate's max_length (`WorkloadSampler.over_limit`)."""
     if not batches:
@@ -243,8 +248,9 @@ def measure_workload(
     def timed(input_ids, attention_mask, n_new: int) -> tuple[float, float]:
         return timed_batch_generate(model, input_ids, attention_mask, base_kwargs, pad, n_new, device, before_each_run)
 
-    # Compiled: each batch's shape is compiled by an untimed run first, so only graphs compiled
-    # inside the timed runs themselves count as compiled while timed.
+    # Compiled: each batch's shape is compiled by an untimed run first (unless the caller fixed the
+    # cache length), so only graphs compiled inside the timed runs count as compiled while timed.
+    rewarm = candidate.compile if rewarm_each_batch is None else rewarm_each_batch
     compiled = snapshot() if candidate.compile else None
     graphs_while_timed = 0
 
@@ -261,7 +267,7 @@ def measure_workload(
         first, whole = [], []
         for index, batch in enumerate(batches):
             input_ids, attention_mask = batch_inputs(batch, vocab_size, pad, 1234 + index, device)
-            if candidate.compile:  # a new static-cache shape compiles: never time that
+            if rewarm:  # a new static-cache shape compiles: never time that
                 timed(input_ids, attention_mask, batch.new_tokens)
             # One generate() per batch, its first token timed inside it: a new batch shape's first
             # run, as a server meets it (timing generate(new=1) first would warm the shape for the
