@@ -1,0 +1,79 @@
+"""Is a replay's prefill slower than the service measurement's, once each batch's prompt length is
+accounted for? (issue 20's GPU capacity check, BENCHMARKS §19)
+
+The service model draws a batch's prefill (its time to the first token) from the samples measured
+at its batch size, whatever its prompts. This script rebuilds the batches of a capacity check from
+its replay.json and best.yaml — the service batches (`sampler.draw(repeats × k, seed + k)`, as
+replay.capacity_check draws them) and the replayed ones (the replay's requests in arrival order,
+served first come first served: the batch log's sizes say which) — and fits
+
+    first-token time = a + b × rows × longest prompt
+
+to the service batches (rows: the batch's rows as generate() ran them, a compiled config's padded
+to its bucket). It prints the fit's error on the service batches and, per replayed rate, the
+replayed batches' first-token time over the fit's prediction: near 1 when the prompt lengths
+explain the replay's prefill, above 1 when the replay ran its prefills slower than the
+back-to-back service measurement did. Distribution workloads only (a file's would need the
+tokenizer).
+
+    python bench/replay_prefill.py bench/results/h100-compiled-replay/replay.json bench/results/h100-compiled-replay/best.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from autotune.capacity import bucket_of  # noqa: E402
+from autotune.measure.traffic import build_batches  # noqa: E402
+from autotune.replay import replay_requests  # noqa: E402
+from autotune.workload import WorkloadSampler, parse_workload  # noqa: E402
+
+
+def main() -> None:
+    report = json.loads(Path(sys.argv[1]).read_text())
+    best = yaml.safe_load(Path(sys.argv[2]).read_text())
+    settings = best["settings"]
+    max_length, batch_size, seed, repeats = settings["max_length"], settings["batch_size"], report["seed"], report["repeats"]
+    padded = report.get("server", {}).get("pads_to_buckets", bool(settings.get("compile")))
+    sampler = WorkloadSampler(parse_workload(best["measured"]["workload"], "/"), new_tokens=settings["new_tokens"])
+
+    def rows(k: int) -> int:
+        return bucket_of(k, batch_size) if padded else k
+
+    # The service batches: one ttft sample per request, the k requests of a batch sharing it.
+    x, y = [], []
+    for point in report["service_points"]:
+        k, samples = point["batch_size"], point["prefill_samples_s"]
+        batches = build_batches(sampler.draw(repeats * k, seed + k, max_length), k, max_length)
+        for i, batch in enumerate(batches):
+            x.append(rows(k) * batch.prompt_length)
+            y.append(samples[i * k])
+    design = np.column_stack([np.ones(len(x)), np.array(x, dtype=float)])
+    (a, b), *_ = np.linalg.lstsq(design, np.array(y), rcond=None)
+    fit_error = [abs(a + b * xi - yi) / yi for xi, yi in zip(x, y)]
+    print(f"fit over {len(x)} service batches: first token = {a * 1000:.1f} ms + {b * 1e6:.2f} µs × rows × longest prompt; "
+          f"median |error| {statistics.median(fit_error):.1%}, largest {max(fit_error):.1%}")
+
+    requests = replay_requests(sampler, max_length, report["requests_per_rate"], seed)
+    for fraction, log in report["batch_logs"].items():
+        ratios, served = [], 0
+        for entry in log:
+            members = requests[served:served + entry["requests"]]
+            served += entry["requests"]
+            predicted = a + b * rows(entry["requests"]) * max(r.prompt_tokens for r in members)
+            ratios.append(entry["first_token_s"] / predicted)
+        quartiles = statistics.quantiles(ratios, n=4)
+        print(f"{float(fraction):.0%} of capacity: {len(ratios)} batches, replayed / predicted first token: median "
+              f"{statistics.median(ratios):.2f} (quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}, range "
+              f"{min(ratios):.2f}-{max(ratios):.2f})")
+
+
+if __name__ == "__main__":
+    main()
