@@ -247,6 +247,9 @@ class ServicePointSummary:
     # report can be simulated again (e.g. with another service model).
     prefill_samples_s: tuple[float, ...] = ()
     tpot_samples_s: tuple[float, ...] | None = None
+    # Compiled: graphs compiled inside the timed runs (their compile time is in the samples; 0 when
+    # the warm-up compiled every shape). None: not compiled.
+    graphs_compiled_while_timed: int | None = None
 
     @classmethod
     def of(cls, batch_size: int, m) -> ServicePointSummary:
@@ -255,7 +258,8 @@ class ServicePointSummary:
         tpot = m.tpot_s.samples if m.tpot_s is not None else None
         return cls(batch_size, m.ttft_s.median, m.tpot_s.median if tpot else None, percentile(tpot, 95) if tpot else None,
                    m.request_latency_s.median, len(m.ttft_s.samples), tuple(m.ttft_s.samples),
-                   tuple(tpot) if tpot is not None else None)
+                   tuple(tpot) if tpot is not None else None,
+                   m.compile_stats.graphs_while_timed if m.compile_stats is not None else None)
 
 
 @dataclass(frozen=True)

@@ -188,11 +188,12 @@ def test_a_compiled_candidates_check_fixes_the_cache_length_and_makes_room_to_co
     try:
         found, rows = capacity_check(model, cand, "cpu", model.config.vocab_size, sampler, parse_slo("e2e_p95=5s"),
                                      fractions=[1.0], requests=requests, note=notes.append,
-                                     checkpoint=lambda *args: servers.append(args[3]))
+                                     checkpoint=lambda *args: servers.append((args[1], args[3])))
     finally:
         del model.generate
-    server = servers[-1]
+    points, server = servers[-1]
     assert server.pads_to_buckets and server.buckets == (1, 2, 4)
+    assert all(p.graphs_compiled_while_timed == 0 for p in points)  # nothing compiles on CPU: counted, not skipped
     # transformers' own figure: the cache every later generate() allocates, after one of the longest
     # prompt (40 at most) and the longest output (16 at most) of everything served.
     assert server.static_cache_tokens == model.__dict__["_previous_max_cache_length"]
@@ -215,9 +216,15 @@ def test_a_compiled_replay_on_gpu_compiles_nothing_while_timed() -> None:
     cand = Candidate(dtype="bf16", batch_size=4, max_length=96, new_tokens=8, compile=True, compile_mode="reduce-overhead")
     model, _ = load_model(ref, cand, "cuda:0")
     sampler = WorkloadSampler(parse_workload_flag("prompt=8-60,output=2-24"), new_tokens=8)
+    saved: list = []
     found, rows = capacity_check(model, cand, "cuda:0", model.config.vocab_size, sampler, [], fractions=[0.5, 1.0],
-                                 requests=replay_requests(sampler, cand.max_length, 112, 0))
+                                 requests=replay_requests(sampler, cand.max_length, 112, 0),
+                                 checkpoint=lambda found, points, rows, server: saved.append((points, server)))
     assert found.rate_rps > 0 and len(rows) == 2
+    points, server = saved[-1]
+    assert server.static_cache_tokens is not None  # transformers held the fixed length
+    # Each service batch timed on its first run (the cache length fixed): nothing compiled while timed.
+    assert [p.graphs_compiled_while_timed for p in points] == [0, 0, 0]
     assert [row.compiled_graphs for row in rows] == [0, 0]
     assert rows[1].replayed.mean_batch_size > 1  # partial and full batches both ran
 
