@@ -31,13 +31,12 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, CompileConfig, StaticCache
+from transformers import CompileConfig, StaticCache
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from autotune.attention import register_custom_attention  # noqa: E402
-from autotune.models import BUNDLED_CONFIG_DIR  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import random_bf16_model  # noqa: E402
 from knob_values import bf16_bytes_per_token, copy_bandwidth_gb_s  # noqa: E402
 
 
@@ -45,11 +44,7 @@ def main() -> None:
     out, name, device = Path(sys.argv[1]), *(sys.argv[2:] or ["qwen2.5-7b-instruct", "cuda:0"])
     cuda = device.startswith("cuda")
     prompt, new = (512, 64) if cuda else (24, 8)
-    register_custom_attention()
-    config = AutoConfig.from_pretrained(BUNDLED_CONFIG_DIR / f"{name}.json")
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa_gqa").eval()
+    model, config = random_bf16_model(name, device)
     compile_config = CompileConfig(mode="reduce-overhead")
     model.generation_config.compile_config = compile_config
     ids = torch.randint(0, min(32000, config.vocab_size), (1, prompt), device=device)

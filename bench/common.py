@@ -51,3 +51,20 @@ def worker_bench_target(args: argparse.Namespace):
     ref, budget, info = tune_target(tune_args)
     args.out.mkdir(parents=True, exist_ok=True)
     return tune_args, ref, budget, info
+
+
+def random_bf16_model(name: str, device: str):
+    """(model, config): a bundled model config with random bf16 weights on `device`, sdpa_gqa
+    attention, seeded: the batch-1 probes' model (torch imported here, not at module import)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from autotune.attention import register_custom_attention
+    from autotune.models import BUNDLED_CONFIG_DIR
+
+    register_custom_attention()
+    config = AutoConfig.from_pretrained(BUNDLED_CONFIG_DIR / f"{name}.json")
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa_gqa").eval()
+    return model, config

@@ -39,20 +39,16 @@ def measure(variant: str, name: str, device: str) -> dict:
     import contextlib
 
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, CompileConfig
+    from transformers import CompileConfig
 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from autotune.attention import register_custom_attention
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from autotune.kv_cache import stop_check_mode
-    from autotune.models import BUNDLED_CONFIG_DIR
+    from common import random_bf16_model
 
     cuda = device.startswith("cuda")
     prompt, new = (512, 64) if cuda else (24, 8)
-    register_custom_attention()
-    config = AutoConfig.from_pretrained(BUNDLED_CONFIG_DIR / f"{name}.json")
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, attn_implementation="sdpa_gqa").eval()
+    model, config = random_bf16_model(name, device)
     if variant != "bf16":
         from torchao.quantization import Int8WeightOnlyConfig, quantize_
 
