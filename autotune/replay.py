@@ -383,12 +383,14 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
                 if tokens > candidate.max_length else ""
             note(f"the static KV cache fixed at {tokens} tokens (the longest prompt plus the longest output){longer}")
     server = ServerShape(padded, tuple(buckets), tokens)
+    # With the cache length fixed each service batch is timed on its first run, as the replay meets
+    # it (no untimed re-run of its own inputs first); its compile_stats say whether anything compiled
+    # while timed. Chunked prefill compiles a prefill shape per last-chunk length: re-run untimed.
+    rewarm = candidate.compile and (tokens is None or bool(candidate.prefill_chunk_size))
     for k, batches in service_batches.items():
         at_k = candidate.model_copy(update={"batch_size": k})
-        # With the cache length fixed each batch is timed cold, as the replay meets it (no untimed
-        # re-run of the same inputs first); its compile_stats say whether anything compiled while timed.
         points[k] = measure_workload(model, at_k, device, batches, vocab_size, workload={}, over_limit_share=share,
-                                     rewarm_each_batch=tokens is None and candidate.compile)
+                                     rewarm_each_batch=rewarm)
         stats = points[k].compile_stats
         compiled_while_timed = f"; {stats.graphs_while_timed} graph(s) compiled while timed" if stats and stats.graphs_while_timed else ""
         note(f"service time at batch {k}: TTFT p50 {points[k].ttft_s.median * 1000:,.1f} ms, "

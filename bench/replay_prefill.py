@@ -13,8 +13,9 @@ to the service batches (rows: the batch's rows as generate() ran them, a compile
 to its bucket). It prints the fit's error on the service batches and, per replayed rate, the
 replayed batches' first-token time over the fit's prediction: near 1 when the prompt lengths
 explain the replay's prefill, above 1 when the replay ran its prefills slower than the
-back-to-back service measurement did. Distribution workloads only (a file's would need the
-tokenizer).
+back-to-back service measurement did (a replayed batch's time also holds the few milliseconds of
+building its inputs, which the service batches' does not). Distribution workloads only (a file's
+would need the tokenizer).
 
     python bench/replay_prefill.py bench/results/h100-compiled-replay/replay.json bench/results/h100-compiled-replay/best.yaml
 """
@@ -42,7 +43,10 @@ def main() -> None:
     settings = best["settings"]
     max_length, batch_size, seed, repeats = settings["max_length"], settings["batch_size"], report["seed"], report["repeats"]
     padded = report.get("server", {}).get("pads_to_buckets", bool(settings.get("compile")))
-    sampler = WorkloadSampler(parse_workload(best["measured"]["workload"], "/"), new_tokens=settings["new_tokens"])
+    workload = best["measured"].get("workload")
+    if not workload or workload.get("kind") != "distribution":
+        raise SystemExit("error: this best.yaml was not measured on a distribution workload; the batches cannot be rebuilt")
+    sampler = WorkloadSampler(parse_workload(workload, "/"), new_tokens=settings["new_tokens"])
 
     def rows(k: int) -> int:
         return bucket_of(k, batch_size) if padded else k
@@ -69,6 +73,9 @@ def main() -> None:
             served += entry["requests"]
             predicted = a + b * rows(entry["requests"]) * max(r.prompt_tokens for r in members)
             ratios.append(entry["first_token_s"] / predicted)
+        if len(ratios) < 2:
+            print(f"{float(fraction):.0%} of capacity: {len(ratios)} batch, replayed / predicted {ratios[0]:.2f}")
+            continue
         quartiles = statistics.quantiles(ratios, n=4)
         print(f"{float(fraction):.0%} of capacity: {len(ratios)} batches, replayed / predicted first token: median "
               f"{statistics.median(ratios):.2f} (quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}, range "

@@ -184,13 +184,25 @@ def test_a_compiled_candidates_check_fixes_the_cache_length_and_makes_room_to_co
         seen.append((kwargs["input_ids"].shape[0], config.recompile_limit, config.fail_on_recompile_limit_hit))
         return generate(*args, **kwargs)
 
+    import autotune.measure.traffic as traffic
+
+    rewarms: list = []
+    measure = traffic.measure_workload
+
+    def recording_measure(*args, **kwargs):
+        rewarms.append(kwargs["rewarm_each_batch"])
+        return measure(*args, **kwargs)
+
     model.generate = recording
+    traffic.measure_workload = recording_measure
     try:
         found, rows = capacity_check(model, cand, "cpu", model.config.vocab_size, sampler, parse_slo("e2e_p95=5s"),
                                      fractions=[1.0], requests=requests, note=notes.append,
                                      checkpoint=lambda *args: servers.append((args[1], args[3])))
     finally:
         del model.generate
+        traffic.measure_workload = measure
+    assert rewarms == [False, False, False]  # the cache length fixed: each service batch timed on its first run
     points, server = servers[-1]
     assert server.pads_to_buckets and server.buckets == (1, 2, 4)
     assert all(p.graphs_compiled_while_timed == 0 for p in points)  # nothing compiles on CPU: counted, not skipped

@@ -54,8 +54,10 @@ Warm-up: after the worst case, the first batch is run once untimed (the padded b
 another code path than the unpadded worst case: a 4-D attention mask). Compiled candidates (a
 static cache) compile each new shape: each batch is then run once more untimed before it is timed,
 except where the caller fixed the cache length first (`rewarm_each_batch=False`, the capacity
-check): then every batch's decode shape is the one the warm-up compiled, and each batch is timed
-cold, as a server meets it (its eager prefill's new shape included). Text requests only: vision inputs and rerankers take the fixed shape (the study
+check, without chunked prefill): then every batch's decode shape is the one the warm-up compiled,
+its prefill runs eagerly, and each batch is timed on its first run, as a server meets it.
+(Chunked prefill compiles the prefill chunks too, a shape per last-chunk length: those candidates
+are re-run untimed.) Text requests only: vision inputs and rerankers take the fixed shape (the study
 refuses a workload for them).
 """
 
@@ -260,8 +262,13 @@ def measure_workload(
         if candidate.compile:
             worst_case(1)
         # The padded batches take another path (a 4-D attention mask, not the all-ones fast path):
-        # its first run is not timed either.
-        timed(*batch_inputs(batches[0], vocab_size, pad, 1234, device), batches[0].new_tokens)
+        # its first run is not timed either. A worst-case batch with its first row one token
+        # shorter runs it (the worst case's shape, which no cache length exceeds), so that every
+        # workload batch, the first included, is timed on its own shape's first run.
+        width = max(2, candidate.max_length - candidate.new_tokens)
+        padded_path = WorkloadBatch((Request(width - 1, candidate.new_tokens),
+                                     *(Request(width, candidate.new_tokens),) * (candidate.batch_size - 1)), 0)
+        timed(*batch_inputs(padded_path, vocab_size, pad, 1233, device), candidate.new_tokens)
         warmup_s = time.perf_counter() - warm_start
         measure_start = time.perf_counter()
         first, whole = [], []
