@@ -262,13 +262,11 @@ def measure_workload(
         if candidate.compile:
             worst_case(1)
         # The padded batches take another path (a 4-D attention mask, not the all-ones fast path):
-        # its first run is not timed either. A worst-case batch with its first row one token
-        # shorter runs it (the worst case's shape, which no cache length exceeds), so that every
+        # its first run is not timed either. A small batch of its own runs it (batch_size rows of
+        # two prompt tokens, the first row padded, two new tokens: one decode step), so that every
         # workload batch, the first included, is timed on its own shape's first run.
-        width = max(2, candidate.max_length - candidate.new_tokens)
-        padded_path = WorkloadBatch((Request(width - 1, candidate.new_tokens),
-                                     *(Request(width, candidate.new_tokens),) * (candidate.batch_size - 1)), 0)
-        timed(*batch_inputs(padded_path, vocab_size, pad, 1233, device), candidate.new_tokens)
+        padded_path = WorkloadBatch((Request(1, 2), *(Request(2, 2),) * (candidate.batch_size - 1)), 0)
+        timed(*batch_inputs(padded_path, vocab_size, pad, 1233, device), 2)
         warmup_s = time.perf_counter() - warm_start
         measure_start = time.perf_counter()
         first, whole = [], []
