@@ -281,6 +281,15 @@ def replay_requests(sampler, max_length: int, n_requests: int, seed: int) -> lis
     return [fit_request(r, max_length)[0] for r in sampler.draw(n_requests, seed + 10_007, max_length)]
 
 
+def service_batches(sampler, batch_size: int, max_length: int, repeats: int, seed: int) -> dict[int, list]:
+    """{k: the `repeats` workload batches of k requests the capacity check times} for each of
+    capacity.bucket_sizes(batch_size): draws seeded seed + k, fitted to max_length."""
+    from autotune.capacity import bucket_sizes
+    from autotune.measure.traffic import build_batches
+
+    return {k: build_batches(sampler.draw(repeats * k, seed + k, max_length), k, max_length) for k in bucket_sizes(batch_size)}
+
+
 # Where transformers keeps the length every later static cache is allocated at (the longest seen).
 _STATIC_CACHE_LENGTH_ATTR = "_previous_max_cache_length"
 
@@ -296,15 +305,10 @@ def fix_static_cache_length(model, candidate, device: str, vocab_size: int, serv
     cache for the longest request it admits; no batch's prompt padding plus longest output exceeds
     it. Where the workload's longest prompt plus longest output exceed max_length, the cache is
     longer than the study's worst case (more memory, slower attention): the check says so."""
-    from autotune.loading import generate_kwargs
-    from autotune.measure.traffic import WorkloadBatch, _pad_token, batch_inputs, timed_batch_generate
-
     longest_prompt = max(r.prompt_tokens for r in served)
     longest_output = max(r.output_tokens for r in served)
     prompt = max(longest_prompt, candidate.max_length - longest_output)
-    pad = _pad_token(model)
-    input_ids, attention_mask = batch_inputs(WorkloadBatch((Request(prompt, longest_output),), 0), vocab_size, pad, 4999, device)
-    timed_batch_generate(model, input_ids, attention_mask, generate_kwargs(candidate), pad, longest_output, device)
+    generate_runner(model, candidate, device, vocab_size)([Request(prompt, longest_output)])
     length = model.__dict__.get(_STATIC_CACHE_LENGTH_ATTR)
     return int(length) if length is not None else None
 
@@ -361,19 +365,18 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
     from autotune.capacity import ServiceModel, arrival_times, bucket_sizes, capacity, simulate
     from autotune.kv_cache import cache_kind
     from autotune.measure.compile_stats import snapshot
-    from autotune.measure.traffic import build_batches, measure_workload
+    from autotune.measure.traffic import measure_workload
     from autotune.serving import pads_to_buckets
 
     points = {}
     _, share = sampler.over_limit(candidate.max_length)
     buckets = bucket_sizes(candidate.batch_size)
-    service_batches = {k: build_batches(sampler.draw(repeats * k, seed + k, candidate.max_length), k, candidate.max_length)
-                       for k in buckets}
+    timed_batches = service_batches(sampler, candidate.batch_size, candidate.max_length, repeats, seed)
     padded, tokens = pads_to_buckets(candidate), None
     if padded:
         note(f"compiled: each batch padded to {buckets} rows")
     if cache_kind(candidate).static:
-        served = [r for batches in service_batches.values() for b in batches for r in b.requests] + list(requests)
+        served = [r for batches in timed_batches.values() for b in batches for r in b.requests] + list(requests)
         tokens = fix_static_cache_length(model, candidate, device, vocab_size, served)
         if tokens is None:
             note(f"this transformers keeps no {_STATIC_CACHE_LENGTH_ATTR}: the static KV cache grows with the longest "
@@ -387,7 +390,7 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
     # it (no untimed re-run of its own inputs first); its compile_stats say whether anything compiled
     # while timed. Chunked prefill compiles a prefill shape per last-chunk length: re-run untimed.
     rewarm = candidate.compile and (tokens is None or bool(candidate.prefill_chunk_size))
-    for k, batches in service_batches.items():
+    for k, batches in timed_batches.items():
         at_k = candidate.model_copy(update={"batch_size": k})
         points[k] = measure_workload(model, at_k, device, batches, vocab_size, workload={}, over_limit_share=share,
                                      rewarm_each_batch=rewarm)

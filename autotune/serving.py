@@ -6,9 +6,9 @@ Inputs: the best config's own measurement (the confirmation's pooled one when th
 every other measured trial of the same settings at a smaller batch size, so that the queue's
 partial batches take the measured times of smaller batches (interpolated between them) rather
 than the full batch's. A compiled config's server pads a batch to a bucket (capacity.bucket_sizes,
-pads_to_buckets): only trials at its bucket sizes feed it, and a partial batch takes the
-next measured size up (ServiceModel rounds_up), never an interpolation. Output lengths: under a workload, the output lengths of the requests the
-measurement timed (each request of the simulation draws one of them); under the fixed shape, the
+pads_to_buckets): only trials at its bucket sizes feed it, and a partial batch takes the next
+measured size up (ServiceModel rounds_up), never an interpolation. Output lengths: under a
+workload, the output lengths of the requests the measurement timed (each request of the simulation draws one of them); under the fixed shape, the
 space's new_tokens. Every --slo limit is simulated at its own percentile.
 """
 

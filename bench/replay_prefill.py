@@ -3,8 +3,8 @@ accounted for? (issue 20's GPU capacity check, BENCHMARKS §19)
 
 The service model draws a batch's prefill (its time to the first token) from the samples measured
 at its batch size, whatever its prompts. This script rebuilds the batches of a capacity check from
-its replay.json and best.yaml — the service batches (`sampler.draw(repeats × k, seed + k)`, as
-replay.capacity_check draws them) and the replayed ones (the replay's requests in arrival order,
+its replay.json and best.yaml — the service batches (replay.service_batches, as
+the capacity check draws them) and the replayed ones (the replay's requests in arrival order,
 served first come first served: the batch log's sizes say which) — and fits
 
     first-token time = a + b × rows × longest prompt
@@ -32,8 +32,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from autotune.capacity import bucket_of  # noqa: E402
-from autotune.measure.traffic import build_batches  # noqa: E402
-from autotune.replay import replay_requests  # noqa: E402
+from autotune.replay import replay_requests, service_batches  # noqa: E402
 from autotune.workload import WorkloadSampler, parse_workload  # noqa: E402
 
 
@@ -53,10 +52,10 @@ def main() -> None:
 
     # The service batches: one ttft sample per request, the k requests of a batch sharing it.
     x, y = [], []
+    timed = service_batches(sampler, batch_size, max_length, repeats, seed)
     for point in report["service_points"]:
         k, samples = point["batch_size"], point["prefill_samples_s"]
-        batches = build_batches(sampler.draw(repeats * k, seed + k, max_length), k, max_length)
-        for i, batch in enumerate(batches):
+        for i, batch in enumerate(timed[k]):
             x.append(rows(k) * batch.prompt_length)
             y.append(samples[i * k])
     design = np.column_stack([np.ones(len(x)), np.array(x, dtype=float)])
