@@ -140,7 +140,8 @@ def trials_table(recs: list[TrialRecord], objective: str, baseline_value: float 
     for state, cells in trial_rows(recs, objective, baseline_value):
         style = _STATE_STYLE.get(state, "")
         table.add_row(*cells[:_STATE_INDEX], f"[{style}]{cells[_STATE_INDEX]}[/]", *cells[_STATE_INDEX + 1:])
-    table.caption = ("* = untuned baseline (plain default load, batch 1); quality~ = difference to the reference is within "
+    table.caption = ("* = baseline: the space's plainest candidate (a plain default load at batch 1 where the space holds "
+                     "one; otherwise the closest the space allows); quality~ = difference to the reference is within "
                      "its bootstrap noise; infeasible (from #N) = not run: trial N ran out of memory with the same load at a shape "
                      "no larger; infeasible (predicted) = not run: its weights and KV cache alone exceed the budget. Unsupported/failed "
                      "reasons: see trials.jsonl")
@@ -154,6 +155,16 @@ def trials_markdown(recs: list[TrialRecord], objective: str) -> str:
     for _, cells in trial_rows(recs, objective, base.objective_value if base else None):
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _versus_baseline(config: DeploymentConfig) -> str:
+    """The speed-up with the baseline it is over named: in a space without a plain default load
+    the baseline is the space's plainest candidate (e.g. a compiled batch 128), not an untuned load."""
+    if not config.speedup_vs_baseline:
+        return "baseline not measured"
+    base = config.baseline
+    named = f" (#{base.trial_number}: {base.candidate.label()})" if base is not None else ""
+    return f"{config.speedup_vs_baseline:.2f}× the baseline{named}"
 
 
 def best_summary(config: DeploymentConfig) -> Table:
@@ -173,7 +184,7 @@ def best_summary(config: DeploymentConfig) -> Table:
             + (f", Δ vs reference {config.quality.delta_vs_reference:+.3f}" if config.quality.delta_vs_reference is not None else "")
             + (f", KL {config.quality.kl_mean:.4f}" if config.quality.kl_mean is not None else "")
             + (f" (floor {config.min_quality})" if config.min_quality else ""))] if config.quality else []),
-        ("vs baseline", f"{config.speedup_vs_baseline:.2f}× the untuned baseline" if config.speedup_vs_baseline else "baseline not measured"),
+        ("vs baseline", _versus_baseline(config)),
         *([("capacity", config.capacity.summary().removeprefix("capacity: "))] if config.capacity else []),
         *([("confirmation", f"top {len(config.confirmation.candidates)} re-measured in {config.confirmation.rounds} interleaved "
             f"rounds: {config.confirmation.reason}")] if config.confirmation else []),

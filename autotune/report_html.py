@@ -392,7 +392,7 @@ def render_report(records: list[TrialRecord], study: optuna.Study | None, object
     sections.append("</section>")
 
     sections.append(f"<section id='trials'><h2>Trials</h2>{_trial_table(records, objective)}"
-                    "<p class='note'>* = untuned baseline; quality~ = difference to the reference within its bootstrap noise; "
+                    "<p class='note'>* = baseline (the space's plainest candidate); quality~ = difference to the reference within its bootstrap noise; "
                     "unsupported/failed reasons: see trials.jsonl.</p></section>")
     model = best.model.name if best is not None else "study"
     return (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>autotune report: {html.escape(model)}</title>"

@@ -345,3 +345,25 @@ def test_default_study_name_keeps_a_reranker_apart_from_the_same_checkpoint() ->
     assert default_study_name(lm.model_copy(update={"model_kind": "reranker"}), cpu) == "SmolLM2-135M-Instruct-reranker-cpu"
     named = ModelRef(kind="pretrained", name="Qwen3-VL-Reranker-2B", source="/x", model_kind="reranker")
     assert default_study_name(named, cpu) == "Qwen3-VL-Reranker-2B-cpu"
+
+
+def test_best_summary_names_the_baseline_it_compares_with() -> None:
+    # In a space without a plain default load the baseline is the space's plainest candidate (e.g.
+    # a compiled batch 128): "N× the baseline" must say which one, not call it untuned.
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from autotune.deploy import read_deployment
+    from autotune.report import best_summary
+
+    config = read_deployment(Path(__file__).parent / "golden/export/text/transformers_deploy.best.yaml")
+    console = Console(width=400, record=True)
+    console.print(best_summary(config))
+    text = console.export_text()
+    assert f"{config.speedup_vs_baseline:.2f}× the baseline (#0: {config.baseline.candidate.label()})" in text
+    assert "untuned" not in text
+    console = Console(width=400, record=True)
+    console.print(best_summary(config.model_copy(update={"baseline": None})))
+    text = console.export_text()
+    assert f"{config.speedup_vs_baseline:.2f}× the baseline" in text and "× the baseline (" not in text
