@@ -24,6 +24,11 @@ Per request, seconds from its arrival:
 Statistics leave out the first warmup_fraction of requests by arrival, as the simulation does.
 Building a batch's inputs counts as service time (a server tokenises too); it is small next to
 generate().
+
+The batch log keeps, per batch, what can make a replayed batch slower than the service model's
+batches of its size: how long the server sat idle before it, and (CUDA) the caching allocator's
+slow paths it met (measure.memory.AllocatorEvents: a new shape near the budget can make the
+allocator free its whole cache and retry).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from autotune.capacity import DEFAULT_WARMUP_FRACTION, Percentiles, SimResult
+from autotune.measure.memory import AllocatorEvents
 from autotune.workload import Request
 
 
@@ -43,6 +49,19 @@ class BatchTiming:
 
     first_token_s: float
     total_s: float
+    allocator: AllocatorEvents | None = None  # the caching allocator's slow paths during it (CUDA)
+
+
+@dataclass(frozen=True)
+class BatchLogEntry:
+    """One batch a replay served (warm-up included): what the service model is checked against."""
+
+    requests: int
+    longest_output: int
+    first_token_s: float  # from its start
+    total_s: float  # from its start to its end
+    idle_before_s: float  # the server idle before it: since the previous batch ended (the first: since the start)
+    allocator: AllocatorEvents | None = None
 
 
 RunBatch = Callable[[Sequence[Request]], BatchTiming]
@@ -62,9 +81,13 @@ class ReplayResult:
     mean_batch_size: float  # over the batches holding counted requests
     batches: int
     duration_s: float  # the whole replay, warm-up included
-    # Every batch served, warm-up included: (requests, longest output, seconds from its start to
-    # its first token and to its end): what the service model is checked against.
-    batch_log: tuple[tuple[int, int, float, float], ...] = ()
+    batch_log: tuple[BatchLogEntry, ...] = ()  # every batch served, warm-up included
+
+    @property
+    def allocator(self) -> AllocatorEvents | None:
+        """The allocator's slow paths over every batch (None: not a CUDA replay)."""
+        events = [b.allocator for b in self.batch_log if b.allocator is not None]
+        return sum(events[1:], events[0]) if events else None
 
 
 def replay(requests: Sequence[Request], arrivals_s: Sequence[float], batch_size: int, run_batch: RunBatch, *,
@@ -88,7 +111,7 @@ def replay(requests: Sequence[Request], arrivals_s: Sequence[float], batch_size:
     counted_batches = counted_batch_requests = 0
     window_start_s: float | None = None
     waiting: deque[int] = deque()
-    batch_log: list[tuple[int, int, float, float]] = []
+    batch_log: list[BatchLogEntry] = []
     start = clock()
     next_arrival = served = 0
     end_s = 0.0
@@ -101,11 +124,13 @@ def replay(requests: Sequence[Request], arrivals_s: Sequence[float], batch_size:
             sleep(max(0.0, arrivals_s[next_arrival] - now_s))
             continue
         members = [waiting.popleft() for _ in range(min(batch_size, len(waiting)))]
+        idle_before_s = now_s - end_s  # end_s: the previous batch's end (0.0: the start)
         timing = run_batch([requests[i] for i in members])
         end_s = clock() - start
         first_s = now_s + timing.first_token_s
         longest = max(requests[i].output_tokens for i in members)
-        batch_log.append((len(members), longest, timing.first_token_s, end_s - now_s))
+        batch_log.append(BatchLogEntry(len(members), longest, timing.first_token_s, end_s - now_s, idle_before_s,
+                                       timing.allocator))
         served += len(members)
         if members[-1] >= warmup:
             window_start_s = now_s if window_start_s is None else window_start_s
@@ -133,12 +158,14 @@ def generate_runner(model, candidate, device: str, vocab_size: int) -> RunBatch:
     traffic.serving_rows) and timed as the measurement times it (traffic.timed_batch_generate:
     one generate() to its longest output, the first token's time from a streamer)."""
     from autotune.loading import generate_kwargs
+    from autotune.measure.memory import allocator_events
     from autotune.measure.traffic import WorkloadBatch, _pad_token, batch_inputs, serving_rows, timed_batch_generate
 
     base, pad = generate_kwargs(candidate), _pad_token(model)
     calls = [0]
 
     def run(requests: Sequence[Request]) -> BatchTiming:
+        before = allocator_events(device)
         start = time.perf_counter()
         batch = WorkloadBatch(tuple(requests), 0)
         calls[0] += 1
@@ -146,7 +173,9 @@ def generate_runner(model, candidate, device: str, vocab_size: int) -> RunBatch:
                                                  rows=serving_rows(candidate, len(requests)))
         built_s = time.perf_counter() - start  # building the inputs is service time too
         first_s, total_s = timed_batch_generate(model, input_ids, attention_mask, base, pad, batch.new_tokens, device)
-        return BatchTiming(first_token_s=built_s + first_s, total_s=built_s + total_s)
+        events = allocator_events(device)
+        return BatchTiming(first_token_s=built_s + first_s, total_s=built_s + total_s,
+                           allocator=events - before if events is not None and before is not None else None)
 
     return run
 
@@ -177,7 +206,7 @@ class Comparison:
         (1.0: the model is right on average; above 1: real batches take longer)."""
         import statistics
 
-        ratios = [total_s / service.mean_batch_s(k, longest) for k, longest, _, total_s in replayed.batch_log]
+        ratios = [b.total_s / service.mean_batch_s(b.requests, b.longest_output) for b in replayed.batch_log]
         return statistics.median(ratios) if ratios else None
 
     def within_band(self, figure: str, replayed: float) -> bool | None:
@@ -250,16 +279,19 @@ class ServicePointSummary:
     # Compiled: graphs compiled inside the timed runs (their compile time is in the samples; 0 when
     # the warm-up compiled every shape). None: not compiled.
     graphs_compiled_while_timed: int | None = None
+    # CUDA: the caching allocator's slow paths over this size's measurement (warm-up included), to
+    # set beside the replay's per batch. None: not CUDA.
+    allocator: AllocatorEvents | None = None
 
     @classmethod
-    def of(cls, batch_size: int, m) -> ServicePointSummary:
+    def of(cls, batch_size: int, m, allocator: AllocatorEvents | None = None) -> ServicePointSummary:
         from autotune.slo import percentile
 
         tpot = m.tpot_s.samples if m.tpot_s is not None else None
         return cls(batch_size, m.ttft_s.median, m.tpot_s.median if tpot else None, percentile(tpot, 95) if tpot else None,
                    m.request_latency_s.median, len(m.ttft_s.samples), tuple(m.ttft_s.samples),
                    tuple(tpot) if tpot is not None else None,
-                   m.compile_stats.graphs_while_timed if m.compile_stats is not None else None)
+                   m.compile_stats.graphs_while_timed if m.compile_stats is not None else None, allocator)
 
 
 @dataclass(frozen=True)
@@ -365,6 +397,7 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
     from autotune.capacity import ServiceModel, arrival_times, bucket_sizes, capacity, simulate
     from autotune.kv_cache import cache_kind
     from autotune.measure.compile_stats import snapshot
+    from autotune.measure.memory import allocator_events
     from autotune.measure.traffic import measure_workload
     from autotune.serving import pads_to_buckets
 
@@ -390,16 +423,21 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
     # it (no untimed re-run of its own inputs first); its compile_stats say whether anything compiled
     # while timed. Chunked prefill compiles a prefill shape per last-chunk length: re-run untimed.
     rewarm = candidate.compile and (tokens is None or bool(candidate.prefill_chunk_size))
+    allocator = {}
     for k, batches in timed_batches.items():
         at_k = candidate.model_copy(update={"batch_size": k})
+        before = allocator_events(device)
         points[k] = measure_workload(model, at_k, device, batches, vocab_size, workload={}, over_limit_share=share,
                                      rewarm_each_batch=rewarm)
+        after = allocator_events(device)
+        allocator[k] = after - before if after is not None and before is not None else None
         stats = points[k].compile_stats
         compiled_while_timed = f"; {stats.graphs_while_timed} graph(s) compiled while timed" if stats and stats.graphs_while_timed else ""
+        retries = f"; {allocator[k].alloc_retries} allocator cache flush(es)" if allocator[k] and allocator[k].alloc_retries else ""
         note(f"service time at batch {k}: TTFT p50 {points[k].ttft_s.median * 1000:,.1f} ms, "
-             f"e2e p50 {points[k].request_latency_s.median:.3f} s{compiled_while_timed}")
+             f"e2e p50 {points[k].request_latency_s.median:.3f} s{compiled_while_timed}{retries}")
     service = ServiceModel.from_measurements(points, rounds_up=padded)
-    summaries = [ServicePointSummary.of(k, m) for k, m in sorted(points.items())]
+    summaries = [ServicePointSummary.of(k, m, allocator[k]) for k, m in sorted(points.items())]
     n_requests = len(requests)
     outputs = [r.output_tokens for r in requests]
     found = capacity(service, limits, output_tokens=outputs)
@@ -427,6 +465,10 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
         if compiled_graphs:
             note(f"{fraction:.0%} of capacity: {compiled_graphs} graph(s) compiled while replaying: those batches' times "
                  "include compiling")
+        if replayed.allocator is not None and replayed.allocator.alloc_retries:
+            flushed = sum(1 for b in replayed.batch_log if b.allocator and b.allocator.alloc_retries)
+            note(f"{fraction:.0%} of capacity: the CUDA caching allocator flushed its cache and retried "
+                 f"{replayed.allocator.alloc_retries} time(s), in {flushed} of {len(replayed.batch_log)} batches")
         figures = "; ".join(f"{name} simulated {sim * 1000:,.1f} ms, replayed {rep * 1000:,.1f} ms ({err:+.1%})"
                             for name, sim, rep, err in comparisons[-1].rows())
         note(f"{fraction:.0%} of capacity ({rate:.3g} req/s): replayed {replayed.requests} requests in "
@@ -483,11 +525,10 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
                       "mean_batch_replayed": c.replayed.mean_batch_size, "requests": c.replayed.requests,
                       "batch_time_replayed_over_modelled": c.service_ratio,
                       "simulated_band_s": c.band.get(figure) if c.band else None, "within_band": c.within_band(figure, rep),
-                      "replay_s": c.replayed.duration_s, "graphs_compiled_while_replaying": c.compiled_graphs}
+                      "replay_s": c.replayed.duration_s, "graphs_compiled_while_replaying": c.compiled_graphs,
+                      "allocator_while_replaying": asdict(c.replayed.allocator) if c.replayed.allocator else None}
                      for c in rows for figure, sim, rep, err in c.rows()],
-            "batch_logs": {f"{c.fraction:g}": [{"requests": k, "longest_output": longest, "first_token_s": first_s,
-                                                "total_s": total_s} for k, longest, first_s, total_s in c.replayed.batch_log]
-                           for c in rows},
+            "batch_logs": {f"{c.fraction:g}": [asdict(b) for b in c.replayed.batch_log] for c in rows},
             "markdown": comparison_markdown(rows),
         }
 

@@ -14,8 +14,9 @@ to its bucket). It prints the fit's error on the service batches and, per replay
 replayed batches' first-token time over the fit's prediction: near 1 when the prompt lengths
 explain the replay's prefill, above 1 when the replay ran its prefills slower than the
 back-to-back service measurement did (a replayed batch's time also holds the few milliseconds of
-building its inputs, which the service batches' does not). Distribution workloads only (a file's
-would need the tokenizer).
+building its inputs, which the service batches' does not). Where the batch log records them, the
+ratios are split by the two candidate causes: the idle time before the batch, and the CUDA caching
+allocator's cache flushes during it. Distribution workloads only (a file's would need the tokenizer).
 
     python bench/replay_prefill.py bench/results/h100-compiled-replay/replay.json bench/results/h100-compiled-replay/best.yaml
 """
@@ -79,6 +80,27 @@ def main() -> None:
         print(f"{float(fraction):.0%} of capacity: {len(ratios)} batches, replayed / predicted first token: median "
               f"{statistics.median(ratios):.2f} (quartiles {quartiles[0]:.2f}-{quartiles[2]:.2f}, range "
               f"{min(ratios):.2f}-{max(ratios):.2f})")
+        causes(log, ratios)
+
+
+def causes(log: list[dict], ratios: list[float]) -> None:
+    """The two candidate causes of a slow replayed prefill, where the batch log records them (replay
+    .json since 2026-12-06, seventh session): the server idle before the batch, and the CUDA caching
+    allocator flushing its cache (a new shape near the memory budget)."""
+    def median_of(selected: list[float]) -> str:
+        return f"{statistics.median(selected):.2f} over {len(selected)}" if selected else "none"
+
+    if all("idle_before_s" in entry for entry in log):
+        idle = [entry["idle_before_s"] for entry in log]
+        cut = statistics.median(idle)
+        print(f"    after idle > {cut * 1000:,.0f} ms (the median): {median_of([r for r, i in zip(ratios, idle) if i > cut])}; "
+              f"after less: {median_of([r for r, i in zip(ratios, idle) if i <= cut])}")
+    if all(entry.get("allocator") for entry in log):
+        flushed = [entry["allocator"]["alloc_retries"] > 0 for entry in log]
+        malloced = [entry["allocator"]["device_allocs"] > 0 for entry in log]
+        print(f"    with an allocator cache flush: {median_of([r for r, f in zip(ratios, flushed) if f])}; "
+              f"with a cudaMalloc but no flush: {median_of([r for r, f, m in zip(ratios, flushed, malloced) if m and not f])}; "
+              f"with neither: {median_of([r for r, f, m in zip(ratios, flushed, malloced) if not m and not f])}")
 
 
 if __name__ == "__main__":

@@ -88,6 +88,36 @@ def test_batches_fill_up_to_batch_size_under_overload_and_stay_single_when_idle(
     assert sparse.ttft_s.p50 == pytest.approx(0.05) and sparse.e2e_s.p50 == pytest.approx(0.05 + 7 * 0.010)
 
 
+def test_the_batch_log_says_how_long_the_server_idled_before_each_batch() -> None:
+    """Arrivals at 0, 1 and 1.01 s, each batch of one 0.05 s + 7 tokens x 0.010 s = 0.12 s: the first
+    batch starts at once (idle 0), the second after 1 - 0.12 s idle, the third waits queued (idle 0).
+    What a replayed batch's slowness is read against (a GPU's clocks and the host idle between arrivals)."""
+    vc = VirtualClock()
+    rep = replay([Request(4, 8)] * 3, [0.0, 1.0, 1.01], 1, vc.runner(SERVICE), clock=vc.clock, sleep=vc.sleep,
+                 warmup_fraction=0.0)
+    assert [b.idle_before_s for b in rep.batch_log] == pytest.approx([0.0, 1.0 - 0.12, 0.0])
+    assert [b.requests for b in rep.batch_log] == [1, 1, 1] and rep.batch_log[0].total_s == pytest.approx(0.12)
+    assert rep.allocator is None  # a run_batch that reports no allocator events (CPU, this virtual one)
+
+
+def test_allocator_events_add_up_over_the_batches_and_are_none_on_cpu() -> None:
+    from autotune.measure.memory import AllocatorEvents, allocator_events
+
+    assert allocator_events("cpu") is None
+    assert AllocatorEvents(3, 10, 4) - AllocatorEvents(1, 6, 4) == AllocatorEvents(2, 4, 0)
+    vc = VirtualClock()
+    base = vc.runner(SERVICE)
+    events = iter([AllocatorEvents(0, 2, 0), AllocatorEvents(1, 5, 3), AllocatorEvents(0, 0, 0)])
+
+    def run(requests):
+        timing = base(requests)
+        return BatchTiming(timing.first_token_s, timing.total_s, next(events))
+
+    rep = replay([Request(4, 8)] * 3, [0.0, 5.0, 10.0], 1, run, clock=vc.clock, sleep=vc.sleep, warmup_fraction=0.0)
+    assert rep.allocator == AllocatorEvents(1, 7, 3)
+    assert [b.allocator.alloc_retries for b in rep.batch_log] == [0, 1, 0]
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda run: replay([Request(4, 4)] * 3, [0.0, 1.0], 2, run), "one arrival time per request"),
     (lambda run: replay([Request(4, 4)] * 2, [1.0, 0.0], 2, run), "sorted"),
@@ -239,6 +269,9 @@ def test_a_compiled_replay_on_gpu_compiles_nothing_while_timed() -> None:
     assert [p.graphs_compiled_while_timed for p in points] == [0, 0, 0]
     assert [row.compiled_graphs for row in rows] == [0, 0]
     assert rows[1].replayed.mean_batch_size > 1  # partial and full batches both ran
+    # CUDA: the allocator's counters are read around every service point and replayed batch.
+    assert all(p.allocator is not None and p.allocator.device_allocs >= 0 for p in points)
+    assert all(b.allocator is not None for row in rows for b in row.replayed.batch_log)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -23,6 +23,40 @@ class PeakMemory:
     peak_rss_gib: float | None = None
 
 
+@dataclass(frozen=True)
+class AllocatorEvents:
+    """Counts of torch's CUDA caching allocator's slow paths (torch.cuda.memory_stats): why a batch
+    of a new shape can run slower than a repeat of the same one. A replay meets every batch's
+    shape once, the service measurement's warm-ups have met theirs; near the memory budget a new
+    shape may find no cached block that fits, and the allocator then asks the driver
+    (`device_allocs`, cudaMalloc or cuMemMap) or, when that fails under the budget's cap, frees
+    every cached block and retries (`alloc_retries`: a device-wide synchronisation and cudaFree of
+    the whole cache, then the mallocs again)."""
+
+    alloc_retries: int
+    device_allocs: int
+    device_frees: int
+
+    def __add__(self, other: AllocatorEvents) -> AllocatorEvents:
+        return AllocatorEvents(self.alloc_retries + other.alloc_retries, self.device_allocs + other.device_allocs,
+                               self.device_frees + other.device_frees)
+
+    def __sub__(self, before: AllocatorEvents) -> AllocatorEvents:
+        return AllocatorEvents(self.alloc_retries - before.alloc_retries, self.device_allocs - before.device_allocs,
+                               self.device_frees - before.device_frees)
+
+
+def allocator_events(device: str) -> AllocatorEvents | None:
+    """The caching allocator's counters on a CUDA device so far (None elsewhere: CPU has no caching allocator)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    stats = torch.cuda.memory_stats(device)
+    return AllocatorEvents(int(stats.get("num_alloc_retries", 0)), int(stats.get("num_device_alloc", 0)),
+                           int(stats.get("num_device_free", 0)))
+
+
 def release_freed_host_memory() -> None:
     """Return freed heap pages to the OS. glibc keeps them resident, and a later allocation can
     reuse them without a new page: an earlier model's or trial's freed memory would then count in
