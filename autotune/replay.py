@@ -25,10 +25,14 @@ Statistics leave out the first warmup_fraction of requests by arrival, as the si
 Building a batch's inputs counts as service time (a server tokenises too); it is small next to
 generate().
 
-The batch log keeps, per batch, what can make a replayed batch slower than the service model's
-batches of its size: how long the server sat idle before it, and (CUDA) the caching allocator's
-slow paths it met (measure.memory.AllocatorEvents: a new shape near the budget can make the
-allocator free its whole cache and retry).
+Start-up, as a server's: the static cache length fixed, a compiled config's graphs captured for
+every bucket, then Python's heap frozen (measure/gc_pauses.py, as vLLM and SGLang do) before
+anything is timed, so no collection walks the compiled model's millions of objects mid-batch; the
+heap is unfrozen when the check ends. The batch log keeps, per batch, what can still make a
+replayed batch slower than the service model's batches of its size: how long the server sat idle
+before it, Python's collections during it, and (CUDA) the caching allocator's slow paths it met
+(measure.memory.AllocatorEvents: a new shape near the budget can make the allocator free its
+whole cache and retry). The service points keep the same counts over their measurement.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from autotune.capacity import DEFAULT_WARMUP_FRACTION, Percentiles, SimResult
+from autotune.measure.gc_pauses import GcPauses
 from autotune.measure.memory import AllocatorEvents
 from autotune.workload import Request
 
@@ -50,6 +55,7 @@ class BatchTiming:
     first_token_s: float
     total_s: float
     allocator: AllocatorEvents | None = None  # the caching allocator's slow paths during it (CUDA)
+    gc: GcPauses | None = None  # Python's garbage collections during it
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,7 @@ class BatchLogEntry:
     total_s: float  # from its start to its end
     idle_before_s: float  # the server idle before it: since the previous batch ended (the first: since the start)
     allocator: AllocatorEvents | None = None
+    gc: GcPauses | None = None
 
 
 RunBatch = Callable[[Sequence[Request]], BatchTiming]
@@ -87,6 +94,12 @@ class ReplayResult:
     def allocator(self) -> AllocatorEvents | None:
         """The allocator's slow paths over every batch (None: not a CUDA replay)."""
         events = [b.allocator for b in self.batch_log if b.allocator is not None]
+        return sum(events[1:], events[0]) if events else None
+
+    @property
+    def gc(self) -> GcPauses | None:
+        """Python's garbage collections over every batch (None: the runner did not count them)."""
+        events = [b.gc for b in self.batch_log if b.gc is not None]
         return sum(events[1:], events[0]) if events else None
 
 
@@ -130,7 +143,7 @@ def replay(requests: Sequence[Request], arrivals_s: Sequence[float], batch_size:
         first_s = now_s + timing.first_token_s
         longest = max(requests[i].output_tokens for i in members)
         batch_log.append(BatchLogEntry(len(members), longest, timing.first_token_s, end_s - now_s, idle_before_s,
-                                       timing.allocator))
+                                       timing.allocator, timing.gc))
         served += len(members)
         if members[-1] >= warmup:
             window_start_s = now_s if window_start_s is None else window_start_s
@@ -158,6 +171,7 @@ def generate_runner(model, candidate, device: str, vocab_size: int) -> RunBatch:
     traffic.serving_rows) and timed as the measurement times it (traffic.timed_batch_generate:
     one generate() to its longest output, the first token's time from a streamer)."""
     from autotune.loading import generate_kwargs
+    from autotune.measure.gc_pauses import pauses
     from autotune.measure.memory import allocator_events
     from autotune.measure.traffic import WorkloadBatch, _pad_token, batch_inputs, serving_rows, timed_batch_generate
 
@@ -165,7 +179,7 @@ def generate_runner(model, candidate, device: str, vocab_size: int) -> RunBatch:
     calls = [0]
 
     def run(requests: Sequence[Request]) -> BatchTiming:
-        before = allocator_events(device)
+        before, gc_before = allocator_events(device), pauses()
         start = time.perf_counter()
         batch = WorkloadBatch(tuple(requests), 0)
         calls[0] += 1
@@ -173,9 +187,10 @@ def generate_runner(model, candidate, device: str, vocab_size: int) -> RunBatch:
                                                  rows=serving_rows(candidate, len(requests)))
         built_s = time.perf_counter() - start  # building the inputs is service time too
         first_s, total_s = timed_batch_generate(model, input_ids, attention_mask, base, pad, batch.new_tokens, device)
-        events = allocator_events(device)
+        events, gc_after = allocator_events(device), pauses()
         return BatchTiming(first_token_s=built_s + first_s, total_s=built_s + total_s,
-                           allocator=events - before if events is not None and before is not None else None)
+                           allocator=events - before if events is not None and before is not None else None,
+                           gc=gc_after - gc_before)
 
     return run
 
@@ -282,16 +297,17 @@ class ServicePointSummary:
     # CUDA: the caching allocator's slow paths over this size's measurement (warm-up included), to
     # set beside the replay's per batch. None: not CUDA.
     allocator: AllocatorEvents | None = None
+    gc: GcPauses | None = None  # Python's garbage collections over this size's measurement
 
     @classmethod
-    def of(cls, batch_size: int, m, allocator: AllocatorEvents | None = None) -> ServicePointSummary:
+    def of(cls, batch_size: int, m, allocator: AllocatorEvents | None = None, gc: GcPauses | None = None) -> ServicePointSummary:
         from autotune.slo import percentile
 
         tpot = m.tpot_s.samples if m.tpot_s is not None else None
         return cls(batch_size, m.ttft_s.median, m.tpot_s.median if tpot else None, percentile(tpot, 95) if tpot else None,
                    m.request_latency_s.median, len(m.ttft_s.samples), tuple(m.ttft_s.samples),
                    tuple(tpot) if tpot is not None else None,
-                   m.compile_stats.graphs_while_timed if m.compile_stats is not None else None, allocator)
+                   m.compile_stats.graphs_while_timed if m.compile_stats is not None else None, allocator, gc)
 
 
 @dataclass(frozen=True)
@@ -301,6 +317,9 @@ class ServerShape:
     pads_to_buckets: bool  # batches padded to bucket_sizes (a compiled config); the service model rounds up
     buckets: tuple[int, ...]  # the batch sizes measured (and, when padding, the rows a batch runs as)
     static_cache_tokens: int | None  # the static KV cache's fixed length (transformers' own figure); None: not static or not known
+    # Python's heap frozen once start-up was done (the cache fixed, every bucket's graphs compiled),
+    # before anything was timed, as vLLM and SGLang servers do (measure/gc_pauses.py).
+    gc_frozen: bool = False
 
 
 Checkpoint = Callable[[object, list[ServicePointSummary], list[Comparison], ServerShape], None]
@@ -361,11 +380,12 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
     `checkpoint(capacity, service points, comparisons so far, ServerShape)` runs once the capacity
     is known and after every rate, so a run stopped in a long replay keeps what it measured.
     Returns (capacity.Capacity, the comparisons)."""
+    from autotune.measure.gc_pauses import frozen_heap
     from autotune.serving import pads_to_buckets
 
-    with _room_to_compile(pads_to_buckets(candidate)):
+    with _room_to_compile(pads_to_buckets(candidate)), frozen_heap() as freeze_heap:
         return _capacity_check(model, candidate, device, vocab_size, sampler, limits, fractions=fractions, requests=requests,
-                               seed=seed, repeats=repeats, note=note, checkpoint=checkpoint)
+                               seed=seed, repeats=repeats, note=note, checkpoint=checkpoint, freeze_heap=freeze_heap)
 
 
 # A compiled server compiles a graph per bucket and per attention-mask form (a batch without padding
@@ -393,10 +413,11 @@ def _room_to_compile(compiled: bool):
 
 def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, limits, *, fractions: Sequence[float],
                     requests: Sequence[Request], seed: int, repeats: int, note: Callable[[str], None],
-                    checkpoint: Checkpoint) -> tuple[object, list[Comparison]]:
+                    checkpoint: Checkpoint, freeze_heap: Callable[[], None]) -> tuple[object, list[Comparison]]:
     from autotune.capacity import ServiceModel, arrival_times, bucket_sizes, capacity, simulate
     from autotune.kv_cache import cache_kind
     from autotune.measure.compile_stats import snapshot
+    from autotune.measure.gc_pauses import pauses
     from autotune.measure.memory import allocator_events
     from autotune.measure.traffic import measure_workload
     from autotune.serving import pads_to_buckets
@@ -418,18 +439,25 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
             longer = f", longer than max_length {candidate.max_length}: more memory and attention than the study's worst case" \
                 if tokens > candidate.max_length else ""
             note(f"the static KV cache fixed at {tokens} tokens (the longest prompt plus the longest output){longer}")
-    server = ServerShape(padded, tuple(buckets), tokens)
+    if padded:  # a compiled server captures its graphs for every bucket at start-up
+        warm = generate_runner(model, candidate, device, vocab_size)
+        for k in buckets:
+            warm([Request(2, 2)] * k)
+    # Start-up done: what is alive now (the model, its compiled graphs) is never walked by a
+    # collection again, so none stops a timed batch for long (measure/gc_pauses.py).
+    freeze_heap()
+    server = ServerShape(padded, tuple(buckets), tokens, gc_frozen=True)
     # With the cache length fixed each service batch is timed on its first run, as the replay meets
     # it (no untimed re-run of its own inputs first); its compile_stats say whether anything compiled
     # while timed. Chunked prefill compiles a prefill shape per last-chunk length: re-run untimed.
     rewarm = candidate.compile and (tokens is None or bool(candidate.prefill_chunk_size))
-    allocator = {}
+    allocator, gc = {}, {}
     for k, batches in timed_batches.items():
         at_k = candidate.model_copy(update={"batch_size": k})
-        before = allocator_events(device)
+        before, gc_before = allocator_events(device), pauses()
         points[k] = measure_workload(model, at_k, device, batches, vocab_size, workload={}, over_limit_share=share,
                                      rewarm_each_batch=rewarm)
-        after = allocator_events(device)
+        after, gc[k] = allocator_events(device), pauses() - gc_before
         allocator[k] = after - before if after is not None and before is not None else None
         stats = points[k].compile_stats
         compiled_while_timed = f"; {stats.graphs_while_timed} graph(s) compiled while timed" if stats and stats.graphs_while_timed else ""
@@ -437,7 +465,7 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
         note(f"service time at batch {k}: TTFT p50 {points[k].ttft_s.median * 1000:,.1f} ms, "
              f"e2e p50 {points[k].request_latency_s.median:.3f} s{compiled_while_timed}{retries}")
     service = ServiceModel.from_measurements(points, rounds_up=padded)
-    summaries = [ServicePointSummary.of(k, m, allocator[k]) for k, m in sorted(points.items())]
+    summaries = [ServicePointSummary.of(k, m, allocator[k], gc[k]) for k, m in sorted(points.items())]
     n_requests = len(requests)
     outputs = [r.output_tokens for r in requests]
     found = capacity(service, limits, output_tokens=outputs)
@@ -469,6 +497,9 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
             flushed = sum(1 for b in replayed.batch_log if b.allocator and b.allocator.alloc_retries)
             note(f"{fraction:.0%} of capacity: the CUDA caching allocator flushed its cache and retried "
                  f"{replayed.allocator.alloc_retries} time(s), in {flushed} of {len(replayed.batch_log)} batches")
+        if replayed.gc is not None and replayed.gc.full_collections:
+            note(f"{fraction:.0%} of capacity: {replayed.gc.full_collections} full garbage collection(s) while replaying, "
+                 f"{replayed.gc.seconds * 1000:,.0f} ms of collecting in all")
         figures = "; ".join(f"{name} simulated {sim * 1000:,.1f} ms, replayed {rep * 1000:,.1f} ms ({err:+.1%})"
                             for name, sim, rep, err in comparisons[-1].rows())
         note(f"{fraction:.0%} of capacity ({rate:.3g} req/s): replayed {replayed.requests} requests in "
@@ -526,7 +557,8 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
                       "batch_time_replayed_over_modelled": c.service_ratio,
                       "simulated_band_s": c.band.get(figure) if c.band else None, "within_band": c.within_band(figure, rep),
                       "replay_s": c.replayed.duration_s, "graphs_compiled_while_replaying": c.compiled_graphs,
-                      "allocator_while_replaying": asdict(c.replayed.allocator) if c.replayed.allocator else None}
+                      "allocator_while_replaying": asdict(c.replayed.allocator) if c.replayed.allocator else None,
+                      "gc_while_replaying": asdict(c.replayed.gc) if c.replayed.gc else None}
                      for c in rows for figure, sim, rep, err in c.rows()],
             "batch_logs": {f"{c.fraction:g}": [asdict(b) for b in c.replayed.batch_log] for c in rows},
             "markdown": comparison_markdown(rows),

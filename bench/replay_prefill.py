@@ -15,10 +15,14 @@ replayed batches' first-token time over the fit's prediction: near 1 when the pr
 explain the replay's prefill, above 1 when the replay ran its prefills slower than the
 back-to-back service measurement did (a replayed batch's time also holds the few milliseconds of
 building its inputs, which the service batches' does not). Where the batch log records them, the
-ratios are split by the two candidate causes: the idle time before the batch, and the CUDA caching
-allocator's cache flushes during it. Distribution workloads only (a file's would need the tokenizer).
+ratios are split by the candidate causes: the idle time before the batch, and Python's full
+garbage collections and the CUDA caching allocator's cache flushes during it. Distribution workloads only (a file's would need the tokenizer).
 
-    python bench/replay_prefill.py bench/results/h100-compiled-replay/replay.json bench/results/h100-compiled-replay/best.yaml
+    python bench/replay_prefill.py bench/results/h100-compiled-replay/replay.json bench/results/h100-compiled-replay/best.yaml [--per-batch]
+
+--per-batch also lists every replayed batch: requests, rows, longest prompt, first token replayed
+and predicted (ms), their ratio and the excess in ms, and its measured decode step against the
+service point's median.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from autotune.workload import WorkloadSampler, parse_workload  # noqa: E402
 def main() -> None:
     report = json.loads(Path(sys.argv[1]).read_text())
     best = yaml.safe_load(Path(sys.argv[2]).read_text())
+    per_batch = "--per-batch" in sys.argv[3:]
     settings = best["settings"]
     max_length, batch_size, seed, repeats = settings["max_length"], settings["batch_size"], report["seed"], report["repeats"]
     padded = report.get("server", {}).get("pads_to_buckets", bool(settings.get("compile")))
@@ -66,13 +71,22 @@ def main() -> None:
           f"median |error| {statistics.median(fit_error):.1%}, largest {max(fit_error):.1%}")
 
     requests = replay_requests(sampler, max_length, report["requests_per_rate"], seed)
+    tpot_p50_s = {point["batch_size"]: point["tpot_p50_s"] for point in report["service_points"]}
     for fraction, log in report["batch_logs"].items():
         ratios, served = [], 0
         for entry in log:
             members = requests[served:served + entry["requests"]]
             served += entry["requests"]
-            predicted = a + b * rows(entry["requests"]) * max(r.prompt_tokens for r in members)
+            longest_prompt = max(r.prompt_tokens for r in members)
+            predicted = a + b * rows(entry["requests"]) * longest_prompt
             ratios.append(entry["first_token_s"] / predicted)
+            if per_batch:
+                step_s = (entry["total_s"] - entry["first_token_s"]) / max(entry["longest_output"] - 1, 1)
+                service_step = tpot_p50_s.get(rows(entry["requests"]))
+                print(f"  {float(fraction):.0%} k={entry['requests']:3d} rows={rows(entry['requests']):3d} prompt={longest_prompt:5d} "
+                      f"first token {entry['first_token_s'] * 1000:8.1f} ms, predicted {predicted * 1000:8.1f} "
+                      f"({ratios[-1]:.2f}x, {(entry['first_token_s'] - predicted) * 1000:+7.1f} ms); decode step "
+                      f"{step_s * 1000:.2f} ms" + (f" (service {service_step * 1000:.2f})" if service_step else ""))
         if len(ratios) < 2:
             print(f"{float(fraction):.0%} of capacity: {len(ratios)} batch, replayed / predicted {ratios[0]:.2f}")
             continue
@@ -84,9 +98,10 @@ def main() -> None:
 
 
 def causes(log: list[dict], ratios: list[float]) -> None:
-    """The two candidate causes of a slow replayed prefill, where the batch log records them (replay
-    .json since 2026-12-06, seventh session): the server idle before the batch, and the CUDA caching
-    allocator flushing its cache (a new shape near the memory budget)."""
+    """The candidate causes of a slow replayed prefill, where the batch log records them (replay.json
+    since 2026-12-06, seventh session): the server idle before the batch, Python's full garbage
+    collections during it, and the CUDA caching allocator flushing its cache (a new shape near the
+    memory budget)."""
     def median_of(selected: list[float]) -> str:
         return f"{statistics.median(selected):.2f} over {len(selected)}" if selected else "none"
 
@@ -95,6 +110,11 @@ def causes(log: list[dict], ratios: list[float]) -> None:
         cut = statistics.median(idle)
         print(f"    after idle > {cut * 1000:,.0f} ms (the median): {median_of([r for r, i in zip(ratios, idle) if i > cut])}; "
               f"after less: {median_of([r for r, i in zip(ratios, idle) if i <= cut])}")
+    if all(entry.get("gc") for entry in log):
+        full = [entry["gc"]["full_collections"] > 0 for entry in log]
+        print(f"    with a full garbage collection: {median_of([r for r, f in zip(ratios, full) if f])}; "
+              f"without: {median_of([r for r, f in zip(ratios, full) if not f])}; "
+              f"collecting {sum(entry['gc']['seconds'] for entry in log) * 1000:,.0f} ms in all")
     if all(entry.get("allocator") for entry in log):
         flushed = [entry["allocator"]["alloc_retries"] > 0 for entry in log]
         malloced = [entry["allocator"]["device_allocs"] > 0 for entry in log]

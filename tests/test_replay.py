@@ -188,6 +188,9 @@ def test_the_capacity_check_runs_end_to_end_on_cpu(tiny_model) -> None:
     figures = {name for name, *_ in row.rows()}
     assert figures == {"ttft_p95", "tpot_p95", "e2e_p95"}
     assert any("batch 4" in n for n in notes) and any("50% of capacity" in n for n in notes)
+    # Python's collections counted per service point and per replayed batch (CPU: no allocator counts).
+    assert all(p.gc is not None and p.allocator is None for p in saved[-1][1])
+    assert all(b.gc is not None and b.gc.seconds >= 0 and b.allocator is None for b in row.replayed.batch_log)
 
 
 def test_a_compiled_candidates_check_fixes_the_cache_length_and_makes_room_to_compile(tiny_model) -> None:
@@ -195,6 +198,8 @@ def test_a_compiled_candidates_check_fixes_the_cache_length_and_makes_room_to_co
     cache is fixed first at the longest prompt plus the longest output of every batch it will run
     (here longer than max_length, which the check says), batches run as bucket rows, and dynamo's
     recompile limit is raised (and hitting it fails) only while the check runs."""
+    import gc
+
     import torch._dynamo
 
     from autotune.loading import forget_static_cache
@@ -209,9 +214,12 @@ def test_a_compiled_candidates_check_fixes_the_cache_length_and_makes_room_to_co
     seen: list[tuple[int, int, bool]] = []
     generate = model.generate
 
+    frozen: list[bool] = []
+
     def recording(*args, **kwargs):
         config = torch._dynamo.config
         seen.append((kwargs["input_ids"].shape[0], config.recompile_limit, config.fail_on_recompile_limit_hit))
+        frozen.append(gc.get_freeze_count() > 0)
         return generate(*args, **kwargs)
 
     import autotune.measure.traffic as traffic
@@ -245,6 +253,11 @@ def test_a_compiled_candidates_check_fixes_the_cache_length_and_makes_room_to_co
     assert {(limit, fail) for _, limit, fail in seen} == {(64, True)}
     assert torch._dynamo.config.recompile_limit == 8 and not torch._dynamo.config.fail_on_recompile_limit_hit
     assert found.rate_rps > 0 and len(rows) == 1
+    # Start-up (the cache fixed with one request, then one batch per bucket, as a compiled server
+    # captures its graphs) runs before the heap is frozen; everything timed after, and it is
+    # unfrozen once the check is done.
+    assert [n for n, _, _ in seen[:4]] == [1, 1, 2, 4] and frozen[:4] == [False] * 4
+    assert all(frozen[4:]) and len(frozen) > 4 and server.gc_frozen and gc.get_freeze_count() == 0
 
 
 @pytest.mark.gpu
@@ -271,7 +284,8 @@ def test_a_compiled_replay_on_gpu_compiles_nothing_while_timed() -> None:
     assert rows[1].replayed.mean_batch_size > 1  # partial and full batches both ran
     # CUDA: the allocator's counters are read around every service point and replayed batch.
     assert all(p.allocator is not None and p.allocator.device_allocs >= 0 for p in points)
-    assert all(b.allocator is not None for row in rows for b in row.replayed.batch_log)
+    assert all(b.allocator is not None and b.gc is not None for row in rows for b in row.replayed.batch_log)
+    assert server.gc_frozen
 
 
 @pytest.mark.parametrize("args, message", [
