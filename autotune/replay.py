@@ -25,9 +25,10 @@ Statistics leave out the first warmup_fraction of requests by arrival, as the si
 Building a batch's inputs counts as service time (a server tokenises too); it is small next to
 generate().
 
-Start-up, as a server's: the static cache length fixed, a compiled config's graphs captured for
-every bucket, then Python's heap frozen (measure/gc_pauses.py, as vLLM and SGLang do) before
-anything is timed, so no collection walks the compiled model's millions of objects mid-batch; the
+Start-up, as a server's: the GPU capped at the study's memory budget (replay_deployment), the
+static cache length fixed, a compiled config's graphs captured for every bucket with and without
+padding, then Python's heap frozen (measure/gc_pauses.py; vLLM freezes after its warm-up, SGLang
+offers it) before anything is timed, so a collection does not walk the objects start-up left; the
 heap is unfrozen when the check ends. The batch log keeps, per batch, what can still make a
 replayed batch slower than the service model's batches of its size: how long the server sat idle
 before it, Python's collections during it, and (CUDA) the caching allocator's slow paths it met
@@ -66,7 +67,9 @@ class BatchLogEntry:
     longest_output: int
     first_token_s: float  # from its start
     total_s: float  # from its start to its end
-    idle_before_s: float  # the server idle before it: since the previous batch ended (the first: since the start)
+    # The server idle before it: since the previous batch ended (the first: since the replay's start;
+    # the GPU idled longer, as the simulation ran before it).
+    idle_before_s: float
     allocator: AllocatorEvents | None = None
     gc: GcPauses | None = None
 
@@ -294,10 +297,10 @@ class ServicePointSummary:
     # Compiled: graphs compiled inside the timed runs (their compile time is in the samples; 0 when
     # the warm-up compiled every shape). None: not compiled.
     graphs_compiled_while_timed: int | None = None
-    # CUDA: the caching allocator's slow paths over this size's measurement (warm-up included), to
-    # set beside the replay's per batch. None: not CUDA.
+    # CUDA: the caching allocator's slow paths over this size's whole measurement (its warm-up, and
+    # its memory tracker emptying the cache first, included: more than the timed batches met). None: not CUDA.
     allocator: AllocatorEvents | None = None
-    gc: GcPauses | None = None  # Python's garbage collections over this size's measurement
+    gc: GcPauses | None = None  # Python's collections over the same span (on CPU it starts with one full collection)
 
     @classmethod
     def of(cls, batch_size: int, m, allocator: AllocatorEvents | None = None, gc: GcPauses | None = None) -> ServicePointSummary:
@@ -317,8 +320,8 @@ class ServerShape:
     pads_to_buckets: bool  # batches padded to bucket_sizes (a compiled config); the service model rounds up
     buckets: tuple[int, ...]  # the batch sizes measured (and, when padding, the rows a batch runs as)
     static_cache_tokens: int | None  # the static KV cache's fixed length (transformers' own figure); None: not static or not known
-    # Python's heap frozen once start-up was done (the cache fixed, every bucket's graphs compiled),
-    # before anything was timed, as vLLM and SGLang servers do (measure/gc_pauses.py).
+    # Python's heap frozen once start-up was done (the cache fixed, every bucket run with and
+    # without padding), before anything was timed, as vLLM does after its warm-up (measure/gc_pauses.py).
     gc_frozen: bool = False
 
 
@@ -439,25 +442,30 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
             longer = f", longer than max_length {candidate.max_length}: more memory and attention than the study's worst case" \
                 if tokens > candidate.max_length else ""
             note(f"the static KV cache fixed at {tokens} tokens (the longest prompt plus the longest output){longer}")
-    if padded:  # a compiled server captures its graphs for every bucket at start-up
+    if padded:  # a compiled server captures its graphs for every bucket at start-up, for both mask forms
         warm = generate_runner(model, candidate, device, vocab_size)
         for k in buckets:
-            warm([Request(2, 2)] * k)
-    # Start-up done: what is alive now (the model, its compiled graphs) is never walked by a
-    # collection again, so none stops a timed batch for long (measure/gc_pauses.py).
+            warm([Request(2, 2)] * k)  # rows of one length: no padding
+            if k > 1:
+                warm([Request(1, 2)] + [Request(2, 2)] * (k - 1))  # a padded row: the 4-D mask path most batches take
+    # Start-up done: what is alive now (the model, the graphs compiled so far) is never walked by a
+    # collection again (measure/gc_pauses.py); what is made later (e.g. chunked prefill's graphs
+    # for shapes start-up did not meet) is collected as usual, and counted per batch.
     freeze_heap()
     server = ServerShape(padded, tuple(buckets), tokens, gc_frozen=True)
     # With the cache length fixed each service batch is timed on its first run, as the replay meets
     # it (no untimed re-run of its own inputs first); its compile_stats say whether anything compiled
     # while timed. Chunked prefill compiles a prefill shape per last-chunk length: re-run untimed.
     rewarm = candidate.compile and (tokens is None or bool(candidate.prefill_chunk_size))
-    allocator, gc = {}, {}
+    # The counts span each size's whole measurement: its warm-up and its memory tracker's start
+    # (which empties the CUDA cache, and on CPU collects) as well as the timed batches.
+    allocator, gc_by_bucket = {}, {}
     for k, batches in timed_batches.items():
         at_k = candidate.model_copy(update={"batch_size": k})
         before, gc_before = allocator_events(device), pauses()
         points[k] = measure_workload(model, at_k, device, batches, vocab_size, workload={}, over_limit_share=share,
                                      rewarm_each_batch=rewarm)
-        after, gc[k] = allocator_events(device), pauses() - gc_before
+        after, gc_by_bucket[k] = allocator_events(device), pauses() - gc_before
         allocator[k] = after - before if after is not None and before is not None else None
         stats = points[k].compile_stats
         compiled_while_timed = f"; {stats.graphs_while_timed} graph(s) compiled while timed" if stats and stats.graphs_while_timed else ""
@@ -465,7 +473,7 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
         note(f"service time at batch {k}: TTFT p50 {points[k].ttft_s.median * 1000:,.1f} ms, "
              f"e2e p50 {points[k].request_latency_s.median:.3f} s{compiled_while_timed}{retries}")
     service = ServiceModel.from_measurements(points, rounds_up=padded)
-    summaries = [ServicePointSummary.of(k, m, allocator[k], gc[k]) for k, m in sorted(points.items())]
+    summaries = [ServicePointSummary.of(k, m, allocator[k], gc_by_bucket[k]) for k, m in sorted(points.items())]
     n_requests = len(requests)
     outputs = [r.output_tokens for r in requests]
     found = capacity(service, limits, output_tokens=outputs)
@@ -499,7 +507,7 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
                  f"{replayed.allocator.alloc_retries} time(s), in {flushed} of {len(replayed.batch_log)} batches")
         if replayed.gc is not None and replayed.gc.full_collections:
             note(f"{fraction:.0%} of capacity: {replayed.gc.full_collections} full garbage collection(s) while replaying, "
-                 f"{replayed.gc.seconds * 1000:,.0f} ms of collecting in all")
+                 f"{replayed.gc.collecting_s * 1000:,.0f} ms of collecting in all")
         figures = "; ".join(f"{name} simulated {sim * 1000:,.1f} ms, replayed {rep * 1000:,.1f} ms ({err:+.1%})"
                             for name, sim, rep, err in comparisons[-1].rows())
         note(f"{fraction:.0%} of capacity ({rate:.3g} req/s): replayed {replayed.requests} requests in "
@@ -532,6 +540,13 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
         raise ValueError("a replay sends text requests that generate; this best.yaml serves images or scores (a reranker)")
     device = device or config.device
     ref = relocate(config.model)
+    budget_gib = config.memory_budget_gib if device.startswith("cuda") else None
+    if budget_gib is not None:  # served as it was tuned: under the study's cap (the allocator flushes at it, not at the card's size)
+        from autotune.system import cap_gpu_memory
+
+        first = int(device.split(":")[1]) if ":" in device else 0
+        for index in range(first, first + max(1, candidate.num_gpus)):
+            cap_gpu_memory(index, budget_gib)
     model, tokenizer = load_model(ref, candidate, device)
     text_config = getattr(model.config, "text_config", None) or model.config
     sampler = workload_sampler(config.measured.workload, candidate.new_tokens, tokenizer, ref.config())
@@ -541,6 +556,7 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
     def report(found, points: list[ServicePointSummary], rows: list[Comparison], server: ServerShape) -> dict:
         return {
             "best_yaml": str(path), "device": device, "settings": candidate.label(), "slo": slo or "", "study_slo": config.slo or "",
+            "memory_budget_gib": budget_gib,  # the GPU cap the check ran under (None: uncapped, or CPU)
             "workload": sampler.workload.describe(), "requests_per_rate": n_requests, "seed": seed, "repeats": repeats,
             "complete": len(rows) == len(fractions) or found.rate_rps <= 0, "fractions": list(fractions),
             "service_points": [asdict(point) for point in points],

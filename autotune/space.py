@@ -95,7 +95,9 @@ def baseline_params(space: SearchSpace, device: DeviceInfo, model_dtype: str | N
     """The untuned default load: the checkpoint's own dtype where it runs here (fp32 on CPU, as
     from_pretrained gives), no quantization, transformers' default attention (sdpa), no compile,
     batch 1, at the smallest max_length of the space. Each knob is picked as its row in
-    autotune/knobs.py says (the `baseline` pick)."""
+    autotune/knobs.py says (the `baseline` pick): a knob whose default the space lacks takes the
+    space's plainest value, so in a corner of a space (e.g. compiled only) the baseline is no
+    untuned load, and the report names it beside the ratio."""
     dtype = "fp32" if device.type == "cpu" else (model_dtype or "bf16")
     if dtype == "bf16" and not device.bf16_supported:  # pre-Ampere GPUs load half precision as fp16
         dtype = "fp16"

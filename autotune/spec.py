@@ -552,7 +552,7 @@ class DeploymentConfig(_Strict):
     measured: Measurement
     objective: Objective
     objective_value: float
-    speedup_vs_baseline: float | None = Field(default=None, description="objective relative to the untuned baseline (>1 is better)")
+    speedup_vs_baseline: float | None = Field(default=None, description="objective relative to the baseline trial (>1 is better): the untuned default load, or the space's plainest candidate where the space lacks it")
     baseline: BaselineSummary | None = None
     memory_budget_gib: float | None = None
     slo: str | None = Field(default=None, description="the study's --slo")

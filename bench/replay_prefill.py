@@ -114,7 +114,7 @@ def causes(log: list[dict], ratios: list[float]) -> None:
         full = [entry["gc"]["full_collections"] > 0 for entry in log]
         print(f"    with a full garbage collection: {median_of([r for r, f in zip(ratios, full) if f])}; "
               f"without: {median_of([r for r, f in zip(ratios, full) if not f])}; "
-              f"collecting {sum(entry['gc']['seconds'] for entry in log) * 1000:,.0f} ms in all")
+              f"collecting {sum(entry['gc']['collecting_s'] for entry in log) * 1000:,.0f} ms in all")
     if all(entry.get("allocator") for entry in log):
         flushed = [entry["allocator"]["alloc_retries"] > 0 for entry in log]
         malloced = [entry["allocator"]["device_allocs"] > 0 for entry in log]

@@ -2,12 +2,11 @@
 
 Why: a process that holds a compiled model holds a great many Python objects (dynamo's caches, FX
 graphs, inductor's generated code), and a collection of the oldest generation walks all of them
-while the serving thread waits. Servers freeze the heap once their CUDA graphs are captured
-(vLLM's warm-up ends with gc.freeze(); SGLang offers freeze_gc and warns of GC latency jitter):
-what was alive then moves to the permanent generation and is never walked again. The H100
-compiled replay of BENCHMARKS §19 had one batch's first token 1.14 s late while its decode ran at
-the measured pace: a stall of this kind (its cause not measured there; counting is how the next
-replay tells).
+while the serving thread waits. vLLM freezes the heap once its warm-up is done (gc.freeze());
+SGLang offers freeze_gc and warns of GC latency jitter: what was alive then moves to the permanent
+generation and is never walked again. The H100 compiled replay of BENCHMARKS §19 (read batch by
+batch in §20) had one batch's first token 1.14 s late while its decode ran at the measured pace:
+a stall of this kind (its cause not measured there; counting is how the next replay tells).
 
 `pauses()` is the time the collector has spent since this module first counted (a gc callback,
 installed once per process: it runs only at collections); `frozen_heap()` freezes on demand and
@@ -26,16 +25,18 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class GcPauses:
     collections: int  # any generation
-    full_collections: int  # of the oldest generation: the ones that walk every tracked object
-    seconds: float
+    # Of the oldest generation: the ones that walk every tracked object. CPython 3.14's incremental
+    # collector reports its automatic collections differently: there collecting_s is the measure.
+    full_collections: int
+    collecting_s: float
 
     def __add__(self, other: GcPauses) -> GcPauses:
         return GcPauses(self.collections + other.collections, self.full_collections + other.full_collections,
-                        self.seconds + other.seconds)
+                        self.collecting_s + other.collecting_s)
 
     def __sub__(self, before: GcPauses) -> GcPauses:
         return GcPauses(self.collections - before.collections, self.full_collections - before.full_collections,
-                        self.seconds - before.seconds)
+                        self.collecting_s - before.collecting_s)
 
 
 OLDEST_GENERATION = 2  # CPython's generations are 0, 1 and 2
@@ -44,14 +45,14 @@ OLDEST_GENERATION = 2  # CPython's generations are 0, 1 and 2
 class _Counter:
     def __init__(self) -> None:
         self.collections = self.full_collections = 0
-        self.seconds = 0.0
+        self.collecting_s = 0.0
         self._started: float | None = None
 
     def __call__(self, phase: str, info: dict) -> None:
         if phase == "start":
             self._started = time.perf_counter()
         elif self._started is not None:
-            self.seconds += time.perf_counter() - self._started
+            self.collecting_s += time.perf_counter() - self._started
             self.collections += 1
             self.full_collections += info.get("generation") == OLDEST_GENERATION
             self._started = None
@@ -66,15 +67,17 @@ def pauses() -> GcPauses:
     if _counter is None:
         _counter = _Counter()
         gc.callbacks.append(_counter)
-    return GcPauses(_counter.collections, _counter.full_collections, _counter.seconds)
+    return GcPauses(_counter.collections, _counter.full_collections, _counter.collecting_s)
 
 
 @contextlib.contextmanager
 def frozen_heap() -> Iterator[Callable[[], None]]:
     """Yields freeze(): collect, then move every object alive to the permanent generation (call it
     once start-up is done: the model loaded, its graphs compiled and captured). On exit the heap
-    is unfrozen again if it was frozen here, so a worker that goes on measuring collects as before."""
+    is unfrozen again if it was frozen here, so a worker that goes on measuring collects as before;
+    a heap someone froze before is left frozen (gc.unfreeze() cannot undo only part of it)."""
     frozen = False
+    frozen_before = gc.get_freeze_count() > 0
 
     def freeze() -> None:
         nonlocal frozen
@@ -85,5 +88,5 @@ def frozen_heap() -> Iterator[Callable[[], None]]:
     try:
         yield freeze
     finally:
-        if frozen:
+        if frozen and not frozen_before:
             gc.unfreeze()

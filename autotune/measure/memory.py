@@ -26,12 +26,11 @@ class PeakMemory:
 @dataclass(frozen=True)
 class AllocatorEvents:
     """Counts of torch's CUDA caching allocator's slow paths (torch.cuda.memory_stats): why a batch
-    of a new shape can run slower than a repeat of the same one. A replay meets every batch's
-    shape once, the service measurement's warm-ups have met theirs; near the memory budget a new
-    shape may find no cached block that fits, and the allocator then asks the driver
-    (`device_allocs`, cudaMalloc or cuMemMap) or, when that fails under the budget's cap, frees
-    every cached block and retries (`alloc_retries`: a device-wide synchronisation and cudaFree of
-    the whole cache, then the mallocs again)."""
+    of a new shape can run slower than one that reuses cached blocks. A new shape may find no
+    cached block that fits, and the allocator then asks the driver (`device_allocs`, cudaMalloc or
+    cuMemMap) or, when that fails (the card full, or the process' memory fraction reached: the
+    budget's cap), frees every cached block and retries (`alloc_retries`: a device-wide
+    synchronisation and cudaFree of the whole cache, then the mallocs again)."""
 
     alloc_retries: int
     device_allocs: int
@@ -46,15 +45,21 @@ class AllocatorEvents:
                                self.device_frees - before.device_frees)
 
 
+_ALLOCATOR_KEYS = ("num_alloc_retries", "num_device_alloc", "num_device_free")
+
+
 def allocator_events(device: str) -> AllocatorEvents | None:
-    """The caching allocator's counters on a CUDA device so far (None elsewhere: CPU has no caching allocator)."""
+    """The caching allocator's counters on one CUDA device so far (a model spread over several GPUs
+    has its other devices' not counted). None on CPU (no caching allocator) and where this torch
+    lacks one of the counters (not known, rather than 0)."""
     if not device.startswith("cuda"):
         return None
     import torch
 
-    stats = torch.cuda.memory_stats(device)
-    return AllocatorEvents(int(stats.get("num_alloc_retries", 0)), int(stats.get("num_device_alloc", 0)),
-                           int(stats.get("num_device_free", 0)))
+    stats = torch.cuda.memory_stats(device)  # a flat dict of a few hundred keys: well under a millisecond
+    if any(key not in stats for key in _ALLOCATOR_KEYS):
+        return None
+    return AllocatorEvents(*(int(stats[key]) for key in _ALLOCATOR_KEYS))
 
 
 def release_freed_host_memory() -> None:
