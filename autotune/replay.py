@@ -96,14 +96,18 @@ class ReplayResult:
     @property
     def allocator(self) -> AllocatorEvents | None:
         """The allocator's slow paths over every batch (None: not a CUDA replay)."""
-        events = [b.allocator for b in self.batch_log if b.allocator is not None]
-        return sum(events[1:], events[0]) if events else None
+        return _total(b.allocator for b in self.batch_log)
 
     @property
     def gc(self) -> GcPauses | None:
         """Python's garbage collections over every batch (None: the runner did not count them)."""
-        events = [b.gc for b in self.batch_log if b.gc is not None]
-        return sum(events[1:], events[0]) if events else None
+        return _total(b.gc for b in self.batch_log)
+
+
+def _total(counts):
+    """The sum of the counts that are known (None when none is)."""
+    known = [c for c in counts if c is not None]
+    return sum(known[1:], known[0]) if known else None
 
 
 def replay(requests: Sequence[Request], arrivals_s: Sequence[float], batch_size: int, run_batch: RunBatch, *,
@@ -174,15 +178,14 @@ def generate_runner(model, candidate, device: str, vocab_size: int) -> RunBatch:
     traffic.serving_rows) and timed as the measurement times it (traffic.timed_batch_generate:
     one generate() to its longest output, the first token's time from a streamer)."""
     from autotune.loading import generate_kwargs
-    from autotune.measure.gc_pauses import pauses
-    from autotune.measure.memory import allocator_events
+    from autotune.measure.slow_paths import counted_since, slow_path_counts
     from autotune.measure.traffic import WorkloadBatch, _pad_token, batch_inputs, serving_rows, timed_batch_generate
 
     base, pad = generate_kwargs(candidate), _pad_token(model)
     calls = [0]
 
     def run(requests: Sequence[Request]) -> BatchTiming:
-        before, gc_before = allocator_events(device), pauses()
+        before = slow_path_counts(device)
         start = time.perf_counter()
         batch = WorkloadBatch(tuple(requests), 0)
         calls[0] += 1
@@ -190,10 +193,8 @@ def generate_runner(model, candidate, device: str, vocab_size: int) -> RunBatch:
                                                  rows=serving_rows(candidate, len(requests)))
         built_s = time.perf_counter() - start  # building the inputs is service time too
         first_s, total_s = timed_batch_generate(model, input_ids, attention_mask, base, pad, batch.new_tokens, device)
-        events, gc_after = allocator_events(device), pauses()
-        return BatchTiming(first_token_s=built_s + first_s, total_s=built_s + total_s,
-                           allocator=events - before if events is not None and before is not None else None,
-                           gc=gc_after - gc_before)
+        allocator, gc = counted_since(before, device)
+        return BatchTiming(first_token_s=built_s + first_s, total_s=built_s + total_s, allocator=allocator, gc=gc)
 
     return run
 
@@ -420,9 +421,8 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
     from autotune.capacity import ServiceModel, arrival_times, bucket_sizes, capacity, simulate
     from autotune.kv_cache import cache_kind
     from autotune.measure.compile_stats import snapshot
-    from autotune.measure.gc_pauses import pauses
-    from autotune.measure.memory import allocator_events
-    from autotune.measure.traffic import measure_workload
+    from autotune.measure.slow_paths import counted_since, slow_path_counts
+    from autotune.measure.traffic import measure_workload, warmup_requests
     from autotune.serving import pads_to_buckets
 
     points = {}
@@ -445,9 +445,9 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
     if padded:  # a compiled server captures its graphs for every bucket at start-up, for both mask forms
         warm = generate_runner(model, candidate, device, vocab_size)
         for k in buckets:
-            warm([Request(2, 2)] * k)  # rows of one length: no padding
-            if k > 1:
-                warm([Request(1, 2)] + [Request(2, 2)] * (k - 1))  # a padded row: the 4-D mask path most batches take
+            warm(warmup_requests(k, padded=False))
+            if k > 1:  # the padded path most batches take (a single row is never padded)
+                warm(warmup_requests(k, padded=True))
     # Start-up done: what is alive now (the model, the graphs compiled so far) is never walked by a
     # collection again (measure/gc_pauses.py); what is made later (e.g. chunked prefill's graphs
     # for shapes start-up did not meet) is collected as usual, and counted per batch.
@@ -462,11 +462,10 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
     allocator, gc_by_bucket = {}, {}
     for k, batches in timed_batches.items():
         at_k = candidate.model_copy(update={"batch_size": k})
-        before, gc_before = allocator_events(device), pauses()
+        before = slow_path_counts(device)
         points[k] = measure_workload(model, at_k, device, batches, vocab_size, workload={}, over_limit_share=share,
                                      rewarm_each_batch=rewarm)
-        after, gc_by_bucket[k] = allocator_events(device), pauses() - gc_before
-        allocator[k] = after - before if after is not None and before is not None else None
+        allocator[k], gc_by_bucket[k] = counted_since(before, device)
         stats = points[k].compile_stats
         compiled_while_timed = f"; {stats.graphs_while_timed} graph(s) compiled while timed" if stats and stats.graphs_while_timed else ""
         retries = f"; {allocator[k].alloc_retries} allocator cache flush(es)" if allocator[k] and allocator[k].alloc_retries else ""
@@ -542,9 +541,9 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
     ref = relocate(config.model)
     budget_gib = config.memory_budget_gib if device.startswith("cuda") else None
     if budget_gib is not None:  # served as it was tuned: under the study's cap (the allocator flushes at it, not at the card's size)
-        from autotune.system import cap_gpu_memory
+        from autotune.system import cap_gpu_memory, cuda_index
 
-        first = int(device.split(":")[1]) if ":" in device else 0
+        first = cuda_index(device)
         for index in range(first, first + max(1, candidate.num_gpus)):
             cap_gpu_memory(index, budget_gib)
     model, tokenizer = load_model(ref, candidate, device)

@@ -27,7 +27,12 @@ class DeviceInfo:
 
     @property
     def index(self) -> int:
-        return int(self.device.split(":")[1]) if ":" in self.device else 0
+        return cuda_index(self.device)
+
+
+def cuda_index(device: str) -> int:
+    """N of "cuda:N" (0 for a bare "cuda")."""
+    return int(device.split(":")[1]) if ":" in device else 0
 
 
 def detect_device(requested: str | None) -> DeviceInfo:

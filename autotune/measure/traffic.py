@@ -136,6 +136,19 @@ class WorkloadBatch:
         return [self.prompt_length - r.prompt_tokens for r in self.requests]
 
 
+# A warm-up request: two prompt tokens and two new ones (one decode step). The padded form's first
+# row has one prompt token, so the batch takes the padded path (a 4-D attention mask) that mixed
+# lengths take, not the all-ones fast path.
+WARMUP_NEW_TOKENS = 2
+
+
+def warmup_requests(rows: int, *, padded: bool) -> tuple[Request, ...]:
+    """A small batch of `rows` requests that runs a shape's code path untimed (its graphs compiled
+    and captured, its kernels chosen) without the cost of a real prompt."""
+    first = Request(1, WARMUP_NEW_TOKENS) if padded else Request(2, WARMUP_NEW_TOKENS)
+    return (first, *(Request(2, WARMUP_NEW_TOKENS),) * (rows - 1))
+
+
 def build_batches(requests: list[Request], batch_size: int, max_length: int) -> list[WorkloadBatch]:
     """Consecutive batches of batch_size requests (a last partial batch is dropped: draw a
     multiple), each request fitted to max_length."""
@@ -265,8 +278,8 @@ def measure_workload(
         # its first run is not timed either. A small batch of its own runs it (batch_size rows of
         # two prompt tokens, the first row padded, two new tokens: one decode step), so that every
         # workload batch, the first included, is timed on its own shape's first run.
-        padded_path = WorkloadBatch((Request(1, 2), *(Request(2, 2),) * (candidate.batch_size - 1)), 0)
-        timed(*batch_inputs(padded_path, vocab_size, pad, 1233, device), 2)
+        padded_path = WorkloadBatch(warmup_requests(candidate.batch_size, padded=True), 0)
+        timed(*batch_inputs(padded_path, vocab_size, pad, 1233, device), WARMUP_NEW_TOKENS)
         warmup_s = time.perf_counter() - warm_start
         measure_start = time.perf_counter()
         first, whole = [], []
