@@ -33,7 +33,9 @@ heap is unfrozen when the check ends. The batch log keeps, per batch, what can s
 replayed batch slower than the service model's batches of its size: how long the server sat idle
 before it, Python's collections during it, and (CUDA) the caching allocator's slow paths it met
 (measure.memory.AllocatorEvents: a new shape near the budget can make the allocator free its
-whole cache and retry). The service points keep the same counts over their measurement.
+whole cache and retry), and the CUDA graphs recorded during it (measure/graph_recordings.py: a
+compiled decode records again when its KV cache, new in every generate(), lands at another
+address). The service points keep the same counts over their measurement.
 """
 
 from __future__ import annotations
@@ -43,9 +45,12 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from autotune.capacity import DEFAULT_WARMUP_FRACTION, Percentiles, SimResult
+from autotune.capacity import DEFAULT_WARMUP_FRACTION, Percentiles
 from autotune.measure.gc_pauses import GcPauses
+from autotune.measure.graph_recordings import GraphRecordings
 from autotune.measure.memory import AllocatorEvents
+from autotune.measure.slow_paths import SlowPaths, counted_since, slow_path_counts
+from autotune.replay_comparison import Comparison, comparison_markdown, simulated_band
 from autotune.workload import Request
 
 
@@ -57,6 +62,7 @@ class BatchTiming:
     total_s: float
     allocator: AllocatorEvents | None = None  # the caching allocator's slow paths during it (CUDA)
     gc: GcPauses | None = None  # Python's garbage collections during it
+    graphs: GraphRecordings | None = None  # CUDA graphs recorded during it (measure/graph_recordings.py)
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class BatchLogEntry:
     idle_before_s: float
     allocator: AllocatorEvents | None = None
     gc: GcPauses | None = None
+    graphs: GraphRecordings | None = None
 
 
 RunBatch = Callable[[Sequence[Request]], BatchTiming]
@@ -102,6 +109,11 @@ class ReplayResult:
     def gc(self) -> GcPauses | None:
         """Python's garbage collections over every batch (None: the runner did not count them)."""
         return _total(b.gc for b in self.batch_log)
+
+    @property
+    def graphs(self) -> GraphRecordings | None:
+        """CUDA graphs recorded over every batch (None: not counted)."""
+        return _total(b.graphs for b in self.batch_log)
 
 
 def _total(counts):
@@ -150,7 +162,7 @@ def replay(requests: Sequence[Request], arrivals_s: Sequence[float], batch_size:
         first_s = now_s + timing.first_token_s
         longest = max(requests[i].output_tokens for i in members)
         batch_log.append(BatchLogEntry(len(members), longest, timing.first_token_s, end_s - now_s, idle_before_s,
-                                       timing.allocator, timing.gc))
+                                       timing.allocator, timing.gc, timing.graphs))
         served += len(members)
         if members[-1] >= warmup:
             window_start_s = now_s if window_start_s is None else window_start_s
@@ -178,7 +190,6 @@ def generate_runner(model, candidate, device: str, vocab_size: int) -> RunBatch:
     traffic.serving_rows) and timed as the measurement times it (traffic.timed_batch_generate:
     one generate() to its longest output, the first token's time from a streamer)."""
     from autotune.loading import generate_kwargs
-    from autotune.measure.slow_paths import counted_since, slow_path_counts
     from autotune.measure.traffic import WorkloadBatch, _pad_token, batch_inputs, serving_rows, timed_batch_generate
 
     base, pad = generate_kwargs(candidate), _pad_token(model)
@@ -193,91 +204,10 @@ def generate_runner(model, candidate, device: str, vocab_size: int) -> RunBatch:
                                                  rows=serving_rows(candidate, len(requests)))
         built_s = time.perf_counter() - start  # building the inputs is service time too
         first_s, total_s = timed_batch_generate(model, input_ids, attention_mask, base, pad, batch.new_tokens, device)
-        allocator, gc = counted_since(before, device)
-        return BatchTiming(first_token_s=built_s + first_s, total_s=built_s + total_s, allocator=allocator, gc=gc)
+        slow = counted_since(before, device)
+        return BatchTiming(built_s + first_s, built_s + total_s, slow.allocator, slow.gc, slow.graphs)
 
     return run
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """The simulation's prediction and the replay's measurement at one rate."""
-
-    fraction: float  # of the capacity
-    rate_rps: float
-    simulated: SimResult
-    replayed: ReplayResult
-    service_ratio: float | None = None  # median over the replay's batches: its time / the service model's mean for it
-    # Per figure (e.g. "e2e_p95"): the 5th and 95th percentile of the simulated figure over
-    # BAND_DRAWS simulations of the same arrivals with other output-length and service draws: how
-    # far a run of this many requests moves by chance. A replay inside it is as close as the
-    # simulation can say.
-    band: dict[str, tuple[float, float]] | None = None
-    # Graphs torch.compile compiled during the replay (dynamo's count): 0 when every batch met a
-    # shape compiled before, as a warmed-up compiled server does (past dynamo's recompile limit the
-    # check fails rather than run eagerly, _room_to_compile); eager candidates compile none.
-    compiled_graphs: int = 0
-
-    @staticmethod
-    def service_ratio_of(replayed: ReplayResult, service) -> float | None:
-        """How far the service model (capacity.ServiceModel) is from the replay's own batches: the
-        median of each batch's time over the model's mean time for its size and longest output
-        (1.0: the model is right on average; above 1: real batches take longer)."""
-        import statistics
-
-        ratios = [b.total_s / service.mean_batch_s(b.requests, b.longest_output) for b in replayed.batch_log]
-        return statistics.median(ratios) if ratios else None
-
-    def within_band(self, figure: str, replayed: float) -> bool | None:
-        if not self.band or figure not in self.band:
-            return None
-        low, high = self.band[figure]
-        return low <= replayed <= high
-
-    def rows(self) -> list[tuple[str, float, float, float]]:
-        """(figure, simulated, replayed, relative error of the simulation) per latency p95."""
-        out = []
-        for name in ("ttft", "tpot", "e2e"):
-            sim, rep = getattr(self.simulated, f"{name}_s"), getattr(self.replayed, f"{name}_s")
-            if sim is not None and rep is not None:
-                out.append((f"{name}_p95", sim.p95, rep.p95, sim.p95 / rep.p95 - 1))
-        return out
-
-
-def comparison_markdown(rows: Sequence[Comparison]) -> str:
-    lines = ["| load | rate (req/s) | figure | simulated | simulated 5-95% band | replayed | error | in band | "
-             "mean batch sim / replay | batch time replayed / modelled | requests |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for c in rows:
-        for figure, sim, rep, err in c.rows():
-            ratio = f"{c.service_ratio:.2f}" if c.service_ratio is not None else "–"
-            band = c.band.get(figure) if c.band else None
-            band_text = f"{band[0] * 1000:,.1f}-{band[1] * 1000:,.1f} ms" if band else "–"
-            inside = {True: "yes", False: "no", None: "–"}[c.within_band(figure, rep)]
-            lines.append(f"| {c.fraction:.0%} | {c.rate_rps:.3g} | {figure} | {sim * 1000:,.1f} ms | {band_text} | {rep * 1000:,.1f} ms | "
-                         f"{err:+.1%} | {inside} | {c.simulated.mean_batch_size:.2f} / {c.replayed.mean_batch_size:.2f} | {ratio} | "
-                         f"{c.replayed.requests} |")
-    return "\n".join(lines)
-
-
-BAND_DRAWS = 40
-
-
-def simulated_band(service, rate_rps: float, outputs: list[int], n_requests: int, seed: int,
-                   draws: int = BAND_DRAWS) -> dict[str, tuple[float, float]]:
-    """The 5th-95th percentile range of each simulated p95 over `draws` simulations of the same
-    arrivals (seed) with other output-length and service draws (capacity.simulate's draw_seed)."""
-    from autotune.capacity import simulate
-    from autotune.slo import percentile
-
-    runs = [simulate(service, rate_rps, output_tokens=outputs, n_requests=n_requests, seed=seed, draw_seed=10_000 + i)
-            for i in range(draws)]
-    band = {}
-    for name in ("ttft", "tpot", "e2e"):
-        values = [getattr(r, f"{name}_s").p95 for r in runs if getattr(r, f"{name}_s") is not None]
-        if values:
-            band[f"{name}_p95"] = (percentile(values, 5), percentile(values, 95))
-    return band
 
 
 @dataclass(frozen=True)
@@ -302,16 +232,18 @@ class ServicePointSummary:
     # its memory tracker emptying the cache first, included: more than the timed batches met). None: not CUDA.
     allocator: AllocatorEvents | None = None
     gc: GcPauses | None = None  # Python's collections over the same span (on CPU it starts with one full collection)
+    graphs: GraphRecordings | None = None  # CUDA graphs recorded over the same span
 
     @classmethod
-    def of(cls, batch_size: int, m, allocator: AllocatorEvents | None = None, gc: GcPauses | None = None) -> ServicePointSummary:
+    def of(cls, batch_size: int, m, slow: SlowPaths | None = None) -> ServicePointSummary:
         from autotune.slo import percentile
 
         tpot = m.tpot_s.samples if m.tpot_s is not None else None
         return cls(batch_size, m.ttft_s.median, m.tpot_s.median if tpot else None, percentile(tpot, 95) if tpot else None,
                    m.request_latency_s.median, len(m.ttft_s.samples), tuple(m.ttft_s.samples),
                    tuple(tpot) if tpot is not None else None,
-                   m.compile_stats.graphs_while_timed if m.compile_stats is not None else None, allocator, gc)
+                   m.compile_stats.graphs_while_timed if m.compile_stats is not None else None,
+                   *((slow.allocator, slow.gc, slow.graphs) if slow else ()))
 
 
 @dataclass(frozen=True)
@@ -421,7 +353,6 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
     from autotune.capacity import ServiceModel, arrival_times, bucket_sizes, capacity, simulate
     from autotune.kv_cache import cache_kind
     from autotune.measure.compile_stats import snapshot
-    from autotune.measure.slow_paths import counted_since, slow_path_counts
     from autotune.measure.traffic import measure_workload, warmup_requests
     from autotune.serving import pads_to_buckets
 
@@ -459,20 +390,21 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
     rewarm = candidate.compile and (tokens is None or bool(candidate.prefill_chunk_size))
     # The counts span each size's whole measurement: its warm-up and its memory tracker's start
     # (which empties the CUDA cache, and on CPU collects) as well as the timed batches.
-    allocator, gc_by_bucket = {}, {}
+    slow = {}
     for k, batches in timed_batches.items():
         at_k = candidate.model_copy(update={"batch_size": k})
         before = slow_path_counts(device)
         points[k] = measure_workload(model, at_k, device, batches, vocab_size, workload={}, over_limit_share=share,
                                      rewarm_each_batch=rewarm)
-        allocator[k], gc_by_bucket[k] = counted_since(before, device)
-        stats = points[k].compile_stats
+        slow[k] = counted_since(before, device)
+        stats, allocator, graphs = points[k].compile_stats, slow[k].allocator, slow[k].graphs
         compiled_while_timed = f"; {stats.graphs_while_timed} graph(s) compiled while timed" if stats and stats.graphs_while_timed else ""
-        retries = f"; {allocator[k].alloc_retries} allocator cache flush(es)" if allocator[k] and allocator[k].alloc_retries else ""
+        retries = f"; {allocator.alloc_retries} allocator cache flush(es)" if allocator and allocator.alloc_retries else ""
+        recorded = f"; {graphs.recordings} CUDA graph(s) recorded" if graphs and graphs.recordings else ""
         note(f"service time at batch {k}: TTFT p50 {points[k].ttft_s.median * 1000:,.1f} ms, "
-             f"e2e p50 {points[k].request_latency_s.median:.3f} s{compiled_while_timed}{retries}")
+             f"e2e p50 {points[k].request_latency_s.median:.3f} s{compiled_while_timed}{retries}{recorded}")
     service = ServiceModel.from_measurements(points, rounds_up=padded)
-    summaries = [ServicePointSummary.of(k, m, allocator[k], gc_by_bucket[k]) for k, m in sorted(points.items())]
+    summaries = [ServicePointSummary.of(k, m, slow[k]) for k, m in sorted(points.items())]
     n_requests = len(requests)
     outputs = [r.output_tokens for r in requests]
     found = capacity(service, limits, output_tokens=outputs)
@@ -504,6 +436,10 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
             flushed = sum(1 for b in replayed.batch_log if b.allocator and b.allocator.alloc_retries)
             note(f"{fraction:.0%} of capacity: the CUDA caching allocator flushed its cache and retried "
                  f"{replayed.allocator.alloc_retries} time(s), in {flushed} of {len(replayed.batch_log)} batches")
+        if replayed.graphs is not None and replayed.graphs.recordings:  # a static input (the KV cache) moved
+            recorded = sum(1 for b in replayed.batch_log if b.graphs and b.graphs.recordings)
+            note(f"{fraction:.0%} of capacity: {replayed.graphs.recordings} CUDA graph(s) recorded while replaying, in "
+                 f"{recorded} of {len(replayed.batch_log)} batches, {replayed.graphs.recording_s * 1000:,.0f} ms in all")
         if replayed.gc is not None and replayed.gc.full_collections:
             note(f"{fraction:.0%} of capacity: {replayed.gc.full_collections} full garbage collection(s) while replaying, "
                  f"{replayed.gc.collecting_s * 1000:,.0f} ms of collecting in all")
@@ -573,7 +509,8 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
                       "simulated_band_s": c.band.get(figure) if c.band else None, "within_band": c.within_band(figure, rep),
                       "replay_s": c.replayed.duration_s, "graphs_compiled_while_replaying": c.compiled_graphs,
                       "allocator_while_replaying": asdict(c.replayed.allocator) if c.replayed.allocator else None,
-                      "gc_while_replaying": asdict(c.replayed.gc) if c.replayed.gc else None}
+                      "gc_while_replaying": asdict(c.replayed.gc) if c.replayed.gc else None,
+                      "cuda_graphs_recorded_while_replaying": asdict(c.replayed.graphs) if c.replayed.graphs else None}
                      for c in rows for figure, sim, rep, err in c.rows()],
             "batch_logs": {f"{c.fraction:g}": [asdict(b) for b in c.replayed.batch_log] for c in rows},
             "markdown": comparison_markdown(rows),

@@ -100,8 +100,9 @@ def main() -> None:
 def causes(log: list[dict], ratios: list[float]) -> None:
     """The candidate causes of a slow replayed prefill, where the batch log records them (replay.json
     since 2026-12-06, seventh session): the server idle before the batch, Python's full garbage
-    collections during it, and the CUDA caching allocator flushing its cache (a new shape near the
-    memory budget)."""
+    collections during it, the CUDA caching allocator flushing its cache (a new shape near the
+    memory budget), and CUDA graphs recorded during it (the KV cache at a new address; replay.json
+    since 2026-12-06, eighth session)."""
     def median_of(selected: list[float]) -> str:
         return f"{statistics.median(selected):.2f} over {len(selected)}" if selected else "none"
 
@@ -121,6 +122,11 @@ def causes(log: list[dict], ratios: list[float]) -> None:
         print(f"    with an allocator cache flush: {median_of([r for r, f in zip(ratios, flushed) if f])}; "
               f"with a cudaMalloc but no flush: {median_of([r for r, f, m in zip(ratios, flushed, malloced) if m and not f])}; "
               f"with neither: {median_of([r for r, f, m in zip(ratios, flushed, malloced) if not m and not f])}")
+    if all(entry.get("graphs") for entry in log):
+        recorded = [entry["graphs"]["recordings"] > 0 for entry in log]
+        print(f"    with a CUDA graph recorded: {median_of([r for r, g in zip(ratios, recorded) if g])}; "
+              f"without: {median_of([r for r, g in zip(ratios, recorded) if not g])}; "
+              f"recording {sum(entry['graphs']['recording_s'] for entry in log) * 1000:,.0f} ms in all")
 
 
 if __name__ == "__main__":

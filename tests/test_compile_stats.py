@@ -92,3 +92,18 @@ def test_show_lists_the_compiled_candidates_with_compile_problems(tmp_path) -> N
     assert "compile problems (1 compiled candidate):" in text
     assert "#3 bf16 sdpa compile b=3" in text and "CUDA graphs skipped for 3 graph(s)" in text
     assert "#2 bf16" not in text.split("compile problems")[1]
+
+
+def test_cuda_graphs_recorded_while_timed_are_a_problem_and_unknown_counts_stay_unknown() -> None:
+    from autotune.measure.compile_stats import Snapshot
+
+    known, later = Snapshot(1, {}, 0, 4), Snapshot(1, {}, 0, 6)
+    assert later.recorded_since(known) == 2
+    assert later.recorded_since(Snapshot(1, {}, 0, None)) is None  # a torch without the recording trigger
+    stats = compile_stats(known, later, graphs_while_timed=0, recorded_while_timed=later.recorded_since(known))
+    assert stats.cudagraphs_recorded_while_timed == 2
+    assert stats.problems() == ["2 CUDA graph(s) recorded during the timed runs"]
+    assert compile_stats(known, known, 0, 0).problems() == []
+    # A trial stored before the field existed reads back as not counted.
+    old = CompileStats.model_validate({"graphs": 1, "graph_breaks": 0, "cudagraph_skips": 0, "graphs_while_timed": 0})
+    assert old.cudagraphs_recorded_while_timed is None and old.problems() == []

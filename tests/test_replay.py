@@ -62,7 +62,7 @@ def test_on_a_virtual_clock_the_replay_is_the_simulation(rate_rps: float) -> Non
 def test_the_service_ratio_says_how_far_real_batches_are_from_the_model() -> None:
     """Batches that take exactly the model's time give 1.0; a server 1.5x slower than its
     measured service times gives 1.5 (what the GPU replay's gap is read against)."""
-    from autotune.replay import Comparison
+    from autotune.replay_comparison import Comparison
 
     for slowdown in (1.0, 1.5):
         vc = VirtualClock()
@@ -291,6 +291,10 @@ def test_a_compiled_replay_on_gpu_compiles_nothing_while_timed() -> None:
     assert points[0].allocator.device_allocs > 0  # its memory tracker emptied the cache: the batches allocate again
     assert all(b.allocator is not None and b.gc is not None for row in rows for b in row.replayed.batch_log)
     assert server.gc_frozen
+    # CUDA graphs recorded are counted per replayed batch (how many: the GPU's answer, printed for the log).
+    assert all(b.graphs is not None for row in rows for b in row.replayed.batch_log)
+    print("CUDA graphs recorded while replaying:", [row.replayed.graphs for row in rows],
+          "per service point:", [p.graphs for p in points])
 
 
 @pytest.mark.parametrize("args, message", [
@@ -312,7 +316,7 @@ def test_replay_refuses_bad_flags_in_one_line(tmp_path, args: list[str], message
 def test_the_simulated_band_is_a_point_without_randomness_and_widens_with_it() -> None:
     """Same arrivals, other service and output draws: a deterministic service model with one
     output length has nothing to redraw (the band is the simulated value); measured spread does."""
-    from autotune.replay import simulated_band
+    from autotune.replay_comparison import simulated_band
 
     fixed = simulated_band(SERVICE, 30.0, [32], 400, seed=2, draws=5)
     sim = simulate(SERVICE, 30.0, output_tokens=[32], n_requests=400, seed=2)
@@ -342,7 +346,9 @@ def test_the_replay_command_writes_its_report_after_the_capacity_and_each_rate(t
     assert report["complete"] is True and report["fractions"] == [0.5]
     assert [p["batch_size"] for p in report["service_points"]] == [1, 2, 4]
     assert report["memory_budget_gib"] is None and report["server"]["gc_frozen"] is True  # CPU: no GPU cap
-    assert all({"idle_before_s", "gc", "allocator"} <= set(b) for b in report["batch_logs"]["0.5"])
+    assert all({"idle_before_s", "gc", "allocator", "graphs"} <= set(b) for b in report["batch_logs"]["0.5"])
+    # an eager config records no CUDA graph (and CPU has none): counted as 0, not left unknown
+    assert all(row["cuda_graphs_recorded_while_replaying"] == {"recordings": 0, "recording_s": 0.0} for row in report["rows"])
     # the service model's own samples and the simulated output lengths: the report can be simulated again
     from autotune.capacity import ServiceModel, simulate
 

@@ -23,6 +23,9 @@ class CompileStats(BaseModel):
     graph_breaks: int = Field(description="graph breaks met (each splits the forward into more graphs)")
     cudagraph_skips: int = Field(description="compiled graphs inductor ran without CUDA graphs (reduce-overhead)")
     graphs_while_timed: int = Field(description="graphs compiled during the timed runs: their compile time is in the figures")
+    cudagraphs_recorded_while_timed: int | None = Field(
+        default=None, description="CUDA graphs recorded during the timed runs (a static input such as the KV cache at a "
+        "new address): their capture time is in the figures; None where not counted")
     first_break: str | None = Field(default=None, description="the first graph break's reason, shortened")
 
     def problems(self) -> list[str]:
@@ -34,6 +37,8 @@ class CompileStats(BaseModel):
             out.append(f"CUDA graphs skipped for {self.cudagraph_skips} graph(s)")
         if self.graphs_while_timed:
             out.append(f"{self.graphs_while_timed} graph(s) compiled during the timed runs")
+        if self.cudagraphs_recorded_while_timed:
+            out.append(f"{self.cudagraphs_recorded_while_timed} CUDA graph(s) recorded during the timed runs")
         return out
 
 
@@ -42,6 +47,11 @@ class Snapshot:
     graphs: int
     breaks: dict[str, int]  # reason -> count
     cudagraph_skips: int
+    cudagraphs_recorded: int | None  # measure/graph_recordings.py; None where this torch cannot count them
+
+    def recorded_since(self, before: Snapshot) -> int | None:
+        known = self.cudagraphs_recorded is not None and before.cudagraphs_recorded is not None
+        return self.cudagraphs_recorded - before.cudagraphs_recorded if known else None
 
     @property
     def break_count(self) -> int:
@@ -51,18 +61,25 @@ class Snapshot:
 def snapshot() -> Snapshot:
     from torch._dynamo.utils import counters
 
-    return Snapshot(counters["stats"]["unique_graphs"], dict(counters["graph_break"]), counters["inductor"]["cudagraph_skips"])
+    from autotune.measure.graph_recordings import recordings
+
+    recorded = recordings()
+    return Snapshot(counters["stats"]["unique_graphs"], dict(counters["graph_break"]), counters["inductor"]["cudagraph_skips"],
+                    recorded.recordings if recorded is not None else None)
 
 
-def compile_stats(before: Snapshot, after: Snapshot, graphs_while_timed: int) -> CompileStats:
-    """Snapshots taken before the warm-up and after the timed runs; `graphs_while_timed`: the graphs
-    the caller saw compiled inside its timed runs (snapshots around them)."""
+def compile_stats(before: Snapshot, after: Snapshot, graphs_while_timed: int,
+                  recorded_while_timed: int | None = None) -> CompileStats:
+    """Snapshots taken before the warm-up and after the timed runs; `graphs_while_timed` and
+    `recorded_while_timed`: the graphs the caller saw compiled and the CUDA graphs it saw recorded
+    inside its timed runs (snapshots around them)."""
     new_breaks = [reason for reason in after.breaks if reason not in before.breaks]
     return CompileStats(
         graphs=after.graphs - before.graphs,
         graph_breaks=after.break_count - before.break_count,
         cudagraph_skips=after.cudagraph_skips - before.cudagraph_skips,
         graphs_while_timed=graphs_while_timed,
+        cudagraphs_recorded_while_timed=recorded_while_timed,
         first_break=_short(new_breaks[0]) if new_breaks else None,
     )
 

@@ -21,22 +21,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from autotune.measure.counts import Counts
+
 
 @dataclass(frozen=True)
-class GcPauses:
+class GcPauses(Counts):
     collections: int  # any generation
     # Of the oldest generation: the ones that walk every tracked object. CPython 3.14's incremental
     # collector reports its automatic collections differently: there collecting_s is the measure.
     full_collections: int
     collecting_s: float
-
-    def __add__(self, other: GcPauses) -> GcPauses:
-        return GcPauses(self.collections + other.collections, self.full_collections + other.full_collections,
-                        self.collecting_s + other.collecting_s)
-
-    def __sub__(self, before: GcPauses) -> GcPauses:
-        return GcPauses(self.collections - before.collections, self.full_collections - before.full_collections,
-                        self.collecting_s - before.collecting_s)
 
 
 OLDEST_GENERATION = 2  # CPython's generations are 0, 1 and 2

@@ -11,6 +11,8 @@ import os
 import threading
 from dataclasses import dataclass
 
+from autotune.measure.counts import Counts
+
 GIB = 2**30
 
 
@@ -24,7 +26,7 @@ class PeakMemory:
 
 
 @dataclass(frozen=True)
-class AllocatorEvents:
+class AllocatorEvents(Counts):
     """Counts of torch's CUDA caching allocator's slow paths (torch.cuda.memory_stats): why a batch
     of a new shape can run slower than one that reuses cached blocks. A new shape may find no
     cached block that fits, and the allocator then asks the driver (`device_allocs`, cudaMalloc or
@@ -35,14 +37,6 @@ class AllocatorEvents:
     alloc_retries: int
     device_allocs: int
     device_frees: int
-
-    def __add__(self, other: AllocatorEvents) -> AllocatorEvents:
-        return AllocatorEvents(self.alloc_retries + other.alloc_retries, self.device_allocs + other.device_allocs,
-                               self.device_frees + other.device_frees)
-
-    def __sub__(self, before: AllocatorEvents) -> AllocatorEvents:
-        return AllocatorEvents(self.alloc_retries - before.alloc_retries, self.device_allocs - before.device_allocs,
-                               self.device_frees - before.device_frees)
 
 
 _ALLOCATOR_KEYS = ("num_alloc_retries", "num_device_alloc", "num_device_free")

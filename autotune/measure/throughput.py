@@ -128,7 +128,7 @@ def measure_generation(
     stats = None
     if compiled is not None and warmed is not None:
         after = snapshot()
-        stats = compile_stats(compiled, after, graphs_while_timed=after.graphs - warmed.graphs)
+        stats = compile_stats(compiled, after, after.graphs - warmed.graphs, after.recorded_since(warmed))
     preprocess_times = [preprocess_again() for _ in range(repeats)] if preprocess_again else None
 
     # Decode time per repeat is full minus prefill of the same repeat (interleaved, so drift in

@@ -267,7 +267,7 @@ def measure_workload(
     # cache length), so only graphs compiled inside the timed runs count as compiled while timed.
     rewarm = candidate.compile if rewarm_each_batch is None else rewarm_each_batch
     compiled = snapshot() if candidate.compile else None
-    graphs_while_timed = 0
+    graphs_while_timed, recorded_while_timed = 0, 0
 
     with MemoryTracker(device, num_gpus=candidate.num_gpus) as tracker:
         warm_start = time.perf_counter()
@@ -293,13 +293,16 @@ def measure_workload(
             before = snapshot() if compiled else None
             t1, t = timed(input_ids, attention_mask, batch.new_tokens)
             if before is not None:
-                graphs_while_timed += snapshot().graphs - before.graphs
+                after = snapshot()
+                graphs_while_timed += after.graphs - before.graphs
+                recorded = after.recorded_since(before)
+                recorded_while_timed = None if recorded is None or recorded_while_timed is None else recorded_while_timed + recorded
             first.append(t1)
             whole.append(t)
             del input_ids, attention_mask
         measure_s = time.perf_counter() - measure_start
     memory = tracker.result()
-    stats = compile_stats(compiled, snapshot(), graphs_while_timed) if compiled is not None else None
+    stats = compile_stats(compiled, snapshot(), graphs_while_timed, recorded_while_timed) if compiled is not None else None
 
     ttft, tpot, e2e = [], [], []
     decode_rates = []
