@@ -24,6 +24,15 @@ def test_only_cuda_graph_recordings_are_counted_with_their_time() -> None:
     assert GraphRecordings(1, 0.5) + GraphRecordings(2, 0.25) == GraphRecordings(3, 0.75)
 
 
+def test_counting_survives_a_dynamo_reset() -> None:
+    recordings()
+    torch._dynamo.reset()  # drops every registered callback, ours included
+    before = recordings()  # registers them again
+    with callback_handler.install_callbacks(CallbackTrigger.CUDAGRAPH_RECORDING, "0/0"):
+        pass
+    assert (recordings() - before).recordings == 1
+
+
 def test_a_span_counts_collections_and_recordings_and_no_allocator_on_cpu() -> None:
     import gc
 

@@ -10,8 +10,8 @@ sizes may not, and then pays a recording (a warm-up run, a capture, two device s
 inside a request's latency. dynamo's graph counters (measure/compile_stats.py) do not see it:
 nothing is compiled. Counting it is how a trial or a replayed batch tells.
 
-`recordings()` is the count since this module first counted (callbacks installed once per
-process); None where this torch has no recording trigger (then not known, rather than 0).
+`recordings()` is the count since this module first counted; None where this torch has no
+recording trigger (then not known, rather than 0).
 """
 
 from __future__ import annotations
@@ -50,17 +50,21 @@ _counter: _Counter | None = None
 
 
 def recordings() -> GraphRecordings | None:
-    """The CUDA graphs recorded, and the seconds they took, since the first call in this process."""
+    """The CUDA graphs recorded, and the seconds they took, since the first call in this process.
+    torch._dynamo.reset() drops every registered callback (a worker resets between candidates):
+    each call registers the counter's again where they are gone, so a span read after a reset
+    counts; recordings between a reset and the next read are not counted."""
     global _counter
+    try:
+        from torch._dynamo.callback import CallbackTrigger, callback_handler
+    except ImportError:
+        return None
     if _counter is None:
-        try:
-            from torch._dynamo.callback import CallbackTrigger, callback_handler
-        except ImportError:
-            return None
         trigger = getattr(CallbackTrigger, "CUDAGRAPH_RECORDING", None)
         if trigger is None:
             return None
         _counter = _Counter(trigger)
+    if _counter.start not in callback_handler.start_callbacks:
         callback_handler.register_start_callback(_counter.start)
         callback_handler.register_end_callback(_counter.end)
     return GraphRecordings(_counter.recordings, _counter.recording_s)
