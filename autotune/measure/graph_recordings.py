@@ -11,7 +11,10 @@ inside a request's latency. dynamo's graph counters (measure/compile_stats.py) d
 nothing is compiled. Counting it is how a trial or a replayed batch tells.
 
 `recordings()` is the count since this module first counted; None where this torch has no
-recording trigger (then not known, rather than 0).
+recording trigger (then not known, rather than 0). dynamo runs start callbacks only for the
+outermost of nested callback blocks, so a recording inside a compile's block would go uncounted:
+recordings happen when compiled code runs, after its compile's block has closed, so this errs
+only towards too few.
 """
 
 from __future__ import annotations
