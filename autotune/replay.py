@@ -243,7 +243,8 @@ class ServicePointSummary:
                    m.request_latency_s.median, len(m.ttft_s.samples), tuple(m.ttft_s.samples),
                    tuple(tpot) if tpot is not None else None,
                    m.compile_stats.graphs_while_timed if m.compile_stats is not None else None,
-                   *((slow.allocator, slow.gc, slow.graphs) if slow else ()))
+                   allocator=slow.allocator if slow else None, gc=slow.gc if slow else None,
+                   graphs=slow.graphs if slow else None)
 
 
 @dataclass(frozen=True)

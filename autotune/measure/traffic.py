@@ -295,14 +295,16 @@ def measure_workload(
             if before is not None:
                 after = snapshot()
                 graphs_while_timed += after.graphs - before.graphs
-                recorded = after.recorded_since(before)
-                recorded_while_timed = None if recorded is None or recorded_while_timed is None else recorded_while_timed + recorded
+                recorded_while_timed += after.recorded_since(before) or 0
             first.append(t1)
             whole.append(t)
             del input_ids, attention_mask
         measure_s = time.perf_counter() - measure_start
     memory = tracker.result()
-    stats = compile_stats(compiled, snapshot(), graphs_while_timed, recorded_while_timed) if compiled is not None else None
+    stats = None
+    if compiled is not None:  # recordings are counted in every snapshot or in none (a torch without the trigger)
+        stats = compile_stats(compiled, snapshot(), graphs_while_timed,
+                              recorded_while_timed if compiled.cudagraphs_recorded is not None else None)
 
     ttft, tpot, e2e = [], [], []
     decode_rates = []
