@@ -297,6 +297,9 @@ def replay_command(
     slo: Optional[str] = typer.Option(None, "--slo", help="judge the capacity against these limits instead of the "
                                       "study's --slo (same form, e.g. ttft_p95=2s,tpot_p95=60ms)"),
     json_out: Optional[Path] = typer.Option(None, "--json", help="write the report here; default: replay.json beside the best.yaml"),
+    kv_cache: str = typer.Option("keep", "--kv-cache", help="keep: the server allocates its static KV cache once and runs "
+                                 "every batch on it, as servers do; per-call: a new cache in every generate(), as "
+                                 "generate() makes one (the check before 2026-12-07)"),
 ) -> None:
     """Check the capacity against reality: measure the config's service times on its workload, compute
     its capacity under the study's --slo, then replay the workload at fractions of it (Poisson
@@ -315,6 +318,8 @@ def replay_command(
         raise AutotuneError(f"--at {at}: fractions must be above 0 and at most 2 (200% of the capacity), e.g. 0.5,0.8,1.0")
     if not 3 <= repeats <= 100:
         raise AutotuneError(f"--repeats {repeats}: measure 3 to 100 batches per batch size")
+    if kv_cache not in ("keep", "per-call"):
+        raise AutotuneError(f"--kv-cache {kv_cache}: give keep or per-call")
     if not 112 <= requests <= 100_000:
         raise AutotuneError(f"--requests {requests}: replay between 112 (100 counted after the warm-up) and 100000 requests per rate")
     say = lambda text: console.print(text, markup=False, highlight=False, soft_wrap=True)  # noqa: E731
@@ -332,7 +337,7 @@ def replay_command(
         raise AutotuneError(f"--json {target}: its folder does not exist; pass a path in an existing folder")
     try:
         report = replay_deployment(config, device=device, fractions=fractions, n_requests=requests, seed=seed, slo=slo,
-                                   repeats=repeats, note=say, save=save)
+                                   repeats=repeats, note=say, save=save, keep_kv_cache=kv_cache == "keep")
     except ValueError as e:
         raise AutotuneError(f"{config}: {e}") from e
     except KeyboardInterrupt:

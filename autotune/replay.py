@@ -257,6 +257,9 @@ class ServerShape:
     # Python's heap frozen once start-up was done (the cache fixed, every bucket run with and
     # without padding), before anything was timed, as vLLM does after its warm-up (measure/gc_pauses.py).
     gc_frozen: bool = False
+    # The static KV cache kept in one allocation that every bucket's generate() ran on (kv_arena.py),
+    # as a server keeps its cache; False: a new cache in every generate(), as generate() makes one.
+    kv_arena: bool = False
 
 
 Checkpoint = Callable[[object, list[ServicePointSummary], list[Comparison], ServerShape], None]
@@ -303,7 +306,8 @@ def fix_static_cache_length(model, candidate, device: str, vocab_size: int, serv
 
 def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limits, *, fractions: Sequence[float],
                    requests: Sequence[Request], seed: int = 0, repeats: int = 3, note: Callable[[str], None] = lambda text: None,
-                   checkpoint: Checkpoint = lambda found, points, rows, server: None) -> tuple[object, list[Comparison]]:
+                   checkpoint: Checkpoint = lambda found, points, rows, server: None,
+                   keep_kv_cache: bool = True) -> tuple[object, list[Comparison]]:
     """Measure the config's service times on the workload at capacity.bucket_sizes (each `repeats`
     batches, traffic.measure_workload), compute its capacity under `limits` (autotune.slo.SloLimit)
     from them, then at each fraction of it simulate and replay `requests` (replay_requests) on the
@@ -316,13 +320,19 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
     come (`fix_static_cache_length`), so no batch meets a new cache shape while timed.
     `checkpoint(capacity, service points, comparisons so far, ServerShape)` runs once the capacity
     is known and after every rate, so a run stopped in a long replay keeps what it measured.
+    `keep_kv_cache`: once its length is fixed, a static cache is allocated once for the largest
+    bucket and every generate() runs on it (kv_arena.py), as a server keeps its cache, so its address
+    never moves under a compiled decode's recorded CUDA graphs; False: a new cache per generate().
     Returns (capacity.Capacity, the comparisons)."""
+    import contextlib
+
     from autotune.measure.gc_pauses import frozen_heap
     from autotune.serving import pads_to_buckets
 
-    with _room_to_compile(pads_to_buckets(candidate)), frozen_heap() as freeze_heap:
+    with _room_to_compile(pads_to_buckets(candidate)), frozen_heap() as freeze_heap, contextlib.ExitStack() as stack:
         return _capacity_check(model, candidate, device, vocab_size, sampler, limits, fractions=fractions, requests=requests,
-                               seed=seed, repeats=repeats, note=note, checkpoint=checkpoint, freeze_heap=freeze_heap)
+                               seed=seed, repeats=repeats, note=note, checkpoint=checkpoint, freeze_heap=freeze_heap,
+                               keep_kv_cache=stack.enter_context if keep_kv_cache else None)
 
 
 # A compiled server compiles a graph per bucket and per attention-mask form (a batch without padding
@@ -350,9 +360,12 @@ def _room_to_compile(compiled: bool):
 
 def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, limits, *, fractions: Sequence[float],
                     requests: Sequence[Request], seed: int, repeats: int, note: Callable[[str], None],
-                    checkpoint: Checkpoint, freeze_heap: Callable[[], None]) -> tuple[object, list[Comparison]]:
+                    checkpoint: Checkpoint, freeze_heap: Callable[[], None],
+                    keep_kv_cache: Callable[[object], object] | None) -> tuple[object, list[Comparison]]:
     from autotune.capacity import ServiceModel, arrival_times, bucket_sizes, capacity, simulate
+    from autotune.kv_arena import KvArena, serve_from
     from autotune.kv_cache import cache_kind
+    from autotune.loading import generate_kwargs
     from autotune.measure.compile_stats import snapshot
     from autotune.measure.traffic import measure_workload, warmup_requests
     from autotune.serving import pads_to_buckets
@@ -374,6 +387,10 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
             longer = f", longer than max_length {candidate.max_length}: more memory and attention than the study's worst case" \
                 if tokens > candidate.max_length else ""
             note(f"the static KV cache fixed at {tokens} tokens (the longest prompt plus the longest output){longer}")
+    arena = tokens is not None and keep_kv_cache is not None and KvArena.supports(model, generate_kwargs(candidate))
+    if arena:  # entered on capacity_check's stack: every generate() from here on runs on it, until the check ends
+        keep_kv_cache(serve_from(model, KvArena(model, max(buckets), tokens)))
+        note(f"the KV cache kept in one allocation for {max(buckets)} rows, every batch size on its first rows")
     if padded:  # a compiled server captures its graphs for every bucket at start-up, for both mask forms
         warm = generate_runner(model, candidate, device, vocab_size)
         for k in buckets:
@@ -384,7 +401,7 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
     # collection again (measure/gc_pauses.py); what is made later (e.g. chunked prefill's graphs
     # for shapes start-up did not meet) is collected as usual, and counted per batch.
     freeze_heap()
-    server = ServerShape(padded, tuple(buckets), tokens, gc_frozen=True)
+    server = ServerShape(padded, tuple(buckets), tokens, gc_frozen=True, kv_arena=arena)
     # With the cache length fixed each service batch is timed on its first run, as the replay meets
     # it (no untimed re-run of its own inputs first); its compile_stats say whether anything compiled
     # while timed. Chunked prefill compiles a prefill shape per last-chunk length: re-run untimed.
@@ -454,7 +471,7 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
 
 def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n_requests: int, seed: int = 0,
                       repeats: int = 3, slo: str | None = None, note: Callable[[str], None] = lambda text: None,
-                      save: Callable[[dict], None] = lambda report: None) -> dict:
+                      save: Callable[[dict], None] = lambda report: None, keep_kv_cache: bool = True) -> dict:
     """The capacity check of a best.yaml: its model loaded here as it was tuned, its workload (the
     fixed shape when it had none) and its --slo (or `slo`, when given); returns a JSON-ready report.
     `save(report so far)` runs once the capacity is known and after every rate ("complete": false
@@ -525,5 +542,5 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
 
     # checkpoint runs once the capacity is known and after every rate: latest holds the last report.
     capacity_check(model, candidate, device, int(text_config.vocab_size), sampler, limits, fractions=fractions,
-                   requests=requests, seed=seed, repeats=repeats, note=note, checkpoint=checkpoint)
+                   requests=requests, seed=seed, repeats=repeats, note=note, checkpoint=checkpoint, keep_kv_cache=keep_kv_cache)
     return latest[0]

@@ -217,9 +217,13 @@ def test_a_compiled_candidates_check_fixes_the_cache_length_and_makes_room_to_co
 
     frozen: list[bool] = []
     padded: list[bool] = []
+    caches: list = []  # the first layer's keys of the cache each generate() was handed (None: its own)
+    from autotune.kv_arena import cache_kwarg
 
     def recording(*args, **kwargs):
         config = torch._dynamo.config
+        cache = kwargs.get(cache_kwarg(model))
+        caches.append(cache.layers[0].keys.data_ptr() if cache is not None else None)
         seen.append((kwargs["input_ids"].shape[0], config.recompile_limit, config.fail_on_recompile_limit_hit))
         frozen.append(gc.get_freeze_count() > 0)
         padded.append(bool((kwargs["attention_mask"] == 0).any()))
@@ -262,6 +266,9 @@ def test_a_compiled_candidates_check_fixes_the_cache_length_and_makes_room_to_co
     assert [n for n, _, _ in seen[:6]] == [1, 1, 2, 2, 4, 4] and padded[:6] == [False, False, False, True, False, True]
     assert frozen[:6] == [False] * 6 and all(frozen[6:]) and len(frozen) > 6
     assert server.gc_frozen and gc.get_freeze_count() == 0
+    # The cache length fixed by generate()'s own cache; from then on every generate() runs on one kept
+    # allocation (kv_arena.py), whatever its rows, until the check ends.
+    assert server.kv_arena and caches[0] is None and len(set(caches[1:])) == 1 and None not in caches[1:]
 
 
 @pytest.mark.gpu
@@ -290,9 +297,11 @@ def test_a_compiled_replay_on_gpu_compiles_nothing_while_timed() -> None:
     assert all(p.allocator is not None for p in points)
     assert points[0].allocator.device_allocs > 0  # its memory tracker emptied the cache: the batches allocate again
     assert all(b.allocator is not None and b.gc is not None for row in rows for b in row.replayed.batch_log)
-    assert server.gc_frozen
-    # CUDA graphs recorded are counted per replayed batch (how many: the GPU's answer, printed for the log).
+    assert server.gc_frozen and server.kv_arena
+    # CUDA graphs recorded are counted per replayed batch; the KV cache kept in one place, a replayed
+    # batch replays the graphs start-up recorded for its bucket and records none.
     assert all(b.graphs is not None for row in rows for b in row.replayed.batch_log)
+    assert sum(row.replayed.graphs.recordings for row in rows) == 0
     print("CUDA graphs recorded while replaying:", [row.replayed.graphs for row in rows],
           "per service point:", [p.graphs for p in points])
 
@@ -305,6 +314,7 @@ def test_a_compiled_replay_on_gpu_compiles_nothing_while_timed() -> None:
     ([], "cannot read"),  # no best.yaml there
     (["--slo", "ttft_p95=2"], "no unit"),
     (["--repeats", "2"], "3 to 100 batches"),
+    (["--kv-cache", "reuse"], "give keep or per-call"),
 ])
 def test_replay_refuses_bad_flags_in_one_line(tmp_path, args: list[str], message: str) -> None:
     from tests.conftest import run_cli
