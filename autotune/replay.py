@@ -26,16 +26,18 @@ Building a batch's inputs counts as service time (a server tokenises too); it is
 generate().
 
 Start-up, as a server's: the GPU capped at the study's memory budget (replay_deployment), the
-static cache length fixed, a compiled config's graphs captured for every bucket with and without
-padding, then Python's heap frozen (measure/gc_pauses.py; vLLM freezes after its warm-up, SGLang
+static cache length fixed, the static cache then allocated once for the largest bucket and kept,
+every batch size running on its first rows (kv_arena.py; `--kv-cache per-call` lets generate()
+make a new one per call, as before 2026-12-07), a compiled config's graphs captured for every
+bucket with and without padding, then Python's heap frozen (measure/gc_pauses.py; vLLM freezes after its warm-up, SGLang
 offers it) before anything is timed, so a collection does not walk the objects start-up left; the
 heap is unfrozen when the check ends. The batch log keeps, per batch, what can still make a
 replayed batch slower than the service model's batches of its size: how long the server sat idle
 before it, Python's collections during it, and (CUDA) the caching allocator's slow paths it met
 (measure.memory.AllocatorEvents: a new shape near the budget can make the allocator free its
 whole cache and retry), and the CUDA graphs recorded during it (measure/graph_recordings.py: a
-compiled decode records again when its KV cache, new in every generate(), lands at another
-address). The service points keep the same counts over their measurement.
+compiled decode records again when a static input moves, as a KV cache new in every generate()
+can). The service points keep the same counts over their measurement.
 """
 
 from __future__ import annotations
