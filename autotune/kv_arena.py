@@ -112,7 +112,8 @@ def serve_from(model, arena: KvArena) -> Iterator[KvArena]:
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if (kwargs.get("cache_implementation") == "static" and name not in kwargs and input_ids is not None
                 and input_ids.shape[0] <= arena.max_rows
-                and input_ids.shape[1] + kwargs.get("max_new_tokens", 0) <= arena.max_cache_tokens):
+                and input_ids.shape[1] + kwargs.get("max_new_tokens", 0) - 1 <= arena.max_cache_tokens):
+            # (the last token is never fed back: generate() sizes its own cache at max_length - 1)
             # generate() refuses a cache and a cache_implementation together
             kwargs = {k: v for k, v in kwargs.items() if k != "cache_implementation"}
             kwargs[name] = arena.cache(input_ids.shape[0])

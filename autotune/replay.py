@@ -391,8 +391,14 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
             note(f"the static KV cache fixed at {tokens} tokens (the longest prompt plus the longest output){longer}")
     arena = tokens is not None and keep_kv_cache is not None and KvArena.supports(model, generate_kwargs(candidate))
     if arena:  # entered on capacity_check's stack: every generate() from here on runs on it, until the check ends
-        keep_kv_cache(serve_from(model, KvArena(model, max(buckets), tokens)))
-        note(f"the KV cache kept in one allocation for {max(buckets)} rows, every batch size on its first rows")
+        try:
+            keep_kv_cache(serve_from(model, KvArena(model, max(buckets), tokens)))
+            note(f"the KV cache kept in one allocation for {max(buckets)} rows, every batch size on its first rows")
+        except ValueError as e:  # e.g. a model spread over several GPUs: generate() makes its own, as without the arena
+            arena = False
+            note(f"the KV cache is not kept ({e}): a new one in every generate()")
+    elif keep_kv_cache is not None and cache_kind(candidate).static:
+        note("the KV cache is not kept (not a plain static cache of full-attention layers): a new one in every generate()")
     if padded:  # a compiled server captures its graphs for every bucket at start-up, for both mask forms
         warm = generate_runner(model, candidate, device, vocab_size)
         for k in buckets:

@@ -61,10 +61,10 @@ def test_a_batch_the_arena_cannot_hold_runs_on_generates_own_cache(tiny_model) -
     arena = KvArena(tiny_model, max_rows=2, max_cache_tokens=16)
     with serve_from(tiny_model, arena):
         wide = _generate(tiny_model, 3, 0)  # more rows than the arena has
-        long = _generate(tiny_model, 1, 1, new_tokens=8, prompt=12)  # 20 tokens > 16
-        fits = _generate(tiny_model, 2, 2, new_tokens=4, prompt=12)
+        long = _generate(tiny_model, 1, 1, new_tokens=6, prompt=12)  # 17 tokens cached > 16
+        fits = _generate(tiny_model, 2, 2, new_tokens=5, prompt=12)  # 16 cached: the 17th token is never fed back
     assert arena.generates_served == 1
-    assert wide.shape == (3, 18) and long.shape == (1, 20) and fits.shape == (2, 16)
+    assert wide.shape == (3, 18) and long.shape == (1, 18) and fits.shape == (2, 17)
     with pytest.raises(ValueError, match="does not fit the KV arena of 2 rows"):
         arena.cache(3)
 
