@@ -32,6 +32,8 @@ class KvArena:
         import torch
         from transformers import StaticCache
 
+        # transformers' own shape for an early-initialised cache (what generate() does for chunked
+        # prefill), in the model's dtype as there: a quantized model's cache is in its compute dtype.
         shape = model._get_static_cache_init_shape()
         if shape is None:
             raise ValueError("this model's static cache cannot be initialised ahead of time (layers on several devices)")
@@ -53,10 +55,6 @@ class KvArena:
         text = model.config.get_text_config(decoder=True)
         layer_types = getattr(text, "layer_types", None) or ["full_attention"]
         return all(t == "full_attention" for t in layer_types)
-
-    def address(self) -> int:
-        """Where the first layer's keys live: the same for every batch size and every call."""
-        return self._full.layers[0].keys.data_ptr()
 
     def cache(self, rows: int):
         """The StaticCache of `rows` rows, zeroed: views of the first `rows` rows of the allocation."""
