@@ -15,7 +15,10 @@ and passed to generate() as its cache (`cache_kwarg`). Under a memory cap there 
 the largest batch, not one per size, which is why the sizes share it.
 
 Only transformers' plain StaticCache of full-attention layers is arranged so (`supports`); other
-caches (offloaded, quantized, sliding-window layers) are left to generate().
+caches (offloaded, quantized, sliding-window layers) are left to generate(). An early-initialised
+cache reports its length as a device tensor, so generate()'s prefill waits for the device once
+(after the reset's zeroing), as transformers' own early-initialised cache (chunked prefill) does;
+between a server's batches the device is idle, so the wait is short.
 """
 
 from __future__ import annotations
@@ -25,12 +28,25 @@ from collections.abc import Iterator
 from typing import Any
 
 
+def _kept_cache_class():
+    """StaticCache that generate() never takes for the caller's: handed in as a Cache object, generate()
+    marks it `_is_user_defined` and so "returned" to the caller, and then refuses the deferred stop
+    check on a cache it cannot crop (5.17) or crops it every step (5.25). The arena's cache is
+    reset before every batch, so nothing is owed to the caller: the flag stays False, and generate()
+    runs as on its own cache."""
+    from transformers import StaticCache
+
+    class KeptStaticCache(StaticCache):
+        _is_user_defined = property(lambda self: False, lambda self, value: None)
+
+    return KeptStaticCache
+
+
 class KvArena:
     """Static KV caches of up to `max_rows` rows and `max_cache_tokens` tokens, one allocation."""
 
     def __init__(self, model, max_rows: int, max_cache_tokens: int) -> None:
         import torch
-        from transformers import StaticCache
 
         # transformers' own shape for an early-initialised cache (what generate() does for chunked
         # prefill), in the model's dtype as there: a quantized model's cache is in its compute dtype.
@@ -39,8 +55,9 @@ class KvArena:
             raise ValueError("this model's static cache cannot be initialised ahead of time (layers on several devices)")
         self._model, self.max_rows, self.max_cache_tokens = model, max_rows, max_cache_tokens
         num_heads, head_dim = shape
+        self._cache_class = _kept_cache_class()
         with torch.inference_mode(False):  # normal tensors (see cache())
-            self._full = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=max_cache_tokens)
+            self._full = self._cache_class(config=model.config.get_text_config(decoder=True), max_cache_len=max_cache_tokens)
             self._full.early_initialization(batch_size=max_rows, num_heads=num_heads, head_dim=head_dim,
                                             dtype=model.dtype, device=model.device)
         self._caches: dict[int, Any] = {max_rows: self._full}
@@ -49,12 +66,15 @@ class KvArena:
 
     @staticmethod
     def supports(model, generate_kwargs: dict) -> bool:
-        """Whether generate() would build a plain StaticCache of full-attention layers for this model."""
+        """Whether generate() would build a plain StaticCache of full-attention layers for this model
+        (asked of StaticCache itself: a config without layer_types may still have sliding windows)."""
+        from transformers import StaticCache
+        from transformers.cache_utils import StaticLayer
+
         if generate_kwargs.get("cache_implementation") != "static":
             return False
-        text = model.config.get_text_config(decoder=True)
-        layer_types = getattr(text, "layer_types", None) or ["full_attention"]
-        return all(t == "full_attention" for t in layer_types)
+        layers = StaticCache(config=model.config.get_text_config(decoder=True), max_cache_len=1).layers  # allocated lazily
+        return all(type(layer) is StaticLayer for layer in layers)
 
     def cache(self, rows: int):
         """The StaticCache of `rows` rows, zeroed: views of the first `rows` rows of the allocation."""
@@ -70,10 +90,8 @@ class KvArena:
         return cache
 
     def _view(self, rows: int):
-        from transformers import StaticCache
-
         torch = self._torch
-        cache = StaticCache(config=self._model.config.get_text_config(decoder=True), max_cache_len=self.max_cache_tokens)
+        cache = self._cache_class(config=self._model.config.get_text_config(decoder=True), max_cache_len=self.max_cache_tokens)
         for layer, full in zip(cache.layers, self._full.layers, strict=True):
             # What StaticLayer.lazy_initialization sets, with views in place of new tensors.
             # (transformers 5.17 also keeps the dtype; 5.25 does not.)
@@ -106,15 +124,21 @@ def serve_from(model, arena: KvArena) -> Iterator[KvArena]:
     and unwrapped when the block ends."""
     original, name = model.generate, cache_kwarg(model)
 
+    def one_sequence_per_row(kwargs: dict) -> bool:  # beams and returned sequences multiply the cache's rows
+        config = model.generation_config
+        return all((kwargs.get(k) if kwargs.get(k) is not None else getattr(config, k, 1) or 1) == 1
+                   for k in ("num_beams", "num_return_sequences"))
+
     def generate(*args, **kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         if (kwargs.get("cache_implementation") == "static" and name not in kwargs and input_ids is not None
+                and "max_new_tokens" in kwargs and one_sequence_per_row(kwargs)
                 and input_ids.shape[0] <= arena.max_rows
-                and input_ids.shape[1] + kwargs.get("max_new_tokens", 0) - 1 <= arena.max_cache_tokens):
-            # (the last token is never fed back: generate() sizes its own cache at max_length - 1)
-            # generate() refuses a cache and a cache_implementation together
-            kwargs = {k: v for k, v in kwargs.items() if k != "cache_implementation"}
-            kwargs[name] = arena.cache(input_ids.shape[0])
+                and input_ids.shape[1] + kwargs["max_new_tokens"] - 1 <= arena.max_cache_tokens):
+            # (the last token is never fed back: generate() sizes its own cache at max_length - 1.)
+            # generate() refuses a cache and a cache_implementation together; None, not left out, so
+            # that a cache_implementation in the model's generation_config is not filled back in.
+            kwargs = {**kwargs, "cache_implementation": None, name: arena.cache(input_ids.shape[0])}
             arena.generates_served += 1
         return original(*args, **kwargs)
 

@@ -398,7 +398,8 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
             arena = False
             note(f"the KV cache is not kept ({e}): a new one in every generate()")
     elif keep_kv_cache is not None and cache_kind(candidate).static:
-        note("the KV cache is not kept (not a plain static cache of full-attention layers): a new one in every generate()")
+        why = "its length is not fixed" if tokens is None else "not a plain static cache of full-attention layers"
+        note(f"the KV cache is not kept ({why}): a new one in every generate()")
     if padded:  # a compiled server captures its graphs for every bucket at start-up, for both mask forms
         warm = generate_runner(model, candidate, device, vocab_size)
         for k in buckets:

@@ -22,14 +22,14 @@ def tiny_model() -> torch.nn.Module:
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
 
 
-def _generate(model, rows: int, seed: int, new_tokens: int = 8, prompt: int = 10) -> torch.Tensor:
+def _generate(model, rows: int, seed: int, new_tokens: int = 8, prompt: int = 10, **more) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     input_ids = torch.randint(1, 200, (rows, prompt), generator=generator)
     attention_mask = torch.ones_like(input_ids)
     attention_mask[0, :3] = 0  # a left-padded row, as the server's batches have
     with torch.inference_mode():
         return model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=new_tokens,
-                              min_new_tokens=new_tokens, **STATIC)
+                              min_new_tokens=new_tokens, **STATIC, **more)
 
 
 def test_every_batch_size_runs_on_one_allocation_and_generates_what_its_own_cache_does(tiny_model) -> None:
@@ -62,21 +62,53 @@ def test_a_batch_the_arena_cannot_hold_runs_on_generates_own_cache(tiny_model) -
     with serve_from(tiny_model, arena):
         wide = _generate(tiny_model, 3, 0)  # more rows than the arena has
         long = _generate(tiny_model, 1, 1, new_tokens=6, prompt=12)  # 17 tokens cached > 16
+        beams = _generate(tiny_model, 1, 3, num_beams=2)  # two rows of cache per request
         fits = _generate(tiny_model, 2, 2, new_tokens=5, prompt=12)  # 16 cached: the 17th token is never fed back
     assert arena.generates_served == 1
-    assert wide.shape == (3, 18) and long.shape == (1, 18) and fits.shape == (2, 17)
+    assert wide.shape == (3, 18) and long.shape == (1, 18) and fits.shape == (2, 17) and beams.shape == (1, 18)
     with pytest.raises(ValueError, match="does not fit the KV arena of 2 rows"):
         arena.cache(3)
+
+
+def test_generate_treats_the_arenas_cache_as_its_own(tiny_model, monkeypatch) -> None:
+    """A Cache handed to generate() is the caller's, "returned" to it, and generate() then refuses
+    the deferred stop check on a cache it cannot crop (transformers 5.17) or crops it every step
+    (5.25): the arena's cache must read as generate()'s own, or `stop_check: deferred` would be
+    measured as sync. And a cache_implementation in the model's generation_config is not filled
+    back in beside the arena's cache (generate() refuses both)."""
+    from transformers.generation import utils as generation_utils
+
+    seen: list[tuple[bool, bool]] = []
+    stock = generation_utils.DeferredStopCheck.is_supported
+
+    def recording(device, cache, cache_is_returned, is_assistant):
+        seen.append((cache_is_returned, stock(torch.device("mps"), cache, cache_is_returned, is_assistant)))
+        return False
+
+    monkeypatch.setattr(generation_utils.DeferredStopCheck, "is_supported", staticmethod(recording))
+    _generate(tiny_model, 2, 0)
+    arena = KvArena(tiny_model, max_rows=2, max_cache_tokens=32)
+    monkeypatch.setattr(tiny_model.generation_config, "cache_implementation", "static")
+    with serve_from(tiny_model, arena):
+        _generate(tiny_model, 2, 0)
+    assert arena.generates_served == 1
+    assert seen == [(False, True), (False, True)]  # not returned, so the deferred check is allowed, as on its own
 
 
 def test_only_a_plain_static_cache_of_full_attention_layers_is_kept(tiny_model) -> None:
     assert KvArena.supports(tiny_model, {"cache_implementation": "static"})
     assert not KvArena.supports(tiny_model, {})  # generate()'s dynamic cache
     assert not KvArena.supports(tiny_model, {"cache_implementation": "offloaded_static"})
-    sliding = tiny_model.config.__class__(**{**tiny_model.config.to_dict(), "sliding_window": 8,
+    sliding = tiny_model.config.__class__(**{**tiny_model.config.to_dict(), "use_sliding_window": True, "sliding_window": 8,
                                              "layer_types": ["sliding_attention", "full_attention"]})
     assert sliding.layer_types[0] == "sliding_attention"
     assert not KvArena.supports(type("M", (), {"config": sliding})(), {"cache_implementation": "static"})
+    from transformers import MistralConfig
+
+    # No layer_types at all: StaticCache infers sliding-window layers from sliding_window itself.
+    mistral = MistralConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                            num_key_value_heads=2, sliding_window=8, vocab_size=100)
+    assert not KvArena.supports(type("M", (), {"config": mistral})(), {"cache_implementation": "static"})
     assert cache_kwarg(tiny_model) in ("cache", "past_key_values")
 
 
