@@ -133,24 +133,31 @@ def test_a_compiled_decode_on_the_arena_records_no_graph_when_batch_sizes_altern
 
     def run(rows: int, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
-        ids = torch.randint(1, 200, (rows, 20 + seed % 7), generator=generator).to("cuda:0")
+        ids = torch.randint(1, 200, (rows, 20), generator=generator).to("cuda:0")
         with torch.inference_mode():
             model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kwargs)
         torch.cuda.synchronize()
 
-    for seed, rows in enumerate(sizes * 2):  # generate()'s own cache; the length fixed by the first call
-        run(rows, seed)
-    before = recordings()
-    for seed, rows in enumerate((1, 8, 2, 4, 1, 8, 4, 2) * 2):
-        run(rows, 100 + seed)
-    own = (recordings() - before).recordings
-    arena = KvArena(model, max_rows=8, max_cache_tokens=model.__dict__["_previous_max_cache_length"])
-    with serve_from(model, arena):
-        for seed, rows in enumerate(sizes * 2):  # each size records once against the arena
-            run(rows, 200 + seed)
+    # Room for a graph per size and cache (past dynamo's limit, decode would run eagerly and record
+    # nothing, and the assertion below would hold for the wrong reason).
+    with torch._dynamo.config.patch(recompile_limit=64, fail_on_recompile_limit_hit=True):
+        for seed, rows in enumerate(sizes * 2):  # generate()'s own cache; its length fixed by the first call
+            run(rows, seed)
         before = recordings()
         for seed, rows in enumerate((1, 8, 2, 4, 1, 8, 4, 2) * 2):
-            run(rows, 300 + seed)
-        kept = (recordings() - before).recordings
-    print(f"CUDA graphs recorded over 16 alternating batches: generate()'s own cache {own}, the arena {kept}")
+            run(rows, 100 + seed)
+        own = (recordings() - before).recordings
+        arena = KvArena(model, max_rows=8, max_cache_tokens=model.__dict__["_previous_max_cache_length"])
+        with serve_from(model, arena):
+            warm = recordings()
+            for seed, rows in enumerate(sizes * 2):  # each size records against the arena
+                run(rows, 200 + seed)
+            recorded_at_start = (recordings() - warm).recordings
+            before = recordings()
+            for seed, rows in enumerate((1, 8, 2, 4, 1, 8, 4, 2) * 2):
+                run(rows, 300 + seed)
+            kept = (recordings() - before).recordings
+    print(f"CUDA graphs recorded over 16 alternating batches: generate()'s own cache {own}, the arena {kept} "
+          f"(the arena's start-up: {recorded_at_start})")
+    assert recorded_at_start > 0  # CUDA graphs are in use: the cache moved onto the arena and was recorded there
     assert arena.generates_served == 24 and kept == 0
