@@ -61,7 +61,6 @@ class KvArena:
             self._full.early_initialization(batch_size=max_rows, num_heads=num_heads, head_dim=head_dim,
                                             dtype=model.dtype, device=model.device)
         self._caches: dict[int, Any] = {max_rows: self._full}
-        self._torch = torch
         self.generates_served = 0  # generate() calls that ran on the arena (serve_from)
 
     @staticmethod
@@ -78,19 +77,22 @@ class KvArena:
 
     def cache(self, rows: int):
         """The StaticCache of `rows` rows, zeroed: views of the first `rows` rows of the allocation."""
+        import torch
+
         if not 1 <= rows <= self.max_rows:
             raise ValueError(f"a batch of {rows} rows does not fit the KV arena of {self.max_rows} rows")
         cache = self._caches.get(rows)
         if cache is None:
             # Normal tensors, not inference tensors, even when first asked for inside generate()'s
             # inference mode: reset() zeroes them in place, which an inference tensor refuses outside it.
-            with self._torch.inference_mode(False):
+            with torch.inference_mode(False):
                 cache = self._caches[rows] = self._view(rows)
         cache.reset()
         return cache
 
     def _view(self, rows: int):
-        torch = self._torch
+        import torch
+
         cache = self._cache_class(config=self._model.config.get_text_config(decoder=True), max_cache_len=self.max_cache_tokens)
         for layer, full in zip(cache.layers, self._full.layers, strict=True):
             # What StaticLayer.lazy_initialization sets, with views in place of new tensors.

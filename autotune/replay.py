@@ -337,6 +337,25 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
                                keep_kv_cache=stack.enter_context if keep_kv_cache else None)
 
 
+def _keep_kv_cache(model, candidate, rows: int, tokens: int, enter: Callable[[object], object],
+                   note: Callable[[str], None]) -> bool:
+    """Enter (on capacity_check's stack) a KV arena of `rows` rows and `tokens` tokens that every
+    generate() from here on runs on, until the check ends; whether it did (with a note either way)."""
+    from autotune.kv_arena import KvArena, serve_from
+    from autotune.loading import generate_kwargs
+
+    if not KvArena.supports(model, generate_kwargs(candidate)):  # (a fixed length: a static cache)
+        note("the KV cache is not kept (not a plain static cache of full-attention layers): a new one in every generate()")
+        return False
+    try:
+        enter(serve_from(model, KvArena(model, rows, tokens)))
+    except ValueError as e:  # e.g. a model spread over several GPUs: generate() makes its own, as without the arena
+        note(f"the KV cache is not kept ({e}): a new one in every generate()")
+        return False
+    note(f"the KV cache kept in one allocation for {rows} rows, every batch size on its first rows")
+    return True
+
+
 # A compiled server compiles a graph per bucket and per attention-mask form (a batch without padding
 # takes another path than a padded one), which can be more than dynamo's default 8 recompiles per
 # function; past the limit dynamo would run new shapes eagerly, slowly and without a word. While the
@@ -365,9 +384,7 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
                     checkpoint: Checkpoint, freeze_heap: Callable[[], None],
                     keep_kv_cache: Callable[[object], object] | None) -> tuple[object, list[Comparison]]:
     from autotune.capacity import ServiceModel, arrival_times, bucket_sizes, capacity, simulate
-    from autotune.kv_arena import KvArena, serve_from
     from autotune.kv_cache import cache_kind
-    from autotune.loading import generate_kwargs
     from autotune.measure.compile_stats import snapshot
     from autotune.measure.traffic import measure_workload, warmup_requests
     from autotune.serving import pads_to_buckets
@@ -383,23 +400,15 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
         served = [r for batches in timed_batches.values() for b in batches for r in b.requests] + list(requests)
         tokens = fix_static_cache_length(model, candidate, device, vocab_size, served)
         if tokens is None:
+            kept = ", and it is not kept: a new one in every generate()" if keep_kv_cache is not None else ""
             note(f"this transformers keeps no {_STATIC_CACHE_LENGTH_ATTR}: the static KV cache grows with the longest "
-                 "batch so far, and a longer one allocates (and, compiled, compiles) while timed")
+                 f"batch so far, and a longer one allocates (and, compiled, compiles) while timed{kept}")
         else:
             longer = f", longer than max_length {candidate.max_length}: more memory and attention than the study's worst case" \
                 if tokens > candidate.max_length else ""
             note(f"the static KV cache fixed at {tokens} tokens (the longest prompt plus the longest output){longer}")
-    arena = tokens is not None and keep_kv_cache is not None and KvArena.supports(model, generate_kwargs(candidate))
-    if arena:  # entered on capacity_check's stack: every generate() from here on runs on it, until the check ends
-        try:
-            keep_kv_cache(serve_from(model, KvArena(model, max(buckets), tokens)))
-            note(f"the KV cache kept in one allocation for {max(buckets)} rows, every batch size on its first rows")
-        except ValueError as e:  # e.g. a model spread over several GPUs: generate() makes its own, as without the arena
-            arena = False
-            note(f"the KV cache is not kept ({e}): a new one in every generate()")
-    elif keep_kv_cache is not None and cache_kind(candidate).static:
-        why = "its length is not fixed" if tokens is None else "not a plain static cache of full-attention layers"
-        note(f"the KV cache is not kept ({why}): a new one in every generate()")
+    arena = keep_kv_cache is not None and tokens is not None and _keep_kv_cache(model, candidate, max(buckets), tokens,
+                                                                               keep_kv_cache, note)
     if padded:  # a compiled server captures its graphs for every bucket at start-up, for both mask forms
         warm = generate_runner(model, candidate, device, vocab_size)
         for k in buckets:

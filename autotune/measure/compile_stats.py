@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from autotune.measure.counts import difference
+
 
 class CompileStats(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -50,8 +52,7 @@ class Snapshot:
     cudagraphs_recorded: int | None  # measure/graph_recordings.py; None where this torch cannot count them
 
     def recorded_since(self, before: Snapshot) -> int | None:
-        known = self.cudagraphs_recorded is not None and before.cudagraphs_recorded is not None
-        return self.cudagraphs_recorded - before.cudagraphs_recorded if known else None
+        return difference(self.cudagraphs_recorded, before.cudagraphs_recorded)
 
     @property
     def break_count(self) -> int:

@@ -5,10 +5,18 @@ recordings: measure/slow_paths.py)."""
 from __future__ import annotations
 
 from dataclasses import astuple
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:  # typing.Self is 3.11+; annotations are not evaluated at run time
     from typing_extensions import Self
+
+
+T = TypeVar("T")
+
+
+def difference(now: T | None, before: T | None) -> T | None:
+    """now - before, or None where either was not counted (a counter this torch or device lacks)."""
+    return now - before if now is not None and before is not None else None  # type: ignore[operator]
 
 
 class Counts:

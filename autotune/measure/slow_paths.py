@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from autotune.measure.counts import difference
 from autotune.measure.gc_pauses import GcPauses, pauses
 from autotune.measure.graph_recordings import GraphRecordings, recordings
 from autotune.measure.memory import AllocatorEvents, allocator_events
@@ -24,11 +25,7 @@ def slow_path_counts(device: str) -> SlowPaths:
     return SlowPaths(allocator_events(device), pauses(), recordings())
 
 
-def _difference(now, before):
-    return now - before if now is not None and before is not None else None
-
-
 def counted_since(before: SlowPaths, device: str) -> SlowPaths:
     """What happened since `before` (slow_path_counts of the same device)."""
     now = slow_path_counts(device)
-    return SlowPaths(_difference(now.allocator, before.allocator), now.gc - before.gc, _difference(now.graphs, before.graphs))
+    return SlowPaths(difference(now.allocator, before.allocator), now.gc - before.gc, difference(now.graphs, before.graphs))
