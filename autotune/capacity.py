@@ -30,7 +30,11 @@ The model
   smallest of them >= k and runs as that many rows: `ServiceModel(rounds_up=True)` uses the
   smallest measured size >= k instead of interpolating (slightly conservative for the prefill: the
   measured batches' prompts are padded to the longest of more requests than k).
-- Output lengths: one fixed length, or a list every request draws its length from.
+- Prompts: a prefill grows with the padded prompt (rows × the batch's longest prompt). Where the
+  measured batches' prompt lengths are known (prompt_scaling.py), the model has a slope fitted
+  within each size, and a batch's prefill draw moves by slope × rows × (its longest prompt − the
+  reference the samples were normalised to); without, every batch of a size draws alike.
+- Output lengths: one fixed length, or a list every request draws its length (and prompt) from.
 - Per request, with wait = batch start - arrival:
     TTFT = wait + prefill_s(k)   when its first token exists (what a streaming server could send);
     TPOT = tpot_s(k)             its batch's pace; a request of one output token has none;
@@ -157,8 +161,15 @@ class ServiceModel:
     # True for a compiled server, which pads a batch to a measured size (bucket_sizes): a batch of k
     # takes the smallest measured size >= k's times, not an interpolation between two sizes.
     rounds_up: bool = False
-    # Per k in 1..batch_size: the measured sizes to blend and the weight of the upper one.
-    _blend: tuple[tuple[ServicePoint, ServicePoint, float], ...] = field(init=False, repr=False)
+    # A prefill grows with the padded prompt (rows × the batch's longest prompt). With a slope
+    # (seconds per padded prompt token, prompt_scaling.py), the prefill samples are normalised to a
+    # batch whose longest prompt is reference_prompt_tokens, and a batch whose longest prompt is L
+    # takes its draw + slope × rows × (L − reference). 0: prompt-blind, every batch of a size draws
+    # from the same samples (a fixed-shape workload, or prompts not known).
+    prompt_slope_s: float = 0.0
+    reference_prompt_tokens: float = 0.0
+    # Per k in 1..batch_size: the measured sizes to blend, the weight of the upper one, the rows run.
+    _blend: tuple[tuple[ServicePoint, ServicePoint, float, int], ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if not self.points:
@@ -169,23 +180,26 @@ class ServiceModel:
                 raise ValueError(f"batch sizes must be integers ≥ 1, got {size!r}")
         if len({self.points[s].tpot_s is None for s in sizes}) > 1:
             raise ValueError("tpot samples are given at some batch sizes and not at others; a model decodes or it does not")
+        if not (math.isfinite(self.prompt_slope_s) and self.prompt_slope_s >= 0 and math.isfinite(self.reference_prompt_tokens)):
+            raise ValueError(f"prompt_slope_s must be finite and >= 0, got {self.prompt_slope_s!r}")
         blend = []
         for k in range(1, sizes[-1] + 1):
             i = bisect.bisect_left(sizes, k)
+            rows = sizes[i] if self.rounds_up else k  # a compiled server pads the batch to its bucket's rows
             if sizes[i] == k or i == 0 or self.rounds_up:  # measured, below the smallest size, or padded up to sizes[i]
-                blend.append((self.points[sizes[i]], self.points[sizes[i]], 0.0))
+                blend.append((self.points[sizes[i]], self.points[sizes[i]], 0.0, rows))
             else:
                 a, b = sizes[i - 1], sizes[i]
-                blend.append((self.points[a], self.points[b], (k - a) / (b - a)))
+                blend.append((self.points[a], self.points[b], (k - a) / (b - a), rows))
         object.__setattr__(self, "points", dict(self.points))
         object.__setattr__(self, "_blend", tuple(blend))
 
     @classmethod
     def from_samples(cls, points: Mapping[int, tuple[Sequence[float], Sequence[float] | None]], *,
-                     rounds_up: bool = False) -> ServiceModel:
+                     rounds_up: bool = False, prompt_slope_s: float = 0.0, reference_prompt_tokens: float = 0.0) -> ServiceModel:
         """{batch_size: (prefill samples, tpot samples or None)}, seconds."""
         return cls({size: ServicePoint(tuple(pre), None if tpot is None else tuple(tpot)) for size, (pre, tpot) in points.items()},
-                   rounds_up=rounds_up)
+                   rounds_up=rounds_up, prompt_slope_s=prompt_slope_s, reference_prompt_tokens=reference_prompt_tokens)
 
     @classmethod
     def from_measurements(cls, measurements: Mapping[int, Measurement], *, rounds_up: bool = False) -> ServiceModel:
@@ -202,49 +216,58 @@ class ServiceModel:
     def decodes(self) -> bool:
         return next(iter(self.points.values())).tpot_s is not None
 
-    def _check(self, k: int, u: float) -> tuple[ServicePoint, ServicePoint, float]:
+    def _check(self, k: int, u: float) -> tuple[ServicePoint, ServicePoint, float, int]:
         if not 1 <= k <= self.batch_size:
             raise ValueError(f"a batch of {k} is outside 1..{self.batch_size} (the largest measured batch size)")
         if not 0.0 <= u < 1.0:
             raise ValueError(f"u must be in [0, 1), got {u!r}")
         return self._blend[k - 1]
 
-    def prefill_s(self, k: int, u: float) -> float:
-        """The u-quantile of a batch of k's prefill (plus first token) time."""
-        a, b, w = self._check(k, u)
-        return (1 - w) * _quantile(a.prefill_s, u) + w * _quantile(b.prefill_s, u)
+    def _prompt_s(self, rows: int, longest_prompt: float | None) -> float:
+        """What a batch's longest prompt adds to (or takes from) the normalised prefill draw."""
+        if longest_prompt is None or not self.prompt_slope_s:
+            return 0.0
+        return self.prompt_slope_s * rows * (longest_prompt - self.reference_prompt_tokens)
+
+    def prefill_s(self, k: int, u: float, longest_prompt: float | None = None) -> float:
+        """The u-quantile of a batch of k's prefill (plus first token) time; `longest_prompt`: its
+        longest prompt in tokens, which moves the draw when the model has a prompt slope."""
+        a, b, w, rows = self._check(k, u)
+        drawn = (1 - w) * _quantile(a.prefill_s, u) + w * _quantile(b.prefill_s, u)
+        return max(drawn + self._prompt_s(rows, longest_prompt), 0.0)  # (a slope extrapolated far below the measured prompts)
 
     def tpot_s(self, k: int, u: float) -> float:
         """The u-quantile of a batch of k's time per output token after the first."""
-        a, b, w = self._check(k, u)
+        a, b, w, _ = self._check(k, u)
         if a.tpot_s is None or b.tpot_s is None:
             raise ValueError("this service model decodes nothing (no tpot samples); its requests have one output token")
         return (1 - w) * _quantile(a.tpot_s, u) + w * _quantile(b.tpot_s, u)
 
-    def _draw(self, k: int, u: float) -> tuple[float, float]:
+    def _draw(self, k: int, u: float, longest_prompt: float | None) -> tuple[float, float]:
         """prefill_s and tpot_s (0 when nothing is decoded) of one batch: the simulation's hot path,
         one call per batch, k and u already known to be valid."""
-        a, b, w = self._blend[k - 1]
+        a, b, w, rows = self._blend[k - 1]
         prefill_s = _quantile(a.prefill_s, u)
         tpot_s = _quantile(a.tpot_s, u) if a.tpot_s is not None else 0.0
         if w:
             prefill_s = (1 - w) * prefill_s + w * _quantile(b.prefill_s, u)
             if b.tpot_s is not None:
                 tpot_s = (1 - w) * tpot_s + w * _quantile(b.tpot_s, u)
-        return prefill_s, tpot_s
+        return max(prefill_s + self._prompt_s(rows, longest_prompt), 0.0), tpot_s
 
-    def batch_s(self, k: int, longest_output_tokens: int, u: float) -> float:
+    def batch_s(self, k: int, longest_output_tokens: int, u: float, longest_prompt: float | None = None) -> float:
         """Service time of a batch of k whose longest request generates longest_output_tokens."""
         if longest_output_tokens == 1:
-            return self.prefill_s(k, u)
-        return self.prefill_s(k, u) + (longest_output_tokens - 1) * self.tpot_s(k, u)
+            return self.prefill_s(k, u, longest_prompt)
+        return self.prefill_s(k, u, longest_prompt) + (longest_output_tokens - 1) * self.tpot_s(k, u)
 
-    def mean_batch_s(self, k: int, mean_longest_output_tokens: float) -> float:
+    def mean_batch_s(self, k: int, mean_longest_output_tokens: float, mean_longest_prompt: float | None = None) -> float:
         """E[service time of a batch of k]: the quantile draws average to the samples' means, and
-        the output length is drawn apart from u, so the mean is prefill + (E[L] - 1) * tpot."""
-        a, b, w = self._check(k, 0.0)
+        the output length is drawn apart from u, so the mean is prefill + (E[L] - 1) * tpot; the
+        prompt term is linear in the longest prompt, so its mean is taken at E[longest prompt]."""
+        a, b, w, rows = self._check(k, 0.0)
         mean = lambda samples: sum(samples) / len(samples)  # noqa: E731
-        prefill = (1 - w) * mean(a.prefill_s) + w * mean(b.prefill_s)
+        prefill = (1 - w) * mean(a.prefill_s) + w * mean(b.prefill_s) + self._prompt_s(rows, mean_longest_prompt)
         if a.tpot_s is None or b.tpot_s is None:
             return prefill
         return prefill + (mean_longest_output_tokens - 1) * ((1 - w) * mean(a.tpot_s) + w * mean(b.tpot_s))
@@ -277,11 +300,26 @@ def expected_longest(lengths: Sequence[int], k: int) -> float:
     return total
 
 
-def saturation_rps(service: ServiceModel, output_tokens: int | Sequence[int]) -> float:
+def _prompt_lengths(prompt_tokens: Sequence[int] | None, lengths: tuple[int, ...]) -> tuple[int, ...] | None:
+    """The requests' prompt lengths, entry i going with output length i (a request draws both)."""
+    if prompt_tokens is None:
+        return None
+    prompts = tuple(prompt_tokens)
+    if len(prompts) != len(lengths):
+        raise ValueError(f"prompt_tokens has {len(prompts)} entries and output_tokens {len(lengths)}; give one prompt "
+                         "length per output length (entry i of both is one request)")
+    for n in prompts:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"prompt_tokens must be integers ≥ 1, got {n!r}")
+    return prompts
+
+
+def saturation_rps(service: ServiceModel, output_tokens: int | Sequence[int], prompt_tokens: Sequence[int] | None = None) -> float:
     """The rate above which the queue grows without bound: batch_size / E[full batch's service time]."""
     lengths = _output_lengths(output_tokens, service)
+    prompts = _prompt_lengths(prompt_tokens, lengths)
     b = service.batch_size
-    return b / service.mean_batch_s(b, expected_longest(lengths, b))
+    return b / service.mean_batch_s(b, expected_longest(lengths, b), expected_longest(prompts, b) if prompts else None)
 
 
 # ------------------------------------------------------------------------------ simulation
@@ -327,6 +365,7 @@ class _Draws:
     unit_gaps: tuple[float, ...]  # Exp(1): the gaps at rate r are these / r
     output_tokens: tuple[int, ...]  # per request
     batch_u: tuple[float, ...]  # per batch (at most one batch per request): the service quantile
+    prompt_tokens: tuple[int, ...] | None = None  # per request; None: prompts not known (prompt-blind)
 
 
 def _unit_gaps(n_requests: int, seed: int) -> tuple[float, ...]:
@@ -345,15 +384,23 @@ def arrival_times(n_requests: int, rate_rps: float, seed: int = 0) -> list[float
     return out
 
 
-def _draw(n_requests: int, seed: int, lengths: tuple[int, ...], draw_seed: int | None = None) -> _Draws:
+def _draw(n_requests: int, seed: int, lengths: tuple[int, ...], draw_seed: int | None = None,
+          prompts: tuple[int, ...] | None = None, in_order: bool = False) -> _Draws:
     # One generator per stream, so a different length list leaves the arrivals and service draws as
-    # they were; draw_seed (default: seed) redraws the output lengths and service times alone.
+    # they were; draw_seed (default: seed) redraws the requests (unless in order) and service times alone.
     other = seed if draw_seed is None else draw_seed
     outputs, service = (random.Random(f"{other}:{stream}") for stream in ("outputs", "service"))
+    if in_order:  # request i is entry i: a replay's own requests, in its order
+        if len(lengths) != n_requests:
+            raise ValueError(f"in order, output_tokens needs one entry per request: {len(lengths)} for {n_requests} requests")
+        picks = range(n_requests)
+    else:  # each request draws an entry (randrange(n) takes the stream's numbers as choice() did)
+        picks = [0] * n_requests if len(lengths) == 1 else [outputs.randrange(len(lengths)) for _ in range(n_requests)]
     return _Draws(
         unit_gaps=_unit_gaps(n_requests, seed),
-        output_tokens=lengths * n_requests if len(lengths) == 1 else tuple(outputs.choice(lengths) for _ in range(n_requests)),
+        output_tokens=tuple(lengths[i] for i in picks),
         batch_u=tuple(service.random() for _ in range(n_requests)),
+        prompt_tokens=None if prompts is None else tuple(prompts[i] for i in picks),
     )
 
 
@@ -398,7 +445,8 @@ def _run(service: ServiceModel, rate_rps: float, draws: _Draws, warmup: int) -> 
         u = draws.batch_u[batch_no]
         batch_no += 1
         longest = max(draws.output_tokens[first:last]) if varied else draws.output_tokens[0]
-        prefill_s, per_token_s = service._draw(k, u)
+        prompt = max(draws.prompt_tokens[first:last]) if draws.prompt_tokens is not None else None
+        prefill_s, per_token_s = service._draw(k, u, prompt)
         batch_s = prefill_s + (longest - 1) * per_token_s
         free_at_s = start_s + batch_s
         if last > warmup:
@@ -433,16 +481,20 @@ def _run(service: ServiceModel, rate_rps: float, draws: _Draws, warmup: int) -> 
 
 
 def simulate(service: ServiceModel, rate_rps: float, *, output_tokens: int | Sequence[int],
+             prompt_tokens: Sequence[int] | None = None, in_order: bool = False,
              n_requests: int = DEFAULT_N_REQUESTS, seed: int = 0,
              warmup_fraction: float = DEFAULT_WARMUP_FRACTION, draw_seed: int | None = None) -> SimResult:
     """Poisson arrivals at rate_rps into the static-batching server (module docstring), n_requests
     of them; statistics over those after the first warmup_fraction. output_tokens: one length for
-    every request, or a list each request draws its length from. `draw_seed` (default `seed`)
-    redraws the output lengths and service times while the arrivals stay those of `seed`: how
-    much a finite run's percentiles move by the service draws alone."""
+    every request, or a list of requests each simulated request draws one of; prompt_tokens: their
+    prompt lengths (entry i with output length i), which move each batch's prefill by the model's
+    prompt slope. in_order: request i is entry i (a replay's own requests; n_requests entries).
+    `draw_seed` (default `seed`) redraws the requests (unless in order) and the service times while
+    the arrivals stay those of `seed`: how much a finite run's percentiles move by chance."""
     lengths = _output_lengths(output_tokens, service)
+    prompts = _prompt_lengths(prompt_tokens, lengths)
     warmup = _check_run(rate_rps, n_requests, warmup_fraction)
-    return _run(service, float(rate_rps), _draw(n_requests, seed, lengths, draw_seed), warmup)
+    return _run(service, float(rate_rps), _draw(n_requests, seed, lengths, draw_seed, prompts, in_order), warmup)
 
 
 # ------------------------------------------------------------------------------ capacity
@@ -480,16 +532,18 @@ def _describe(missed: list[tuple[str, float, float]]) -> str:
 
 
 def capacity(service: ServiceModel, limits: Sequence[SloLimit], *, output_tokens: int | Sequence[int],
-             n_requests: int = DEFAULT_N_REQUESTS, seed: int = 0,
+             prompt_tokens: Sequence[int] | None = None, n_requests: int = DEFAULT_N_REQUESTS, seed: int = 0,
              warmup_fraction: float = DEFAULT_WARMUP_FRACTION, rel_tol: float = 0.01) -> Capacity:
     """The largest rate below saturation whose simulation meets every limit (--slo's, parsed by
-    autotune.slo.parse_slo; module docstring); with no limit, the saturation rate itself."""
+    autotune.slo.parse_slo; module docstring); with no limit, the saturation rate itself.
+    output_tokens/prompt_tokens: the requests each simulated request draws from (simulate)."""
     lengths = _output_lengths(output_tokens, service)
+    prompts = _prompt_lengths(prompt_tokens, lengths)
     if not 0 < rel_tol < 1:
         raise ValueError(f"rel_tol must be in (0, 1), got {rel_tol!r}")
     if any(limit.latency == "tpot" for limit in limits) and not service.decodes:
         raise ValueError("a tpot limit needs tpot samples; this service model decodes nothing")
-    saturation = saturation_rps(service, lengths)
+    saturation = saturation_rps(service, lengths, prompts)
     if not limits:
         return Capacity(rate_rps=saturation, concurrency=float(service.batch_size), saturation_rps=saturation,
                         limited_by="saturation", simulated=None,
@@ -497,7 +551,7 @@ def capacity(service: ServiceModel, limits: Sequence[SloLimit], *, output_tokens
 
     tiny = saturation * TINY_FRACTION
     warmup = _check_run(tiny, n_requests, warmup_fraction)
-    draws = _draw(n_requests, seed, lengths)
+    draws = _draw(n_requests, seed, lengths, prompts=prompts)
     scanned = [tiny * (1 / TINY_FRACTION) ** (i / SCAN_POINTS) for i in range(SCAN_POINTS)]  # saturation excluded
     scan = []  # (rate, its simulation, the limits it misses)
     for rate in scanned:

@@ -42,6 +42,7 @@ can). The service points keep the same counts over their measurement.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -52,7 +53,8 @@ from autotune.measure.gc_pauses import GcPauses
 from autotune.measure.graph_recordings import GraphRecordings
 from autotune.measure.memory import AllocatorEvents
 from autotune.measure.slow_paths import SlowPaths, counted_since, slow_path_counts
-from autotune.replay_comparison import Comparison, comparison_markdown, simulated_band
+from autotune.prompt_scaling import PromptFit, prompted_service
+from autotune.replay_comparison import Comparison, comparison_markdown, simulate_comparison, simulated_band
 from autotune.workload import Request
 
 
@@ -81,6 +83,7 @@ class BatchLogEntry:
     allocator: AllocatorEvents | None = None
     gc: GcPauses | None = None
     graphs: GraphRecordings | None = None
+    longest_prompt: int | None = None  # tokens: the batch is left-padded to it
 
 
 RunBatch = Callable[[Sequence[Request]], BatchTiming]
@@ -164,7 +167,8 @@ def replay(requests: Sequence[Request], arrivals_s: Sequence[float], batch_size:
         first_s = now_s + timing.first_token_s
         longest = max(requests[i].output_tokens for i in members)
         batch_log.append(BatchLogEntry(len(members), longest, timing.first_token_s, end_s - now_s, idle_before_s,
-                                       timing.allocator, timing.gc, timing.graphs))
+                                       timing.allocator, timing.gc, timing.graphs,
+                                       max(requests[i].prompt_tokens for i in members)))
         served += len(members)
         if members[-1] >= warmup:
             window_start_s = now_s if window_start_s is None else window_start_s
@@ -235,9 +239,10 @@ class ServicePointSummary:
     allocator: AllocatorEvents | None = None
     gc: GcPauses | None = None  # Python's collections over the same span (on CPU it starts with one full collection)
     graphs: GraphRecordings | None = None  # CUDA graphs recorded over the same span
+    batch_prompt_tokens: tuple[int, ...] = ()  # each timed batch's longest prompt, in order (prompt_scaling.py)
 
     @classmethod
-    def of(cls, batch_size: int, m, slow: SlowPaths | None = None) -> ServicePointSummary:
+    def of(cls, batch_size: int, m, slow: SlowPaths | None = None, prompts: Sequence[int] = ()) -> ServicePointSummary:
         from autotune.slo import percentile
 
         tpot = m.tpot_s.samples if m.tpot_s is not None else None
@@ -246,7 +251,7 @@ class ServicePointSummary:
                    tuple(tpot) if tpot is not None else None,
                    m.compile_stats.graphs_while_timed if m.compile_stats is not None else None,
                    allocator=slow.allocator if slow else None, gc=slow.gc if slow else None,
-                   graphs=slow.graphs if slow else None)
+                   graphs=slow.graphs if slow else None, batch_prompt_tokens=tuple(prompts))
 
 
 @dataclass(frozen=True)
@@ -262,6 +267,7 @@ class ServerShape:
     # The static KV cache kept in one allocation that every bucket's generate() ran on (kv_arena.py),
     # as a server keeps its cache; False: a new cache in every generate(), as generate() makes one.
     kv_arena: bool = False
+    prompt_fit: PromptFit | None = None  # the service model's prompt slope (prompt_scaling.py); None: prompt-blind
 
 
 Checkpoint = Callable[[object, list[ServicePointSummary], list[Comparison], ServerShape], None]
@@ -383,7 +389,7 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
                     requests: Sequence[Request], seed: int, repeats: int, note: Callable[[str], None],
                     checkpoint: Checkpoint, freeze_heap: Callable[[], None],
                     keep_kv_cache: Callable[[object], object] | None) -> tuple[object, list[Comparison]]:
-    from autotune.capacity import ServiceModel, arrival_times, bucket_sizes, capacity, simulate
+    from autotune.capacity import arrival_times, bucket_sizes, capacity
     from autotune.kv_cache import cache_kind
     from autotune.measure.compile_stats import snapshot
     from autotune.measure.traffic import measure_workload, warmup_requests
@@ -439,11 +445,17 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
         recorded = f"; {graphs.recordings} CUDA graph(s) recorded" if graphs and graphs.recordings else ""
         note(f"service time at batch {k}: TTFT p50 {points[k].ttft_s.median * 1000:,.1f} ms, "
              f"e2e p50 {points[k].request_latency_s.median:.3f} s{compiled_while_timed}{retries}{recorded}")
-    service = ServiceModel.from_measurements(points, rounds_up=padded)
-    summaries = [ServicePointSummary.of(k, m, slow[k]) for k, m in sorted(points.items())]
+    samples = {k: (m.ttft_s.samples, m.tpot_s.samples if m.tpot_s is not None else None) for k, m in points.items()}
+    shapes = {k: [(len(b.requests), b.prompt_length) for b in batches] for k, batches in timed_batches.items()}
+    service, fit = prompted_service(samples, shapes, rounds_up=padded)
+    server = dataclasses.replace(server, prompt_fit=fit)
+    if fit is not None:
+        note(f"prefill: {fit.slope_s_per_token * 1e6:.3g} µs more per padded prompt token (rows × longest prompt), fitted "
+             f"over {fit.batches} service batches (median error {fit.median_error:.1%})")
+    summaries = [ServicePointSummary.of(k, m, slow[k], [p for _, p in shapes[k]]) for k, m in sorted(points.items())]
     n_requests = len(requests)
-    outputs = [r.output_tokens for r in requests]
-    found = capacity(service, limits, output_tokens=outputs)
+    found = capacity(service, limits, output_tokens=[r.output_tokens for r in requests],
+                     prompt_tokens=[r.prompt_tokens for r in requests])
     note(f"capacity {found.rate_rps:.4g} req/s ({found.reason})")
     checkpoint(found, summaries, [], server)
     if found.rate_rps <= 0:
@@ -456,10 +468,9 @@ def _capacity_check(model, candidate, device: str, vocab_size: int, sampler, lim
         # The arrivals alone take n_requests / rate: a capacity near 0 makes a long replay, said before it starts.
         note(f"{fraction:.0%} of capacity ({rate:.3g} req/s): replaying {n_requests} requests, arrivals over about "
              f"{n_requests / rate:,.0f} s")
-        # The same n_requests and seed: the simulation sees the replay's own arrival times, so the
-        # two differ by the service times alone (a longer simulation near capacity drifts further).
-        simulated = simulate(service, rate, output_tokens=outputs, n_requests=n_requests, seed=seed)
-        band = simulated_band(service, rate, outputs, n_requests, seed)
+        # The replay's own requests at its own arrival times: the two differ by the service times alone.
+        simulated = simulate_comparison(service, rate, requests, seed)
+        band = simulated_band(service, rate, requests, seed)
         before = snapshot()
         replayed = replay(requests, arrival_times(n_requests, rate, seed), candidate.batch_size, runner, rate_rps=rate)
         compiled_graphs = snapshot().graphs - before.graphs
@@ -534,7 +545,7 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
             # A compiled server's batches were padded to its buckets: simulate it again with
             # ServiceModel(rounds_up=True); its cache length is what the service times were measured at.
             "server": asdict(server),
-            "output_tokens": outputs, "capacity_rps": found.rate_rps, "saturation_rps": found.saturation_rps,
+            "output_tokens": outputs, "prompt_tokens": [r.prompt_tokens for r in requests], "capacity_rps": found.rate_rps, "saturation_rps": found.saturation_rps,
             "capacity_reason": found.reason,
             "meets_again_rps": list(found.meets_again_rps or ()),
             "recorded_capacity_rps": config.capacity.rate_rps if config.capacity else None,

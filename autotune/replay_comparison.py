@@ -23,8 +23,8 @@ class Comparison:
     replayed: ReplayResult
     service_ratio: float | None = None  # median over the replay's batches: its time / the service model's mean for it
     # Per figure (e.g. "e2e_p95"): the 5th and 95th percentile of the simulated figure over
-    # BAND_DRAWS simulations of the same arrivals with other output-length and service draws: how
-    # far a run of this many requests moves by chance. A replay inside it is as close as the
+    # BAND_DRAWS simulations of the same requests and arrivals with other service draws: how far
+    # the measured spread of the service times moves it. A replay inside it is as close as the
     # simulation can say.
     band: dict[str, tuple[float, float]] | None = None
     # Graphs torch.compile compiled during the replay (dynamo's count): 0 when every batch met a
@@ -35,11 +35,11 @@ class Comparison:
     @staticmethod
     def service_ratio_of(replayed: ReplayResult, service) -> float | None:
         """How far the service model (capacity.ServiceModel) is from the replay's own batches: the
-        median of each batch's time over the model's mean time for its size and longest output
+        median of each batch's time over the model's mean time for its size, longest output and prompt
         (1.0: the model is right on average; above 1: real batches take longer)."""
         import statistics
 
-        ratios = [b.total_s / service.mean_batch_s(b.requests, b.longest_output) for b in replayed.batch_log]
+        ratios = [b.total_s / service.mean_batch_s(b.requests, b.longest_output, b.longest_prompt) for b in replayed.batch_log]
         return statistics.median(ratios) if ratios else None
 
     def within_band(self, figure: str, replayed: float) -> bool | None:
@@ -77,15 +77,24 @@ def comparison_markdown(rows: Sequence[Comparison]) -> str:
 BAND_DRAWS = 40
 
 
-def simulated_band(service, rate_rps: float, outputs: list[int], n_requests: int, seed: int,
-                   draws: int = BAND_DRAWS) -> dict[str, tuple[float, float]]:
-    """The 5th-95th percentile range of each simulated p95 over `draws` simulations of the same
-    arrivals (seed) with other output-length and service draws (capacity.simulate's draw_seed)."""
+def simulate_comparison(service, rate_rps: float, requests: Sequence, seed: int, draw_seed: int | None = None) -> SimResult:
+    """The simulation a replay is compared with: the replay's own requests (prompt and output
+    lengths) in its order, arriving at the replay's times (arrival_times(len(requests), rate, seed)),
+    so that the two differ by the service times alone. draw_seed redraws the service times."""
     from autotune.capacity import simulate
+
+    return simulate(service, rate_rps, output_tokens=[r.output_tokens for r in requests],
+                    prompt_tokens=[r.prompt_tokens for r in requests], in_order=True, n_requests=len(requests), seed=seed,
+                    draw_seed=draw_seed)
+
+
+def simulated_band(service, rate_rps: float, requests: Sequence, seed: int, draws: int = BAND_DRAWS) -> dict[str, tuple[float, float]]:
+    """The 5th-95th percentile range of each simulated p95 over `draws` simulations of the replay's
+    requests and arrivals with other service draws (capacity.simulate's draw_seed): how far the
+    service times' measured spread alone moves the figure."""
     from autotune.slo import percentile
 
-    runs = [simulate(service, rate_rps, output_tokens=outputs, n_requests=n_requests, seed=seed, draw_seed=10_000 + i)
-            for i in range(draws)]
+    runs = [simulate_comparison(service, rate_rps, requests, seed, draw_seed=10_000 + i) for i in range(draws)]
     band = {}
     for name in ("ttft", "tpot", "e2e"):
         values = [getattr(r, f"{name}_s").p95 for r in runs if getattr(r, f"{name}_s") is not None]

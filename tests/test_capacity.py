@@ -200,9 +200,12 @@ def test_a_compiled_server_takes_the_next_measured_size_up_not_an_interpolation(
 
 
 def test_the_simulation_draws_what_the_public_methods_say():
-    for k in range(1, 9):
-        for u in (0.0, 0.2, 0.5, 0.7, 0.999):
-            assert SPREAD._draw(k, u) == pytest.approx((SPREAD.prefill_s(k, u), SPREAD.tpot_s(k, u)))
+    sloped = ServiceModel(SPREAD.points, prompt_slope_s=1e-5, reference_prompt_tokens=500.0)
+    for service in (SPREAD, sloped):
+        for k in range(1, 9):
+            for u in (0.0, 0.2, 0.5, 0.7, 0.999):
+                for prompt in (None, 100, 500, 2000):
+                    assert service._draw(k, u, prompt) == pytest.approx((service.prefill_s(k, u, prompt), service.tpot_s(k, u)))
 
 
 def test_from_measurements_reads_ttft_and_tpot_samples():

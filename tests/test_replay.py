@@ -324,16 +324,28 @@ def test_replay_refuses_bad_flags_in_one_line(tmp_path, args: list[str], message
 
 
 def test_the_simulated_band_is_a_point_without_randomness_and_widens_with_it() -> None:
-    """Same arrivals, other service and output draws: a deterministic service model with one
-    output length has nothing to redraw (the band is the simulated value); measured spread does."""
-    from autotune.replay_comparison import simulated_band
+    """The replay's requests and arrivals, other service draws: a deterministic service model has
+    nothing to redraw (the band is the simulated value, whatever the requests' lengths); measured spread does."""
+    from autotune.replay_comparison import simulate_comparison, simulated_band
 
-    fixed = simulated_band(SERVICE, 30.0, [32], 400, seed=2, draws=5)
-    sim = simulate(SERVICE, 30.0, output_tokens=[32], n_requests=400, seed=2)
+    requests = [Request(10 + 7 * i % 50, (8, 16, 32, 64)[i % 4]) for i in range(400)]
+    fixed = simulated_band(SERVICE, 30.0, requests, seed=2, draws=5)
+    sim = simulate_comparison(SERVICE, 30.0, requests, seed=2)
     assert fixed["e2e_p95"] == pytest.approx((sim.e2e_s.p95, sim.e2e_s.p95))
     spread = ServiceModel.from_samples({1: ([0.04, 0.05, 0.09], [0.008, 0.010, 0.016]), 8: ([0.1, 0.12, 0.2], [0.012, 0.015, 0.03])})
-    low, high = simulated_band(spread, 20.0, [8, 16, 32, 64], 400, seed=2, draws=10)["e2e_p95"]
+    low, high = simulated_band(spread, 20.0, requests, seed=2, draws=10)["e2e_p95"]
     assert high > low * 1.02
+
+
+def test_the_comparison_simulates_the_replays_own_requests_in_order() -> None:
+    """Request i of the simulation is the replay's request i: reversing the requests (long outputs
+    first instead of last) changes the figures; the same requests give the same figures."""
+    from autotune.replay_comparison import simulate_comparison
+
+    requests = [Request(20, 4)] * 200 + [Request(20, 64)] * 200
+    first = simulate_comparison(SERVICE, 25.0, requests, seed=1)
+    assert simulate_comparison(SERVICE, 25.0, list(requests), seed=1).e2e_s == first.e2e_s
+    assert simulate_comparison(SERVICE, 25.0, requests[::-1], seed=1).e2e_s != first.e2e_s
 
 
 @pytest.mark.slow
@@ -360,13 +372,19 @@ def test_the_replay_command_writes_its_report_after_the_capacity_and_each_rate(t
     # an eager config records no CUDA graph (and CPU has none): counted as 0, not left unknown
     assert all(row["cuda_graphs_recorded_while_replaying"] == {"recordings": 0, "recording_s": 0.0} for row in report["rows"])
     # the service model's own samples and the simulated output lengths: the report can be simulated again
-    from autotune.capacity import ServiceModel, simulate
+    from autotune.prompt_scaling import prompted_service
+    from autotune.replay_comparison import simulate_comparison
 
-    service = ServiceModel.from_samples({p["batch_size"]: (p["prefill_samples_s"], p["tpot_samples_s"])
-                                         for p in report["service_points"]})
+    points = report["service_points"]
+    service, fit = prompted_service({p["batch_size"]: (p["prefill_samples_s"], p["tpot_samples_s"]) for p in points},
+                                    {p["batch_size"]: [(p["batch_size"], n) for n in p["batch_prompt_tokens"]] for p in points},
+                                    rounds_up=report["server"]["pads_to_buckets"])
+    assert fit is not None and report["server"]["prompt_fit"]["slope_s_per_token"] == fit.slope_s_per_token
     assert len(report["output_tokens"]) == 112 and all(2 <= n <= 16 for n in report["output_tokens"])
+    assert len(report["prompt_tokens"]) == 112 and all(8 <= n <= 40 for n in report["prompt_tokens"])
     row = report["rows"][0]
-    again = simulate(service, row["rate_rps"], output_tokens=report["output_tokens"], n_requests=112, seed=report["seed"])
+    requests = [Request(p, o) for p, o in zip(report["prompt_tokens"], report["output_tokens"])]
+    again = simulate_comparison(service, row["rate_rps"], requests, seed=report["seed"])
     assert getattr(again, row["figure"].removesuffix("_p95") + "_s").p95 == pytest.approx(row["simulated_s"])
     assert report["capacity_rps"] > 0 and {r["fraction"] for r in report["rows"]} == {0.5}
     assert "arrivals over about" in result.stdout
