@@ -229,8 +229,8 @@ def pool_measurements(measurements: list[Measurement]) -> Measurement:
             fields[name] = max(present)
         elif name in ("warmup_s", "measure_s", "workload_truncated"):
             fields[name] = sum(present)
-        elif name == "request_output_tokens":  # every round's timed requests
-            fields[name] = [x for v in present for x in v]
+        elif name.startswith("request_"):  # every round's timed requests, in the order of the pooled samples
+            fields[name] = [x for v in present for x in v] if len(present) == len(values) else None
         elif name == "padding_share":  # the rounds' mean (each round's batches are about alike in size)
             fields[name] = sum(present) / len(present)
         else:  # per-request figures that do not change between rounds (visual tokens)

@@ -9,7 +9,9 @@ than the full batch's. A compiled config's server pads a batch to a bucket (capa
 pads_to_buckets): only trials at its bucket sizes feed it, and a partial batch takes the next
 measured size up (ServiceModel rounds_up), never an interpolation. Output lengths: under a
 workload, the output lengths of the requests the measurement timed (each request of the simulation draws one of them); under the fixed shape, the
-space's new_tokens. Every --slo limit is simulated at its own percentile.
+space's new_tokens. Under a workload a simulated request draws a timed request's prompt with its
+output, and a batch's prefill moves with its longest prompt by the slope fitted to the timed
+batches (prompt_scaling.py). Every --slo limit is simulated at its own percentile.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ class ServingCapacity(BaseModel):
                                    "config's: its bucket sizes, a partial batch taking the next one up)")
     simulated_p95_s: dict[str, float] = Field(default={}, description="ttft/tpot/e2e p95 simulated at rate_rps")
     output_tokens: list[int] = Field(default=[], description="the output lengths requests drew from (one entry: every request's)")
+    prompt_slope_s_per_token: float = Field(default=0.0, description="seconds a batch's prefill grows per padded prompt token "
+                                            "(rows × longest prompt), fitted to the timed batches (prompt_scaling.py); 0: "
+                                            "prompt-blind (the fixed shape)")
     meets_again_rps: list[float] = Field(default=[], description="[lowest, highest] scanned rate above the capacity that meets "
                                          "the SLO again (small batches queue worse than full ones); empty when none does")
 
@@ -65,7 +70,7 @@ def _rate(rps: float) -> str:
 
 def serving_capacity(recs: list[TrialRecord], best: TrialRecord, limits: list[SloLimit]) -> ServingCapacity | None:
     """The capacity of `best` under `limits` (None when it has no measurement to simulate)."""
-    from autotune.capacity import ServiceModel, bucket_sizes, capacity
+    from autotune.capacity import bucket_sizes, capacity
     from autotune.knobs import boundary_shape
 
     def same_but_batch(c) -> bool:  # the grouping the batch-size bisection uses (knobs.boundary_shape)
@@ -84,9 +89,12 @@ def serving_capacity(recs: list[TrialRecord], best: TrialRecord, limits: list[Sl
     measurement = best.outcome.measurement
     decodes = measurement.tpot_s is not None
     simulated_limits = [lim for lim in limits if decodes or lim.latency != "tpot"]  # a reranker has no TPOT
-    service = ServiceModel.from_measurements(points, rounds_up=padded)
+    service = _service_model(points, padded)
     outputs = (measurement.request_output_tokens or [best.candidate.new_tokens]) if decodes else [1]
-    result = capacity(service, simulated_limits, output_tokens=outputs)
+    prompts = measurement.request_prompt_tokens
+    if prompts is None or len(prompts) != len(outputs):
+        prompts = None
+    result = capacity(service, simulated_limits, output_tokens=outputs, prompt_tokens=prompts)
     sim = result.simulated
     simulated = {} if sim is None else {"ttft": sim.ttft_s.p95, "e2e": sim.e2e_s.p95,
                                         **({"tpot": sim.tpot_s.p95} if sim.tpot_s is not None else {})}
@@ -95,4 +103,19 @@ def serving_capacity(recs: list[TrialRecord], best: TrialRecord, limits: list[Sl
         limited_by=result.limited_by, reason=result.reason,
         slo=",".join(lim.label() for lim in simulated_limits),
         batch_sizes=sorted(points), simulated_p95_s=simulated, output_tokens=sorted(outputs),
+        prompt_slope_s_per_token=service.prompt_slope_s,
         meets_again_rps=list(result.meets_again_rps or ()))
+
+
+def _service_model(points: dict, padded: bool):
+    """The capacity's service model: with its prompt slope (prompt_scaling.py) where every measured
+    size knows the prompt each timed request's batch was padded to (a workload's measurement),
+    prompt-blind otherwise."""
+    from autotune.capacity import ServiceModel
+    from autotune.prompt_scaling import prompted_service_model
+
+    if all(m.request_padded_prompt_tokens is not None and len(m.request_padded_prompt_tokens) == len(m.ttft_s.samples)
+           for m in points.values()):
+        return prompted_service_model({k: (m.ttft_s.samples, None if m.tpot_s is None else m.tpot_s.samples,
+                                           m.request_padded_prompt_tokens) for k, m in points.items()}, rounds_up=padded)[0]
+    return ServiceModel.from_measurements(points, rounds_up=padded)

@@ -251,6 +251,11 @@ class Measurement(_Strict):
     padding_share: float | None = Field(default=None, description="padded tokens / all tokens the timed batches processed")
     goodput_rps: Stat | None = Field(default=None, description="requests/s within every --slo limit (set by the study, slo.goodput)")
     request_output_tokens: list[int] | None = Field(default=None, description="a workload's timed output lengths (capacity draws them)")
+    request_prompt_tokens: list[int] | None = Field(default=None, description="the same requests' prompt lengths (capacity draws them "
+                                                    "with their output lengths)")
+    request_padded_prompt_tokens: list[int] | None = Field(default=None, description="per timed request, the prompt length its "
+                                                           "batch was padded to (its longest), in ttft_s's order: the "
+                                                           "capacity's prompt slope (prompt_scaling.py) is fitted to it")
     compile_stats: CompileStats | None = Field(default=None, description="compiled candidates: what torch.compile did")
 
     @property

@@ -152,6 +152,18 @@ def test_pool_measurements_pools_samples_and_keeps_the_highest_peak() -> None:
     assert pooled.warmup_s == 1.0 and pooled.measure_s == 2.0
 
 
+def test_pooled_requests_stay_in_the_order_of_the_pooled_samples() -> None:
+    """A workload's per-request lists join round after round, as the Stat samples do (the
+    capacity's prompt slope pairs ttft sample i with padded prompt i); a round without them drops them."""
+    first, second = _measurement([10.0, 12.0], 1.0), _measurement([11.0, 30.0], 1.0)
+    for m, prompts in ((first, [5, 9]), (second, [7, 7])):
+        m.request_output_tokens, m.request_prompt_tokens, m.request_padded_prompt_tokens = [2, 3], prompts, [max(prompts)] * 2
+    pooled = pool_measurements([first, second])
+    assert pooled.request_prompt_tokens == [5, 9, 7, 7] and pooled.request_padded_prompt_tokens == [9, 9, 7, 7]
+    assert pooled.request_output_tokens == [2, 3, 2, 3]
+    assert pool_measurements([first, _measurement([1.0], 1.0)]).request_padded_prompt_tokens is None
+
+
 def test_stored_confirmation_applies_only_to_the_same_top_trials() -> None:
     """best.yaml's winner comes from the stored confirmation while the search's top k are the trials
     it re-measured; a new trial that enters the top k makes it stale."""

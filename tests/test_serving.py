@@ -81,6 +81,22 @@ def test_a_workloads_output_lengths_feed_the_simulation() -> None:
     assert b.saturation_rps < a.saturation_rps / 3  # a full batch of 8 almost surely runs to 80 tokens, not 10
 
 
+def test_a_workloads_prompt_lengths_give_the_capacity_a_prompt_slope() -> None:
+    """Under a workload the timed batches' padded prompts fit a prefill slope; the simulated
+    requests draw prompts with their outputs. Batches whose first token grows with the prompt get a
+    slope; the fixed shape (no prompts) stays prompt-blind."""
+    best = _record(1, batch=2, ttft_s=0.2, tpot_s=0.02)
+    m = best.outcome.measurement
+    padded = [100, 100, 900, 900, 500, 500]
+    m.ttft_s = Stat.of([0.05 + 2 * 100e-6 * p for p in padded])  # 100 µs per padded prompt token, 2 rows
+    m.request_output_tokens, m.request_prompt_tokens, m.request_padded_prompt_tokens = [10] * 6, [100, 60, 900, 20, 500, 400], padded
+    cap = serving_capacity([best], best, parse_slo("ttft_p95=500ms"))
+    assert cap.prompt_slope_s_per_token == pytest.approx(100e-6)
+    blind = _record(1, batch=2, ttft_s=0.2, tpot_s=0.02)
+    blind.outcome.measurement.ttft_s = m.ttft_s
+    assert serving_capacity([blind], blind, parse_slo("ttft_p95=500ms")).prompt_slope_s_per_token == 0.0
+
+
 def test_a_heavier_load_that_meets_the_slo_again_is_recorded_and_said() -> None:
     """A batch of 1 slower per request than a full batch (per-step overhead): light loads queue
     behind single requests and miss ttft_p95, heavier ones meet it again; best.yaml keeps the

@@ -327,7 +327,8 @@ _LATER_DEFAULTS = {"num_gpus": 1, "cache_implementation": None, "compile_mode": 
                    "cpu_offload_gib": 0, "offloaded_gib": None, "offload_gpu_max_memory_gib": None,
                    # the workload's figures of a Measurement (None under the fixed default shape)
                    "workload": None, "workload_over_limit_share": None, "workload_truncated": None, "padding_share": None,
-                   "request_output_tokens": None, "goodput_rps": None, "output_tokens": []}  # ... and the capacity's output lengths
+                   "request_output_tokens": None, "request_prompt_tokens": None, "request_padded_prompt_tokens": None,
+                   "goodput_rps": None, "output_tokens": [], "prompt_slope_s_per_token": 0.0}  # ... and the capacity's output lengths
 
 
 def _without_one_gpu(data: object) -> object:

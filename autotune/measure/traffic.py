@@ -331,6 +331,8 @@ def measure_workload(
         workload_truncated=sum(b.truncated for b in batches),
         padding_share=padding_share(batches),
         request_output_tokens=[r.output_tokens for b in batches for r in b.requests],
+        request_prompt_tokens=[r.prompt_tokens for b in batches for r in b.requests],
+        request_padded_prompt_tokens=[b.prompt_length for b in batches for _ in b.requests],
         compile_stats=stats,
         **_window_fields(memory, warmup_s, measure_s, size, whole, None, None),
     )
