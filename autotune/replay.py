@@ -533,7 +533,7 @@ def replay_deployment(path, *, device: str | None, fractions: Sequence[float], n
     text_config = getattr(model.config, "text_config", None) or model.config
     sampler = workload_sampler(config.measured.workload, candidate.new_tokens, tokenizer, ref.config())
     requests = replay_requests(sampler, candidate.max_length, n_requests, seed)
-    outputs = [r.output_tokens for r in requests]  # the lengths the simulation draws from: kept in the report
+    outputs = [r.output_tokens for r in requests]  # kept in the report (with the prompts): the requests simulated
 
     def report(found, points: list[ServicePointSummary], rows: list[Comparison], server: ServerShape) -> dict:
         return {

@@ -9,7 +9,10 @@ GPU's; only the simulation is recomputed, from that run's service samples, never
 It prints, per rate and figure, the replayed p95, the simulation the report recorded, and the
 simulation again, with their errors; and the capacity the prompt-aware model computes.
 
-    python bench/resimulate_replay.py bench/results/h200-kv-arena-replay/replay.json bench/results/h100-compiled-replay/best.yaml
+    python bench/resimulate_replay.py bench/results/h200-kv-arena-replay/replay.json bench/results/h100-compiled-replay/best.yaml [--prompt-blind]
+
+--prompt-blind simulates the replay's requests in order with the model of before (no prompt slope):
+what the order alone does.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from autotune.capacity import capacity  # noqa: E402
+from autotune.capacity import ServiceModel, capacity  # noqa: E402
 from autotune.prompt_scaling import prompted_service  # noqa: E402
 from autotune.replay import replay_requests, service_batches  # noqa: E402
 from autotune.replay_comparison import simulate_comparison  # noqa: E402
@@ -43,13 +46,17 @@ def main() -> None:
     samples = {p["batch_size"]: (p["prefill_samples_s"], p["tpot_samples_s"]) for p in report["service_points"]}
     service, fit = prompted_service(samples, {k: [(len(b.requests), b.prompt_length) for b in batches] for k, batches in timed.items()},
                                     rounds_up=padded)
-    print(f"prompt slope {fit.slope_s_per_token * 1e6:.2f} µs per padded prompt token (reference {fit.reference_prompt_tokens:,.0f} "
+    blind = "--prompt-blind" in sys.argv[3:]
+    if blind:
+        service = ServiceModel.from_samples(samples, rounds_up=padded)
+        print("prompt-blind: the model of before, the replay's requests in order")
+    print(f"prompt slope{' (not used)' if blind else ''} {fit.slope_s_per_token * 1e6:.2f} µs per padded prompt token (reference {fit.reference_prompt_tokens:,.0f} "
           f"tokens), fitted over {fit.batches} service batches, median error {fit.median_error:.1%}")
     requests = replay_requests(sampler, max_length, n, seed)
     limits = parse_slo(report["slo"]) if report.get("slo") else []
     found = capacity(service, limits, output_tokens=[r.output_tokens for r in requests],
                      prompt_tokens=[r.prompt_tokens for r in requests])
-    print(f"capacity, prompt-aware: {found.rate_rps:.4g} req/s ({found.reason}); the report's: {report['capacity_rps']:.4g} req/s")
+    print(f"capacity, {'prompt-blind' if blind else 'prompt-aware'}: {found.rate_rps:.4g} req/s ({found.reason}); the report's: {report['capacity_rps']:.4g} req/s")
     print("| load (of the report's capacity) | rate (req/s) | figure | replayed | simulated then | error | simulated now | error |")
     print("|---|---|---|---|---|---|---|---|")
     errors = []
