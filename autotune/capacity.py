@@ -28,12 +28,15 @@ The model
   size the smallest size's are used (a smaller batch is rarely slower: conservative). A compiled
   server (CUDA graphs recorded for a few batch sizes, `bucket_sizes`) pads a batch of k to the
   smallest of them >= k and runs as that many rows: `ServiceModel(rounds_up=True)` uses the
-  smallest measured size >= k instead of interpolating (slightly conservative for the prefill: the
-  measured batches' prompts are padded to the longest of more requests than k).
+  smallest measured size >= k instead of interpolating (without a prompt slope slightly
+  conservative for the prefill: the measured batches' prompts are padded to the longest of more
+  requests than k; with one, the batch's own longest prompt counts).
 - Prompts: a prefill grows with the padded prompt (rows × the batch's longest prompt). Where the
   measured batches' prompt lengths are known (prompt_scaling.py), the model has a slope fitted
   within each size, and a batch's prefill draw moves by slope × rows × (its longest prompt − the
-  reference the samples were normalised to); without, every batch of a size draws alike.
+  reference the samples were normalised to; rows: k where k is measured or interpolated, the
+  size whose samples it takes otherwise); without, every batch of a size draws alike. A prompt
+  shorter than any measured one extrapolates the line (floored at 0 s).
 - Output lengths: one fixed length, or a list every request draws its length (and prompt) from.
 - Per request, with wait = batch start - arrival:
     TTFT = wait + prefill_s(k)   when its first token exists (what a streaming server could send);
@@ -52,7 +55,8 @@ Saturation
 With a long queue every batch is full, so the queue is stable exactly when
 rate < batch_size / E[service time of a full batch]. That rate, saturation_rps, is computed, not
 simulated: the mean of the quantile draws is the samples' mean (interpolated between sizes), and
-E[longest of batch_size output lengths] is exact for the length list; a finite simulation near
+E[longest of batch_size output lengths] is exact for the length list (and E[longest prompt], which
+the prompt term is linear in, for the prompt list); a finite simulation near
 saturation only says "slow". Holding it needs batch_size requests in the system (full batches back
 to back, none waiting): the concurrency reported with it. Above it the queue grows without bound.
 
@@ -181,11 +185,15 @@ class ServiceModel:
         if len({self.points[s].tpot_s is None for s in sizes}) > 1:
             raise ValueError("tpot samples are given at some batch sizes and not at others; a model decodes or it does not")
         if not (math.isfinite(self.prompt_slope_s) and self.prompt_slope_s >= 0 and math.isfinite(self.reference_prompt_tokens)):
-            raise ValueError(f"prompt_slope_s must be finite and >= 0, got {self.prompt_slope_s!r}")
+            raise ValueError(f"prompt_slope_s must be finite and >= 0 and reference_prompt_tokens finite, got "
+                             f"{self.prompt_slope_s!r} and {self.reference_prompt_tokens!r}")
         blend = []
         for k in range(1, sizes[-1] + 1):
             i = bisect.bisect_left(sizes, k)
-            rows = sizes[i] if self.rounds_up else k  # a compiled server pads the batch to its bucket's rows
+            # The rows the prompt term scales with: k's own where k is measured or interpolated;
+            # the size whose samples it takes otherwise (padded up, or below the smallest size:
+            # that size's time at this batch's prompt, conservative as the samples are).
+            rows = k if sizes[i] == k or not (i == 0 or self.rounds_up) else sizes[i]
             if sizes[i] == k or i == 0 or self.rounds_up:  # measured, below the smallest size, or padded up to sizes[i]
                 blend.append((self.points[sizes[i]], self.points[sizes[i]], 0.0, rows))
             else:

@@ -16,7 +16,8 @@ their own means: the sizes' intercepts never leak into the slope). The samples a
 normalised to a reference prompt (their mean longest prompt), keeping each sample's noise, and the
 simulation moves a batch's draw by slope × rows × (its longest prompt − reference). A slope that
 comes out ≤ 0 (every batch of a size had one prompt length, as under the fixed shape, or noise
-larger than the effect) is taken as 0: the prompt-blind model, exactly as before.
+larger than the effect), or one that would take a sample to ≤ 0 s at the shortest measured prompt,
+is taken as 0: the prompt-blind model, exactly as before.
 """
 
 from __future__ import annotations
@@ -66,7 +67,11 @@ def prompted_service_model(points: Mapping[int, tuple[Sequence[float], Sequence[
     reference = statistics.fmean(p for _, _, prompts in points.values() for p in prompts)
     normalised = {k: ([y - slope * rows[k] * (p - reference) for y, p in zip(prefill, prompts)], tpot)
                   for k, (prefill, tpot, prompts) in points.items()}
-    if any(y <= 0 for samples, _ in normalised.values() for y in samples):  # a slope too steep for the short prompts
+    # Every sample moved down to the shortest measured prompt must stay a positive time: a slope that
+    # takes a sample below 0 there is too steep for the short prompts the simulation will meet.
+    shortest = min(p for _, _, prompts in points.values() for p in prompts)
+    if any(y - slope * rows[k] * (p - shortest) <= 0 for k, (prefill, _, prompts) in points.items()
+           for y, p in zip(prefill, prompts)):
         slope, normalised = 0.0, {k: (list(prefill), tpot) for k, (prefill, tpot, _) in points.items()}
     service = ServiceModel.from_samples(normalised, rounds_up=rounds_up, prompt_slope_s=slope, reference_prompt_tokens=reference)
     errors = []

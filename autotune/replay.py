@@ -274,7 +274,7 @@ Checkpoint = Callable[[object, list[ServicePointSummary], list[Comparison], Serv
 
 
 def replay_requests(sampler, max_length: int, n_requests: int, seed: int) -> list[Request]:
-    """The requests a capacity check replays (and simulates the output lengths of), fitted to max_length."""
+    """The requests a capacity check replays and simulates (their prompt and output lengths), fitted to max_length."""
     from autotune.measure.traffic import fit_request
 
     return [fit_request(r, max_length)[0] for r in sampler.draw(n_requests, seed + 10_007, max_length)]
@@ -318,9 +318,9 @@ def capacity_check(model, candidate, device: str, vocab_size: int, sampler, limi
                    keep_kv_cache: bool = True) -> tuple[object, list[Comparison]]:
     """Measure the config's service times on the workload at capacity.bucket_sizes (each `repeats`
     batches, traffic.measure_workload), compute its capacity under `limits` (autotune.slo.SloLimit)
-    from them, then at each fraction of it simulate and replay `requests` (replay_requests) on the
-    same arrivals (the simulation with the replay's arrival times; its output lengths drawn from
-    the same requests).
+    from them (the service model with its prompt slope, prompt_scaling.prompted_service), then at each
+    fraction of it simulate and replay `requests` (replay_requests): the simulation takes the
+    replay's own requests in their order at its arrival times (replay_comparison.simulate_comparison).
     A compiled candidate is served as a compiled server runs (serving.pads_to_buckets): every batch
     padded to a bucket (traffic.serving_rows), so the service model takes a bucket's times for the
     batches it pads (ServiceModel rounds_up), and dynamo given room for a graph per bucket. A

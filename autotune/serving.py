@@ -90,8 +90,8 @@ def serving_capacity(recs: list[TrialRecord], best: TrialRecord, limits: list[Sl
     decodes = measurement.tpot_s is not None
     simulated_limits = [lim for lim in limits if decodes or lim.latency != "tpot"]  # a reranker has no TPOT
     service = _service_model(points, padded)
-    outputs = (measurement.request_output_tokens or [best.candidate.new_tokens]) if decodes else [1]
     prompts = measurement.request_prompt_tokens
+    outputs = (measurement.request_output_tokens or [best.candidate.new_tokens]) if decodes else [1] * len(prompts or [1])
     if prompts is None or len(prompts) != len(outputs):
         prompts = None
     result = capacity(service, simulated_limits, output_tokens=outputs, prompt_tokens=prompts)
@@ -112,10 +112,13 @@ def _service_model(points: dict, padded: bool):
     size knows the prompt each timed request's batch was padded to (a workload's measurement),
     prompt-blind otherwise."""
     from autotune.capacity import ServiceModel
-    from autotune.prompt_scaling import prompted_service_model
+    from autotune.prompt_scaling import prompted_service
 
     if all(m.request_padded_prompt_tokens is not None and len(m.request_padded_prompt_tokens) == len(m.ttft_s.samples)
            for m in points.values()):
-        return prompted_service_model({k: (m.ttft_s.samples, None if m.tpot_s is None else m.tpot_s.samples,
-                                           m.request_padded_prompt_tokens) for k, m in points.items()}, rounds_up=padded)[0]
+        # A workload's timed batches are full (traffic.build_batches): batch i is requests i·k … i·k + k − 1,
+        # fitted one sample per batch as the capacity check fits them (prompted_service checks it).
+        samples = {k: (m.ttft_s.samples, None if m.tpot_s is None else m.tpot_s.samples) for k, m in points.items()}
+        batches = {k: [(k, p) for p in m.request_padded_prompt_tokens[::k]] for k, m in points.items()}
+        return prompted_service(samples, batches, rounds_up=padded)[0]
     return ServiceModel.from_measurements(points, rounds_up=padded)

@@ -42,10 +42,15 @@ def main() -> None:
     sampler = WorkloadSampler(parse_workload(workload, "/"), new_tokens=settings["new_tokens"])
     max_length, batch_size, seed, n = settings["max_length"], settings["batch_size"], report["seed"], report["requests_per_rate"]
     padded = report.get("server", {}).get("pads_to_buckets", bool(settings.get("compile")))
-    timed = service_batches(sampler, batch_size, max_length, report["repeats"], seed)
     samples = {p["batch_size"]: (p["prefill_samples_s"], p["tpot_samples_s"]) for p in report["service_points"]}
-    service, fit = prompted_service(samples, {k: [(len(b.requests), b.prompt_length) for b in batches] for k, batches in timed.items()},
-                                    rounds_up=padded)
+    if all(p.get("batch_prompt_tokens") for p in report["service_points"]):  # reports since 2026-12-07 keep them
+        shapes = {p["batch_size"]: [(p["batch_size"], n) for n in p["batch_prompt_tokens"]] for p in report["service_points"]}
+    else:  # rebuilt as the check drew them
+        timed = service_batches(sampler, batch_size, max_length, report["repeats"], seed)
+        shapes = {k: [(len(b.requests), b.prompt_length) for b in batches] for k, batches in timed.items()}
+    service, fit = prompted_service(samples, shapes, rounds_up=padded)
+    if fit is None:
+        raise SystemExit("error: the report's prefill samples do not line up one batch after another; no prompt slope to fit")
     blind = "--prompt-blind" in sys.argv[3:]
     if blind:
         service = ServiceModel.from_samples(samples, rounds_up=padded)
@@ -53,6 +58,8 @@ def main() -> None:
     print(f"prompt slope{' (not used)' if blind else ''} {fit.slope_s_per_token * 1e6:.2f} µs per padded prompt token (reference {fit.reference_prompt_tokens:,.0f} "
           f"tokens), fitted over {fit.batches} service batches, median error {fit.median_error:.1%}")
     requests = replay_requests(sampler, max_length, n, seed)
+    if report.get("prompt_tokens"):  # the report's own (reports since 2026-12-07): they must be the ones rebuilt
+        assert [r.prompt_tokens for r in requests] == report["prompt_tokens"], "the rebuilt requests differ from the report's"
     limits = parse_slo(report["slo"]) if report.get("slo") else []
     found = capacity(service, limits, output_tokens=[r.output_tokens for r in requests],
                      prompt_tokens=[r.prompt_tokens for r in requests])

@@ -60,13 +60,37 @@ def test_a_compiled_servers_batches_scale_by_their_buckets_rows():
     assert service.prefill_s(1, 0.5, 700) == pytest.approx(0.05 + SLOPE_S * 700)
 
 
+def test_a_batch_below_the_smallest_measured_size_takes_that_sizes_time_at_its_own_prompt():
+    """Only batches of 16 measured: a batch of 1 takes a batch of 16's time at its own prompt
+    (conservative, as without a slope), whatever prompts the samples were measured at."""
+    prompts = [200, 1000, 1800]
+    for shift in (0, 5000):
+        shifted = [p + shift for p in prompts]
+        service, _ = prompted_service_model({16: (_exact(16, 0.3, shifted), [0.01] * 3, shifted)}, rounds_up=False)
+        assert service.prefill_s(1, 0.5, 100) == pytest.approx(service.prefill_s(16, 0.5, 100))
+        assert service.prefill_s(1, 0.5, 100) == pytest.approx(max(0.3 + SLOPE_S * 16 * 100, 0.0))
+
+
+def test_between_measured_sizes_the_prompt_term_scales_with_the_batchs_own_rows():
+    prompts = [100, 900]
+    points = {k: (_exact(k, 0.05 * k, prompts), [0.01, 0.01], prompts) for k in (2, 6)}
+    service, _ = prompted_service_model(points, rounds_up=False)
+    # a batch of 4: halfway between the intercepts, 4 rows of its prompt
+    assert service.prefill_s(4, 0.5, 500) == pytest.approx(0.2 + SLOPE_S * 4 * 500)
+
+
 def test_a_slope_too_steep_for_the_short_prompts_falls_back_to_the_prompt_blind_model():
-    # One long prompt's sample is far below the slope the others show: normalised to the reference
-    # prompt it would be <= 0, so the fit is not used.
+    # One long prompt's sample is far below the slope the others show: moved to the shortest
+    # measured prompt it would be <= 0 s, so the fit is not used.
     points = {1: ([0.01, 0.5, 1.0, 0.02], [0.01] * 4, [100, 1000, 1900, 1900])}
     service, fit = prompted_service_model(points, rounds_up=False)
     assert fit.slope_s_per_token == 0.0 and service.prompt_slope_s == 0.0
     assert service.points[1].prefill_s == (0.01, 0.02, 0.5, 1.0)
+    # Short prompts fast, long ones slow, but the short ones' samples barely above 0: the line through
+    # them would give the shortest prompt 0 s, which no batch takes.
+    steep = {1: ([0.02, 0.03, 0.80, 0.60], [0.01] * 4, [100, 100, 2000, 2000])}
+    service, fit = prompted_service_model(steep, rounds_up=False)
+    assert fit.slope_s_per_token == 0.0 and min(service.prefill_s(1, u, 100) for u in (0.0, 0.5, 0.9)) > 0
 
 
 def test_the_simulation_gives_short_prompts_short_first_tokens():

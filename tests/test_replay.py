@@ -338,14 +338,20 @@ def test_the_simulated_band_is_a_point_without_randomness_and_widens_with_it() -
 
 
 def test_the_comparison_simulates_the_replays_own_requests_in_order() -> None:
-    """Request i of the simulation is the replay's request i: reversing the requests (long outputs
-    first instead of last) changes the figures; the same requests give the same figures."""
+    """Request i of the simulation is the replay's request i. At a load so light that every batch is
+    one request, with fixed service times, the counted requests (all but the first 10%) are exactly
+    the trace's: only short ones when the 40 long ones come first, only long ones when they come
+    last (drawn at random instead, both sets would be mixed)."""
     from autotune.replay_comparison import simulate_comparison
 
-    requests = [Request(20, 4)] * 200 + [Request(20, 64)] * 200
-    first = simulate_comparison(SERVICE, 25.0, requests, seed=1)
-    assert simulate_comparison(SERVICE, 25.0, list(requests), seed=1).e2e_s == first.e2e_s
-    assert simulate_comparison(SERVICE, 25.0, requests[::-1], seed=1).e2e_s != first.e2e_s
+    fixed = ServiceModel.from_samples({1: ([0.05], [0.01])})
+    short_s, long_s = 0.05 + 3 * 0.01, 0.05 + 63 * 0.01
+    long_first = [Request(20, 64)] * 40 + [Request(20, 4)] * 360
+    short_first = [Request(20, 4)] * 40 + [Request(20, 64)] * 360
+    only_short = simulate_comparison(fixed, 0.01, long_first, seed=1).e2e_s
+    only_long = simulate_comparison(fixed, 0.01, short_first, seed=1).e2e_s
+    assert only_short.p99 == pytest.approx(short_s) and only_short.mean == pytest.approx(short_s)
+    assert only_long.mean == pytest.approx(long_s, rel=1e-3)  # (a rare arrival waits a little: 0.68 s of service at 0.01 req/s)
 
 
 @pytest.mark.slow
