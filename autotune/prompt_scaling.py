@@ -26,7 +26,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from autotune.capacity import ServiceModel, bucket_of
+from autotune.capacity import ServiceModel
 
 
 @dataclass(frozen=True)
@@ -57,27 +57,26 @@ def prompted_service_model(points: Mapping[int, tuple[Sequence[float], Sequence[
                            rounds_up: bool) -> tuple[ServiceModel, PromptFit]:
     """{batch size k: (one prefill sample per timed batch, tpot samples or None, each batch's longest
     prompt in tokens)} → the service model with its prompt slope, and the fit's figures.
-    rounds_up: a compiled server, whose batches of k ran as bucket_of(k) rows."""
-    largest = max(points)
-    rows = {k: bucket_of(k, largest) if rounds_up else k for k in points}
+    rounds_up: a compiled server (passed on to the model). Each measured size k ran as k rows: a
+    measured size is its own bucket, so the padded prompt tokens of its batches are k × longest."""
     for k, (prefill, _, prompts) in points.items():
         if len(prefill) != len(prompts) or not prefill:
             raise ValueError(f"batch size {k}: {len(prefill)} prefill samples for {len(prompts)} batches; give one per batch")
-    slope = fit_slope({k: [(rows[k] * p, y) for y, p in zip(prefill, prompts)] for k, (prefill, _, prompts) in points.items()})
+    slope = fit_slope({k: [(k * p, y) for y, p in zip(prefill, prompts)] for k, (prefill, _, prompts) in points.items()})
     reference = statistics.fmean(p for _, _, prompts in points.values() for p in prompts)
-    normalised = {k: ([y - slope * rows[k] * (p - reference) for y, p in zip(prefill, prompts)], tpot)
+    normalised = {k: ([y - slope * k * (p - reference) for y, p in zip(prefill, prompts)], tpot)
                   for k, (prefill, tpot, prompts) in points.items()}
     # Every sample moved down to the shortest measured prompt must stay a positive time: a slope that
     # takes a sample below 0 there is too steep for the short prompts the simulation will meet.
     shortest = min(p for _, _, prompts in points.values() for p in prompts)
-    if any(y - slope * rows[k] * (p - shortest) <= 0 for k, (prefill, _, prompts) in points.items()
+    if any(y - slope * k * (p - shortest) <= 0 for k, (prefill, _, prompts) in points.items()
            for y, p in zip(prefill, prompts)):
         slope, normalised = 0.0, {k: (list(prefill), tpot) for k, (prefill, tpot, _) in points.items()}
     service = ServiceModel.from_samples(normalised, rounds_up=rounds_up, prompt_slope_s=slope, reference_prompt_tokens=reference)
     errors = []
     for k, (prefill, _, prompts) in points.items():
         intercept = statistics.fmean(normalised[k][0])
-        errors += [abs(intercept + slope * rows[k] * (p - reference) - y) / y for y, p in zip(prefill, prompts)]
+        errors += [abs(intercept + slope * k * (p - reference) - y) / y for y, p in zip(prefill, prompts)]
     return service, PromptFit(slope, reference, len(errors), statistics.median(errors))
 
 
