@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,25 @@ def forget_static_cache(model) -> None:
             delattr(model, name)
 
 
+def scope_inductor_settings(model, settings: Mapping[str, Any]) -> None:
+    """Run `model.generate` inside torch._inductor.config.patch(settings), so that a quantization
+    method's inductor settings (QuantizationMethod.inductor_settings) hold for every compile
+    generate() does and for nothing else in the process. Nothing is wrapped without settings. The
+    wrapper is this object's attribute, as set_stop_check's."""
+    if not settings:
+        return
+    import torch._inductor.config as inductor_config
+
+    generate = model.generate
+
+    @functools.wraps(generate)
+    def generate_with_inductor_settings(*args, **kwargs):
+        with inductor_config.patch(dict(settings)):
+            return generate(*args, **kwargs)
+
+    model.generate = generate_with_inductor_settings
+
+
 def load_model(ref: ModelRef, candidate: Candidate, device: str):
     """Load the model (and tokenizer where the checkpoint has one) as the candidate says."""
     return _load(ref, candidate, device, use_prequantized_cache=False)
@@ -239,6 +259,7 @@ def _load(ref: ModelRef, candidate: Candidate, device: str, use_prequantized_cac
     _check_quantized(model, candidate)
     kv_cache.apply_generation_config(model, candidate)
     kv_cache.apply_stop_check(model, candidate)
+    scope_inductor_settings(model, get_method(candidate.quantization).inductor_settings)
     if plan is not None:
         model.autotune_offload = plan  # the worker records it with the measured offloaded_gib
     if device == "cpu":

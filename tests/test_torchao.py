@@ -183,6 +183,54 @@ def test_int8_weight_only_loads_on_cpu_with_int8_weights() -> None:
     assert type(model.lm_head.weight).__name__ != "Int8Tensor"  # embeddings and lm_head stay (TorchAoConfig's default)
 
 
+@needs_torchao
+def test_int8wo_inductor_settings_are_torchaos_recommended_ones() -> None:
+    """The settings autotune scopes around generate() are exactly what torchao's
+    set_inductor_config=True would set process-wide (a newer torchao that changes them fails here)."""
+    import torch._inductor.config as inductor_config
+    from torchao.quantization.utils import recommended_inductor_config_setter
+
+    assert get_method("torchao-int8wo").inductor_settings == quant.TORCHAO_RECOMMENDED_INDUCTOR
+    assert not get_method("torchao-fp8").inductor_settings and not get_method("none").inductor_settings
+    before = inductor_config.get_config_copy()
+    with inductor_config.patch(dict(quant.TORCHAO_RECOMMENDED_INDUCTOR)):
+        ours = inductor_config.get_config_copy()
+    try:
+        recommended_inductor_config_setter()
+        torchaos = inductor_config.get_config_copy()
+    finally:
+        inductor_config.load_config(before)
+    assert ours == torchaos != before
+    assert inductor_config.get_config_copy() == before
+
+
+@needs_torchao
+def test_int8wo_generate_runs_inside_the_inductor_settings_and_leaves_them() -> None:
+    """A real int8 weight-only load on CPU: every forward of generate() sees torchao's settings, and
+    the process's inductor config is as before once generate() returns; an unquantized load is not
+    wrapped."""
+    import torch
+    import torch._inductor.config as inductor_config
+
+    from autotune.loading import generate_kwargs, load_model
+    from autotune.models import resolve_model
+
+    ref = resolve_model("tiny-qwen2", random_weights=True)
+    cand = _cand(dtype="fp32", quantization="torchao-int8wo")
+    model, _ = load_model(ref, cand, "cpu")
+    seen: list[tuple[bool, bool]] = []
+    model.model.register_forward_pre_hook(
+        lambda module, args: seen.append((inductor_config.coordinate_descent_tuning, inductor_config.force_fuse_int_mm_with_mul)))
+    before = inductor_config.get_config_copy()
+    assert not before["coordinate_descent_tuning"]
+    ids = torch.randint(0, model.config.vocab_size, (1, 8))
+    model.generate(ids, attention_mask=torch.ones_like(ids), **{**generate_kwargs(cand), "min_new_tokens": 4})
+    assert seen == [(True, True)] * 4  # the prefill and three decode steps
+    assert inductor_config.get_config_copy() == before
+    plain, _ = load_model(ref, _cand(dtype="fp32"), "cpu")
+    assert "generate" not in plain.__dict__
+
+
 # ------------------------------------------------------------------------------ exports
 
 
@@ -201,6 +249,36 @@ def test_transformers_export_writes_the_torchao_config(name: str) -> None:
     assert f"from torchao.quantization import {method.ao_class}\n" in result.text and "TorchAoConfig" in result.text
     compile(result.text, "transformers_deploy.py", "exec")
     assert not [n for n in result.notes if "approximate" in n and name in n]
+
+
+@needs_torchao
+def test_transformers_export_sets_int8wo_inductor_settings_when_compiled() -> None:
+    """The script of a compiled int8 weight-only config sets torchao's inductor settings (real
+    names: executing its lines gives the config autotune measured under); without compile, or
+    for fp8, it sets none."""
+    import torch._inductor.config as inductor_config
+
+    def script(name: str, compiled: bool) -> str:
+        config = _config(name)
+        settings = config.settings.model_copy(update={"compile": compiled, "compile_mode": "reduce-overhead" if compiled else None})
+        return export(config.model_copy(update={"settings": settings}), "transformers").text
+
+    text = script("torchao-int8wo", True)
+    compile(text, "transformers_deploy.py", "exec")
+    assignments = [line.strip() for line in text.splitlines() if line.strip().startswith("torch._inductor.config.")]
+    assert len(assignments) == len(quant.TORCHAO_RECOMMENDED_INDUCTOR) and "\nimport torch._inductor.config\n" in text
+    before = inductor_config.get_config_copy()
+    with inductor_config.patch(dict(quant.TORCHAO_RECOMMENDED_INDUCTOR)):
+        measured = inductor_config.get_config_copy()
+    try:
+        import torch
+
+        exec("\n".join(assignments), {"torch": torch})
+        assert inductor_config.get_config_copy() == measured
+    finally:
+        inductor_config.load_config(before)
+    for name, compiled in (("torchao-int8wo", False), ("torchao-fp8", True)):
+        assert "torch._inductor.config" not in script(name, compiled)
 
 
 @pytest.mark.parametrize("target, text", [("vllm", "quantization: fp8_per_tensor"), ("sglang", "quantization: fp8"),

@@ -171,6 +171,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     settings = generation_config_settings(s)  # set on the model's generation_config in load()
     if "compile_config" in settings:
         imports.append("CompileConfig")
+    # quant.py: what the method's compiled kernels need from inductor (nothing without compile)
+    inductor_settings = method.inductor_settings if "compile_config" in settings else {}
 
     # What the script needs from autotune: its own attention kernels (autotune/attention.py),
     # registered with transformers by name, and the deferred stop check (autotune/kv_cache.py).
@@ -183,7 +185,8 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
     lines += ["", "With autotune installed, the same load in one line, from the kwargs file written next to this one:",
               "    from autotune import load_deployment",
               f'    model, tokenizer, generate_kwargs = load_deployment("<this file\'s name>{KWARGS_SUFFIX}")',
-              '"""', "", "import torch", f"from transformers import {', '.join(sorted(imports))}",
+              '"""', "", "import torch", *(["import torch._inductor.config"] if inductor_settings else []),
+              f"from transformers import {', '.join(sorted(imports))}",
               *method.config_import_lines, *autotune_imports, "",
               f"MODEL = {_py(model)}", ""]
     lines += [f"# {c}" for c in wrap(length_comment)]
@@ -209,6 +212,10 @@ def export(config: DeploymentConfig, options: ExportOptions) -> ExportResult:
                   f"    model.generation_config.cache_config = {_py(settings['cache_config'])}"]
     if "compile_config" in settings:
         lines.append(f"    model.generation_config.compile_config = CompileConfig(mode={_py(settings['compile_config']['mode'])})")
+    if inductor_settings:
+        lines += ["    # The inductor settings this quantization's compiled kernels were measured with. autotune set them",
+                  "    # around generate() only; a process that serves this model alone can keep them set."]
+        lines += [f"    torch._inductor.config.{name} = {value!r}" for name, value in inductor_settings.items()]
     if s.stop_check == "deferred":
         lines.append('    set_stop_check(model, "deferred")  # generate() reads its stop flag one step late, as measured')
     if vision:
