@@ -9,10 +9,12 @@ GPU's; only the simulation is recomputed, from that run's service samples, never
 It prints, per rate and figure, the replayed p95, the simulation the report recorded, and the
 simulation again, with their errors; and the capacity the prompt-aware model computes.
 
-    python bench/resimulate_replay.py bench/results/h200-kv-arena-replay/replay.json bench/results/h100-compiled-replay/best.yaml [--prompt-blind]
+    python bench/resimulate_replay.py bench/results/h200-kv-arena-replay/replay.json bench/results/h100-compiled-replay/best.yaml [--prompt-blind] [--draws 200]
 
 --prompt-blind simulates the replay's requests in order with the model of before (no prompt slope):
-what the order alone does.
+what the order alone does. --draws N also simulates each rate with N other draws of the service
+times (the same requests and arrivals) and prints where the simulated figure sits among them and
+the error of their median: is the one draw the check reports a typical one?
 """
 
 from __future__ import annotations
@@ -76,6 +78,20 @@ def main() -> None:
         print(f"| {row['fraction']:.0%} | {row['rate_rps']:.3g} | {row['figure']} | {row['replayed_s'] * 1000:,.0f} ms | "
               f"{row['simulated_s'] * 1000:,.0f} ms | {row['error']:+.1%} | {now * 1000:,.0f} ms | {errors[-1]:+.1%} |")
     print(f"largest |error| now: {max(abs(e) for e in errors):.1%}")
+    if "--draws" in sys.argv:
+        draws = int(sys.argv[sys.argv.index("--draws") + 1])
+        print(f"| load | figure | simulated now | its percentile among {draws} other service draws | their median | error of the median |")
+        print("|---|---|---|---|---|---|")
+        for row in report["rows"]:
+            if row["figure"] == "tpot_p95":
+                continue
+            name = row["figure"].split("_")[0]
+            now = getattr(simulate_comparison(service, row["rate_rps"], requests, seed), f"{name}_s").p95
+            others = sorted(getattr(simulate_comparison(service, row["rate_rps"], requests, seed, draw_seed=20_000 + i), f"{name}_s").p95
+                            for i in range(draws))
+            median = others[len(others) // 2]
+            print(f"| {row['fraction']:.0%} | {row['figure']} | {now * 1000:,.0f} ms | {sum(o < now for o in others) / draws:.0%} | "
+                  f"{median * 1000:,.0f} ms | {median / row['replayed_s'] - 1:+.1%} |")
 
 
 if __name__ == "__main__":
