@@ -93,6 +93,8 @@ def test_every_row_is_complete() -> None:
 
 
 def test_registries_agree_with_the_types() -> None:
+    import torch._inductor.config as inductor_config
+
     assert set(typing.get_args(DType)) == set(DTYPES)
     assert knobs.knob("dtype").values() == tuple(DTYPES)
     assert knobs.knob("quantization").values() == tuple(QUANTIZATION_METHODS)
@@ -101,6 +103,8 @@ def test_registries_agree_with_the_types() -> None:
         assert method.bytes_per_weight is None or 0 < method.bytes_per_weight < 4, method.name
         if method.name != "none":
             assert method.config_source("torch.bfloat16"), f"{method.name}: the transformers export writes its config"
+        # every inductor setting a method asks for is a real one (the load patches them around generate())
+        assert set(method.inductor_settings) <= set(inductor_config.get_config_copy()), method.name
     assert min(QUANTIZATION_METHODS.values(), key=lambda m: m.precision_rank).name == "none"
     assert min(DTYPES.values(), key=lambda d: d.precision_rank).name == "fp32"
     assert [dtype_from_torch_name(d.torch_name) for d in DTYPES.values()] == list(DTYPES)
