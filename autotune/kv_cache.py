@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -248,16 +248,22 @@ def stop_check_mode(mode: str) -> Iterator[None]:
 def set_stop_check(model, mode: str) -> None:
     """Make `model.generate` read its stop flag as `mode` says, for this model only: "deferred"
     one step late on CUDA (transformers' DeferredStopCheck), "sync" after every step. The
-    transformers export's script calls this too. The wrapper is this object's attribute: a
-    deepcopy of the model still generates through the original, and pickling the model fails."""
+    transformers export's script calls this too."""
+    generate_within(model, lambda: stop_check_mode(mode))
+
+
+def generate_within(model, scope: Callable[[], AbstractContextManager]) -> None:
+    """Make every `model.generate` call of this model run inside a fresh `scope()`. The wrapper is
+    this object's attribute: a deepcopy of the model still generates through the original, and
+    pickling the model fails."""
     generate = model.generate
 
     @functools.wraps(generate)
-    def generate_with_stop_check(*args, **kwargs):
-        with stop_check_mode(mode):
+    def generate_in_scope(*args, **kwargs):
+        with scope():
             return generate(*args, **kwargs)
 
-    model.generate = generate_with_stop_check
+    model.generate = generate_in_scope
 
 
 def apply_stop_check(model, candidate: Candidate) -> None:

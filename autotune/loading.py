@@ -169,20 +169,12 @@ def forget_static_cache(model) -> None:
 def scope_inductor_settings(model, settings: Mapping[str, Any]) -> None:
     """Run `model.generate` inside torch._inductor.config.patch(settings), so that a quantization
     method's inductor settings (QuantizationMethod.inductor_settings) hold for every compile
-    generate() does and for nothing else in the process. Nothing is wrapped without settings. The
-    wrapper is this object's attribute, as set_stop_check's."""
+    generate() does and for nothing else in the process. Nothing is wrapped without settings."""
     if not settings:
         return
     import torch._inductor.config as inductor_config
 
-    generate = model.generate
-
-    @functools.wraps(generate)
-    def generate_with_inductor_settings(*args, **kwargs):
-        with inductor_config.patch(dict(settings)):
-            return generate(*args, **kwargs)
-
-    model.generate = generate_with_inductor_settings
+    kv_cache.generate_within(model, lambda: inductor_config.patch(dict(settings)))
 
 
 def load_model(ref: ModelRef, candidate: Candidate, device: str):

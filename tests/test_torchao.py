@@ -183,6 +183,14 @@ def test_int8_weight_only_loads_on_cpu_with_int8_weights() -> None:
     assert type(model.lm_head.weight).__name__ != "Int8Tensor"  # embeddings and lm_head stay (TorchAoConfig's default)
 
 
+def _inductor_config_under_torchaos_settings() -> dict:
+    """The whole inductor config as autotune measures int8wo under (the load's scope)."""
+    import torch._inductor.config as inductor_config
+
+    with inductor_config.patch(dict(quant.TORCHAO_RECOMMENDED_INDUCTOR)):
+        return inductor_config.get_config_copy()
+
+
 @needs_torchao
 def test_int8wo_inductor_settings_are_torchaos_recommended_ones() -> None:
     """The settings autotune scopes around generate() are exactly what torchao's
@@ -193,8 +201,7 @@ def test_int8wo_inductor_settings_are_torchaos_recommended_ones() -> None:
     assert get_method("torchao-int8wo").inductor_settings == quant.TORCHAO_RECOMMENDED_INDUCTOR
     assert not get_method("torchao-fp8").inductor_settings and not get_method("none").inductor_settings
     before = inductor_config.get_config_copy()
-    with inductor_config.patch(dict(quant.TORCHAO_RECOMMENDED_INDUCTOR)):
-        ours = inductor_config.get_config_copy()
+    ours = _inductor_config_under_torchaos_settings()
     try:
         recommended_inductor_config_setter()
         torchaos = inductor_config.get_config_copy()
@@ -268,8 +275,7 @@ def test_transformers_export_sets_int8wo_inductor_settings_when_compiled() -> No
     assignments = [line.strip() for line in text.splitlines() if line.strip().startswith("torch._inductor.config.")]
     assert len(assignments) == len(quant.TORCHAO_RECOMMENDED_INDUCTOR) and "\nimport torch._inductor.config\n" in text
     before = inductor_config.get_config_copy()
-    with inductor_config.patch(dict(quant.TORCHAO_RECOMMENDED_INDUCTOR)):
-        measured = inductor_config.get_config_copy()
+    measured = _inductor_config_under_torchaos_settings()
     try:
         import torch
 
